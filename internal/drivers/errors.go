@@ -1,0 +1,180 @@
+package drivers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// Code is the closed set of error codes every driver maps its errors into.
+// Programs act on an error's code, never on its message.
+//
+// The numeric values are frozen: they travel on the wire in the
+// Nats-Service-Error-Code header and may be stored by consumers.
+type Code int
+
+const (
+	// Internal: a bug or an error the driver could not classify.
+	Internal Code = 500
+	// InvalidArgument: the request is malformed; nothing was changed.
+	InvalidArgument Code = 400
+	// PermissionDenied: the substrate refused the caller's credentials.
+	PermissionDenied Code = 403
+	// NotFound: the instance (or snapshot, network, image) does not exist.
+	NotFound Code = 404
+	// AlreadyExists: create or clone of a name that is taken.
+	AlreadyExists Code = 409
+	// Conflict: the instance is in the wrong state or busy with another mutation.
+	Conflict Code = 423
+	// Unsupported: the substrate cannot do this operation.
+	Unsupported Code = 501
+	// Unavailable: the substrate is unreachable, or its circuit breaker is open.
+	Unavailable Code = 503
+	// Timeout: the deadline passed (or the caller gave up) before the operation finished.
+	Timeout Code = 504
+)
+
+var codeNames = map[Code]string{
+	Internal:         "internal",
+	InvalidArgument:  "invalid_argument",
+	PermissionDenied: "permission_denied",
+	NotFound:         "not_found",
+	AlreadyExists:    "already_exists",
+	Conflict:         "conflict",
+	Unsupported:      "unsupported",
+	Unavailable:      "unavailable",
+	Timeout:          "timeout",
+}
+
+// Codes lists every code, in a stable order.
+func Codes() []Code {
+	return []Code{InvalidArgument, PermissionDenied, NotFound, AlreadyExists, Conflict, Internal, Unsupported, Unavailable, Timeout}
+}
+
+// String returns the wire name of the code, e.g. "not_found".
+func (c Code) String() string {
+	if s, ok := codeNames[c]; ok {
+		return s
+	}
+	return fmt.Sprintf("code(%d)", int(c))
+}
+
+// Retryable reports whether an operation that failed with this code may
+// succeed if tried again unchanged: the substrate was unreachable or slow.
+func (c Code) Retryable() bool { return c == Unavailable || c == Timeout }
+
+// MarshalText encodes the code as its wire name.
+func (c Code) MarshalText() ([]byte, error) { return []byte(c.String()), nil }
+
+// UnmarshalText decodes a wire name; unknown names are an error.
+func (c *Code) UnmarshalText(b []byte) error {
+	p, ok := ParseCode(string(b))
+	if !ok {
+		return fmt.Errorf("unknown error code %q", b)
+	}
+	*c = p
+	return nil
+}
+
+// ParseCode returns the code with the given wire name.
+func ParseCode(s string) (Code, bool) {
+	for c, n := range codeNames {
+		if n == s {
+			return c, true
+		}
+	}
+	return 0, false
+}
+
+// codeSentinel is the value errors.Is matches against for a code.
+type codeSentinel Code
+
+func (s codeSentinel) Error() string { return Code(s).String() }
+
+// Sentinels, one per code: errors.Is(err, drivers.ErrNotFound) holds for
+// every *Error with code NotFound, however deeply wrapped.
+var (
+	ErrInternal         error = codeSentinel(Internal)
+	ErrInvalidArgument  error = codeSentinel(InvalidArgument)
+	ErrPermissionDenied error = codeSentinel(PermissionDenied)
+	ErrNotFound         error = codeSentinel(NotFound)
+	ErrAlreadyExists    error = codeSentinel(AlreadyExists)
+	ErrConflict         error = codeSentinel(Conflict)
+	ErrUnsupported      error = codeSentinel(Unsupported)
+	ErrUnavailable      error = codeSentinel(Unavailable)
+	ErrTimeout          error = codeSentinel(Timeout)
+)
+
+// Error is a classified error. It unwraps to both its cause and the
+// sentinel of its code, so errors.Is(err, ErrNotFound) and
+// errors.As(err, &nativeErr) both work on the same value.
+type Error struct {
+	Code    Code
+	Message string // human-readable, names the field/instance where it can
+	Err     error  // the cause, may be nil
+}
+
+func (e *Error) Error() string {
+	switch {
+	case e.Message != "" && e.Err != nil:
+		return e.Message + ": " + e.Err.Error()
+	case e.Message != "":
+		return e.Message
+	case e.Err != nil:
+		return e.Err.Error()
+	}
+	return e.Code.String()
+}
+
+// Unwrap returns the cause and the code's sentinel.
+func (e *Error) Unwrap() []error {
+	if e.Err == nil {
+		return []error{codeSentinel(e.Code)}
+	}
+	return []error{e.Err, codeSentinel(e.Code)}
+}
+
+// Errorf returns an *Error with the given code and formatted message.
+// A %w verb keeps the wrapped error as the cause.
+func Errorf(code Code, format string, args ...any) error {
+	msg := fmt.Errorf(format, args...)
+	return &Error{Code: code, Message: msg.Error(), Err: errors.Unwrap(msg)}
+}
+
+// Wrap classifies err with code, keeping it as the cause. A nil err gives nil.
+func Wrap(code Code, err error, msg string) error {
+	if err == nil {
+		return nil
+	}
+	return &Error{Code: code, Message: msg, Err: err}
+}
+
+// Unsupportedf is the error a driver returns for an operation its substrate cannot do.
+func Unsupportedf(format string, args ...any) error { return Errorf(Unsupported, format, args...) }
+
+// CodeOf returns the code of err: the code of the outermost *Error in its
+// chain, Timeout for context errors, Internal for anything else; 0 for nil.
+func CodeOf(err error) Code {
+	if err == nil {
+		return 0
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	var s codeSentinel
+	if errors.As(err, &s) {
+		return Code(s)
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return Timeout
+	}
+	return Internal
+}
+
+// IsClassified reports whether err already carries a code.
+func IsClassified(err error) bool {
+	var e *Error
+	var s codeSentinel
+	return errors.As(err, &e) || errors.As(err, &s)
+}

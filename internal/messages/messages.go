@@ -1,0 +1,172 @@
+// Package messages defines the wire format of subbus: request and reply
+// bodies, headers, subjects, stream chunks, events and metrics. Workers and
+// clients (subbus, other services) share it; schemas/ describes the same
+// messages as JSON Schema and AsyncAPI.
+package messages
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/subbus/subbus/internal/drivers"
+)
+
+// Headers.
+const (
+	HeaderRequestID      = "Subbus-Request-Id"
+	HeaderDeadline       = "Subbus-Deadline" // RFC 3339 with nanoseconds, absolute
+	HeaderIdempotencyKey = "Subbus-Idempotency-Key"
+	// HeaderErrorCode / HeaderError are micro's error headers.
+	HeaderErrorCode = "Nats-Service-Error-Code"
+	HeaderError     = "Nats-Service-Error"
+)
+
+// MaxRequestBytes bounds a request body; larger requests are invalid_argument.
+const MaxRequestBytes = 1 << 20
+
+// Op is a bus operation, the last token of a request subject.
+type Op string
+
+const (
+	OpList            Op = "list"
+	OpGet             Op = "get"
+	OpCreate          Op = "create"
+	OpStart           Op = "start"
+	OpStop            Op = "stop"
+	OpRestart         Op = "restart"
+	OpDelete          Op = "delete"
+	OpExec            Op = "exec"
+	OpLogs            Op = "logs"
+	OpMetrics         Op = "metrics"
+	OpHealth          Op = "health"
+	OpCapabilities    Op = "capabilities"
+	OpLimitsGet       Op = "limits-get"
+	OpLimitsSet       Op = "limits-set"
+	OpSnapshotCreate  Op = "snapshot-create"
+	OpSnapshotRestore Op = "snapshot-restore"
+	OpSnapshotList    Op = "snapshot-list"
+	OpSnapshotDelete  Op = "snapshot-delete"
+	OpClone           Op = "clone"
+	OpNetworkAttach   Op = "network-attach"
+	OpNetworkDetach   Op = "network-detach"
+	OpNetworkList     Op = "network-list"
+)
+
+// Ops lists every operation.
+func Ops() []Op {
+	return []Op{OpList, OpGet, OpCreate, OpStart, OpStop, OpRestart, OpDelete, OpExec, OpLogs, OpMetrics,
+		OpHealth, OpCapabilities, OpLimitsGet, OpLimitsSet, OpSnapshotCreate, OpSnapshotRestore, OpSnapshotList,
+		OpSnapshotDelete, OpClone, OpNetworkAttach, OpNetworkDetach, OpNetworkList}
+}
+
+// Mutating reports whether op changes state (takes an idempotency key, emits events).
+func (o Op) Mutating() bool {
+	switch o {
+	case OpCreate, OpStart, OpStop, OpRestart, OpDelete, OpLimitsSet, OpSnapshotCreate, OpSnapshotRestore,
+		OpSnapshotDelete, OpClone, OpNetworkAttach, OpNetworkDetach, OpExec:
+		return true
+	}
+	return false
+}
+
+// Request bodies. Every field not listed for an op is rejected by the
+// strict decoder.
+
+// NameRequest serves get, start, metrics, limits-get, snapshot-list.
+type NameRequest struct {
+	Name string `json:"name"`
+}
+
+// CreateRequest serves create.
+type CreateRequest struct {
+	Template drivers.InstanceTemplate `json:"template"`
+}
+
+// StopRequest serves stop and restart. Timeout is a Go duration string ("30s").
+type StopRequest struct {
+	Name    string `json:"name"`
+	Force   bool   `json:"force,omitempty"`
+	Timeout string `json:"timeout,omitempty"`
+}
+
+// DeleteRequest serves delete.
+type DeleteRequest struct {
+	Name  string `json:"name"`
+	Force bool   `json:"force,omitempty"`
+}
+
+// ExecRequest serves exec. With Stream, output comes as Chunks (see Chunk).
+type ExecRequest struct {
+	Name string `json:"name"`
+	drivers.ExecRequest
+	Stream bool `json:"stream,omitempty"`
+}
+
+// LogsRequest serves logs. With Follow, lines come as Chunks until the client goes away.
+type LogsRequest struct {
+	Name   string `json:"name"`
+	Lines  int    `json:"lines,omitempty"`
+	Follow bool   `json:"follow,omitempty"`
+}
+
+// LimitsSetRequest serves limits-set.
+type LimitsSetRequest struct {
+	Name   string                 `json:"name"`
+	Limits drivers.ResourceLimits `json:"limits"`
+}
+
+// SnapshotRequest serves snapshot-create, snapshot-restore, snapshot-delete.
+type SnapshotRequest struct {
+	Name     string `json:"name"`
+	Snapshot string `json:"snapshot"`
+}
+
+// CloneRequest serves clone.
+type CloneRequest struct {
+	Source string `json:"source"`
+	Target string `json:"target"`
+}
+
+// NetworkAttachRequest serves network-attach.
+type NetworkAttachRequest struct {
+	Name    string                `json:"name"`
+	Network drivers.NetworkConfig `json:"network"`
+}
+
+// NetworkDetachRequest serves network-detach.
+type NetworkDetachRequest struct {
+	Name    string `json:"name"`
+	Network string `json:"network"`
+}
+
+// Reply is the body of every non-streamed reply: exactly one of Result and Error.
+type Reply struct {
+	RequestID string             `json:"request_id,omitempty"`
+	Host      string             `json:"host,omitempty"`
+	Result    json.RawMessage    `json:"result,omitempty"`
+	Error     *drivers.ErrorInfo `json:"error,omitempty"`
+}
+
+// ChangedResult is the result of start, stop, delete (and restart): whether anything changed.
+type ChangedResult struct {
+	Changed  bool              `json:"changed"`
+	Instance *drivers.Instance `json:"instance,omitempty"`
+}
+
+// Chunk is one message of a streamed reply (exec with stream, logs with
+// follow). Chunks are sent to the request's reply subject in Seq order
+// (starting at 1). The last chunk has Final set and carries the exit code
+// (exec), or the error, if any.
+type Chunk struct {
+	RequestID string             `json:"request_id,omitempty"`
+	Seq       uint64             `json:"seq"`
+	Stream    string             `json:"stream,omitempty"` // stdout, stderr, console
+	Data      []byte             `json:"data,omitempty"`   // exec output bytes (base64 in JSON)
+	Line      *drivers.LogLine   `json:"line,omitempty"`   // a log line
+	Final     bool               `json:"final,omitempty"`
+	ExitCode  *int               `json:"exit_code,omitempty"`
+	Error     *drivers.ErrorInfo `json:"error,omitempty"`
+}
+
+// DefaultStreamIdle: a streaming client that has not acknowledged chunks for this long is gone.
+const DefaultStreamIdle = 30 * time.Second
