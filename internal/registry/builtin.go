@@ -1,0 +1,9 @@
+package registry
+
+// Builtin returns every built-in driver. This file is where drivers are
+// registered: one entry per driver package.
+func Builtin() []Factory {
+	return check([]Factory{
+		// process, docker, supervisor, lxc: each driver package adds its entry here.
+	})
+}
