@@ -154,19 +154,34 @@ type ChangedResult struct {
 }
 
 // Chunk is one message of a streamed reply (exec with stream, logs with
-// follow). Chunks are sent to the request's reply subject in Seq order
-// (starting at 1). The last chunk has Final set and carries the exit code
-// (exec), or the error, if any.
+// follow).
+//
+// Streaming protocol: the client subscribes to a fresh inbox and publishes
+// the request with that inbox as reply subject. The worker sends every
+// chunk to the inbox as a NATS request of its own, in Seq order starting at
+// 1, and waits for the client's acknowledgement (any reply, usually empty)
+// before sending the next: this gives ordering and back-pressure. When an
+// acknowledgement does not come (no responders: the client unsubscribed or
+// went away; or DefaultStreamIdle passed) the worker cancels the operation,
+// which stops the stream on the worker. While a followed stream is quiet
+// the worker sends a Heartbeat chunk every HeartbeatInterval so a vanished
+// client is noticed. The last chunk has Final set and carries the exit code
+// (exec) or the error, if any; errors before the stream starts (not_found,
+// invalid_argument…) arrive as a single Final chunk with Error.
 type Chunk struct {
 	RequestID string             `json:"request_id,omitempty"`
 	Seq       uint64             `json:"seq"`
 	Stream    string             `json:"stream,omitempty"` // stdout, stderr, console
 	Data      []byte             `json:"data,omitempty"`   // exec output bytes (base64 in JSON)
 	Line      *drivers.LogLine   `json:"line,omitempty"`   // a log line
+	Heartbeat bool               `json:"heartbeat,omitempty"`
 	Final     bool               `json:"final,omitempty"`
 	ExitCode  *int               `json:"exit_code,omitempty"`
 	Error     *drivers.ErrorInfo `json:"error,omitempty"`
 }
+
+// HeartbeatInterval is how often a quiet stream sends a heartbeat chunk.
+const HeartbeatInterval = 5 * time.Second
 
 // DefaultStreamIdle: a streaming client that has not acknowledged chunks for this long is gone.
 const DefaultStreamIdle = 30 * time.Second
