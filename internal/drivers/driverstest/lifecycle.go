@@ -1,0 +1,300 @@
+package driverstest
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+
+	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/manager"
+)
+
+// tests lists the top-level subtests in the order they run.
+func (su *suite) tests() []namedTest {
+	return []namedTest{
+		{"Capabilities", testCapabilities},
+		{"Unsupported", testUnsupported},
+		{"RoundTrip", testRoundTrip},
+		{"CreateExisting", testCreateExisting},
+		{"Missing", testMissing},
+		{"Idempotent", testIdempotent},
+		{"ForceStop", testForceStop},
+		{"ForceDeleteRunning", testForceDeleteRunning},
+		{"DeleteRunningConflict", testDeleteRunningConflict},
+		{"InvalidNames", testInvalidNames},
+		{"Restart", testRestart},
+		{"Exec", testExec},
+		{"Logs", testLogs},
+		{"Metrics", testMetrics},
+		{"Limits", testLimits},
+		{"Snapshots", testSnapshots},
+		{"Clone", testClone},
+		{"Networks", testNetworks},
+		{"Events", testEvents},
+	}
+}
+
+func testCapabilities(t *testing.T, e *env) {
+	got := e.m.Capabilities()
+	if derived := drivers.CapabilitiesOf(e.d); derived != got {
+		t.Errorf("manager capabilities %+v differ from CapabilitiesOf(driver) %+v", got, derived)
+	}
+	if e.s.caps == nil {
+		t.Logf("driver %s declares %+v (no expectation given)", e.d.Name(), got)
+		return
+	}
+	if got != *e.s.caps {
+		t.Errorf("driver %s declares %+v, want %+v", e.d.Name(), got, *e.s.caps)
+	}
+	if e.d.Name() != e.m.Driver() || e.d.Name() == "" {
+		t.Errorf("driver name %q, manager says %q", e.d.Name(), e.m.Driver())
+	}
+}
+
+func testRoundTrip(t *testing.T, e *env) {
+	name := e.name("rt")
+	tmpl := e.h.Template(name)
+	inst := e.createNamed(name)
+	if inst.Name != name {
+		t.Errorf("Create returned name %q, want %q", inst.Name, name)
+	}
+	if inst.State != drivers.StateStopped {
+		t.Errorf("created instance is %s, want stopped", inst.State)
+	}
+
+	got, err := e.m.Get(e.ctx(), name)
+	e.must("Get", err)
+	if got.Name != name || got.State != drivers.StateStopped {
+		t.Errorf("Get = {Name:%q State:%s}, want {%q stopped}", got.Name, got.State, name)
+	}
+	if got.Driver != e.d.Name() {
+		t.Errorf("Get: Driver = %q, want %q", got.Driver, e.d.Name())
+	}
+	if tmpl.BaseImage != "" && got.Image == "" {
+		t.Errorf("Get: Image is empty, template had %q", tmpl.BaseImage)
+	}
+	if l, ok := e.listed(name); !ok {
+		t.Errorf("List does not show %s", name)
+	} else if l.State != drivers.StateStopped {
+		t.Errorf("List shows %s as %s, want stopped", name, l.State)
+	}
+
+	changed, err := e.m.Start(e.ctx(), name)
+	e.must("Start", err)
+	if !changed {
+		t.Errorf("Start of a stopped instance: changed=false, want true")
+	}
+	e.waitState(name, drivers.StateRunning)
+	if l, ok := e.listed(name); !ok || l.State != drivers.StateRunning {
+		t.Errorf("List shows %s as %q (listed=%v), want running", name, l.State, ok)
+	}
+
+	u, err := e.m.Metrics(e.ctx(), name)
+	e.must("Metrics", err)
+	if u.Time.IsZero() {
+		t.Errorf("Metrics: Time is zero")
+	}
+
+	changed, err = e.m.Stop(e.ctx(), name, e.stopOpts())
+	e.must("Stop", err)
+	if !changed {
+		t.Errorf("Stop of a running instance: changed=false, want true")
+	}
+	e.waitState(name, drivers.StateStopped)
+
+	changed, err = e.m.Delete(e.ctx(), name, drivers.DeleteOptions{})
+	e.must("Delete", err)
+	if !changed {
+		t.Errorf("Delete: changed=false, want true")
+	}
+	e.waitGone(name)
+}
+
+func testCreateExisting(t *testing.T, e *env) {
+	name := e.create("dup")
+	_, err := e.m.Create(e.ctx(), e.h.Template(name))
+	e.wantCode("Create of an existing name", err, drivers.AlreadyExists)
+	// The original is untouched.
+	e.waitState(name, drivers.StateStopped)
+}
+
+func testMissing(t *testing.T, e *env) {
+	name := e.name("missing")
+	ops := []struct {
+		op string
+		fn func(ctx context.Context) error
+	}{
+		{"Get", func(ctx context.Context) error { _, err := e.m.Get(ctx, name); return err }},
+		{"Start", func(ctx context.Context) error { _, err := e.m.Start(ctx, name); return err }},
+		{"Stop", func(ctx context.Context) error { _, err := e.m.Stop(ctx, name, e.stopOpts()); return err }},
+		{"ForceStop", func(ctx context.Context) error {
+			_, err := e.m.Stop(ctx, name, drivers.StopOptions{Force: true})
+			return err
+		}},
+		{"Delete", func(ctx context.Context) error { _, err := e.m.Delete(ctx, name, drivers.DeleteOptions{}); return err }},
+	}
+	for _, o := range ops {
+		t.Run(o.op, func(t *testing.T) {
+			e.wantCode(o.op+" of a missing instance", o.fn(e.ctx()), drivers.NotFound)
+		})
+	}
+	t.Run("ForceDelete", func(t *testing.T) {
+		changed, err := e.m.Delete(e.ctx(), name, drivers.DeleteOptions{Force: true})
+		e.must("force Delete of a missing instance", err)
+		if changed {
+			t.Errorf("force Delete of a missing instance: changed=true, want false")
+		}
+	})
+}
+
+func testIdempotent(t *testing.T, e *env) {
+	name := e.create("idem")
+	changed, err := e.m.Stop(e.ctx(), name, e.stopOpts())
+	e.must("Stop of a stopped instance", err)
+	if changed {
+		t.Errorf("Stop of a stopped instance: changed=true, want false")
+	}
+	_, err = e.m.Start(e.ctx(), name)
+	e.must("Start", err)
+	e.waitState(name, drivers.StateRunning)
+	changed, err = e.m.Start(e.ctx(), name)
+	e.must("Start of a running instance", err)
+	if changed {
+		t.Errorf("Start of a running instance: changed=true, want false")
+	}
+	e.waitState(name, drivers.StateRunning)
+	_, err = e.m.Stop(e.ctx(), name, e.stopOpts())
+	e.must("Stop", err)
+	e.waitState(name, drivers.StateStopped)
+	changed, err = e.m.Stop(e.ctx(), name, drivers.StopOptions{Force: true})
+	e.must("force Stop of a stopped instance", err)
+	if changed {
+		t.Errorf("force Stop of a stopped instance: changed=true, want false")
+	}
+}
+
+func testForceStop(t *testing.T, e *env) {
+	name := e.running("fstop")
+	changed, err := e.m.Stop(e.ctx(), name, drivers.StopOptions{Force: true})
+	e.must("force Stop", err)
+	if !changed {
+		t.Errorf("force Stop of a running instance: changed=false, want true")
+	}
+	e.waitState(name, drivers.StateStopped)
+	// It can be started again.
+	_, err = e.m.Start(e.ctx(), name)
+	e.must("Start after force stop", err)
+	e.waitState(name, drivers.StateRunning)
+}
+
+func testForceDeleteRunning(t *testing.T, e *env) {
+	name := e.running("fdel")
+	changed, err := e.m.Delete(e.ctx(), name, drivers.DeleteOptions{Force: true})
+	e.must("force Delete of a running instance", err)
+	if !changed {
+		t.Errorf("force Delete of a running instance: changed=false, want true")
+	}
+	e.waitGone(name)
+}
+
+func testDeleteRunningConflict(t *testing.T, e *env) {
+	name := e.running("delrun")
+	_, err := e.m.Delete(e.ctx(), name, drivers.DeleteOptions{})
+	e.wantCode("Delete of a running instance without force", err, drivers.Conflict)
+	e.waitState(name, drivers.StateRunning)
+}
+
+func testRestart(t *testing.T, e *env) {
+	name := e.running("restart")
+	e.must("Restart", e.m.Restart(e.ctx(), name, e.stopOpts()))
+	e.waitState(name, drivers.StateRunning)
+	// Restart of a stopped instance starts it.
+	_, err := e.m.Stop(e.ctx(), name, e.stopOpts())
+	e.must("Stop", err)
+	e.waitState(name, drivers.StateStopped)
+	e.must("Restart of a stopped instance", e.m.Restart(e.ctx(), name, e.stopOpts()))
+	e.waitState(name, drivers.StateRunning)
+	err = e.m.Restart(e.ctx(), e.name("missing"), e.stopOpts())
+	e.wantCode("Restart of a missing instance", err, drivers.NotFound)
+}
+
+// spy wraps a driver's core interface and counts calls, so the suite can
+// show that invalid input never reaches the driver.
+type spy struct {
+	drivers.Driver
+	calls atomic.Int64
+}
+
+func (s *spy) List(ctx context.Context) ([]drivers.Instance, error) {
+	return s.Driver.List(ctx)
+}
+func (s *spy) Get(ctx context.Context, n string) (drivers.Instance, error) {
+	s.calls.Add(1)
+	return s.Driver.Get(ctx, n)
+}
+func (s *spy) Create(ctx context.Context, t drivers.InstanceTemplate) (drivers.Instance, error) {
+	s.calls.Add(1)
+	return s.Driver.Create(ctx, t)
+}
+func (s *spy) Start(ctx context.Context, n string) (bool, error) {
+	s.calls.Add(1)
+	return s.Driver.Start(ctx, n)
+}
+func (s *spy) Stop(ctx context.Context, n string, o drivers.StopOptions) (bool, error) {
+	s.calls.Add(1)
+	return s.Driver.Stop(ctx, n, o)
+}
+func (s *spy) Delete(ctx context.Context, n string, o drivers.DeleteOptions) (bool, error) {
+	s.calls.Add(1)
+	return s.Driver.Delete(ctx, n, o)
+}
+func (s *spy) Metrics(ctx context.Context, n string) (drivers.ResourceUsage, error) {
+	s.calls.Add(1)
+	return s.Driver.Metrics(ctx, n)
+}
+
+var invalidNames = []struct{ desc, name string }{
+	{"empty", ""},
+	{"slash", "a/b"},
+	{"dotdot", ".."},
+	{"dot", "."},
+	{"traversal", "../etc"},
+	{"newline", "a\nb"},
+	{"space", "a b"},
+	{"nul", "a\x00b"},
+	{"leading dash", "-a"},
+	{"too long", "a123456789012345678901234567890123456789012345678901234567890123"},
+}
+
+func testInvalidNames(t *testing.T, e *env) {
+	d, err := e.h.MakeDriver(e.ctx())
+	e.must("MakeDriver", err)
+	sp := &spy{Driver: d}
+	m := manager.New(sp, e.s.mopts)
+	e.must("Connect", m.Connect(e.ctx()))
+	t.Cleanup(func() { _ = m.Close() })
+	sp.calls.Store(0)
+	for _, n := range invalidNames {
+		t.Run(n.desc, func(t *testing.T) {
+			ctx := e.ctx()
+			tmpl := e.h.Template("valid")
+			tmpl.Name = n.name
+			_, err := m.Create(ctx, tmpl)
+			e.wantCode(fmt.Sprintf("Create(%q)", n.name), err, drivers.InvalidArgument)
+			_, err = m.Get(ctx, n.name)
+			e.wantCode(fmt.Sprintf("Get(%q)", n.name), err, drivers.InvalidArgument)
+			_, err = m.Start(ctx, n.name)
+			e.wantCode(fmt.Sprintf("Start(%q)", n.name), err, drivers.InvalidArgument)
+			_, err = m.Stop(ctx, n.name, e.stopOpts())
+			e.wantCode(fmt.Sprintf("Stop(%q)", n.name), err, drivers.InvalidArgument)
+			_, err = m.Delete(ctx, n.name, drivers.DeleteOptions{Force: true})
+			e.wantCode(fmt.Sprintf("Delete(%q)", n.name), err, drivers.InvalidArgument)
+			_, err = m.Metrics(ctx, n.name)
+			e.wantCode(fmt.Sprintf("Metrics(%q)", n.name), err, drivers.InvalidArgument)
+		})
+	}
+	if n := sp.calls.Load(); n != 0 {
+		t.Errorf("the driver was called %d times with invalid names; the manager must reject them first", n)
+	}
+}
