@@ -42,7 +42,7 @@ func EncodeToken(name string) string {
 	if name == "" {
 		return SubstrateToken
 	}
-	if ValidToken(name) {
+	if ValidToken(name) && name != SubstrateToken {
 		return name
 	}
 	return "~" + base64.RawURLEncoding.EncodeToString([]byte(name))

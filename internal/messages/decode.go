@@ -1,0 +1,307 @@
+package messages
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/subbus/subbus/internal/drivers"
+)
+
+// EmptyRequest is the body of list, health, capabilities and network-list:
+// an empty body, null or {}.
+type EmptyRequest struct{}
+
+// ParseOp returns the Op named s, or an invalid_argument error naming the op.
+func ParseOp(s string) (Op, error) {
+	for _, o := range Ops() {
+		if string(o) == s {
+			return o, nil
+		}
+	}
+	return "", drivers.Errorf(drivers.InvalidArgument, "op: unknown operation %q", truncate(s, 64))
+}
+
+// NewRequest returns a pointer to a zero request body for op, the type
+// Decode fills: *NameRequest, *CreateRequest, … or *EmptyRequest.
+func NewRequest(op Op) (any, error) {
+	switch op {
+	case OpList, OpHealth, OpCapabilities, OpNetworkList:
+		return &EmptyRequest{}, nil
+	case OpGet, OpStart, OpMetrics, OpLimitsGet, OpSnapshotList:
+		return &NameRequest{}, nil
+	case OpCreate:
+		return &CreateRequest{}, nil
+	case OpStop, OpRestart:
+		return &StopRequest{}, nil
+	case OpDelete:
+		return &DeleteRequest{}, nil
+	case OpExec:
+		return &ExecRequest{}, nil
+	case OpLogs:
+		return &LogsRequest{}, nil
+	case OpLimitsSet:
+		return &LimitsSetRequest{}, nil
+	case OpSnapshotCreate, OpSnapshotRestore, OpSnapshotDelete:
+		return &SnapshotRequest{}, nil
+	case OpClone:
+		return &CloneRequest{}, nil
+	case OpNetworkAttach:
+		return &NetworkAttachRequest{}, nil
+	case OpNetworkDetach:
+		return &NetworkDetachRequest{}, nil
+	}
+	return nil, drivers.Errorf(drivers.InvalidArgument, "op: unknown operation %q", truncate(string(op), 64))
+}
+
+// Decode strictly decodes the body of a request for op and validates it.
+// It returns a pointer to the op's request type (see NewRequest). Every
+// failure is an invalid_argument error whose message names the field:
+// a body over MaxRequestBytes, malformed JSON, unknown fields, wrong
+// types, trailing data after the JSON value, missing or hostile names
+// (drivers.ValidateName), bad durations, unknown ops. Decode never panics.
+func Decode(op Op, data []byte) (any, error) {
+	req, err := NewRequest(op)
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > MaxRequestBytes {
+		return nil, drivers.Errorf(drivers.InvalidArgument, "body: %d bytes exceeds the limit of %d", len(data), MaxRequestBytes)
+	}
+	trimmed := bytes.TrimSpace(data)
+	if _, empty := req.(*EmptyRequest); empty && (len(trimmed) == 0 || string(trimmed) == "null") {
+		return req, nil
+	}
+	if len(trimmed) == 0 {
+		return nil, drivers.Errorf(drivers.InvalidArgument, "body: empty, a JSON object is required for %s", op)
+	}
+	if trimmed[0] != '{' {
+		return nil, drivers.Errorf(drivers.InvalidArgument, "body: must be a JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(trimmed))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(req); err != nil {
+		return nil, jsonError(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, drivers.Errorf(drivers.InvalidArgument, "body: unexpected data after the JSON object")
+	}
+	if err := validate(req); err != nil {
+		return nil, err
+	}
+	return req, nil
+}
+
+// jsonError turns a decoding error into invalid_argument naming the field.
+func jsonError(err error) error {
+	var typeErr *json.UnmarshalTypeError
+	var syntaxErr *json.SyntaxError
+	switch {
+	case errors.As(err, &typeErr):
+		field := typeErr.Field
+		if field == "" {
+			field = "body"
+		}
+		return drivers.Errorf(drivers.InvalidArgument, "%s: expected %s, got JSON %s", field, typeErr.Type, typeErr.Value)
+	case errors.As(err, &syntaxErr):
+		return drivers.Errorf(drivers.InvalidArgument, "body: malformed JSON at offset %d: %s", syntaxErr.Offset, syntaxErr.Error())
+	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+		return drivers.Errorf(drivers.InvalidArgument, "body: truncated JSON")
+	}
+	msg := err.Error()
+	if f, ok := strings.CutPrefix(msg, "json: unknown field "); ok {
+		return drivers.Errorf(drivers.InvalidArgument, "%s: unknown field", strings.Trim(f, `"`))
+	}
+	// Errors from UnmarshalJSON/UnmarshalText methods (error codes, measures, base64).
+	return drivers.Errorf(drivers.InvalidArgument, "body: %s", truncate(strings.TrimPrefix(msg, "json: "), 200))
+}
+
+// validate checks the names and values of a decoded request.
+func validate(req any) error {
+	switch r := req.(type) {
+	case *NameRequest:
+		return drivers.ValidateName("name", r.Name)
+	case *CreateRequest:
+		if err := drivers.ValidateName("template.name", r.Template.Name); err != nil {
+			return err
+		}
+		if r.Template.BaseImage == "" && len(r.Template.Command) == 0 {
+			return drivers.Errorf(drivers.InvalidArgument, "template.base_image: must not be empty")
+		}
+		return validateNetworks("template.networks", r.Template.Networks)
+	case *StopRequest:
+		if err := drivers.ValidateName("name", r.Name); err != nil {
+			return err
+		}
+		if r.Timeout != "" {
+			d, err := time.ParseDuration(r.Timeout)
+			if err != nil || d <= 0 {
+				return drivers.Errorf(drivers.InvalidArgument, "timeout: %q is not a positive duration like \"30s\"", truncate(r.Timeout, 64))
+			}
+		}
+	case *DeleteRequest:
+		return drivers.ValidateName("name", r.Name)
+	case *ExecRequest:
+		if err := drivers.ValidateName("name", r.Name); err != nil {
+			return err
+		}
+		if len(r.Command) == 0 || r.Command[0] == "" {
+			return drivers.Errorf(drivers.InvalidArgument, "command: must not be empty")
+		}
+	case *LogsRequest:
+		if err := drivers.ValidateName("name", r.Name); err != nil {
+			return err
+		}
+		if r.Lines < 0 {
+			return drivers.Errorf(drivers.InvalidArgument, "lines: must not be negative")
+		}
+	case *LimitsSetRequest:
+		if err := drivers.ValidateName("name", r.Name); err != nil {
+			return err
+		}
+		l := r.Limits
+		if l.CPUCores < 0 || l.MemoryMB < 0 || l.DiskGB < 0 || l.NetworkMbps < 0 || l.PIDs < 0 {
+			return drivers.Errorf(drivers.InvalidArgument, "limits: must not be negative")
+		}
+	case *SnapshotRequest:
+		if err := drivers.ValidateName("name", r.Name); err != nil {
+			return err
+		}
+		return drivers.ValidateName("snapshot", r.Snapshot)
+	case *CloneRequest:
+		if err := drivers.ValidateName("source", r.Source); err != nil {
+			return err
+		}
+		return drivers.ValidateName("target", r.Target)
+	case *NetworkAttachRequest:
+		if err := drivers.ValidateName("name", r.Name); err != nil {
+			return err
+		}
+		return drivers.ValidateName("network.network_name", r.Network.NetworkName)
+	case *NetworkDetachRequest:
+		if err := drivers.ValidateName("name", r.Name); err != nil {
+			return err
+		}
+		return drivers.ValidateName("network", r.Network)
+	}
+	return nil
+}
+
+func validateNetworks(field string, nets []drivers.NetworkConfig) error {
+	for i, n := range nets {
+		if err := drivers.ValidateName(fmt.Sprintf("%s[%d].network_name", field, i), n.NetworkName); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// StopOptions converts a decoded stop/restart request (validated by Decode).
+func (r StopRequest) StopOptions() drivers.StopOptions {
+	d, _ := time.ParseDuration(r.Timeout)
+	return drivers.StopOptions{Force: r.Force, Timeout: d}
+}
+
+// InstanceName returns the instance a decoded request is about ("" for
+// none), for logs.
+func InstanceName(req any) string {
+	switch r := req.(type) {
+	case *NameRequest:
+		return r.Name
+	case *CreateRequest:
+		return r.Template.Name
+	case *StopRequest:
+		return r.Name
+	case *DeleteRequest:
+		return r.Name
+	case *ExecRequest:
+		return r.Name
+	case *LogsRequest:
+		return r.Name
+	case *LimitsSetRequest:
+		return r.Name
+	case *SnapshotRequest:
+		return r.Name
+	case *CloneRequest:
+		return r.Source
+	case *NetworkAttachRequest:
+		return r.Name
+	case *NetworkDetachRequest:
+		return r.Name
+	}
+	return ""
+}
+
+// ResultReply encodes a successful reply. Results that cannot be encoded
+// give an internal error reply instead.
+func ResultReply(requestID, host string, result any) []byte {
+	raw, err := json.Marshal(result)
+	if err != nil {
+		return ErrorReply(requestID, host, drivers.Errorf(drivers.Internal, "encoding the result: %v", err))
+	}
+	b, _ := json.Marshal(Reply{RequestID: requestID, Host: host, Result: raw})
+	return b
+}
+
+// ErrorReply encodes an error reply for err (classified with drivers.CodeOf).
+func ErrorReply(requestID, host string, err error) []byte {
+	b, _ := json.Marshal(Reply{RequestID: requestID, Host: host, Error: drivers.InfoOf(err)})
+	return b
+}
+
+// ErrorHeaders returns micro's error headers for err: the message (one
+// line, at most 512 bytes) and the numeric code.
+func ErrorHeaders(err error) (message, code string) {
+	info := drivers.InfoOf(err)
+	msg := strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' {
+			return ' '
+		}
+		return r
+	}, info.Message)
+	if msg == "" {
+		msg = info.Code.String()
+	}
+	return truncate(msg, 512), fmt.Sprint(int(info.Code))
+}
+
+// FormatDeadline formats an absolute deadline for HeaderDeadline.
+func FormatDeadline(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+// ParseDeadline parses HeaderDeadline. An empty value means no deadline
+// (ok=false, nil error); a malformed one is invalid_argument.
+func ParseDeadline(v string) (deadline time.Time, ok bool, err error) {
+	if v == "" {
+		return time.Time{}, false, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return time.Time{}, false, drivers.Errorf(drivers.InvalidArgument, "header %s: %q is not an RFC 3339 time", HeaderDeadline, truncate(v, 64))
+	}
+	return t, true, nil
+}
+
+// NewRequestID returns a fresh random request id (32 hex digits).
+func NewRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// ValidRequestID reports whether a caller-supplied request id is acceptable
+// (a subject-token-like string of at most 128 characters); others are
+// replaced by a generated one.
+func ValidRequestID(id string) bool { return ValidToken(id) }
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
