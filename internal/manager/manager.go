@@ -7,11 +7,13 @@ package manager
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/resilience"
 )
 
 // Options configure a Manager. The zero value is usable: every zero field
@@ -50,14 +52,49 @@ type Options struct {
 
 // Manager wraps one driver. It is safe for concurrent use.
 type Manager struct {
-	d    drivers.Driver
-	opts Options
-	caps drivers.Capabilities
+	d     drivers.Driver
+	opts  Options
+	caps  drivers.Capabilities
+	log   zerolog.Logger
+	now   func() time.Time
+	sleep func(ctx context.Context, d time.Duration) error // nil: real timers
+
+	breaker  *resilience.Breaker
+	bmu      sync.Mutex
+	bpending []breakerChange
+
+	locks keyedLock
+	cache cache
+	stats opRecorder
+	bus   bus
+
+	connMu    sync.Mutex // serializes Connect / EnsureConnected
+	mu        sync.Mutex
+	connected bool
+	lastCheck time.Time
+	closed    bool
+
+	watchDelay  time.Duration // tests: fixed re-watch delay
+	watchCancel context.CancelFunc
+	watchDone   chan struct{}
 }
 
 // New returns a Manager over d. It does not connect; call Connect.
 func New(d drivers.Driver, opts Options) *Manager {
-	return &Manager{d: d, opts: opts, caps: drivers.CapabilitiesOf(d)}
+	opts = opts.withDefaults()
+	m := &Manager{d: d, opts: opts, caps: drivers.CapabilitiesOf(d), log: opts.Logger, now: time.Now}
+	m.cache = cache{ttl: opts.CacheTTL, now: func() time.Time { return m.now() }}
+	m.stats.since = time.Now().UTC()
+	m.breaker = resilience.NewBreaker(resilience.BreakerSettings{
+		Name:          d.Name(),
+		Failures:      opts.BreakerFailures,
+		OpenTimeout:   opts.BreakerOpenTimeout,
+		OnStateChange: m.breakerChanged,
+	})
+	m.bus.log = func(v any, ev drivers.Event) {
+		m.log.Error().Str("driver", d.Name()).Str("event", string(ev.Type)).Interface("panic", v).Msg("event subscriber panicked")
+	}
+	return m
 }
 
 // Driver returns the driver's name.
@@ -69,94 +106,157 @@ func (m *Manager) Host() string { return m.opts.Host }
 // Capabilities returns what the driver supports.
 func (m *Manager) Capabilities() drivers.Capabilities { return m.caps }
 
-// Connect connects the driver (bounded by ConnectionTimeout).
-func (m *Manager) Connect(ctx context.Context) error { return m.classify(m.d.Connect(ctx)) }
+// Options returns the options in force (defaults applied).
+func (m *Manager) Options() Options { return m.opts }
 
-// Close stops background work and closes the driver. Instances keep running.
-func (m *Manager) Close() error { return m.d.Close() }
-
-// Subscribe registers fn to receive every event, in order. fn runs on the
-// emitting goroutine and must not block. The returned func unsubscribes.
-func (m *Manager) Subscribe(fn func(drivers.Event)) (unsubscribe func()) { return func() {} }
-
-// List returns every instance, stamped with driver and host.
-func (m *Manager) List(ctx context.Context) ([]drivers.Instance, error) {
-	l, err := m.d.List(ctx)
-	return l, m.classify(err)
+// BreakerState returns the circuit breaker's state: closed, open or half_open.
+func (m *Manager) BreakerState() string {
+	s := m.breaker.State()
+	m.flushBreaker()
+	return string(s)
 }
 
-// Get returns one instance or NotFound.
-func (m *Manager) Get(ctx context.Context, name string) (drivers.Instance, error) {
-	if err := drivers.ValidateName("name", name); err != nil {
-		return drivers.Instance{}, err
-	}
-	i, err := m.d.Get(ctx, name)
-	return i, m.classify(err)
+// Connect connects the driver (bounded by ConnectionTimeout) and, when the
+// driver has a native event feed and events are enabled, starts watching
+// it. Calling it again reconnects.
+func (m *Manager) Connect(ctx context.Context) error {
+	m.connMu.Lock()
+	defer m.connMu.Unlock()
+	return m.connect(ctx)
 }
 
-// Create creates an instance from a template (create_from_template); emits created.
-func (m *Manager) Create(ctx context.Context, t drivers.InstanceTemplate) (drivers.Instance, error) {
-	if err := drivers.ValidateName("name", t.Name); err != nil {
-		return drivers.Instance{}, err
-	}
-	i, err := m.d.Create(ctx, t)
-	return i, m.classify(err)
-}
-
-// Start starts an instance; changed=false when it was already running.
-func (m *Manager) Start(ctx context.Context, name string) (bool, error) {
-	c, err := m.d.Start(ctx, name)
-	return c, m.classify(err)
-}
-
-// Stop stops an instance; changed=false when it was already stopped.
-func (m *Manager) Stop(ctx context.Context, name string, opts drivers.StopOptions) (bool, error) {
-	c, err := m.d.Stop(ctx, name, opts)
-	return c, m.classify(err)
-}
-
-// Restart stops then starts (or uses the driver's native restart); emits restarted.
-func (m *Manager) Restart(ctx context.Context, name string, opts drivers.StopOptions) error {
-	if _, err := m.Stop(ctx, name, opts); err != nil {
+func (m *Manager) connect(ctx context.Context) error {
+	_, err := run(m, ctx, call{op: "connect", timeout: m.opts.ConnectionTimeout}, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, m.d.Connect(ctx)
+	})
+	if err != nil {
+		m.setConnected(false)
 		return err
 	}
-	_, err := m.Start(ctx, name)
+	m.mu.Lock()
+	m.lastCheck = m.now()
+	m.mu.Unlock()
+	m.setConnected(true)
+	m.cache.invalidate()
+	m.startWatch()
+	return nil
+}
+
+// IsConnected reports whether the last Connect or health check succeeded
+// and no call has since found the substrate unavailable.
+func (m *Manager) IsConnected() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.connected
+}
+
+// EnsureConnected reconnects when disconnected; when connected, it
+// re-checks the substrate's health if HealthCheckInterval has passed
+// since the last check, and reconnects when that check finds the
+// substrate unavailable. It returns nil when the substrate is reachable.
+func (m *Manager) EnsureConnected(ctx context.Context) error {
+	m.connMu.Lock()
+	defer m.connMu.Unlock()
+	m.mu.Lock()
+	connected, last := m.connected, m.lastCheck
+	m.mu.Unlock()
+	if !connected {
+		return m.connect(ctx)
+	}
+	if m.now().Sub(last) < m.opts.HealthCheckInterval {
+		return nil
+	}
+	_, err := m.Health(ctx)
+	if err == nil {
+		return nil
+	}
+	if c := drivers.CodeOf(err); c == drivers.Unavailable || c == drivers.Timeout {
+		m.setConnected(false)
+		return m.connect(ctx)
+	}
 	return err
 }
 
-// Delete deletes an instance; changed=false when forced on a missing one.
-func (m *Manager) Delete(ctx context.Context, name string, opts drivers.DeleteOptions) (bool, error) {
-	c, err := m.d.Delete(ctx, name, opts)
-	return c, m.classify(err)
-}
-
-// Metrics returns one usage sample.
-func (m *Manager) Metrics(ctx context.Context, name string) (drivers.ResourceUsage, error) {
-	u, err := m.d.Metrics(ctx, name)
-	return u, m.classify(err)
-}
-
-// Health reports the substrate's health.
-func (m *Manager) Health(ctx context.Context) (drivers.Health, error) {
-	h, err := m.d.Health(ctx)
-	return h, m.classify(err)
-}
-
-// Exec runs a command. With nil writers the output is collected into the
-// result's Stdout/Stderr; otherwise it is streamed to the writers.
-func (m *Manager) Exec(ctx context.Context, name string, req drivers.ExecRequest, stdout, stderr drivers.Writer) (drivers.ExecResult, error) {
-	return drivers.ExecResult{}, drivers.Unsupportedf("exec: not implemented yet")
-}
-
-// Logs emits the last opts.Lines lines (default LogLines) and, with
-// opts.Follow, new lines until ctx ends.
-func (m *Manager) Logs(ctx context.Context, name string, opts drivers.LogOptions, emit func(drivers.LogLine) error) error {
-	return drivers.Unsupportedf("logs: not implemented yet")
-}
-
-func (m *Manager) classify(err error) error {
-	if err == nil || drivers.IsClassified(err) {
-		return err
+// setConnected records the connection state, emitting connected or
+// disconnected when it changes.
+func (m *Manager) setConnected(v bool) {
+	m.mu.Lock()
+	changed := m.connected != v
+	m.connected = v
+	m.mu.Unlock()
+	if !changed {
+		return
 	}
-	return &drivers.Error{Code: m.d.ErrorCode(err), Err: err}
+	if v {
+		m.log.Info().Str("driver", m.d.Name()).Msg("connected")
+		m.publish(drivers.Event{Type: drivers.EventConnected})
+	} else {
+		m.log.Warn().Str("driver", m.d.Name()).Msg("substrate unavailable: disconnected")
+		m.publish(drivers.Event{Type: drivers.EventDisconnected})
+	}
+}
+
+func (m *Manager) startWatch() {
+	src, ok := m.d.(drivers.EventSource)
+	if !ok || !m.caps.Events || m.opts.DisableEvents {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.watchCancel != nil || m.closed {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m.watchCancel = cancel
+	m.watchDone = make(chan struct{})
+	go func(done chan struct{}) {
+		defer close(done)
+		m.watch(ctx, src)
+	}(m.watchDone)
+}
+
+// Close stops background work and closes the driver. Instances keep running.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	m.closed = true
+	cancel, done := m.watchCancel, m.watchDone
+	m.watchCancel, m.watchDone = nil, nil
+	m.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+	err := m.d.Close()
+	m.mu.Lock()
+	m.connected = false
+	m.mu.Unlock()
+	return err
+}
+
+// Subscribe registers fn to receive every event, in order. fn runs on the
+// emitting goroutine and must not block; a panic in fn is logged and
+// does not reach the manager. The returned func unsubscribes.
+func (m *Manager) Subscribe(fn func(drivers.Event)) (unsubscribe func()) { return m.bus.subscribe(fn) }
+
+// Stats returns the operation metrics.
+func (m *Manager) Stats() OpStats {
+	ops, events, since := m.stats.snapshot()
+	return OpStats{
+		Driver:  m.d.Name(),
+		Host:    m.opts.Host,
+		Since:   since,
+		Breaker: m.BreakerState(),
+		Ops:     ops,
+		Events:  events,
+	}
+}
+
+// stamp fills the fields the manager owns on an instance the driver returned.
+func (m *Manager) stamp(i drivers.Instance) drivers.Instance {
+	i.Driver = m.d.Name()
+	i.Host = m.opts.Host
+	if i.State == "" {
+		i.State = drivers.StateUnknown
+	}
+	return i
 }

@@ -1,0 +1,620 @@
+package manager
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strconv"
+
+	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/resilience"
+)
+
+// MaxExecOutput bounds what Exec collects per stream when the caller gives
+// no writers; output beyond it is dropped.
+const MaxExecOutput = 16 << 20
+
+// List returns every instance, stamped with driver and host. An
+// unreachable substrate is an Unavailable error, never a list of
+// instances in a made-up state.
+func (m *Manager) List(ctx context.Context) ([]drivers.Instance, error) {
+	if l, ok := m.cache.getList(); ok {
+		m.stats.hit("list")
+		return l, nil
+	}
+	gen := m.cache.generation()
+	l, err := run(m, ctx, call{op: "list", retry: true}, m.d.List)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]drivers.Instance, len(l))
+	for k, i := range l {
+		out[k] = m.stamp(i)
+	}
+	m.cache.putList(gen, out)
+	return out, nil
+}
+
+// Get returns one instance or NotFound.
+func (m *Manager) Get(ctx context.Context, name string) (drivers.Instance, error) {
+	if err := drivers.ValidateName("name", name); err != nil {
+		return drivers.Instance{}, m.reject("get", err)
+	}
+	if i, ok := m.cache.get(name); ok {
+		m.stats.hit("get")
+		return i, nil
+	}
+	gen := m.cache.generation()
+	i, err := run(m, ctx, call{op: "get", retry: true}, func(ctx context.Context) (drivers.Instance, error) {
+		return m.d.Get(ctx, name)
+	})
+	if err != nil {
+		return drivers.Instance{}, err
+	}
+	i = m.stamp(i)
+	m.cache.put(gen, i)
+	return i, nil
+}
+
+// Create creates an instance from a template (create_from_template); emits
+// created. It is never retried: a create that timed out may have happened.
+func (m *Manager) Create(ctx context.Context, t drivers.InstanceTemplate) (drivers.Instance, error) {
+	if err := ValidateTemplate(t); err != nil {
+		return drivers.Instance{}, m.reject("create", err)
+	}
+	var inst drivers.Instance
+	err := m.mutate(ctx, "create", []string{t.Name}, func(ctx context.Context, fl *flight) error {
+		i, err := run(m, ctx, call{op: "create", flight: fl}, func(ctx context.Context) (drivers.Instance, error) {
+			return m.d.Create(ctx, t)
+		})
+		inst = i
+		return err
+	})
+	if err != nil {
+		m.emitFailed(ctx, "create", t.Name, nil, err)
+		return drivers.Instance{}, err
+	}
+	inst = m.stamp(inst)
+	m.emitState(ctx, drivers.EventCreated, t.Name, inst.State, map[string]string{"image": t.BaseImage})
+	return inst, nil
+}
+
+// emitState emits a successful mutation's event carrying the new state.
+func (m *Manager) emitState(ctx context.Context, typ drivers.EventType, instance string, st drivers.State, details map[string]string) {
+	m.publish(drivers.Event{
+		Type:      typ,
+		Instance:  instance,
+		RequestID: RequestID(ctx),
+		Source:    drivers.SourceManager,
+		State:     st,
+		Details:   details,
+	})
+}
+
+// Start starts an instance; changed=false when it was already running
+// (then no started event is emitted).
+func (m *Manager) Start(ctx context.Context, name string) (bool, error) {
+	if err := drivers.ValidateName("name", name); err != nil {
+		return false, m.reject("start", err)
+	}
+	var changed bool
+	err := m.mutate(ctx, "start", []string{name}, func(ctx context.Context, fl *flight) (err error) {
+		changed, err = m.start(ctx, name, fl)
+		return err
+	})
+	if err != nil {
+		m.emitFailed(ctx, "start", name, nil, err)
+		return false, err
+	}
+	if changed {
+		m.emitState(ctx, drivers.EventStarted, name, drivers.StateRunning, nil)
+	}
+	return changed, nil
+}
+
+func (m *Manager) start(ctx context.Context, name string, fl *flight) (bool, error) {
+	return run(m, ctx, call{op: "start", retry: true, flight: fl}, func(ctx context.Context) (bool, error) {
+		return m.d.Start(ctx, name)
+	})
+}
+
+// stopOptions checks opts and applies the default graceful timeout.
+func (m *Manager) stopOptions(opts drivers.StopOptions) (drivers.StopOptions, error) {
+	if opts.Timeout < 0 {
+		return opts, invalid("stop.timeout", "%v is negative", opts.Timeout)
+	}
+	if !opts.Force && opts.Timeout == 0 {
+		opts.Timeout = m.opts.StopTimeout
+	}
+	return opts, nil
+}
+
+// Stop stops an instance; changed=false when it was already stopped (then
+// no stopped event is emitted). Without Force and Timeout, the graceful
+// timeout is Options.StopTimeout.
+func (m *Manager) Stop(ctx context.Context, name string, opts drivers.StopOptions) (bool, error) {
+	if err := drivers.ValidateName("name", name); err != nil {
+		return false, m.reject("stop", err)
+	}
+	opts, err := m.stopOptions(opts)
+	if err != nil {
+		return false, m.reject("stop", err)
+	}
+	var changed bool
+	err = m.mutate(ctx, "stop", []string{name}, func(ctx context.Context, fl *flight) (err error) {
+		changed, err = m.stop(ctx, name, opts, fl)
+		return err
+	})
+	if err != nil {
+		m.emitFailed(ctx, "stop", name, nil, err)
+		return false, err
+	}
+	if changed {
+		m.emitState(ctx, drivers.EventStopped, name, drivers.StateStopped, stopDetails(opts))
+	}
+	return changed, nil
+}
+
+func (m *Manager) stop(ctx context.Context, name string, opts drivers.StopOptions, fl *flight) (bool, error) {
+	return run(m, ctx, call{op: "stop", retry: true, flight: fl}, func(ctx context.Context) (bool, error) {
+		return m.d.Stop(ctx, name, opts)
+	})
+}
+
+func stopDetails(opts drivers.StopOptions) map[string]string {
+	if opts.Force {
+		return map[string]string{"force": "true"}
+	}
+	return nil
+}
+
+// Restart restarts an instance with the driver's native restart when it
+// has one (not retried), else by stop then start (each retried) under one
+// lock; emits restarted.
+func (m *Manager) Restart(ctx context.Context, name string, opts drivers.StopOptions) error {
+	if err := drivers.ValidateName("name", name); err != nil {
+		return m.reject("restart", err)
+	}
+	opts, err := m.stopOptions(opts)
+	if err != nil {
+		return m.reject("restart", err)
+	}
+	err = m.mutate(ctx, "restart", []string{name}, func(ctx context.Context, fl *flight) error {
+		if r, ok := m.d.(drivers.Restarter); ok {
+			_, err := run(m, ctx, call{op: "restart", flight: fl}, func(ctx context.Context) (struct{}, error) {
+				return struct{}{}, r.Restart(ctx, name, opts)
+			})
+			return err
+		}
+		if _, err := m.stop(ctx, name, opts, fl); err != nil {
+			return err
+		}
+		_, err := m.start(ctx, name, fl)
+		return err
+	})
+	if err != nil {
+		m.emitFailed(ctx, "restart", name, nil, err)
+		return err
+	}
+	m.emitState(ctx, drivers.EventRestarted, name, drivers.StateRunning, stopDetails(opts))
+	return nil
+}
+
+// Delete deletes an instance; changed=false when forced on a missing one
+// (then no deleted event is emitted). Only a forced delete is retried: an
+// unforced retry after a delete that happened would be NotFound.
+func (m *Manager) Delete(ctx context.Context, name string, opts drivers.DeleteOptions) (bool, error) {
+	if err := drivers.ValidateName("name", name); err != nil {
+		return false, m.reject("delete", err)
+	}
+	var changed bool
+	err := m.mutate(ctx, "delete", []string{name}, func(ctx context.Context, fl *flight) (err error) {
+		changed, err = run(m, ctx, call{op: "delete", retry: opts.Force, flight: fl}, func(ctx context.Context) (bool, error) {
+			return m.d.Delete(ctx, name, opts)
+		})
+		return err
+	})
+	if err != nil {
+		m.emitFailed(ctx, "delete", name, nil, err)
+		return false, err
+	}
+	if changed {
+		var d map[string]string
+		if opts.Force {
+			d = map[string]string{"force": "true"}
+		}
+		m.emitState(ctx, drivers.EventDeleted, name, "", d)
+	}
+	return changed, nil
+}
+
+// Metrics returns one usage sample.
+func (m *Manager) Metrics(ctx context.Context, name string) (drivers.ResourceUsage, error) {
+	if err := drivers.ValidateName("name", name); err != nil {
+		return drivers.ResourceUsage{}, m.reject("metrics", err)
+	}
+	return run(m, ctx, call{op: "metrics", retry: true}, func(ctx context.Context) (drivers.ResourceUsage, error) {
+		return m.d.Metrics(ctx, name)
+	})
+}
+
+// Health reports the substrate's health (bounded by ConnectionTimeout),
+// with the circuit breaker's state in Details["breaker"] and, unless
+// closed, an issue. On error the returned Health is unhealthy and carries
+// the same details, so callers may publish it either way.
+func (m *Manager) Health(ctx context.Context) (drivers.Health, error) {
+	h, err := run(m, ctx, call{op: "health", retry: true, timeout: m.opts.ConnectionTimeout}, m.d.Health)
+	if err != nil {
+		h = drivers.Health{Healthy: false, Issues: []string{err.Error()}}
+	} else {
+		m.mu.Lock()
+		m.lastCheck = m.now()
+		m.mu.Unlock()
+		m.setConnected(true)
+	}
+	if h.Details == nil {
+		h.Details = map[string]string{}
+	}
+	st := m.BreakerState()
+	h.Details["breaker"] = st
+	h.Details["breaker_consecutive_failures"] = strconv.Itoa(m.breaker.ConsecutiveFailures())
+	h.Details["connected"] = strconv.FormatBool(m.IsConnected())
+	if st != string(resilience.BreakerClosed) {
+		h.Issues = append(h.Issues, fmt.Sprintf("circuit breaker is %s", st))
+	}
+	return h, err
+}
+
+// limitWriter keeps at most n bytes.
+type limitWriter struct {
+	buf bytes.Buffer
+	n   int
+}
+
+func (w *limitWriter) Write(p []byte) (int, error) {
+	if room := w.n - w.buf.Len(); room > 0 {
+		if len(p) > room {
+			w.buf.Write(p[:room])
+		} else {
+			w.buf.Write(p)
+		}
+	}
+	return len(p), nil
+}
+
+// Exec runs a command. With nil writers the output is collected into the
+// result's Stdout/Stderr (at most MaxExecOutput bytes each); otherwise it
+// is streamed to the writers. Exec is not a lifecycle mutation: it takes
+// no instance lock, emits no event and is never retried.
+func (m *Manager) Exec(ctx context.Context, name string, req drivers.ExecRequest, stdout, stderr drivers.Writer) (drivers.ExecResult, error) {
+	if err := drivers.ValidateName("name", name); err != nil {
+		return drivers.ExecResult{}, m.reject("exec", err)
+	}
+	if err := validateExec(req); err != nil {
+		return drivers.ExecResult{}, m.reject("exec", err)
+	}
+	x, ok := m.d.(drivers.Execer)
+	if !ok || !m.caps.Exec {
+		return drivers.ExecResult{}, m.unsupported("exec")
+	}
+	var outBuf, errBuf *limitWriter
+	if stdout == nil {
+		outBuf = &limitWriter{n: MaxExecOutput}
+		stdout = outBuf
+	}
+	if stderr == nil {
+		errBuf = &limitWriter{n: MaxExecOutput}
+		stderr = errBuf
+	}
+	code, err := run(m, ctx, call{op: "exec", sync: true}, func(ctx context.Context) (int, error) {
+		return x.Exec(ctx, name, req, stdout, stderr)
+	})
+	if err != nil {
+		return drivers.ExecResult{}, err
+	}
+	res := drivers.ExecResult{ExitCode: code}
+	if outBuf != nil {
+		res.Stdout = outBuf.buf.Bytes()
+	}
+	if errBuf != nil {
+		res.Stderr = errBuf.buf.Bytes()
+	}
+	return res, nil
+}
+
+// Logs emits the last opts.Lines lines (default LogLines, at most
+// MaxLogLines) and, with opts.Follow, new lines until ctx ends. A follow
+// has no default deadline: it runs until the caller's ctx ends.
+func (m *Manager) Logs(ctx context.Context, name string, opts drivers.LogOptions, emit func(drivers.LogLine) error) error {
+	if err := drivers.ValidateName("name", name); err != nil {
+		return m.reject("logs", err)
+	}
+	if opts.Lines <= 0 {
+		opts.Lines = m.opts.LogLines
+	}
+	if opts.Lines > MaxLogLines {
+		return m.reject("logs", invalid("logs.lines", "%d is more than %d", opts.Lines, MaxLogLines))
+	}
+	lr, ok := m.d.(drivers.LogReader)
+	if !ok || !m.caps.Logs {
+		return m.unsupported("logs")
+	}
+	_, err := run(m, ctx, call{op: "logs", sync: true, unbounded: opts.Follow}, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, lr.Logs(ctx, name, opts, emit)
+	})
+	return err
+}
+
+// GetLimits returns an instance's resource limits.
+func (m *Manager) GetLimits(ctx context.Context, name string) (drivers.ResourceLimits, error) {
+	if err := drivers.ValidateName("name", name); err != nil {
+		return drivers.ResourceLimits{}, m.reject("limits-get", err)
+	}
+	l, ok := m.d.(drivers.Limiter)
+	if !ok || !m.caps.Limits {
+		return drivers.ResourceLimits{}, m.unsupported("limits-get")
+	}
+	return run(m, ctx, call{op: "limits-get", retry: true}, func(ctx context.Context) (drivers.ResourceLimits, error) {
+		return l.GetLimits(ctx, name)
+	})
+}
+
+// SetLimits applies the non-zero fields of limits and returns the limits
+// now in force; emits limits_changed.
+func (m *Manager) SetLimits(ctx context.Context, name string, limits drivers.ResourceLimits) (drivers.ResourceLimits, error) {
+	if err := drivers.ValidateName("name", name); err != nil {
+		return drivers.ResourceLimits{}, m.reject("limits-set", err)
+	}
+	if err := validateLimits("limits", limits); err != nil {
+		return drivers.ResourceLimits{}, m.reject("limits-set", err)
+	}
+	if limits.IsZero() {
+		return drivers.ResourceLimits{}, m.reject("limits-set", invalid("limits", "no limit given"))
+	}
+	l, ok := m.d.(drivers.Limiter)
+	if !ok || !m.caps.Limits {
+		return drivers.ResourceLimits{}, m.unsupported("limits-set")
+	}
+	var out drivers.ResourceLimits
+	err := m.mutate(ctx, "limits-set", []string{name}, func(ctx context.Context, fl *flight) (err error) {
+		out, err = run(m, ctx, call{op: "limits-set", flight: fl}, func(ctx context.Context) (drivers.ResourceLimits, error) {
+			return l.SetLimits(ctx, name, limits)
+		})
+		return err
+	})
+	if err != nil {
+		m.emitFailed(ctx, "limits-set", name, nil, err)
+		return drivers.ResourceLimits{}, err
+	}
+	m.emitState(ctx, drivers.EventLimitsChanged, name, "", limitDetails(out))
+	return out, nil
+}
+
+func limitDetails(l drivers.ResourceLimits) map[string]string {
+	d := map[string]string{}
+	f := func(k string, v float64) {
+		if v != 0 {
+			d[k] = strconv.FormatFloat(v, 'g', -1, 64)
+		}
+	}
+	f("cpu_cores", l.CPUCores)
+	f("memory_mb", float64(l.MemoryMB))
+	f("disk_gb", l.DiskGB)
+	f("network_mbps", l.NetworkMbps)
+	f("pids", float64(l.PIDs))
+	return d
+}
+
+func (m *Manager) snapshotter(op string) (drivers.Snapshotter, error) {
+	s, ok := m.d.(drivers.Snapshotter)
+	if !ok || !m.caps.Snapshots {
+		return nil, m.unsupported(op)
+	}
+	return s, nil
+}
+
+// validateNames checks name/value pairs.
+func validateNames(pairs ...string) error {
+	for k := 0; k+1 < len(pairs); k += 2 {
+		if err := drivers.ValidateName(pairs[k], pairs[k+1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// CreateSnapshot snapshots an instance; emits snapshot_created. Not retried.
+func (m *Manager) CreateSnapshot(ctx context.Context, name, snapshot string) (drivers.Snapshot, error) {
+	const op = "snapshot-create"
+	if err := validateNames("name", name, "snapshot", snapshot); err != nil {
+		return drivers.Snapshot{}, m.reject(op, err)
+	}
+	s, err := m.snapshotter(op)
+	if err != nil {
+		return drivers.Snapshot{}, err
+	}
+	var out drivers.Snapshot
+	err = m.mutate(ctx, op, []string{name}, func(ctx context.Context, fl *flight) (err error) {
+		out, err = run(m, ctx, call{op: op, flight: fl}, func(ctx context.Context) (drivers.Snapshot, error) {
+			return s.CreateSnapshot(ctx, name, snapshot)
+		})
+		return err
+	})
+	details := map[string]string{"snapshot": snapshot}
+	if err != nil {
+		m.emitFailed(ctx, op, name, details, err)
+		return drivers.Snapshot{}, err
+	}
+	m.emitState(ctx, drivers.EventSnapshotCreated, name, "", details)
+	return out, nil
+}
+
+// RestoreSnapshot restores an instance to a snapshot; emits snapshot_restored.
+func (m *Manager) RestoreSnapshot(ctx context.Context, name, snapshot string) error {
+	const op = "snapshot-restore"
+	if err := validateNames("name", name, "snapshot", snapshot); err != nil {
+		return m.reject(op, err)
+	}
+	s, err := m.snapshotter(op)
+	if err != nil {
+		return err
+	}
+	err = m.mutate(ctx, op, []string{name}, func(ctx context.Context, fl *flight) error {
+		_, err := run(m, ctx, call{op: op, flight: fl}, func(ctx context.Context) (struct{}, error) {
+			return struct{}{}, s.RestoreSnapshot(ctx, name, snapshot)
+		})
+		return err
+	})
+	details := map[string]string{"snapshot": snapshot}
+	if err != nil {
+		m.emitFailed(ctx, op, name, details, err)
+		return err
+	}
+	m.emitState(ctx, drivers.EventSnapshotRestored, name, "", details)
+	return nil
+}
+
+// ListSnapshots lists an instance's snapshots.
+func (m *Manager) ListSnapshots(ctx context.Context, name string) ([]drivers.Snapshot, error) {
+	const op = "snapshot-list"
+	if err := drivers.ValidateName("name", name); err != nil {
+		return nil, m.reject(op, err)
+	}
+	s, err := m.snapshotter(op)
+	if err != nil {
+		return nil, err
+	}
+	return run(m, ctx, call{op: op, retry: true}, func(ctx context.Context) ([]drivers.Snapshot, error) {
+		return s.ListSnapshots(ctx, name)
+	})
+}
+
+// DeleteSnapshot deletes a snapshot; emits snapshot_deleted.
+func (m *Manager) DeleteSnapshot(ctx context.Context, name, snapshot string) error {
+	const op = "snapshot-delete"
+	if err := validateNames("name", name, "snapshot", snapshot); err != nil {
+		return m.reject(op, err)
+	}
+	s, err := m.snapshotter(op)
+	if err != nil {
+		return err
+	}
+	err = m.mutate(ctx, op, []string{name}, func(ctx context.Context, fl *flight) error {
+		_, err := run(m, ctx, call{op: op, flight: fl}, func(ctx context.Context) (struct{}, error) {
+			return struct{}{}, s.DeleteSnapshot(ctx, name, snapshot)
+		})
+		return err
+	})
+	details := map[string]string{"snapshot": snapshot}
+	if err != nil {
+		m.emitFailed(ctx, op, name, details, err)
+		return err
+	}
+	m.emitState(ctx, drivers.EventSnapshotDeleted, name, "", details)
+	return nil
+}
+
+// Clone copies source to a new, stopped instance target, holding the
+// locks of both; emits cloned (Instance = target, Details["source"]).
+func (m *Manager) Clone(ctx context.Context, source, target string) (drivers.Instance, error) {
+	const op = "clone"
+	if err := validateNames("source", source, "target", target); err != nil {
+		return drivers.Instance{}, m.reject(op, err)
+	}
+	if source == target {
+		return drivers.Instance{}, m.reject(op, invalid("target", "must differ from the source"))
+	}
+	c, ok := m.d.(drivers.Cloner)
+	if !ok || !m.caps.Clone {
+		return drivers.Instance{}, m.unsupported(op)
+	}
+	var inst drivers.Instance
+	err := m.mutate(ctx, op, []string{source, target}, func(ctx context.Context, fl *flight) (err error) {
+		inst, err = run(m, ctx, call{op: op, flight: fl}, func(ctx context.Context) (drivers.Instance, error) {
+			return c.Clone(ctx, source, target)
+		})
+		return err
+	})
+	details := map[string]string{"source": source}
+	if err != nil {
+		m.emitFailed(ctx, op, target, details, err)
+		return drivers.Instance{}, err
+	}
+	inst = m.stamp(inst)
+	m.emitState(ctx, drivers.EventCloned, target, inst.State, details)
+	return inst, nil
+}
+
+func (m *Manager) networker(op string) (drivers.Networker, error) {
+	n, ok := m.d.(drivers.Networker)
+	if !ok || !m.caps.Networks {
+		return nil, m.unsupported(op)
+	}
+	return n, nil
+}
+
+// ListNetworks lists the substrate's networks.
+func (m *Manager) ListNetworks(ctx context.Context) ([]drivers.Network, error) {
+	const op = "network-list"
+	n, err := m.networker(op)
+	if err != nil {
+		return nil, err
+	}
+	return run(m, ctx, call{op: op, retry: true}, n.ListNetworks)
+}
+
+// AttachNetwork attaches an instance to a network; emits network_attached.
+func (m *Manager) AttachNetwork(ctx context.Context, name string, cfg drivers.NetworkConfig) error {
+	const op = "network-attach"
+	if err := drivers.ValidateName("name", name); err != nil {
+		return m.reject(op, err)
+	}
+	if err := validateNetworkConfig("network", cfg); err != nil {
+		return m.reject(op, err)
+	}
+	n, err := m.networker(op)
+	if err != nil {
+		return err
+	}
+	err = m.mutate(ctx, op, []string{name}, func(ctx context.Context, fl *flight) error {
+		_, err := run(m, ctx, call{op: op, flight: fl}, func(ctx context.Context) (struct{}, error) {
+			return struct{}{}, n.AttachNetwork(ctx, name, cfg)
+		})
+		return err
+	})
+	details := map[string]string{"network": cfg.NetworkName}
+	if cfg.IPAddress != "" {
+		details["ip_address"] = cfg.IPAddress
+	}
+	if err != nil {
+		m.emitFailed(ctx, op, name, details, err)
+		return err
+	}
+	m.emitState(ctx, drivers.EventNetworkAttached, name, "", details)
+	return nil
+}
+
+// DetachNetwork detaches an instance from a network; emits network_detached.
+func (m *Manager) DetachNetwork(ctx context.Context, name, network string) error {
+	const op = "network-detach"
+	if err := validateNames("name", name, "network", network); err != nil {
+		return m.reject(op, err)
+	}
+	n, err := m.networker(op)
+	if err != nil {
+		return err
+	}
+	err = m.mutate(ctx, op, []string{name}, func(ctx context.Context, fl *flight) error {
+		_, err := run(m, ctx, call{op: op, flight: fl}, func(ctx context.Context) (struct{}, error) {
+			return struct{}{}, n.DetachNetwork(ctx, name, network)
+		})
+		return err
+	})
+	details := map[string]string{"network": network}
+	if err != nil {
+		m.emitFailed(ctx, op, name, details, err)
+		return err
+	}
+	m.emitState(ctx, drivers.EventNetworkDetached, name, "", details)
+	return nil
+}
