@@ -3,6 +3,35 @@
 // defaults, serializes mutations per instance, retries idempotent operations,
 // breaks the circuit to a failing substrate, caches list/get, counts
 // operations and emits lifecycle events. Drivers only talk to their substrate.
+//
+// Validation: names go through drivers.ValidateName, templates are checked
+// field by field (ValidateTemplate), exec requests, limits and network
+// configs likewise; a bad request is InvalidArgument naming the field and
+// never reaches the driver. Drivers always get StopOptions.Timeout > 0
+// unless Force (Options.StopTimeout) and LogOptions.Lines > 0.
+//
+// Locking: one mutation at a time per instance. A mutation (create, start,
+// stop, restart, delete, limits-set, snapshot create/restore/delete, clone,
+// network attach/detach) takes the instance's lock; a second mutation of
+// the same instance waits up to Options.LockWait (default 0: not at all)
+// and then fails with Conflict "instance x is busy: <op> in progress". We
+// chose fail-fast over queueing because callers are remote requests with
+// their own deadlines and retry policies: a queue would hide contention
+// and let stale requests run late. Reads (list, get, metrics, logs, limits
+// get, snapshot/network lists, health) and exec never wait. Clone locks
+// source and target, in name order. When a caller's deadline ends while
+// the driver is still working, the call returns Timeout at once but the
+// lock is held until the driver call really returns.
+//
+// Retries (resilience.Call): only idempotent operations — list, get,
+// metrics, health, start, stop, limits-get, snapshot-list, network-list and
+// forced delete — and only for retryable codes (unavailable, timeout),
+// within the caller's deadline. Create, clone, snapshot-create, exec and
+// the other mutations are tried once. A circuit breaker
+// (resilience.Breaker) wraps every driver call; its state changes are
+// logged and emitted as breaker_* events.
+//
+// See docs/manager.md for the full semantics.
 package manager
 
 import (

@@ -7,6 +7,7 @@ package resilience
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -70,8 +71,6 @@ func (p Policy) withDefaults() Policy {
 	switch {
 	case p.Jitter == 0:
 		p.Jitter = DefaultJitter
-	case p.Jitter < 0:
-		p.Jitter = 0
 	case p.Jitter >= 1:
 		p.Jitter = 0.99
 	}
@@ -88,9 +87,10 @@ func (p Policy) withDefaults() Policy {
 // call: it is not safe for concurrent use).
 func (p Policy) BackOff() backoff.BackOff {
 	p = p.withDefaults()
+	jitter := max(p.Jitter, 0) // negative: none
 	b := &backoff.ExponentialBackOff{
 		InitialInterval:     p.InitialDelay,
-		RandomizationFactor: p.Jitter,
+		RandomizationFactor: jitter,
 		Multiplier:          p.Multiplier,
 		MaxInterval:         p.MaxDelay,
 	}
@@ -110,10 +110,11 @@ func sleep(ctx context.Context, d time.Duration) error {
 }
 
 // Retryable reports whether a failed try may be repeated: its error's code
-// is retryable (unavailable, timeout) and ctx, the caller's context, has
-// not ended (a timeout caused by the caller's own deadline is final).
+// is retryable (unavailable, timeout), it is not an open breaker's
+// rejection (which must fail fast), and ctx, the caller's context, has not
+// ended (a timeout caused by the caller's own deadline is final).
 func Retryable(ctx context.Context, err error) bool {
-	return err != nil && ctx.Err() == nil && drivers.CodeOf(err).Retryable()
+	return err != nil && ctx.Err() == nil && drivers.CodeOf(err).Retryable() && !errors.Is(err, ErrOpen)
 }
 
 // Call runs op up to p.Attempts times, waiting with exponential backoff and
