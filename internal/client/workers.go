@@ -1,0 +1,147 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/messages"
+)
+
+// Worker is one worker found by discovery, from its micro INFO reply.
+//
+// The worker publishes these micro metadata keys (see docs/cli.md):
+//
+//	host          the worker's host token
+//	drivers       comma-separated driver names it serves
+//	capabilities  JSON object: driver name -> drivers.Capabilities
+//
+// and the service version as the micro version.
+type Worker struct {
+	Host         string                          `json:"host"`
+	ID           string                          `json:"id"` // micro instance id
+	Version      string                          `json:"version"`
+	Drivers      []string                        `json:"drivers"`
+	Capabilities map[string]drivers.Capabilities `json:"capabilities,omitempty"`
+	Metadata     map[string]string               `json:"metadata,omitempty"`
+}
+
+// Metadata keys of the substrate service's micro INFO.
+const (
+	MetaHost         = "host"
+	MetaDrivers      = "drivers"
+	MetaCapabilities = "capabilities"
+)
+
+// DiscoveryQuiet is how long Workers waits after the last INFO reply for
+// more before deciding every worker has answered.
+var DiscoveryQuiet = 300 * time.Millisecond
+
+// discoveryMax bounds the whole discovery when ctx has no deadline.
+const discoveryMax = 3 * time.Second
+
+// Workers discovers the running workers: it sends $SRV.INFO.substrate and
+// gathers replies until DiscoveryQuiet passes without one (or ctx ends, or
+// 3s pass when ctx has no deadline). The result is sorted by host, then id.
+// No worker at all is not an error: the list is empty.
+func (c *Client) Workers(ctx context.Context) ([]Worker, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, discoveryMax)
+		defer cancel()
+	}
+	inbox := c.nc.NewInbox()
+	ch := make(chan *nats.Msg, 256)
+	sub, err := c.nc.ChanSubscribe(inbox, ch)
+	if err != nil {
+		return nil, drivers.Wrap(drivers.Unavailable, err, "subscribing for discovery")
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	subject, err := micro.ControlSubject(micro.InfoVerb, messages.ServiceName, "")
+	if err != nil {
+		return nil, drivers.Wrap(drivers.Internal, err, "discovery subject")
+	}
+	if err := c.nc.PublishRequest(subject, inbox, nil); err != nil {
+		return nil, drivers.Wrap(drivers.Unavailable, err, "sending discovery request")
+	}
+
+	var out []Worker
+	quiet := time.NewTimer(DiscoveryQuiet * 3) // the first reply may take a little longer
+	defer quiet.Stop()
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.Canceled) {
+				return nil, ctx.Err()
+			}
+			break loop
+		case <-quiet.C:
+			break loop
+		case m := <-ch:
+			quiet.Reset(DiscoveryQuiet)
+			if len(m.Data) == 0 && m.Header.Get("Status") == "503" {
+				break loop // nobody serves substrate
+			}
+			var info micro.Info
+			if err := json.Unmarshal(m.Data, &info); err != nil {
+				continue // not a micro INFO reply; ignore
+			}
+			out = append(out, workerFromInfo(info))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Host != out[j].Host {
+			return out[i].Host < out[j].Host
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out, nil
+}
+
+// workerFromInfo reads the worker's identity from its INFO metadata.
+// Drivers may be a comma-separated list or a JSON array; capabilities a
+// JSON object of driver -> capabilities.
+func workerFromInfo(info micro.Info) Worker {
+	md := info.Metadata
+	w := Worker{Host: md[MetaHost], ID: info.ID, Version: info.Version, Metadata: md}
+	if d := strings.TrimSpace(md[MetaDrivers]); d != "" {
+		if strings.HasPrefix(d, "[") {
+			_ = json.Unmarshal([]byte(d), &w.Drivers)
+		} else {
+			for _, s := range strings.Split(d, ",") {
+				if s = strings.TrimSpace(s); s != "" {
+					w.Drivers = append(w.Drivers, s)
+				}
+			}
+		}
+	}
+	if caps := md[MetaCapabilities]; caps != "" {
+		_ = json.Unmarshal([]byte(caps), &w.Capabilities)
+	}
+	if len(w.Drivers) == 0 && len(w.Capabilities) > 0 {
+		for d := range w.Capabilities {
+			w.Drivers = append(w.Drivers, d)
+		}
+	}
+	if len(w.Drivers) == 0 {
+		// Fall back to the endpoints: substrate.<driver>.<op> subjects.
+		seen := map[string]bool{}
+		for _, e := range info.Endpoints {
+			parts := strings.Split(e.Subject, ".")
+			if len(parts) == 3 && parts[0] == messages.SubjectRoot && !seen[parts[1]] {
+				seen[parts[1]] = true
+				w.Drivers = append(w.Drivers, parts[1])
+			}
+		}
+	}
+	sort.Strings(w.Drivers)
+	return w
+}
