@@ -63,7 +63,9 @@ func (e *NoWorkerError) Error() string {
 }
 
 // Unwrap makes errors.Is work with the unavailable code and NATS's error.
-func (e *NoWorkerError) Unwrap() []error { return []error{drivers.ErrUnavailable, nats.ErrNoResponders} }
+func (e *NoWorkerError) Unwrap() []error {
+	return []error{drivers.ErrUnavailable, nats.ErrNoResponders}
+}
 
 // TimeoutError: the request was sent but no reply came before the
 // deadline. It matches drivers.ErrTimeout and context.DeadlineExceeded.
