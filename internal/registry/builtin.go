@@ -1,9 +1,14 @@
 package registry
 
+import (
+	"github.com/subbus/subbus/internal/drivers/lxc"
+)
+
 // Builtin returns every built-in driver. This file is where drivers are
 // registered: one entry per driver package.
 func Builtin() []Factory {
 	return check([]Factory{
 		// process, docker, supervisor, lxc: each driver package adds its entry here.
+		{Name: "lxc", New: lxc.NewFromConfig, Detect: lxc.Detect},
 	})
 }

@@ -1,0 +1,197 @@
+package lxc
+
+import (
+	"context"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/subbus/subbus/internal/drivers"
+)
+
+// Keys this driver writes into an instance's config. User metadata lives
+// under "user." too, so ours are namespaced.
+const (
+	keyManaged = "user.subbus.managed" // "true" on instances created here
+	keyImage   = "user.subbus.image"   // the image the template named
+	userPrefix = "user."
+	subbusPref = "user.subbus."
+)
+
+// instance is GET /1.0/instances/<name> (recursion=1), plus state and
+// snapshots with recursion=2.
+type instance struct {
+	Name            string                       `json:"name"`
+	Status          string                       `json:"status"`
+	StatusCode      int                          `json:"status_code"`
+	Type            string                       `json:"type"`
+	Architecture    string                       `json:"architecture"`
+	Config          map[string]string            `json:"config"`
+	Devices         map[string]map[string]string `json:"devices"`
+	ExpandedConfig  map[string]string            `json:"expanded_config"`
+	ExpandedDevices map[string]map[string]string `json:"expanded_devices"`
+	Profiles        []string                     `json:"profiles"`
+	Ephemeral       bool                         `json:"ephemeral"`
+	Stateful        bool                         `json:"stateful"`
+	Description     string                       `json:"description"`
+	CreatedAt       time.Time                    `json:"created_at"`
+	Project         string                       `json:"project,omitempty"`
+	State           *instanceState               `json:"state,omitempty"`
+}
+
+// Instance status codes (shared/api/status_code.go upstream).
+const (
+	stStarted  = 101
+	stStopped  = 102
+	stRunning  = 103
+	stPending  = 105
+	stStarting = 106
+	stStopping = 107
+	stFreezing = 109
+	stFrozen   = 110
+	stThawed   = 111
+	stError    = 112
+	stReady    = 113
+)
+
+// normState maps LXD's status to the portable state.
+func normState(code int, status string) drivers.State {
+	switch code {
+	case stRunning, stStarted, stThawed, stReady:
+		return drivers.StateRunning
+	case stStopped:
+		return drivers.StateStopped
+	case stStarting, stPending:
+		return drivers.StateStarting
+	case stStopping:
+		return drivers.StateStopping
+	case stFrozen, stFreezing:
+		return drivers.StatePaused
+	case stError:
+		return drivers.StateError
+	}
+	switch strings.ToLower(status) {
+	case "running":
+		return drivers.StateRunning
+	case "stopped":
+		return drivers.StateStopped
+	case "frozen":
+		return drivers.StatePaused
+	case "error":
+		return drivers.StateError
+	}
+	return drivers.StateUnknown
+}
+
+// portable converts the API's instance to the portable type.
+func (in *instance) portable() drivers.Instance {
+	cfg := in.ExpandedConfig
+	if len(cfg) == 0 {
+		cfg = in.Config
+	}
+	out := drivers.Instance{
+		Name:        in.Name,
+		ID:          in.Config["volatile.uuid"],
+		Driver:      "lxc",
+		State:       normState(in.StatusCode, in.Status),
+		NativeState: in.Status,
+		Created:     in.CreatedAt,
+		Managed:     in.Config[keyManaged] == "true",
+		Limits:      limitsOf(cfg),
+	}
+	if out.ID == "" {
+		out.ID = in.Name
+	}
+	out.Image = in.Config[keyImage]
+	if out.Image == "" {
+		out.Image = in.Config["volatile.base_image"]
+	}
+	for k, v := range in.Config {
+		if strings.HasPrefix(k, userPrefix) && !strings.HasPrefix(k, subbusPref) {
+			if out.Metadata == nil {
+				out.Metadata = map[string]string{}
+			}
+			out.Metadata[strings.TrimPrefix(k, userPrefix)] = v
+		}
+	}
+	devs := in.ExpandedDevices
+	if len(devs) == 0 {
+		devs = in.Devices
+	}
+	names := make([]string, 0, len(devs))
+	for n := range devs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		dev := devs[n]
+		if dev["type"] != "nic" {
+			continue
+		}
+		nc := drivers.NetworkConfig{NetworkName: dev["network"], IPAddress: dev["ipv4.address"]}
+		if nc.NetworkName == "" {
+			nc.NetworkName = dev["parent"]
+		}
+		out.Networks = append(out.Networks, nc)
+	}
+	return out
+}
+
+// List returns every instance (one call, recursion=1).
+func (d *Driver) List(ctx context.Context) ([]drivers.Instance, error) {
+	list, err := d.list(ctx, 1)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]drivers.Instance, 0, len(list))
+	for i := range list {
+		out = append(out, list[i].portable())
+	}
+	return out, nil
+}
+
+// list returns the raw instances; recursion 2 adds their state.
+func (d *Driver) list(ctx context.Context, recursion int) ([]instance, error) {
+	c, _, err := d.conn()
+	if err != nil {
+		return nil, err
+	}
+	var list []instance
+	if _, err := c.query(ctx, http.MethodGet, "/1.0/instances?recursion="+strconv.Itoa(recursion), nil, &list); err != nil {
+		return nil, err
+	}
+	return list, nil
+}
+
+// Get returns one instance, or NotFound.
+func (d *Driver) Get(ctx context.Context, name string) (drivers.Instance, error) {
+	in, _, err := d.get(ctx, name)
+	if err != nil {
+		return drivers.Instance{}, err
+	}
+	return in.portable(), nil
+}
+
+// get returns the raw instance and its ETag.
+func (d *Driver) get(ctx context.Context, name string) (*instance, string, error) {
+	c, _, err := d.conn()
+	if err != nil {
+		return nil, "", err
+	}
+	var in instance
+	etag, err := c.query(ctx, http.MethodGet, "/1.0/instances/"+esc(name), nil, &in)
+	if err != nil {
+		return nil, "", notFound(err, "instance", name)
+	}
+	return &in, etag, nil
+}
+
+// notFound names what was missing in a NotFound error; other errors pass.
+func notFound(err error, what, name string) error {
+	if errorCode(err) == drivers.NotFound {
+		return drivers.Errorf(drivers.NotFound, "lxc: %s %q not found: %w", what, name, err)
+	}
+	return err
+}

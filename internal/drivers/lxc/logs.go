@@ -1,0 +1,118 @@
+package lxc
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"time"
+
+	"github.com/subbus/subbus/internal/drivers"
+)
+
+// maxConsole bounds one read of the console log.
+const maxConsole = 16 << 20
+
+// consoleLog reads the container's console log (a raw body, not JSON).
+func (d *Driver) consoleLog(ctx context.Context, name string) ([]byte, error) {
+	c, _, err := d.conn()
+	if err != nil {
+		return nil, err
+	}
+	b, err := c.file(ctx, "/1.0/instances/"+esc(name)+"/console", maxConsole)
+	if err != nil {
+		return nil, notFound(err, "instance", name)
+	}
+	return b, nil
+}
+
+// completeLines splits b into its complete lines (without "\r\n" or
+// "\n") and returns how many bytes they span.
+func completeLines(b []byte) ([]string, int) {
+	end := bytes.LastIndexByte(b, '\n') + 1
+	if end == 0 {
+		return nil, 0
+	}
+	raw := strings.Split(string(b[:end-1]), "\n")
+	out := make([]string, 0, len(raw))
+	for _, l := range raw {
+		out = append(out, strings.TrimRight(l, "\r"))
+	}
+	return out, end
+}
+
+// Logs emits the last opts.Lines lines of the console log and, with
+// Follow, polls it (there is no follow in the API) and emits what was
+// appended. The console buffer is a bounded ring, so "appended" is found
+// by locating the tail already emitted in the new content; when it is
+// gone (the instance restarted, or the ring wrapped past it) the whole
+// new content is emitted.
+func (d *Driver) Logs(ctx context.Context, name string, opts drivers.LogOptions, emit func(drivers.LogLine) error) error {
+	b, err := d.consoleLog(ctx, name)
+	if err != nil {
+		return err
+	}
+	lines, used := completeLines(b)
+	if n := opts.Lines; n > 0 && len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	now := time.Now()
+	for _, l := range lines {
+		if err := emit(drivers.LogLine{Time: now, Stream: "console", Line: l}); err != nil {
+			return err
+		}
+	}
+	if !opts.Follow {
+		return nil
+	}
+	f := follower{consumed: b[:used]}
+	tick := time.NewTicker(time.Duration(d.opts.LogPollInterval))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		b, err := d.consoleLog(ctx, name)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		now := time.Now()
+		for _, l := range f.next(b) {
+			if err := emit(drivers.LogLine{Time: now, Stream: "console", Line: l}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// follower finds what was appended to a polled log.
+type follower struct {
+	consumed []byte // content up to the end of the last emitted line
+}
+
+// anchorLen is how much of the already emitted tail is searched for.
+const anchorLen = 512
+
+// next returns the complete lines in b after what was emitted before.
+func (f *follower) next(b []byte) []string {
+	start := 0
+	switch {
+	case len(f.consumed) == 0:
+	case bytes.HasPrefix(b, f.consumed):
+		start = len(f.consumed)
+	default:
+		anchor := f.consumed[max(0, len(f.consumed)-anchorLen):]
+		if i := bytes.LastIndex(b, anchor); i >= 0 {
+			start = i + len(anchor)
+		}
+	}
+	lines, used := completeLines(b[start:])
+	if used > 0 || start == 0 {
+		f.consumed = append(f.consumed[:0:0], b[:start+used]...)
+	}
+	return lines
+}
