@@ -185,3 +185,11 @@ const HeartbeatInterval = 5 * time.Second
 
 // DefaultStreamIdle: a streaming client that has not acknowledged chunks for this long is gone.
 const DefaultStreamIdle = 30 * time.Second
+
+// CapabilitiesResult is the result of the capabilities op.
+type CapabilitiesResult struct {
+	Driver       string               `json:"driver"`
+	Host         string               `json:"host"`
+	Capabilities drivers.Capabilities `json:"capabilities"`
+	Ops          []string             `json:"ops"`
+}

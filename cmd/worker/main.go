@@ -1,0 +1,139 @@
+// Command worker serves this host's substrates on the subbus NATS bus.
+// See docs/bus.md for flags, configuration and subjects.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mattn/go-isatty"
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+
+	"github.com/subbus/subbus/internal/config"
+	"github.com/subbus/subbus/internal/natsconn"
+	"github.com/subbus/subbus/internal/worker"
+)
+
+// version is set at build time (-ldflags "-X main.version=…").
+var version = "0.1.0"
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	conn := natsconn.FromEnv()
+	conn.RegisterFlags(fs)
+	cfgPath := fs.String("config", os.Getenv("SUBBUS_CONFIG"), "substrate_config.yaml (env SUBBUS_CONFIG)")
+	host := fs.String("host", "", "host identity in subjects (default worker.host, else the short hostname)")
+	driverList := fs.String("drivers", "", "comma-separated drivers to serve (default worker.drivers, else process plus every detected substrate)")
+	check := fs.Bool("check-config", false, "validate the configuration and exit")
+	level := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
+	logFormat := fs.String("log-format", "auto", "log format: json, console, or auto (console on a terminal)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	log, err := newLogger(*level, *logFormat)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		return 2
+	}
+
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		log.Error().Err(err).Msg("configuration")
+		return 2
+	}
+	opts, err := worker.OptionsFromConfig(cfg)
+	if err != nil {
+		log.Error().Err(err).Msg("configuration")
+		return 2
+	}
+	if *host != "" {
+		opts.Host = *host
+	}
+	if *driverList != "" {
+		opts.Drivers = strings.Split(*driverList, ",")
+	}
+	if conn.URL == "" {
+		conn.URL = cfg.String("nats.url", "")
+	}
+	if !conn.IsZero() {
+		opts.Connect = func(extra ...nats.Option) (*nats.Conn, error) {
+			return conn.Connect("subbus-worker", extra...)
+		}
+	}
+	opts.Version = version
+	opts.Logger = log
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	w, err := worker.New(ctx, opts)
+	if err != nil {
+		log.Error().Err(err).Msg("worker")
+		return 2
+	}
+	if *check {
+		fmt.Printf("configuration OK: host %s, drivers %s\n", w.Host(), strings.Join(driverNames(w), ","))
+		return 0
+	}
+
+	// A second signal forces exit.
+	go func() {
+		<-ctx.Done()
+		stop()
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+		<-sig
+		log.Error().Msg("second signal: exiting now")
+		os.Exit(130)
+	}()
+
+	if err := w.Run(ctx); err != nil {
+		log.Error().Err(err).Msg("worker failed")
+		if errors.Is(err, context.Canceled) {
+			return 0
+		}
+		return 1
+	}
+	return 0
+}
+
+func driverNames(w *worker.Worker) []string {
+	var out []string
+	for _, m := range w.Managers() {
+		out = append(out, m.Driver())
+	}
+	return out
+}
+
+func newLogger(level, format string) (zerolog.Logger, error) {
+	lvl, err := zerolog.ParseLevel(level)
+	if err != nil {
+		return zerolog.Logger{}, fmt.Errorf("--log-level: %w", err)
+	}
+	zerolog.TimeFieldFormat = time.RFC3339Nano
+	var l zerolog.Logger
+	switch format {
+	case "json":
+		l = zerolog.New(os.Stderr)
+	case "console":
+		l = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.TimeOnly})
+	case "auto":
+		if isatty.IsTerminal(os.Stderr.Fd()) {
+			l = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.TimeOnly})
+		} else {
+			l = zerolog.New(os.Stderr)
+		}
+	default:
+		return zerolog.Logger{}, fmt.Errorf("--log-format: %q is not json, console or auto", format)
+	}
+	return l.Level(lvl).With().Timestamp().Logger(), nil
+}

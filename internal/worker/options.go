@@ -1,0 +1,274 @@
+// Package worker is the server side of the bus: one per host, it serves
+// the enabled drivers (each behind a manager) as a NATS micro service named
+// "substrate", publishes their lifecycle events and metrics to JetStream,
+// and, when no NATS server is configured, runs an embedded one.
+//
+// Subjects, headers, reply format, streaming and the delivery guarantees
+// are documented in docs/bus.md; the messages are in internal/messages.
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+
+	"github.com/subbus/subbus/internal/config"
+	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/messages"
+)
+
+// Defaults of the worker section.
+const (
+	DefaultListen               = "127.0.0.1:4222"
+	DefaultRootDataDir          = "/var/lib/subbus/nats"
+	DefaultMaxConcurrent        = 64
+	DefaultGracePeriod          = 30 * time.Second
+	DefaultIdempotencyTTL       = 10 * time.Minute
+	DefaultIdempotencyEntries   = 10000
+	DefaultOutboxSize           = 10000
+	DefaultMetricsOutboxSize    = 1000
+	DefaultEventsMaxAge         = 7 * 24 * time.Hour
+	DefaultEventsDuplicates     = 10 * time.Minute
+	DefaultMetricsMaxAge        = 24 * time.Hour
+	DefaultMetricsMaxPerSubject = 1000
+	DefaultMetricsInterval      = 10 * time.Second
+)
+
+// Options configure a Worker. Build them with OptionsFromConfig and adjust.
+type Options struct {
+	// Host is this worker's identity in subjects; it must be a valid
+	// subject token. Empty: the short hostname.
+	Host string
+	// Drivers to serve. Empty: process plus every detected substrate.
+	Drivers []string
+	// Config is the loaded configuration, passed to driver factories.
+	Config *config.Config
+	// Managers, when set, are served instead of building drivers from the
+	// registry (tests, embedding). They must not be connected yet.
+	Managers []*manager.Manager
+	// ManagerOptions returns the options of the manager wrapping driver
+	// name; nil gives manager.Options{Host, Logger}.
+	ManagerOptions func(name string) manager.Options
+
+	// Connect connects to an external NATS server; the options given must
+	// be applied last. nil starts the embedded server (Embedded).
+	Connect  func(extra ...nats.Option) (*nats.Conn, error)
+	Embedded EmbeddedOptions
+
+	// ManageStreams creates SUBSTRATE_EVENTS/SUBSTRATE_METRICS when absent;
+	// false only checks that they exist.
+	ManageStreams        bool
+	EventsMaxAge         time.Duration
+	EventsDuplicates     time.Duration
+	MetricsMaxAge        time.Duration
+	MetricsMaxPerSubject int64
+	Replicas             int
+
+	// MaxConcurrent bounds requests handled at once.
+	MaxConcurrent int
+	// GracePeriod is how long shutdown waits for in-flight requests.
+	GracePeriod time.Duration
+	// IdempotencyTTL and IdempotencyEntries bound the idempotency cache.
+	IdempotencyTTL     time.Duration
+	IdempotencyEntries int
+	// OutboxSize bounds events kept while NATS is unreachable (the oldest
+	// are dropped and counted beyond it); MetricsOutboxSize likewise for
+	// metrics samples.
+	OutboxSize        int
+	MetricsOutboxSize int
+
+	EnableMetrics   bool
+	MetricsInterval time.Duration
+
+	// HeartbeatInterval and StreamIdle tune streamed replies (defaults
+	// messages.HeartbeatInterval, messages.DefaultStreamIdle).
+	HeartbeatInterval time.Duration
+	StreamIdle        time.Duration
+
+	Version string
+	Logger  zerolog.Logger
+}
+
+// EmbeddedOptions configure the embedded nats-server.
+type EmbeddedOptions struct {
+	// Listen is host:port for clients (default 127.0.0.1:4222; port -1
+	// picks a free one).
+	Listen string
+	// DataDir is the JetStream store (default /var/lib/subbus/nats as
+	// root, else $XDG_STATE_HOME/subbus/nats or ~/.local/state/subbus/nats).
+	DataDir   string
+	MaxMemory int64 // JetStream memory limit (default 256 MiB)
+	MaxStore  int64 // JetStream file store limit (default 10 GiB)
+}
+
+// workerSection is the worker section of substrate_config.yaml.
+type workerSection struct {
+	Host                 string          `yaml:"host"`
+	Drivers              []string        `yaml:"drivers"`
+	ManageStreams        *bool           `yaml:"manage_streams"`
+	MaxConcurrent        int             `yaml:"max_concurrent"`
+	GracePeriod          config.Duration `yaml:"grace_period"`
+	IdempotencyTTL       config.Duration `yaml:"idempotency_ttl"`
+	IdempotencyEntries   int             `yaml:"idempotency_entries"`
+	OutboxSize           int             `yaml:"outbox_size"`
+	MetricsOutboxSize    int             `yaml:"metrics_outbox_size"`
+	EventsMaxAge         config.Duration `yaml:"events_max_age"`
+	EventsDuplicates     config.Duration `yaml:"events_duplicate_window"`
+	MetricsMaxAge        config.Duration `yaml:"metrics_max_age"`
+	MetricsMaxPerSubject int64           `yaml:"metrics_max_per_subject"`
+	Replicas             int             `yaml:"stream_replicas"`
+}
+
+// OptionsFromConfig reads the worker, nats and global sections. Unknown
+// keys of the worker section are errors naming the key.
+func OptionsFromConfig(cfg *config.Config) (Options, error) {
+	if cfg == nil {
+		cfg = &config.Config{}
+	}
+	var s workerSection
+	if err := cfg.Decode("worker", &s); err != nil {
+		return Options{}, err
+	}
+	o := Options{
+		Host:                 s.Host,
+		Drivers:              s.Drivers,
+		Config:               cfg,
+		ManageStreams:        s.ManageStreams == nil || *s.ManageStreams,
+		MaxConcurrent:        s.MaxConcurrent,
+		GracePeriod:          time.Duration(s.GracePeriod),
+		IdempotencyTTL:       time.Duration(s.IdempotencyTTL),
+		IdempotencyEntries:   s.IdempotencyEntries,
+		OutboxSize:           s.OutboxSize,
+		MetricsOutboxSize:    s.MetricsOutboxSize,
+		EventsMaxAge:         time.Duration(s.EventsMaxAge),
+		EventsDuplicates:     time.Duration(s.EventsDuplicates),
+		MetricsMaxAge:        time.Duration(s.MetricsMaxAge),
+		MetricsMaxPerSubject: s.MetricsMaxPerSubject,
+		Replicas:             s.Replicas,
+		EnableMetrics:        cfg.Bool("global.enable_metrics", true),
+		MetricsInterval:      cfg.Duration("global.metrics_interval", DefaultMetricsInterval),
+		Embedded: EmbeddedOptions{
+			Listen:    cfg.String("nats.listen", ""),
+			DataDir:   cfg.String("nats.data_dir", ""),
+			MaxMemory: int64(cfg.Int("nats.max_memory", 0)),
+			MaxStore:  int64(cfg.Int("nats.max_store", 0)),
+		},
+	}
+	return o, o.withDefaults().validate()
+}
+
+// withDefaults fills every zero field with its default.
+func (o Options) withDefaults() Options {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	defInt := func(d *int, v int) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	defInt(&o.MaxConcurrent, DefaultMaxConcurrent)
+	def(&o.GracePeriod, DefaultGracePeriod)
+	def(&o.IdempotencyTTL, DefaultIdempotencyTTL)
+	defInt(&o.IdempotencyEntries, DefaultIdempotencyEntries)
+	defInt(&o.OutboxSize, DefaultOutboxSize)
+	defInt(&o.MetricsOutboxSize, DefaultMetricsOutboxSize)
+	def(&o.EventsMaxAge, DefaultEventsMaxAge)
+	def(&o.EventsDuplicates, DefaultEventsDuplicates)
+	def(&o.MetricsMaxAge, DefaultMetricsMaxAge)
+	if o.MetricsMaxPerSubject <= 0 {
+		o.MetricsMaxPerSubject = DefaultMetricsMaxPerSubject
+	}
+	defInt(&o.Replicas, 1)
+	def(&o.MetricsInterval, DefaultMetricsInterval)
+	def(&o.HeartbeatInterval, messages.HeartbeatInterval)
+	def(&o.StreamIdle, messages.DefaultStreamIdle)
+	if o.Embedded.Listen == "" {
+		o.Embedded.Listen = DefaultListen
+	}
+	if o.Embedded.DataDir == "" {
+		o.Embedded.DataDir = defaultDataDir()
+	}
+	if o.Embedded.MaxMemory <= 0 {
+		o.Embedded.MaxMemory = 256 << 20
+	}
+	if o.Embedded.MaxStore <= 0 {
+		o.Embedded.MaxStore = 10 << 30
+	}
+	if o.Version == "" {
+		o.Version = "0.1.0"
+	}
+	return o
+}
+
+// validate checks values that cannot be defaulted.
+func (o Options) validate() error {
+	if o.Host != "" && !messages.ValidToken(o.Host) {
+		return &config.Error{Key: "worker.host", Msg: fmt.Sprintf("%q is not a subject token (letters, digits, '-', '_')", o.Host)}
+	}
+	for _, d := range o.Drivers {
+		if !messages.ValidToken(d) || d == messages.EventsToken || d == messages.MetricsToken {
+			return &config.Error{Key: "worker.drivers", Msg: fmt.Sprintf("%q is not a driver name", d)}
+		}
+	}
+	if o.EventsDuplicates > o.EventsMaxAge {
+		return &config.Error{Key: "worker.events_duplicate_window", Msg: "must not exceed worker.events_max_age"}
+	}
+	if _, _, err := splitListen(o.Embedded.Listen); err != nil {
+		return &config.Error{Key: "nats.listen", Msg: err.Error()}
+	}
+	return nil
+}
+
+// ResolveHost returns the host identity: h if set, else the short
+// hostname. It must be a subject token.
+func ResolveHost(h string) (string, error) {
+	if h == "" {
+		name, err := os.Hostname()
+		if err != nil {
+			return "", fmt.Errorf("host: %w (set --host)", err)
+		}
+		h, _, _ = strings.Cut(name, ".")
+	}
+	if !messages.ValidToken(h) {
+		return "", fmt.Errorf("host: %q is not a subject token (letters, digits, '-', '_'); set --host", h)
+	}
+	return h, nil
+}
+
+func splitListen(listen string) (string, int, error) {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return "", 0, fmt.Errorf("%q is not host:port: %w", listen, err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < -1 || p > 65535 {
+		return "", 0, fmt.Errorf("%q: bad port", listen)
+	}
+	return host, p, nil
+}
+
+func defaultDataDir() string {
+	if os.Geteuid() == 0 {
+		return DefaultRootDataDir
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "subbus", "nats")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "subbus", "nats")
+	}
+	return filepath.Join(os.TempDir(), "subbus-nats")
+}
+
+var errStopped = errors.New("worker stopped")

@@ -1,0 +1,272 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/micro"
+	"github.com/rs/zerolog"
+
+	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/messages"
+)
+
+// QueueGroup is the queue group of every endpoint: among the workers
+// serving a subject, one answers.
+const QueueGroup = "substrate"
+
+// addService registers the micro service: per driver, one endpoint on
+// substrate.<driver>.* (any worker) and one on substrate.<driver>.<host>.*
+// (this host only). The op is the last subject token, so an unknown op is
+// answered invalid_argument rather than "no responders".
+func (w *Worker) addService() error {
+	caps := map[string]drivers.Capabilities{}
+	for _, m := range w.managers {
+		caps[m.Driver()] = m.Capabilities()
+	}
+	capsJSON, _ := json.Marshal(caps)
+	svc, err := micro.AddService(w.nc, micro.Config{
+		Name:        messages.ServiceName,
+		Version:     w.opts.Version,
+		Description: "subbus worker: manages instances through substrate drivers",
+		QueueGroup:  QueueGroup,
+		Metadata: map[string]string{
+			"host":         w.host,
+			"drivers":      strings.Join(w.driverNames(), ","),
+			"capabilities": string(capsJSON),
+			"version":      w.opts.Version,
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("micro service: %w", err)
+	}
+	for _, m := range w.managers {
+		d := m.Driver()
+		meta := map[string]string{"driver": d, "host": w.host, "ops": strings.Join(m.Capabilities().Ops(), ",")}
+		h := w.handler(m)
+		if err := svc.AddEndpoint(d, h, micro.WithEndpointSubject(messages.SubjectRoot+"."+d+".*"),
+			micro.WithEndpointMetadata(meta)); err != nil {
+			_ = svc.Stop()
+			return fmt.Errorf("endpoint %s: %w", d, err)
+		}
+		if err := svc.AddEndpoint(d+"-"+w.host, h, micro.WithEndpointSubject(messages.SubjectRoot+"."+d+"."+w.host+".*"),
+			micro.WithEndpointMetadata(meta)); err != nil {
+			_ = svc.Stop()
+			return fmt.Errorf("endpoint %s on %s: %w", d, w.host, err)
+		}
+	}
+	w.svc = svc
+	return nil
+}
+
+// handler hands each request to a goroutine (at most MaxConcurrent at
+// once), so a slow operation never holds up the endpoint.
+func (w *Worker) handler(m *manager.Manager) micro.Handler {
+	return micro.HandlerFunc(func(req micro.Request) {
+		received := time.Now()
+		w.sem <- struct{}{}
+		w.inflight.Add(1)
+		go func() {
+			defer func() {
+				if p := recover(); p != nil {
+					w.log.Error().Interface("panic", p).Str("subject", req.Subject()).Msg("request handler panicked")
+					w.respondError(req, "", drivers.Errorf(drivers.Internal, "worker panic: %v", p))
+				}
+				<-w.sem
+				w.inflight.Done()
+			}()
+			w.serve(m, req, received)
+		}()
+	})
+}
+
+// call is one request being served.
+type call struct {
+	w         *Worker
+	m         *manager.Manager
+	req       micro.Request
+	op        messages.Op
+	requestID string
+	instance  string
+	log       zerolog.Logger
+}
+
+func (w *Worker) serve(m *manager.Manager, req micro.Request, received time.Time) {
+	c := &call{w: w, m: m, req: req}
+	c.requestID = req.Headers().Get(messages.HeaderRequestID)
+	if !messages.ValidRequestID(c.requestID) {
+		c.requestID = messages.NewRequestID()
+	}
+	subj := req.Subject()
+	opTok := subj[strings.LastIndexByte(subj, '.')+1:]
+	c.log = w.log.With().Str("request_id", c.requestID).Str("driver", m.Driver()).Str("op", opTok).Logger()
+
+	code, err := c.run(opTok, received)
+	ev := c.log.Info()
+	if err != nil {
+		ev = c.log.Warn().Str("code", code.String()).Str("error", err.Error())
+	}
+	if c.instance != "" {
+		ev = ev.Str("instance", c.instance)
+	}
+	ev.Dur("duration", time.Since(received)).Msg("request")
+}
+
+// run serves the request and returns the error it answered with, if any.
+func (c *call) run(opTok string, received time.Time) (drivers.Code, error) {
+	w := c.w
+	fail := func(err error) (drivers.Code, error) {
+		w.respondError(c.req, c.requestID, err)
+		return drivers.CodeOf(err), err
+	}
+	op, err := messages.ParseOp(opTok)
+	if err != nil {
+		return fail(err)
+	}
+	c.op = op
+	deadline, hasDeadline, err := messages.ParseDeadline(c.req.Headers().Get(messages.HeaderDeadline))
+	if err != nil {
+		return fail(err)
+	}
+	if hasDeadline && !deadline.After(received) {
+		return fail(drivers.Errorf(drivers.Timeout, "deadline %s passed before the request was handled; nothing was done",
+			messages.FormatDeadline(deadline)))
+	}
+	body, err := messages.Decode(op, c.req.Data())
+	if err != nil {
+		return fail(err)
+	}
+	c.instance = messages.InstanceName(body)
+	if err := checkSupported(c.m, op); err != nil {
+		return fail(err)
+	}
+
+	ctx, cancel := context.WithCancel(w.opCtx)
+	defer cancel()
+	if hasDeadline {
+		ctx, cancel = context.WithDeadline(ctx, deadline)
+		defer cancel()
+	}
+	ctx = withRequestID(ctx, c.requestID)
+
+	if streaming(body) {
+		return c.stream(ctx, body)
+	}
+
+	key := c.req.Headers().Get(messages.HeaderIdempotencyKey)
+	if key == "" || !op.Mutating() {
+		result, err := c.dispatch(ctx, body)
+		if err != nil {
+			return fail(err)
+		}
+		return 0, c.respondResult(result)
+	}
+	return c.idempotent(ctx, key, body)
+}
+
+// idempotent serves a mutating request with an idempotency key: the first
+// reply is kept and returned to retries.
+func (c *call) idempotent(ctx context.Context, key string, body any) (drivers.Code, error) {
+	w := c.w
+	k := c.m.Driver() + "\x00" + string(c.op) + "\x00" + key
+	for range 3 {
+		cached, found, conflict, err := w.idem.begin(ctx, k, c.req.Data())
+		if errors.Is(err, errAbandoned) {
+			continue
+		}
+		if err != nil {
+			err = drivers.Errorf(drivers.Timeout, "waiting for the first request with this idempotency key: %v", err)
+			w.respondError(c.req, c.requestID, err)
+			return drivers.Timeout, err
+		}
+		if conflict {
+			err := drivers.Errorf(drivers.InvalidArgument, "header %s: key %q was used for a different request", messages.HeaderIdempotencyKey, key)
+			w.respondError(c.req, c.requestID, err)
+			return drivers.InvalidArgument, err
+		}
+		if found {
+			c.log.Debug().Str("idempotency_key", key).Msg("replaying the reply of the first request")
+			return replayCode(cached), c.respondCached(cached)
+		}
+		result, err := c.dispatch(ctx, body)
+		if err != nil {
+			if drivers.CodeOf(err).Retryable() {
+				w.idem.abandon(k)
+			} else {
+				msg, code := messages.ErrorHeaders(err)
+				w.idem.finish(k, cachedReply{data: messages.ErrorReply(c.requestID, w.host, err), errMsg: msg, errCode: code})
+			}
+			w.respondError(c.req, c.requestID, err)
+			return drivers.CodeOf(err), err
+		}
+		data := messages.ResultReply(c.requestID, w.host, result)
+		w.idem.finish(k, cachedReply{data: data})
+		return 0, c.respondBytes(data)
+	}
+	err := drivers.Errorf(drivers.Unavailable, "idempotency key %q: earlier attempts failed; retry", key)
+	w.respondError(c.req, c.requestID, err)
+	return drivers.Unavailable, err
+}
+
+func replayCode(r cachedReply) drivers.Code {
+	if r.errCode == "" {
+		return 0
+	}
+	var n int
+	_, _ = fmt.Sscan(r.errCode, &n)
+	return drivers.Code(n)
+}
+
+func (c *call) respondCached(r cachedReply) error {
+	h := micro.Headers{messages.HeaderRequestID: []string{c.requestID}}
+	if r.errCode != "" {
+		return c.req.Error(r.errCode, r.errMsg, r.data, micro.WithHeaders(h))
+	}
+	return c.req.Respond(r.data, micro.WithHeaders(h))
+}
+
+func (c *call) respondResult(result any) error {
+	return c.respondBytes(messages.ResultReply(c.requestID, c.w.host, result))
+}
+
+func (c *call) respondBytes(data []byte) error {
+	if max := c.w.nc.MaxPayload(); max > 0 && int64(len(data)) > max {
+		err := drivers.Errorf(drivers.Internal, "result of %d bytes exceeds the NATS max payload of %d (for exec, use stream)", len(data), max)
+		c.w.respondError(c.req, c.requestID, err)
+		return err
+	}
+	h := micro.Headers{messages.HeaderRequestID: []string{c.requestID}}
+	if err := c.req.Respond(data, micro.WithHeaders(h)); err != nil {
+		c.log.Warn().Err(err).Msg("sending the reply failed")
+		return err
+	}
+	return nil
+}
+
+// respondError answers with an error reply and micro's error headers.
+func (w *Worker) respondError(req micro.Request, requestID string, err error) {
+	msg, code := messages.ErrorHeaders(err)
+	h := micro.Headers{}
+	if requestID != "" {
+		h[messages.HeaderRequestID] = []string{requestID}
+	}
+	if rerr := req.Error(code, msg, messages.ErrorReply(requestID, w.host, err), micro.WithHeaders(h)); rerr != nil {
+		w.log.Warn().Err(rerr).Msg("sending the error reply failed")
+	}
+}
+
+// streaming reports whether a decoded request asks for a streamed reply.
+func streaming(body any) bool {
+	switch r := body.(type) {
+	case *messages.ExecRequest:
+		return r.Stream
+	case *messages.LogsRequest:
+		return r.Follow
+	}
+	return false
+}

@@ -1,0 +1,165 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/messages"
+)
+
+// maxChunkData bounds the output bytes carried by one chunk.
+const maxChunkData = 64 << 10
+
+// withRequestID makes the request id travel into the manager's events.
+func withRequestID(ctx context.Context, id string) context.Context {
+	return manager.WithRequestID(ctx, id)
+}
+
+// chunkSender sends the chunks of one streamed reply, following the
+// protocol on messages.Chunk: each chunk is a request to the client's
+// inbox, sent in Seq order, and the next waits for its acknowledgement.
+// A missing acknowledgement (no responders, or StreamIdle passed) means
+// the client is gone: the sender fails and cancels the operation.
+type chunkSender struct {
+	c      *call
+	inbox  string
+	idle   time.Duration
+	cancel context.CancelFunc
+
+	mu   sync.Mutex
+	seq  uint64
+	last time.Time
+	err  error
+}
+
+// send sends one chunk and waits for its acknowledgement.
+func (s *chunkSender) send(ch messages.Chunk) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sendLocked(ch)
+}
+
+func (s *chunkSender) sendLocked(ch messages.Chunk) error {
+	if s.err != nil {
+		return s.err
+	}
+	s.seq++
+	ch.Seq = s.seq
+	ch.RequestID = s.c.requestID
+	data, err := json.Marshal(ch)
+	if err != nil {
+		return err
+	}
+	msg := &nats.Msg{Subject: s.inbox, Data: data, Header: nats.Header{messages.HeaderRequestID: []string{s.c.requestID}}}
+	if ch.Error != nil {
+		m, code := messages.ErrorHeaders(&drivers.Error{Code: ch.Error.Code, Message: ch.Error.Message})
+		msg.Header.Set(messages.HeaderError, m)
+		msg.Header.Set(messages.HeaderErrorCode, code)
+	}
+	if _, err := s.c.w.nc.RequestMsg(msg, s.idle); err != nil {
+		if errors.Is(err, nats.ErrNoResponders) {
+			s.err = drivers.Errorf(drivers.Timeout, "stream client went away")
+		} else {
+			s.err = drivers.Errorf(drivers.Timeout, "stream client did not acknowledge chunk %d: %v", ch.Seq, err)
+		}
+		s.cancel()
+		return s.err
+	}
+	s.last = time.Now()
+	return nil
+}
+
+// heartbeats sends a heartbeat chunk whenever the stream was quiet for
+// interval, until ctx ends.
+func (s *chunkSender) heartbeats(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		if time.Since(s.last) >= interval {
+			_ = s.sendLocked(messages.Chunk{Heartbeat: true})
+		}
+		s.mu.Unlock()
+	}
+}
+
+// write sends exec output as chunks of at most maxChunkData bytes.
+type streamWriter struct {
+	s      *chunkSender
+	stream string
+}
+
+func (w streamWriter) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		k := min(len(p), maxChunkData)
+		if err := w.s.send(messages.Chunk{Stream: w.stream, Data: append([]byte(nil), p[:k]...)}); err != nil {
+			return n, err
+		}
+		n += k
+		p = p[k:]
+	}
+	return n, nil
+}
+
+// stream serves exec with stream and logs with follow. Errors before the
+// operation starts (not_found, conflict…) and after it come as the Final
+// chunk with Error set; exec's exit code comes in the Final chunk.
+func (c *call) stream(ctx context.Context, body any) (drivers.Code, error) {
+	inbox := c.req.Reply()
+	if inbox == "" {
+		return 0, nil // nobody to stream to
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s := &chunkSender{c: c, inbox: inbox, idle: c.w.opts.StreamIdle, cancel: cancel, last: time.Now()}
+	hbCtx, stopHB := context.WithCancel(ctx)
+	hbDone := make(chan struct{})
+	go func() { defer close(hbDone); s.heartbeats(hbCtx, c.w.opts.HeartbeatInterval) }()
+
+	var final messages.Chunk
+	var opErr error
+	switch r := body.(type) {
+	case *messages.ExecRequest:
+		res, err := c.m.Exec(ctx, r.Name, r.ExecRequest, streamWriter{s, "stdout"}, streamWriter{s, "stderr"})
+		if err == nil {
+			code := res.ExitCode
+			final.ExitCode = &code
+		}
+		opErr = err
+	case *messages.LogsRequest:
+		opErr = c.m.Logs(ctx, r.Name, drivers.LogOptions{Lines: r.Lines, Follow: true}, func(l drivers.LogLine) error {
+			line := l
+			return s.send(messages.Chunk{Stream: l.Stream, Line: &line})
+		})
+	}
+	stopHB()
+	<-hbDone
+	s.mu.Lock()
+	gone := s.err
+	s.mu.Unlock()
+	if gone != nil {
+		return drivers.CodeOf(gone), gone // the client is gone: nobody to tell
+	}
+	final.Final = true
+	if opErr != nil {
+		final.Error = drivers.InfoOf(opErr)
+	}
+	// The final chunk is sent even when ctx ended (e.g. a deadline); its
+	// acknowledgement is not awaited for long.
+	s.idle = min(s.idle, 5*time.Second)
+	_ = s.send(final)
+	return drivers.CodeOf(opErr), opErr
+}

@@ -1,0 +1,542 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/rs/zerolog"
+
+	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/messages"
+	"github.com/subbus/subbus/internal/registry"
+)
+
+// Worker serves drivers on the bus. Create it with New, then call Run once.
+type Worker struct {
+	opts     Options
+	host     string
+	log      zerolog.Logger
+	managers []*manager.Manager // sorted by driver name
+	byName   map[string]*manager.Manager
+
+	srv *server.Server // embedded server, nil when external
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	svc micro.Service
+
+	sem      chan struct{}
+	inflight sync.WaitGroup
+	// opCtx is the parent of every operation: cancelled when the grace
+	// period ends, not when shutdown begins.
+	opCtx    context.Context
+	opCancel context.CancelFunc
+
+	idem    *idemCache
+	events  *outbox
+	metrics *outbox
+	ready   chan struct{} // closed once the streams exist
+
+	clientURL string
+	closed    chan struct{}
+}
+
+// New validates opts, resolves the host and builds the drivers' managers
+// (from the registry unless opts.Managers is set). It does not connect.
+func New(ctx context.Context, opts Options) (*Worker, error) {
+	opts = opts.withDefaults()
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	host, err := ResolveHost(opts.Host)
+	if err != nil {
+		return nil, err
+	}
+	w := &Worker{
+		opts:    opts,
+		host:    host,
+		log:     opts.Logger.With().Str("host", host).Logger(),
+		byName:  map[string]*manager.Manager{},
+		sem:     make(chan struct{}, opts.MaxConcurrent),
+		idem:    newIdemCache(opts.IdempotencyTTL, opts.IdempotencyEntries),
+		events:  newOutbox(opts.OutboxSize),
+		metrics: newOutbox(opts.MetricsOutboxSize),
+		ready:   make(chan struct{}),
+		closed:  make(chan struct{}),
+	}
+	mgrs := opts.Managers
+	if mgrs == nil {
+		ds, err := selectDrivers(ctx, opts, w.log)
+		if err != nil {
+			return nil, err
+		}
+		for _, d := range ds {
+			mgrs = append(mgrs, manager.New(d, w.managerOptions(d.Name())))
+		}
+	}
+	for _, m := range mgrs {
+		name := m.Driver()
+		if !messages.ValidToken(name) || name == messages.EventsToken || name == messages.MetricsToken {
+			return nil, fmt.Errorf("driver name %q cannot be a subject token", name)
+		}
+		if _, dup := w.byName[name]; dup {
+			return nil, fmt.Errorf("driver %q enabled twice", name)
+		}
+		w.byName[name] = m
+		w.managers = append(w.managers, m)
+	}
+	slices.SortFunc(w.managers, func(a, b *manager.Manager) int { return strings.Compare(a.Driver(), b.Driver()) })
+	if len(w.managers) == 0 {
+		return nil, errors.New("no driver enabled")
+	}
+	return w, nil
+}
+
+func (w *Worker) managerOptions(name string) manager.Options {
+	if w.opts.ManagerOptions != nil {
+		return w.opts.ManagerOptions(name)
+	}
+	return manager.Options{Host: w.host, Logger: w.log.With().Str("driver", name).Logger()}
+}
+
+// selectDrivers builds the configured drivers, or process plus every
+// detected one, logging what was found and why not.
+func selectDrivers(ctx context.Context, o Options, log zerolog.Logger) ([]drivers.Driver, error) {
+	names := o.Drivers
+	if len(names) == 0 {
+		for _, f := range registry.Builtin() {
+			if f.Name == "process" {
+				names = append(names, f.Name)
+				log.Info().Str("driver", f.Name).Msg("driver enabled (always on)")
+				continue
+			}
+			dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := f.Detect(dctx, o.Config)
+			cancel()
+			if err != nil {
+				log.Info().Str("driver", f.Name).Str("reason", err.Error()).Msg("driver not found")
+				continue
+			}
+			log.Info().Str("driver", f.Name).Msg("driver found")
+			names = append(names, f.Name)
+		}
+	}
+	var out []drivers.Driver
+	for _, n := range names {
+		f, ok := registry.Lookup(n)
+		if !ok {
+			return nil, fmt.Errorf("unknown driver %q (built in: %s)", n, strings.Join(registry.Names(), ", "))
+		}
+		d, err := f.New(o.Config)
+		if err != nil {
+			return nil, fmt.Errorf("driver %s: %w", n, err)
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// Host returns the worker's host identity.
+func (w *Worker) Host() string { return w.host }
+
+// Managers returns the served managers, sorted by driver name.
+func (w *Worker) Managers() []*manager.Manager { return w.managers }
+
+// ClientURL is the embedded server's client URL ("" when external); valid
+// once Ready is closed.
+func (w *Worker) ClientURL() string { return w.clientURL }
+
+// Ready is closed once the worker serves requests and its streams exist.
+func (w *Worker) Ready() <-chan struct{} { return w.ready }
+
+// Dropped returns how many events and metrics samples were dropped
+// because the outboxes were full.
+func (w *Worker) Dropped() (events, metrics uint64) {
+	return w.events.dropped.Load(), w.metrics.dropped.Load()
+}
+
+// Pending returns how many events wait in the outbox.
+func (w *Worker) Pending() int { return w.events.len() }
+
+// Run connects (starting the embedded server when no connection is
+// configured), serves until ctx ends, then shuts down gracefully: stop
+// taking requests, wait up to GracePeriod for in-flight ones, publish the
+// events still in the outbox, drain the connection, stop the embedded
+// server. It returns nil after a clean shutdown.
+func (w *Worker) Run(ctx context.Context) (err error) {
+	defer close(w.closed)
+	w.opCtx, w.opCancel = context.WithCancel(context.WithoutCancel(ctx))
+	defer w.opCancel()
+
+	if err := w.connect(); err != nil {
+		return err
+	}
+	defer w.stopServer()
+
+	js, err := jetstream.New(w.nc, jetstream.WithPublishAsyncTimeout(5*time.Second),
+		jetstream.WithPublishAsyncMaxPending(4096), jetstream.WithDefaultTimeout(5*time.Second))
+	if err != nil {
+		w.nc.Close()
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	w.js = js
+
+	for _, m := range w.managers {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		if err := m.Connect(cctx); err != nil {
+			w.log.Warn().Str("driver", m.Driver()).Err(err).Msg("driver not connected yet; requests will report it")
+		}
+		cancel()
+	}
+
+	unsubs := w.subscribeEvents()
+	if err := w.addService(); err != nil {
+		for _, u := range unsubs {
+			u()
+		}
+		w.nc.Close()
+		return err
+	}
+
+	// Background work: stream setup, publishers, metrics.
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	var bgWG sync.WaitGroup
+	bgWG.Add(3)
+	go func() { defer bgWG.Done(); w.keepStreams(bg) }()
+	go func() { defer bgWG.Done(); w.publishLoop(bg, w.events) }()
+	go func() { defer bgWG.Done(); w.publishLoop(bg, w.metrics) }()
+	if w.opts.EnableMetrics {
+		bgWG.Add(1)
+		go func() { defer bgWG.Done(); w.metricsLoop(bg) }()
+	}
+	w.log.Info().Strs("drivers", w.driverNames()).Str("version", w.opts.Version).Str("nats", w.nc.ConnectedUrlRedacted()).
+		Msg("worker serving")
+
+	<-ctx.Done()
+	w.log.Info().Msg("shutting down: no new requests")
+	if err := w.svc.Stop(); err != nil {
+		w.log.Warn().Err(err).Msg("stopping the service")
+	}
+	if !waitTimeout(&w.inflight, w.opts.GracePeriod) {
+		w.log.Warn().Dur("grace_period", w.opts.GracePeriod).Msg("grace period over: cancelling in-flight requests")
+		w.opCancel()
+		waitTimeout(&w.inflight, 5*time.Second)
+	}
+	for _, u := range unsubs {
+		u()
+	}
+	w.flush(5 * time.Second)
+	stopBG()
+	bgWG.Wait()
+	for _, m := range w.managers {
+		if err := m.Close(); err != nil {
+			w.log.Warn().Str("driver", m.Driver()).Err(err).Msg("closing driver")
+		}
+	}
+	if n := w.events.len(); n > 0 {
+		w.log.Error().Int("events", n).Msg("events not published before shutdown")
+	}
+	w.drain()
+	w.log.Info().Msg("worker stopped")
+	return nil
+}
+
+// Done is closed when Run has returned.
+func (w *Worker) Done() <-chan struct{} { return w.closed }
+
+func (w *Worker) driverNames() []string {
+	out := make([]string, len(w.managers))
+	for i, m := range w.managers {
+		out[i] = m.Driver()
+	}
+	return out
+}
+
+// connect starts the embedded server when no Connect is configured, then
+// connects (reconnecting forever with backoff).
+func (w *Worker) connect() error {
+	name := "subbus-worker-" + w.host
+	handlers := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.RetryOnFailedConnect(true),
+		nats.ReconnectWait(500 * time.Millisecond),
+		nats.CustomReconnectDelay(func(attempts int) time.Duration {
+			return min(time.Duration(attempts)*250*time.Millisecond, 5*time.Second)
+		}),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			w.log.Warn().AnErr("reason", err).Msg("NATS disconnected; events are kept until it is back")
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			w.log.Info().Str("url", nc.ConnectedUrlRedacted()).Msg("NATS reconnected")
+			w.events.wake()
+			w.metrics.wake()
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			ev := w.log.Warn().Err(err)
+			if sub != nil {
+				ev = ev.Str("subject", sub.Subject)
+			}
+			ev.Msg("NATS async error")
+		}),
+	}
+	if w.opts.Connect != nil {
+		nc, err := w.opts.Connect(handlers...)
+		if err != nil {
+			return fmt.Errorf("connecting to NATS: %w", err)
+		}
+		w.nc = nc
+		return nil
+	}
+	srv, err := startEmbedded(w.opts.Embedded, name, w.log)
+	if err != nil {
+		return err
+	}
+	w.srv = srv
+	w.clientURL = srv.ClientURL()
+	w.log.Info().Str("url", w.clientURL).Str("data_dir", w.opts.Embedded.DataDir).Msg("embedded NATS server started")
+	nc, err := nats.Connect(w.clientURL, append(handlers, nats.InProcessServer(srv))...)
+	if err != nil {
+		srv.Shutdown()
+		return fmt.Errorf("connecting to the embedded server: %w", err)
+	}
+	w.nc = nc
+	return nil
+}
+
+// drain drains the connection and waits for it to close.
+func (w *Worker) drain() {
+	done := make(chan struct{})
+	w.nc.SetClosedHandler(func(*nats.Conn) { close(done) })
+	if err := w.nc.Drain(); err != nil {
+		w.nc.Close()
+		return
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		w.nc.Close()
+	}
+}
+
+func (w *Worker) stopServer() {
+	if w.srv == nil {
+		return
+	}
+	w.srv.Shutdown()
+	w.srv.WaitForShutdown()
+	w.log.Info().Msg("embedded NATS server stopped")
+}
+
+// keepStreams creates or checks the streams, retrying until it works, then
+// marks the worker ready.
+func (w *Worker) keepStreams(ctx context.Context) {
+	delay := 250 * time.Millisecond
+	for {
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := w.ensureStreams(sctx)
+		cancel()
+		if err == nil {
+			close(w.ready)
+			return
+		}
+		w.log.Warn().Err(err).Msg("streams not ready; events wait in the outbox")
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 10*time.Second)
+	}
+}
+
+// subscribeEvents puts every manager event into the outbox.
+func (w *Worker) subscribeEvents() []func() {
+	var unsubs []func()
+	for _, m := range w.managers {
+		unsubs = append(unsubs, m.Subscribe(w.enqueueEvent))
+	}
+	return unsubs
+}
+
+// enqueueEvent queues e for publishing. It never blocks.
+func (w *Worker) enqueueEvent(e drivers.Event) {
+	if e.ID == "" {
+		e.ID = messages.NewRequestID()
+	}
+	if e.Host == "" {
+		e.Host = w.host
+	}
+	data, err := json.Marshal(messages.NewCloudEvent(e))
+	if err != nil {
+		w.log.Error().Err(err).Str("event", e.ID).Msg("encoding event")
+		return
+	}
+	w.events.push(messages.EventSubject(e.Driver, e.Host, e.Instance, string(e.Type)), e.ID, data)
+}
+
+func (o *outbox) wake() {
+	select {
+	case o.notify <- struct{}{}:
+	default:
+	}
+}
+
+// publishLoop publishes the outbox's items to JetStream with async acks,
+// removing each once acknowledged; unacknowledged ones are retried with
+// the same Nats-Msg-Id (so the stream stores each once) after a backoff.
+// It publishes only while connected and after the streams exist.
+func (w *Worker) publishLoop(ctx context.Context, ob *outbox) {
+	select {
+	case <-w.ready:
+	case <-ctx.Done():
+		return
+	}
+	backoff := 100 * time.Millisecond
+	for {
+		if ob.len() == 0 || !w.nc.IsConnected() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-ob.notify:
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		if w.publishBatch(ob, 512) {
+			backoff = 100 * time.Millisecond
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// publishBatch publishes up to n items and waits for their acks. It
+// reports whether every one was stored.
+func (w *Worker) publishBatch(ob *outbox, n int) bool {
+	batch := ob.peek(n)
+	type pending struct {
+		seq uint64
+		f   jetstream.PubAckFuture
+	}
+	var fs []pending
+	ok := true
+	for _, it := range batch {
+		msg := &nats.Msg{Subject: it.subject, Data: it.data, Header: nats.Header{}}
+		f, err := w.js.PublishMsgAsync(msg, jetstream.WithMsgID(it.msgID))
+		if err != nil {
+			ok = false
+			break
+		}
+		fs = append(fs, pending{it.seq, f})
+	}
+	done := map[uint64]bool{}
+	var lastErr error
+	for _, p := range fs {
+		select {
+		case <-p.f.Ok():
+			done[p.seq] = true
+		case err := <-p.f.Err():
+			ok, lastErr = false, err
+		}
+	}
+	ob.remove(done)
+	if lastErr != nil {
+		w.log.Debug().Err(lastErr).Int("pending", ob.len()).Msg("publish not acknowledged; retrying")
+	}
+	return ok
+}
+
+// flush publishes what the outboxes hold, for at most d.
+func (w *Worker) flush(d time.Duration) {
+	deadline := time.Now().Add(d)
+	select {
+	case <-w.ready:
+	case <-time.After(d):
+		return
+	}
+	for time.Now().Before(deadline) && (w.events.len() > 0 || w.metrics.len() > 0) {
+		if !w.nc.IsConnected() {
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		a := w.publishBatch(w.events, 512)
+		b := w.publishBatch(w.metrics, 512)
+		if !a || !b {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+// metricsLoop samples every running instance every MetricsInterval.
+func (w *Worker) metricsLoop(ctx context.Context) {
+	t := time.NewTicker(w.opts.MetricsInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, m := range w.managers {
+			w.sampleMetrics(ctx, m)
+		}
+	}
+}
+
+func (w *Worker) sampleMetrics(ctx context.Context, m *manager.Manager) {
+	lctx, cancel := context.WithTimeout(ctx, w.opts.MetricsInterval)
+	defer cancel()
+	list, err := m.List(lctx)
+	if err != nil {
+		w.log.Debug().Str("driver", m.Driver()).Err(err).Msg("metrics: list failed")
+		return
+	}
+	for _, inst := range list {
+		if inst.State != drivers.StateRunning {
+			continue
+		}
+		u, err := m.Metrics(lctx, inst.Name)
+		if err != nil {
+			w.log.Debug().Str("driver", m.Driver()).Str("instance", inst.Name).Err(err).Msg("metrics: sample failed")
+			continue
+		}
+		msg := messages.MetricsMessage{Driver: m.Driver(), Host: w.host, Instance: inst.Name, Time: time.Now().UTC(), Usage: u}
+		if !u.Time.IsZero() {
+			msg.Time = u.Time
+		}
+		data, err := json.Marshal(msg)
+		if err != nil {
+			continue
+		}
+		subj := messages.MetricsSubject(m.Driver(), w.host, inst.Name)
+		w.metrics.push(subj, fmt.Sprintf("%s@%d", subj, msg.Time.UnixNano()), data)
+	}
+}
+
+// waitTimeout waits for wg for at most d and reports whether it finished.
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
