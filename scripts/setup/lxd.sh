@@ -47,11 +47,17 @@ YAML
 fi
 
 # 3. The test image: a busybox rootfs whose init is a shell script that
-#    writes "subbus-conformance <hostname>" to the console, exits on SIGPWR
-#    (LXD's halt signal) or SIGTERM unless SUBBUS_IGNORE_STOP=1, and
-#    otherwise sleeps forever.
-if lxc image info "$alias_name" >/dev/null 2>&1; then
+#    writes "subbus-conformance <hostname>" to the console, then a line
+#    "subbus-conformance tick N" every second; it exits on SIGPWR (LXD's
+#    halt signal) or SIGTERM unless SUBBUS_IGNORE_STOP=1. The image carries
+#    the version of this recipe; an older one is replaced.
+image_version=2
+if lxc image info "$alias_name" 2>/dev/null | grep -q "subbus_version: $image_version\$"; then
 	exit 0
+fi
+if lxc image info "$alias_name" >/dev/null 2>&1; then
+	log "replacing an older $alias_name"
+	lxc image delete "$alias_name"
 fi
 log "building image $alias_name offline from $(command -v busybox)"
 build="$state/image"
@@ -75,7 +81,10 @@ else
 fi
 mount -t tmpfs tmpfs /run 2>/dev/null
 echo "subbus-conformance $(hostname)" >/dev/console
+i=0
 while :; do
+	i=$((i+1))
+	echo "subbus-conformance tick $i" >/dev/console
 	sleep 1 &
 	wait $!
 done
@@ -93,6 +102,7 @@ properties:
   description: subbus test image (busybox-static)
   os: busybox
   release: test
+  subbus_version: "$image_version"
 META
 tar -C "$build" -czf "$build/meta.tar.gz" metadata.yaml
 tar -C "$build/rootfs" --numeric-owner -czf "$build/rootfs.tar.gz" .
