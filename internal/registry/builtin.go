@@ -1,7 +1,6 @@
 package registry
 
 import (
-	"github.com/subbus/subbus/internal/drivers/docker"
 	"github.com/subbus/subbus/internal/drivers/lxc"
 	"github.com/subbus/subbus/internal/drivers/supervisor"
 )
@@ -12,7 +11,6 @@ func Builtin() []Factory {
 	return check([]Factory{
 		// process, docker, supervisor, lxc: each driver package adds its entry here.
 		{Name: "lxc", New: lxc.NewFromConfig, Detect: lxc.Detect},
-		{Name: "docker", New: docker.NewFromConfig, Detect: docker.Detect},
 		{Name: supervisor.Name, New: supervisor.FromConfig, Detect: supervisor.Detect},
 	})
 }
