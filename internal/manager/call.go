@@ -111,7 +111,6 @@ func (m *Manager) policy() resilience.Policy {
 		Multiplier:   m.opts.RetryMultiplier,
 		MaxDelay:     m.opts.RetryMaxDelay,
 		Sleep:        m.sleep,
-		Now:          m.now,
 	}
 }
 
