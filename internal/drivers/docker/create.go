@@ -1,0 +1,253 @@
+package docker
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"sort"
+	"time"
+
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/network"
+	"github.com/moby/moby/client"
+
+	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/manager"
+)
+
+// cleanupTimeout bounds the removal of a half-made container after a
+// failed create, which runs even when the caller's ctx has ended.
+const cleanupTimeout = 30 * time.Second
+
+// Create implements drivers.Driver. The template's first network is
+// connected at create (API 1.41 accepts only one), the others after; a
+// create that fails part-way removes the container again. A name
+// conflict with a managed container made by the same request id (a retry
+// of a create that timed out) completes and returns that container
+// instead of failing, so retries never duplicate.
+func (d *Driver) Create(ctx context.Context, t drivers.InstanceTemplate) (drivers.Instance, error) {
+	if t.BaseImage == "" {
+		return drivers.Instance{}, drivers.Errorf(drivers.InvalidArgument, "template %s: base_image is required", t.Name)
+	}
+	return d.createFrom(ctx, t, t.BaseImage, nil)
+}
+
+// createFrom creates a container configured by t from image (the
+// template's own image, or a snapshot/clone image), with extra labels.
+func (d *Driver) createFrom(ctx context.Context, t drivers.InstanceTemplate, image string, extra map[string]string) (drivers.Instance, error) {
+	c, err := d.client()
+	if err != nil {
+		return drivers.Instance{}, err
+	}
+	reqID := manager.RequestID(ctx)
+	if err := d.ensureImage(ctx, image); err != nil {
+		return drivers.Instance{}, err
+	}
+	opts, err := d.createOptions(t, image, reqID)
+	if err != nil {
+		return drivers.Instance{}, err
+	}
+	for k, v := range extra {
+		opts.Config.Labels[k] = v
+	}
+	res, err := c.ContainerCreate(ctx, opts)
+	if err != nil {
+		if codeOf(err) == drivers.Conflict {
+			return d.retriedCreate(ctx, t, reqID)
+		}
+		if codeOf(err) == drivers.NotFound && len(t.Networks) > 0 {
+			return drivers.Instance{}, drivers.Errorf(drivers.NotFound, "create %s: network %q: %w", t.Name, t.Networks[0].NetworkName, err)
+		}
+		return drivers.Instance{}, d.wrap(err, "create "+t.Name)
+	}
+	if err := d.connectNetworks(ctx, res.ID, t.Networks[min(1, len(t.Networks)):]); err != nil {
+		d.removeHalfMade(res.ID)
+		return drivers.Instance{}, fmt.Errorf("create %s: %w", t.Name, err)
+	}
+	ins, err := d.inspect(ctx, t.Name)
+	if err != nil {
+		return drivers.Instance{}, err
+	}
+	return d.fromInspect(ins), nil
+}
+
+// retriedCreate handles a name conflict at create.
+func (d *Driver) retriedCreate(ctx context.Context, t drivers.InstanceTemplate, reqID string) (drivers.Instance, error) {
+	taken := drivers.Errorf(drivers.AlreadyExists, "create %s: a container with that name already exists", t.Name)
+	ins, err := d.inspect(ctx, t.Name)
+	if err != nil || ins.Config == nil || reqID == "" {
+		return drivers.Instance{}, taken
+	}
+	l := ins.Config.Labels
+	if !isManaged(l) || l[LabelRequestID] != reqID {
+		return drivers.Instance{}, taken
+	}
+	// The same request made it: finish what the first attempt may not have.
+	var have map[string]*network.EndpointSettings
+	if ins.NetworkSettings != nil {
+		have = ins.NetworkSettings.Networks
+	}
+	if err := d.connectNetworks(ctx, ins.ID, missingNetworks(t, have)); err != nil {
+		return drivers.Instance{}, fmt.Errorf("complete create %s: %w", t.Name, err)
+	}
+	if ins, err = d.inspect(ctx, t.Name); err != nil {
+		return drivers.Instance{}, err
+	}
+	return d.fromInspect(ins), nil
+}
+
+func (d *Driver) removeHalfMade(id string) {
+	c, err := d.client()
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	_, _ = c.ContainerRemove(ctx, id, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true})
+}
+
+// ensureImage checks that image exists locally; it pulls it only when
+// docker.allow_pull is set.
+func (d *Driver) ensureImage(ctx context.Context, image string) error {
+	c, err := d.client()
+	if err != nil {
+		return err
+	}
+	_, err = c.ImageInspect(ctx, image)
+	if err == nil {
+		return nil
+	}
+	if codeOf(err) != drivers.NotFound {
+		return d.wrap(err, "inspect image "+image)
+	}
+	if !d.opts.AllowPull {
+		return drivers.Errorf(drivers.NotFound, "image %q not found (pulling is disabled: set docker.allow_pull: true to allow it)", image)
+	}
+	rc, err := c.ImagePull(ctx, image, client.ImagePullOptions{})
+	if err != nil {
+		if codeOf(err) == drivers.NotFound {
+			return drivers.Errorf(drivers.NotFound, "image %q not found: %w", image, err)
+		}
+		return d.wrap(err, "pull image "+image)
+	}
+	defer rc.Close()
+	if _, err := io.Copy(io.Discard, rc); err != nil {
+		return d.wrap(err, "pull image "+image)
+	}
+	if _, err := c.ImageInspect(ctx, image); err != nil {
+		return drivers.Errorf(drivers.NotFound, "image %q not found after pull: %w", image, err)
+	}
+	return nil
+}
+
+// createOptions translates a template.
+func (d *Driver) createOptions(t drivers.InstanceTemplate, image, reqID string) (client.ContainerCreateOptions, error) {
+	labels, err := d.labelsFor(t, reqID)
+	if err != nil {
+		return client.ContainerCreateOptions{}, err
+	}
+	lim := t.Resources
+	if lim.IsZero() {
+		lim = d.opts.DefaultResources.limits()
+	}
+	res, err := resourcesOf(lim)
+	if err != nil {
+		return client.ContainerCreateOptions{}, err
+	}
+	env := make([]string, 0, len(t.Environment))
+	for k, v := range t.Environment {
+		env = append(env, k+"="+v)
+	}
+	sort.Strings(env)
+	binds := make([]string, 0, len(t.Volumes))
+	for _, v := range t.Volumes {
+		if v.Source == "" || v.Target == "" {
+			return client.ContainerCreateOptions{}, drivers.Errorf(drivers.InvalidArgument, "template %s: volume needs source and target", t.Name)
+		}
+		b := v.Source + ":" + v.Target
+		if v.ReadOnly {
+			b += ":ro"
+		}
+		binds = append(binds, b)
+	}
+	opts := client.ContainerCreateOptions{
+		Name: t.Name,
+		Config: &container.Config{
+			Image:      image,
+			Cmd:        t.Command,
+			Env:        env,
+			WorkingDir: t.WorkDir,
+			User:       t.User,
+			Labels:     labels,
+		},
+		HostConfig: &container.HostConfig{Binds: binds, Resources: res},
+	}
+	if len(t.Networks) > 0 {
+		first := t.Networks[0]
+		ep, err := endpointFor(first)
+		if err != nil {
+			return client.ContainerCreateOptions{}, err
+		}
+		opts.HostConfig.NetworkMode = container.NetworkMode(first.NetworkName)
+		opts.NetworkingConfig = &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{first.NetworkName: ep}}
+		if len(first.DNSServers) > 0 {
+			for _, s := range first.DNSServers {
+				a, err := netip.ParseAddr(s)
+				if err != nil {
+					return client.ContainerCreateOptions{}, drivers.Errorf(drivers.InvalidArgument, "network %s: dns server %q: %w", first.NetworkName, s, err)
+				}
+				opts.HostConfig.DNS = append(opts.HostConfig.DNS, a)
+			}
+		}
+	}
+	return opts, nil
+}
+
+// endpointFor returns the endpoint settings of an attachment, with its
+// static address if it has one.
+func endpointFor(n drivers.NetworkConfig) (*network.EndpointSettings, error) {
+	ep := &network.EndpointSettings{}
+	if n.IPAddress != "" {
+		a, err := netip.ParseAddr(n.IPAddress)
+		if err != nil {
+			return nil, drivers.Errorf(drivers.InvalidArgument, "network %s: ip_address %q: %w", n.NetworkName, n.IPAddress, err)
+		}
+		ep.IPAMConfig = &network.EndpointIPAMConfig{}
+		if a.Is4() {
+			ep.IPAMConfig.IPv4Address = a
+		} else {
+			ep.IPAMConfig.IPv6Address = a
+		}
+	}
+	return ep, nil
+}
+
+// connectNetworks connects container id to each network in turn.
+func (d *Driver) connectNetworks(ctx context.Context, id string, nets []drivers.NetworkConfig) error {
+	c, err := d.client()
+	if err != nil {
+		return err
+	}
+	for _, n := range nets {
+		ep, err := endpointFor(n)
+		if err != nil {
+			return err
+		}
+		// A stopped container accepts any network name (resolved only at
+		// start): check that the network exists.
+		if _, err := c.NetworkInspect(ctx, n.NetworkName, client.NetworkInspectOptions{}); err != nil {
+			if codeOf(err) == drivers.NotFound {
+				return drivers.Errorf(drivers.NotFound, "network %q not found", n.NetworkName)
+			}
+			return d.wrap(err, "inspect network "+n.NetworkName)
+		}
+		if _, err := c.NetworkConnect(ctx, n.NetworkName, client.NetworkConnectOptions{Container: id, EndpointConfig: ep}); err != nil {
+			if codeOf(err) == drivers.NotFound {
+				return drivers.Errorf(drivers.NotFound, "network %q: %w", n.NetworkName, err)
+			}
+			return d.wrap(err, "connect network "+n.NetworkName)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,324 @@
+package docker
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/client"
+
+	"github.com/subbus/subbus/internal/drivers"
+)
+
+// Image repositories for snapshots and clones.
+const (
+	SnapshotRepo = "subbus-snap"
+	CloneRepo    = "subbus-clone"
+)
+
+// repoName returns prefix/<instance> as a valid (lower-case) repository
+// name; a name that had to be changed gets a hash suffix so two
+// instances never share a repository.
+func repoName(prefix, instance string) string {
+	var b strings.Builder
+	dash := false
+	for _, r := range strings.ToLower(instance) {
+		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') {
+			b.WriteRune(r)
+			dash = false
+		} else if !dash && b.Len() > 0 {
+			b.WriteByte('-')
+			dash = true
+		}
+	}
+	s := strings.TrimRight(b.String(), "-")
+	if s != instance {
+		h := sha256.Sum256([]byte(instance))
+		s += "-" + hex.EncodeToString(h[:4])
+	}
+	return prefix + "/" + s
+}
+
+// SnapshotImage is the image a snapshot of instance is committed to.
+func SnapshotImage(instance, snapshot string) string {
+	return repoName(SnapshotRepo, instance) + ":" + snapshot
+}
+
+// commitLabels blanks the owner labels (a committed image must not make
+// containers built from it by hand look managed) and sets extra.
+func commitLabels(extra map[string]string) map[string]string {
+	l := map[string]string{LabelSnapInstance: "", LabelSnapName: "", LabelCloneOf: ""}
+	for _, k := range ownerLabels {
+		l[k] = ""
+	}
+	for k, v := range extra {
+		l[k] = v
+	}
+	return l
+}
+
+// CreateSnapshot implements drivers.Snapshotter: it commits the container
+// (file system and configuration; not volumes, bind mounts or memory) to
+// the image subbus-snap/<instance>:<snapshot>, labelled with both names.
+func (d *Driver) CreateSnapshot(ctx context.Context, name, snapshot string) (drivers.Snapshot, error) {
+	ins, err := d.inspect(ctx, name)
+	if err != nil {
+		return drivers.Snapshot{}, err
+	}
+	c, err := d.client()
+	if err != nil {
+		return drivers.Snapshot{}, err
+	}
+	ref := SnapshotImage(name, snapshot)
+	if _, err := c.ImageInspect(ctx, ref); err == nil {
+		return drivers.Snapshot{}, drivers.Errorf(drivers.AlreadyExists, "snapshot %q of %s already exists", snapshot, name)
+	} else if codeOf(err) != drivers.NotFound {
+		return drivers.Snapshot{}, d.wrap(err, "inspect image "+ref)
+	}
+	desc := fmt.Sprintf("subbus snapshot %s of %s", snapshot, name)
+	if _, err := c.ContainerCommit(ctx, ins.ID, client.ContainerCommitOptions{
+		Reference: ref,
+		Comment:   desc,
+		Config:    &container.Config{Labels: commitLabels(map[string]string{LabelSnapInstance: name, LabelSnapName: snapshot})},
+	}); err != nil {
+		return drivers.Snapshot{}, d.wrap(err, "commit "+name)
+	}
+	img, err := c.ImageInspect(ctx, ref)
+	if err != nil {
+		return drivers.Snapshot{}, d.wrap(err, "inspect snapshot "+ref)
+	}
+	s := drivers.Snapshot{Name: snapshot, Instance: name, Description: desc, SizeBytes: img.Size}
+	s.Created, _ = time.Parse(time.RFC3339Nano, img.Created)
+	return s, nil
+}
+
+// ListSnapshots implements drivers.Snapshotter, newest first.
+func (d *Driver) ListSnapshots(ctx context.Context, name string) ([]drivers.Snapshot, error) {
+	if _, err := d.inspect(ctx, name); err != nil {
+		return nil, err
+	}
+	c, err := d.client()
+	if err != nil {
+		return nil, err
+	}
+	res, err := c.ImageList(ctx, client.ImageListOptions{Filters: make(client.Filters).Add("label", LabelSnapInstance+"="+name)})
+	if err != nil {
+		return nil, d.wrap(err, "list snapshots of "+name)
+	}
+	out := []drivers.Snapshot{}
+	for _, img := range res.Items {
+		snap := img.Labels[LabelSnapName]
+		if snap == "" || !hasTag(img.RepoTags, SnapshotImage(name, snap)) {
+			continue
+		}
+		out = append(out, drivers.Snapshot{
+			Name:        snap,
+			Instance:    name,
+			Created:     time.Unix(img.Created, 0).UTC(),
+			Description: fmt.Sprintf("subbus snapshot %s of %s", snap, name),
+			SizeBytes:   img.Size,
+		})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.After(out[j].Created) })
+	return out, nil
+}
+
+func hasTag(tags []string, ref string) bool {
+	for _, t := range tags {
+		if t == ref {
+			return true
+		}
+	}
+	return false
+}
+
+// snapshotRef returns the image of an existing snapshot, or NotFound.
+func (d *Driver) snapshotRef(ctx context.Context, name, snapshot string) (string, error) {
+	c, err := d.client()
+	if err != nil {
+		return "", err
+	}
+	ref := SnapshotImage(name, snapshot)
+	if _, err := c.ImageInspect(ctx, ref); err != nil {
+		if codeOf(err) == drivers.NotFound {
+			return "", drivers.Errorf(drivers.NotFound, "snapshot %q of %s not found", snapshot, name)
+		}
+		return "", d.wrap(err, "inspect snapshot "+ref)
+	}
+	return ref, nil
+}
+
+// DeleteSnapshot implements drivers.Snapshotter. The image stays while a
+// container restored from it exists (only its tag goes).
+func (d *Driver) DeleteSnapshot(ctx context.Context, name, snapshot string) error {
+	ref, err := d.snapshotRef(ctx, name, snapshot)
+	if err != nil {
+		return err
+	}
+	c, err := d.client()
+	if err != nil {
+		return err
+	}
+	if _, err := c.ImageRemove(ctx, ref, client.ImageRemoveOptions{}); err != nil {
+		if codeOf(err) == drivers.Conflict {
+			// In use by a container restored from it: untag only.
+			_, err = c.ImageRemove(ctx, ref, client.ImageRemoveOptions{Force: true})
+		}
+		if err != nil {
+			return d.wrap(err, "delete snapshot "+ref)
+		}
+	}
+	return nil
+}
+
+// RestoreSnapshot implements drivers.Snapshotter: the container is
+// recreated from the snapshot image with its configuration (its creation
+// template when managed, else what inspect shows), under the same name,
+// and started if it was running. The old container is kept (renamed)
+// until the new one exists, and put back if recreating fails.
+func (d *Driver) RestoreSnapshot(ctx context.Context, name, snapshot string) error {
+	ins, err := d.inspect(ctx, name)
+	if err != nil {
+		return err
+	}
+	ref, err := d.snapshotRef(ctx, name, snapshot)
+	if err != nil {
+		return err
+	}
+	c, err := d.client()
+	if err != nil {
+		return err
+	}
+	t := templateOf(ins)
+	wasRunning := ins.State != nil && ins.State.Running
+	if wasRunning {
+		if _, err := d.Stop(ctx, name, drivers.StopOptions{Timeout: 10 * time.Second}); err != nil {
+			return err
+		}
+	}
+	aside := name + "-subbus-restore-" + randHex(4)
+	if _, err := c.ContainerRename(ctx, ins.ID, client.ContainerRenameOptions{NewName: aside}); err != nil {
+		return d.wrap(err, "restore "+name+": rename the old container")
+	}
+	_, err = d.createFrom(ctx, t, ref, map[string]string{LabelRestoredFrom: snapshot})
+	if err != nil {
+		// Put the old container back as it was.
+		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		defer cancel()
+		_, _ = c.ContainerRename(bg, ins.ID, client.ContainerRenameOptions{NewName: name})
+		if wasRunning {
+			_, _ = c.ContainerStart(bg, ins.ID, client.ContainerStartOptions{})
+		}
+		return fmt.Errorf("restore %s from %s: %w", name, snapshot, err)
+	}
+	if _, err := c.ContainerRemove(ctx, ins.ID, client.ContainerRemoveOptions{Force: true}); err != nil {
+		return d.wrap(err, "restore "+name+": remove the old container "+aside)
+	}
+	d.stats.forget(ins.ID)
+	if wasRunning {
+		if _, err := d.Start(ctx, name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Clone implements drivers.Cloner: the source is committed to
+// subbus-clone/<target>:latest and a container is created from that image
+// with the source's configuration under the new name (static addresses
+// dropped). The image is removed with the clone.
+func (d *Driver) Clone(ctx context.Context, source, target string) (drivers.Instance, error) {
+	src, err := d.inspect(ctx, source)
+	if err != nil {
+		return drivers.Instance{}, err
+	}
+	if _, err := d.inspect(ctx, target); err == nil {
+		return drivers.Instance{}, drivers.Errorf(drivers.AlreadyExists, "clone %s: a container %q already exists", source, target)
+	} else if drivers.CodeOf(err) != drivers.NotFound {
+		return drivers.Instance{}, err
+	}
+	c, err := d.client()
+	if err != nil {
+		return drivers.Instance{}, err
+	}
+	ref := repoName(CloneRepo, target) + ":latest"
+	if _, err := c.ContainerCommit(ctx, src.ID, client.ContainerCommitOptions{
+		Reference: ref,
+		Comment:   fmt.Sprintf("subbus clone of %s as %s", source, target),
+		Config:    &container.Config{Labels: commitLabels(map[string]string{LabelCloneOf: source})},
+	}); err != nil {
+		return drivers.Instance{}, d.wrap(err, "clone "+source+": commit")
+	}
+	t := templateOf(src)
+	t.Name = target
+	for i := range t.Networks {
+		t.Networks[i].IPAddress = ""
+	}
+	inst, err := d.createFrom(ctx, t, ref, map[string]string{LabelCloneImage: ref})
+	if err != nil {
+		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		defer cancel()
+		_, _ = c.ImageRemove(bg, ref, client.ImageRemoveOptions{})
+		return drivers.Instance{}, err
+	}
+	return inst, nil
+}
+
+// templateOf returns the configuration to recreate a container with: its
+// creation template when it is managed, else one read from inspect.
+func templateOf(ins container.InspectResponse) drivers.InstanceTemplate {
+	name := containerName(ins.Name)
+	if ins.Config != nil {
+		if t, ok := templateFromLabels(ins.Config.Labels); ok {
+			t.Name = name
+			return t
+		}
+	}
+	t := drivers.InstanceTemplate{Name: name}
+	if ins.Config != nil {
+		t.BaseImage = ins.Config.Image
+		t.Command = ins.Config.Cmd
+		t.WorkDir = ins.Config.WorkingDir
+		t.User = ins.Config.User
+		t.Metadata = metadataFromLabels(ins.Config.Labels)
+		for _, e := range ins.Config.Env {
+			k, v, _ := strings.Cut(e, "=")
+			if t.Environment == nil {
+				t.Environment = map[string]string{}
+			}
+			t.Environment[k] = v
+		}
+	}
+	if ins.HostConfig != nil {
+		t.Resources = limitsOf(ins.HostConfig.Resources)
+		for _, b := range ins.HostConfig.Binds {
+			parts := strings.Split(b, ":")
+			if len(parts) < 2 {
+				continue
+			}
+			v := drivers.Volume{Source: parts[0], Target: parts[1]}
+			if len(parts) > 2 && strings.Contains(parts[2], "ro") {
+				v.ReadOnly = true
+			}
+			t.Volumes = append(t.Volumes, v)
+		}
+	}
+	if ins.NetworkSettings != nil {
+		for _, n := range endpoints(ins.NetworkSettings.Networks) {
+			t.Networks = append(t.Networks, drivers.NetworkConfig{NetworkName: n.NetworkName})
+		}
+	}
+	return t
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
