@@ -27,7 +27,9 @@ func TestConformance(t *testing.T) {
 	requireDocker(t)
 	net := sharedNetwork(t)
 	driverstest.RunConformanceTests(t,
-		func(ctx context.Context, t *testing.T) (driverstest.Harness, error) { return &harness{network: net}, nil },
+		func(ctx context.Context, t *testing.T) (driverstest.Harness, error) {
+			return &harness{network: net}, nil
+		},
 		driverstest.WithNamePrefix(testPrefix+"-ct"),
 		driverstest.WithCapabilities(drivers.Capabilities{Exec: true, Logs: true, Limits: true, Snapshots: true, Clone: true, Networks: true, Events: true}),
 	)
