@@ -23,6 +23,7 @@ import (
 
 	"github.com/subbus/subbus/internal/config"
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/manager"
 )
 
 // Name is the driver's name.
@@ -54,6 +55,9 @@ type Options struct {
 	PollInterval config.Duration `yaml:"poll_interval"`
 	// RequestTimeout bounds one XML-RPC call whose ctx has no deadline (default 30s).
 	RequestTimeout config.Duration `yaml:"request_timeout"`
+	// The manager's keys of this section (retries, breaker …), read by
+	// the manager and ignored here.
+	manager.SectionOptions `yaml:",inline"`
 }
 
 // DefaultOptions returns the defaults documented on Options.
@@ -181,8 +185,9 @@ func (d *Driver) ctx(ctx context.Context) (context.Context, context.CancelFunc) 
 	return context.WithTimeout(ctx, time.Duration(d.opts.RequestTimeout))
 }
 
-// Connect checks that supervisord answers and is running. It holds no
-// connection open, so it is idempotent.
+// Connect checks that supervisord answers and is running, and records the
+// event feed's first view of the process table. It holds no connection
+// open, so it is idempotent.
 func (d *Driver) Connect(ctx context.Context) error {
 	ctx, cancel := d.ctx(ctx)
 	defer cancel()
@@ -192,6 +197,18 @@ func (d *Driver) Connect(ctx context.Context) error {
 	}
 	if st.Name != "RUNNING" {
 		return drivers.Errorf(drivers.Unavailable, "supervisord at %s is %s", d.rpc.target, st.Name)
+	}
+	d.mu.Lock()
+	first := d.seen == nil
+	d.mu.Unlock()
+	if first {
+		// The event feed's first view: changes from here on are events,
+		// even those made before the first Watch polls.
+		procs, err := d.rpc.getAllProcessInfo(ctx)
+		if err != nil {
+			return err
+		}
+		d.diff(procs, nil, time.Now())
 	}
 	return nil
 }

@@ -16,8 +16,8 @@ import (
 // interval. Transitions that start and end between two polls are seen
 // only as their net effect (a restart as a new pid).
 //
-// The last view is kept across calls: the first Watch of a driver only
-// records it, and a Watch after a broken one resyncs against it, emitting
+// The last view is kept across calls: Connect records the first one, and
+// every Watch (also one after a broken one) resyncs against it, emitting
 // what changed while nobody watched.
 func (d *Driver) Watch(ctx context.Context, emit func(drivers.Event)) error {
 	t := time.NewTicker(time.Duration(d.opts.PollInterval))
