@@ -97,7 +97,6 @@ type Manager struct {
 	stats opRecorder
 	bus   bus
 
-	connMu    sync.Mutex // serializes Connect / EnsureConnected
 	mu        sync.Mutex
 	connected bool
 	lastCheck time.Time
@@ -148,11 +147,7 @@ func (m *Manager) BreakerState() string {
 // Connect connects the driver (bounded by ConnectionTimeout) and, when the
 // driver has a native event feed and events are enabled, starts watching
 // it. Calling it again reconnects.
-func (m *Manager) Connect(ctx context.Context) error {
-	m.connMu.Lock()
-	defer m.connMu.Unlock()
-	return m.connect(ctx)
-}
+func (m *Manager) Connect(ctx context.Context) error { return m.connect(ctx) }
 
 func (m *Manager) connect(ctx context.Context) error {
 	_, err := run(m, ctx, call{op: "connect", timeout: m.opts.ConnectionTimeout}, func(ctx context.Context) (struct{}, error) {
@@ -183,9 +178,9 @@ func (m *Manager) IsConnected() bool {
 // re-checks the substrate's health if HealthCheckInterval has passed
 // since the last check, and reconnects when that check finds the
 // substrate unavailable. It returns nil when the substrate is reachable.
+// Concurrent calls may each reconnect (driver Connect is idempotent); no
+// lock is held while events are delivered, so subscribers may call it.
 func (m *Manager) EnsureConnected(ctx context.Context) error {
-	m.connMu.Lock()
-	defer m.connMu.Unlock()
 	m.mu.Lock()
 	connected, last := m.connected, m.lastCheck
 	m.mu.Unlock()
