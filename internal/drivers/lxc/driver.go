@@ -107,6 +107,9 @@ type Driver struct {
 	metricsMu sync.Mutex
 	prev      map[string]sample // previous metrics sample per instance
 
+	consoleMu sync.Mutex
+	consoles  map[string][]byte // console output read so far, per instance
+
 	watchMu sync.Mutex
 	known   map[string]drivers.State // last states seen by Watch, for resyncs
 

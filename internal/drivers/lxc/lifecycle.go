@@ -387,5 +387,8 @@ func (d *Driver) Delete(ctx context.Context, name string, opts drivers.DeleteOpt
 	d.metricsMu.Lock()
 	delete(d.prev, name)
 	d.metricsMu.Unlock()
+	d.consoleMu.Lock()
+	delete(d.consoles, name)
+	d.consoleMu.Unlock()
 	return true, nil
 }

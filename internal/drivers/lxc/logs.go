@@ -3,26 +3,73 @@ package lxc
 import (
 	"bytes"
 	"context"
+	"errors"
 	"strings"
 	"time"
 
 	"github.com/subbus/subbus/internal/drivers"
 )
 
-// maxConsole bounds one read of the console log.
-const maxConsole = 16 << 20
+// maxConsole bounds one read of the console log; consoleKeep bounds what
+// is kept of each running instance's console.
+const (
+	maxConsole  = 16 << 20
+	consoleKeep = 1 << 20
+)
 
-// consoleLog reads the container's console log (a raw body, not JSON).
+// consoleLog returns the console output of an instance as far as it is
+// known. GET /1.0/instances/<n>/console behaves differently by state:
+//   - running: it returns what the console ring buffer holds that nobody
+//     has read yet, and reading consumes it (liblxc moves the read
+//     pointer and appends it to the on-disk console.log, which the API does
+//     not serve); with nothing new it fails with "open : no such file".
+//     So the driver keeps what it has read, per instance, bounded.
+//   - stopped: it returns the on-disk console.log of the last run.
 func (d *Driver) consoleLog(ctx context.Context, name string) ([]byte, error) {
 	c, _, err := d.conn()
 	if err != nil {
 		return nil, err
 	}
+	in, _, err := d.get(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	d.consoleMu.Lock()
+	defer d.consoleMu.Unlock()
 	b, err := c.file(ctx, "/1.0/instances/"+esc(name)+"/console", maxConsole)
 	if err != nil {
-		return nil, notFound(err, "instance", name)
+		var ae *apiError
+		if !errors.As(err, &ae) || ae.Status != 500 || !strings.Contains(ae.Msg, "no such file") {
+			return nil, notFound(err, "instance", name)
+		}
+		b = nil // nothing (new) to read
 	}
-	return b, nil
+	if d.consoles == nil {
+		d.consoles = map[string][]byte{}
+	}
+	if normState(in.StatusCode, in.Status) != drivers.StateRunning {
+		if len(b) > 0 {
+			d.consoles[name] = tail(b, consoleKeep)
+		}
+		return d.consoles[name], nil
+	}
+	acc := append(d.consoles[name], b...)
+	acc = tail(acc, consoleKeep)
+	d.consoles[name] = acc
+	return acc, nil
+}
+
+// tail returns (a copy of) at most the last n bytes of b, cut after a
+// newline when it has to cut.
+func tail(b []byte, n int) []byte {
+	if len(b) <= n {
+		return b
+	}
+	b = b[len(b)-n:]
+	if i := bytes.IndexByte(b, '\n'); i >= 0 {
+		b = b[i+1:]
+	}
+	return append([]byte(nil), b...)
 }
 
 // completeLines splits b into its complete lines (without "\r\n" or

@@ -121,7 +121,8 @@ func (d *Driver) Clone(ctx context.Context, src, target string) (drivers.Instanc
 	if err != nil {
 		return drivers.Instance{}, err
 	}
-	if _, _, err := d.get(ctx, src); err != nil {
+	srcIn, _, err := d.get(ctx, src)
+	if err != nil {
 		return drivers.Instance{}, err
 	}
 	if _, _, err := d.get(ctx, target); err == nil {
@@ -129,7 +130,10 @@ func (d *Driver) Clone(ctx context.Context, src, target string) (drivers.Instanc
 	} else if errorCode(err) != drivers.NotFound {
 		return drivers.Instance{}, err
 	}
-	body := createBody{Name: target, Type: "container", Source: source{Type: "copy", Source: src, InstanceOnly: true}}
+	// The profiles are named explicitly: LXD 5.0 applies none to a copy
+	// without them (and then finds no root disk).
+	body := createBody{Name: target, Type: "container", Profiles: srcIn.Profiles,
+		Source: source{Type: "copy", Source: src, InstanceOnly: true}}
 	if srv != nil && (srv.isIncus() || srv.has("instance_create_start")) {
 		f := false
 		body.Start = &f

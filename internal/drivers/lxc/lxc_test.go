@@ -1,0 +1,374 @@
+package lxc
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/drivers/driverstest"
+	"github.com/subbus/subbus/internal/testenv"
+)
+
+// testImage is the busybox image scripts/setup/lxd.sh imports offline.
+const testImage = "subbus-busybox"
+
+const howToStart = "bash scripts/setup/lxd.sh (starts `lxd --group root`, preseeds a dir pool, imports " + testImage + ")"
+
+// testNet is the bridge network created for the package's tests (no
+// addresses, no NAT: nothing routes anywhere), removed by TestMain.
+var testNet struct {
+	once sync.Once
+	name string
+	err  error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if testNet.name != "" {
+		_ = exec.Command("lxc", "network", "delete", testNet.name).Run()
+	}
+	os.Exit(code)
+}
+
+// requireLXD returns a connected driver, or skips (fails in CI) when LXD or
+// the test image is missing.
+func requireLXD(t *testing.T) *Driver {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	d := New(DefaultOptions())
+	err := d.Connect(ctx)
+	if err == nil {
+		c, _, _ := d.conn()
+		_, err = c.query(ctx, http.MethodGet, "/1.0/images/aliases/"+testImage, nil, nil)
+	}
+	testenv.Require(t, "LXD with the "+testImage+" image", err, howToStart)
+	t.Cleanup(func() { _ = d.Close() })
+	return d
+}
+
+func randName(prefix string) string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return prefix + "-" + hex.EncodeToString(b)
+}
+
+// testNetwork returns the shared internal test network, creating it once.
+func testNetwork(t *testing.T) string {
+	t.Helper()
+	testNet.once.Do(func() {
+		name := randName("sbt")
+		out, err := exec.Command("lxc", "network", "create", name,
+			"ipv4.address=none", "ipv6.address=none", "ipv4.nat=false", "ipv6.nat=false").CombinedOutput()
+		if err != nil {
+			testNet.err = fmt.Errorf("lxc network create: %v: %s", err, out)
+			return
+		}
+		testNet.name = name
+	})
+	if testNet.err != nil {
+		t.Fatal(testNet.err)
+	}
+	return testNet.name
+}
+
+type harness struct{ t *testing.T }
+
+func (h *harness) MakeDriver(ctx context.Context) (drivers.Driver, error) {
+	return New(DefaultOptions()), nil
+}
+
+func (h *harness) Template(name string) drivers.InstanceTemplate {
+	return drivers.InstanceTemplate{
+		Name:        name,
+		BaseImage:   testImage,
+		Environment: map[string]string{"SUBBUS_CONFORMANCE": "1"},
+		Metadata:    map[string]string{"suite": "conformance"},
+	}
+}
+
+func (h *harness) Network() string { return testNetwork(h.t) }
+func (h *harness) Close()          {}
+
+func TestConformance(t *testing.T) {
+	requireLXD(t)
+	all := drivers.Capabilities{Exec: true, Logs: true, Limits: true, Snapshots: true, Clone: true, Networks: true, Events: true}
+	driverstest.RunConformanceTests(t,
+		func(ctx context.Context, t *testing.T) (driverstest.Harness, error) {
+			testNetwork(t) // exists before the suite lists networks
+			return &harness{t: t}, nil
+		},
+		driverstest.WithCapabilities(all),
+		driverstest.WithOperationTimeout(90*time.Second),
+		driverstest.WithSettleTimeout(30*time.Second),
+		driverstest.WithStopTimeout(10*time.Second),
+		driverstest.WithSkip("Exec/Stdin", "exec runs with recorded output (no websockets), which has no stdin"),
+	)
+}
+
+// recorder records the bodies of the requests a driver sends.
+type recorder struct {
+	next http.RoundTripper
+	mu   sync.Mutex
+	reqs []recorded
+}
+
+type recorded struct {
+	method, path, body string
+}
+
+func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
+	var body []byte
+	if req.Body != nil {
+		body, _ = io.ReadAll(req.Body)
+		req.Body = io.NopCloser(bytes.NewReader(body))
+	}
+	r.mu.Lock()
+	r.reqs = append(r.reqs, recorded{req.Method, req.URL.Path, string(body)})
+	r.mu.Unlock()
+	return r.next.RoundTrip(req)
+}
+
+func (r *recorder) matching(method, pathSuffix string) []recorded {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []recorded
+	for _, q := range r.reqs {
+		if q.method == method && strings.HasSuffix(q.path, pathSuffix) {
+			out = append(out, q)
+		}
+	}
+	return out
+}
+
+// record makes d's requests go through a recorder.
+func record(d *Driver) *recorder {
+	c, _, _ := d.conn()
+	r := &recorder{next: c.http.Transport}
+	c.http.Transport = r
+	return r
+}
+
+// launch creates and starts a test container with extra environment,
+// force-deleted at the end of the test.
+func launch(t *testing.T, d *Driver, env map[string]string) string {
+	t.Helper()
+	name := randName("sbt")
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		if _, err := d.Delete(ctx, name, drivers.DeleteOptions{Force: true}); err != nil {
+			t.Errorf("cleanup %s: %v", name, err)
+		}
+	})
+	if _, err := d.Create(ctx, drivers.InstanceTemplate{Name: name, BaseImage: testImage, Environment: env}); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	if _, err := d.Start(ctx, name); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	return name
+}
+
+// waitConsole polls the console log until it contains want.
+func waitConsole(t *testing.T, d *Driver, name, want string) {
+	t.Helper()
+	testenv.Eventually(t, 20*time.Second, func() error {
+		b, err := d.consoleLog(context.Background(), name)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(b), want) {
+			return fmt.Errorf("console of %s lacks %q", name, want)
+		}
+		return nil
+	})
+}
+
+// TestStopTimeoutSemantics pins what stop sends to LXD and what happens:
+// a graceful stop asks init to shut down and kills it after the timeout
+// when it does not; a force stop kills at once; "timeout":0 is never sent.
+func TestStopTimeoutSemantics(t *testing.T) {
+	d := requireLXD(t)
+	rec := record(d)
+	stateBodies := func(name string) []string {
+		var out []string
+		for _, r := range rec.matching(http.MethodPut, "/1.0/instances/"+name+"/state") {
+			out = append(out, r.body)
+		}
+		return out
+	}
+	ctx := func() context.Context {
+		c, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		t.Cleanup(cancel)
+		return c
+	}
+
+	t.Run("GracefulHonoured", func(t *testing.T) {
+		name := launch(t, d, nil)
+		waitConsole(t, d, name, "subbus-conformance "+name)
+		begin := time.Now()
+		changed, err := d.Stop(ctx(), name, drivers.StopOptions{Timeout: 20 * time.Second})
+		if err != nil || !changed {
+			t.Fatalf("Stop = %v, %v; want true, nil", changed, err)
+		}
+		if el := time.Since(begin); el > 10*time.Second {
+			t.Errorf("a graceful stop that init honours took %v", el)
+		}
+		waitConsole(t, d, name, "subbus-init: stopping") // init saw the signal: not killed
+		bodies := stateBodies(name)
+		if len(bodies) != 1 || !strings.Contains(bodies[0], `"timeout":20`) || !strings.Contains(bodies[0], `"force":false`) {
+			t.Errorf("state requests %q, want one graceful stop with timeout 20", bodies)
+		}
+	})
+
+	t.Run("GracefulIgnoredIsKilled", func(t *testing.T) {
+		name := launch(t, d, map[string]string{"SUBBUS_IGNORE_STOP": "1"})
+		waitConsole(t, d, name, "subbus-conformance "+name)
+		begin := time.Now()
+		changed, err := d.Stop(ctx(), name, drivers.StopOptions{Timeout: 2 * time.Second})
+		el := time.Since(begin)
+		if err != nil || !changed {
+			t.Fatalf("Stop = %v, %v; want true, nil", changed, err)
+		}
+		if el < 2*time.Second {
+			t.Errorf("stop returned after %v, before the 2s graceful timeout", el)
+		}
+		in, err := d.Get(ctx(), name)
+		if err != nil || in.State != drivers.StateStopped {
+			t.Fatalf("after Stop: %+v, %v; want stopped", in.State, err)
+		}
+		bodies := stateBodies(name)
+		if len(bodies) != 2 || !strings.Contains(bodies[0], `"timeout":2,`) || !strings.Contains(bodies[1], `"force":true`) {
+			t.Errorf("state requests %q, want a graceful stop (timeout 2) then a forced one", bodies)
+		}
+	})
+
+	t.Run("ForceKillsAtOnce", func(t *testing.T) {
+		name := launch(t, d, map[string]string{"SUBBUS_IGNORE_STOP": "1"})
+		waitConsole(t, d, name, "subbus-conformance "+name)
+		begin := time.Now()
+		changed, err := d.Stop(ctx(), name, drivers.StopOptions{Force: true, Timeout: time.Minute})
+		if err != nil || !changed {
+			t.Fatalf("force Stop = %v, %v; want true, nil", changed, err)
+		}
+		if el := time.Since(begin); el > 10*time.Second {
+			t.Errorf("force stop took %v", el)
+		}
+		bodies := stateBodies(name)
+		if len(bodies) != 1 || !strings.Contains(bodies[0], `"force":true`) || strings.Contains(bodies[0], "timeout") {
+			t.Errorf("state requests %q, want one forced stop without a timeout", bodies)
+		}
+	})
+
+	t.Run("NoZeroTimeout", func(t *testing.T) {
+		for _, r := range rec.matching(http.MethodPut, "/state") {
+			if strings.Contains(r.body, `"timeout":0`) || strings.Contains(r.body, `"timeout":-`) {
+				t.Errorf("request %s %s sent %s", r.method, r.path, r.body)
+			}
+		}
+	})
+}
+
+func TestStopBody(t *testing.T) {
+	short, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cases := []struct {
+		name    string
+		ctx     context.Context
+		opts    drivers.StopOptions
+		want    string
+		wantErr drivers.Code
+	}{
+		{"force", context.Background(), drivers.StopOptions{Force: true}, `{"action":"stop","force":true,"stateful":false}`, 0},
+		{"force ignores timeout", context.Background(), drivers.StopOptions{Force: true, Timeout: time.Minute}, `{"action":"stop","force":true,"stateful":false}`, 0},
+		{"graceful", context.Background(), drivers.StopOptions{Timeout: 10 * time.Second}, `{"action":"stop","timeout":10,"force":false,"stateful":false}`, 0},
+		{"sub-second rounds up", context.Background(), drivers.StopOptions{Timeout: 300 * time.Millisecond}, `{"action":"stop","timeout":1,"force":false,"stateful":false}`, 0},
+		{"deadline leaves room to kill", short, drivers.StopOptions{Timeout: time.Minute}, `{"action":"stop","timeout":1,"force":false,"stateful":false}`, 0},
+		{"no timeout, no force", context.Background(), drivers.StopOptions{}, "", drivers.InvalidArgument},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			b, err := stopBody(c.ctx, "stop", c.opts)
+			if c.wantErr != 0 {
+				if drivers.CodeOf(err) != c.wantErr {
+					t.Fatalf("err = %v, want %s", err, c.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := mustJSON(t, b)
+			if c.name == "deadline leaves room to kill" {
+				// 5s deadline minus 3s for the kill: 1 or 2 seconds.
+				if !strings.Contains(got, `"timeout":1,`) && !strings.Contains(got, `"timeout":2,`) {
+					t.Errorf("body %s, want a timeout of 1-2s", got)
+				}
+				return
+			}
+			if got != c.want {
+				t.Errorf("body %s, want %s", got, c.want)
+			}
+		})
+	}
+}
+
+func mustJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestDeadlineMidCreate: a create whose deadline passes while LXD is
+// still working returns timeout, and the instance LXD goes on to make is
+// removed, so none of that name remains.
+func TestDeadlineMidCreate(t *testing.T) {
+	d := requireLXD(t)
+	rec := record(d)
+	for _, dl := range []time.Duration{30 * time.Millisecond, 60 * time.Millisecond, 120 * time.Millisecond, 250 * time.Millisecond} {
+		name := randName("sbt-dl")
+		before := len(rec.matching(http.MethodPost, "/1.0/instances"))
+		ctx, cancel := context.WithTimeout(context.Background(), dl)
+		_, err := d.Create(ctx, drivers.InstanceTemplate{Name: name, BaseImage: testImage})
+		cancel()
+		posted := len(rec.matching(http.MethodPost, "/1.0/instances")) > before
+		if err == nil {
+			// Fast enough: clean up and try a shorter window next time.
+			_, _ = d.Delete(context.Background(), name, drivers.DeleteOptions{Force: true})
+			continue
+		}
+		if code := errorCode(err); code != drivers.Timeout {
+			t.Fatalf("Create with a %v deadline: %v (code %s), want timeout", dl, err, code)
+		}
+		testenv.Eventually(t, 60*time.Second, func() error {
+			_, err := d.Get(context.Background(), name)
+			if errorCode(err) == drivers.NotFound {
+				return nil
+			}
+			return fmt.Errorf("instance %s still there (err %v)", name, err)
+		})
+		if posted {
+			t.Logf("deadline %v passed after the create was sent; nothing was left behind", dl)
+			return
+		}
+	}
+	t.Skip("no deadline tried passed while LXD was creating (the machine was too fast or too slow)")
+}
