@@ -56,6 +56,9 @@ type NoWorkerError struct {
 }
 
 func (e *NoWorkerError) Error() string {
+	if e.Driver == "" {
+		return "no worker answered"
+	}
 	if e.Host == "" {
 		return "no worker serves " + e.Driver
 	}

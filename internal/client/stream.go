@@ -87,12 +87,21 @@ func (c *Client) Stream(ctx context.Context, driver, host string, op messages.Op
 		if len(m.Data) == 0 && m.Header.Get("Status") == "503" {
 			return &NoWorkerError{Driver: driver, Host: host}
 		}
+		// An error before the stream started may come as a plain error
+		// reply (micro's error headers, a Reply body) rather than a chunk.
+		if code := m.Header.Get(messages.HeaderErrorCode); code != "" {
+			if _, err := decodeReply(m); err != nil {
+				return err
+			}
+			return headerError(code, m.Header.Get(messages.HeaderError))
+		}
 		var chunk messages.Chunk
 		if err := json.Unmarshal(m.Data, &chunk); err != nil {
-			if code := m.Header.Get(messages.HeaderErrorCode); code != "" {
-				return headerError(code, m.Header.Get(messages.HeaderError))
-			}
 			return drivers.Errorf(drivers.Internal, "malformed stream chunk: %v", err)
+		}
+		if chunk.Error != nil && !chunk.Final {
+			ack(m)
+			return InfoError(chunk.Error)
 		}
 		// A chunk resent after a lost acknowledgement: acknowledge, skip.
 		if chunk.Seq != 0 && chunk.Seq <= last {

@@ -1,0 +1,348 @@
+// Package cli implements the subbus command line. Run is the whole
+// program minus the process: cmd/subbus calls it with os.Args, tests call
+// it in-process with their own writers. docs/cli.md is the reference.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/mattn/go-isatty"
+	"github.com/nats-io/nats.go"
+
+	"github.com/subbus/subbus/internal/client"
+	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/natsconn"
+)
+
+// Version is subbus's version, set at build time with
+// -ldflags "-X github.com/subbus/subbus/internal/cli.Version=v1.2.3".
+var Version = ""
+
+// Exit statuses. Every error code has its own; see docs/cli.md.
+const (
+	ExitOK               = 0
+	ExitInternal         = 1
+	ExitUsage            = 2
+	ExitInvalidArgument  = 3
+	ExitNotFound         = 4
+	ExitAlreadyExists    = 5
+	ExitConflict         = 6
+	ExitPermissionDenied = 7
+	ExitUnsupported      = 8
+	ExitUnavailable      = 9
+	ExitTimeout          = 10
+	ExitNoWorker         = 11
+	ExitNoReply          = 12
+	// ExitExecFailed: exec could not run the command or report its status
+	// (the error line on stderr has the code); otherwise exec exits with
+	// the command's own status.
+	ExitExecFailed  = 125
+	ExitInterrupted = 130
+)
+
+// usageError is a command-line mistake: exit status 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
+
+// exitError carries an exit status decided by the command (exec).
+type exitError struct{ code int }
+
+func (e *exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+// ErrorName returns the code name printed for err ("not_found",
+// "no_worker", "no_reply", "usage"…).
+func ErrorName(err error) string {
+	var ue *usageError
+	var nw *client.NoWorkerError
+	var te *client.TimeoutError
+	switch {
+	case errors.As(err, &ue):
+		return "usage"
+	case errors.As(err, &nw):
+		return "no_worker"
+	case errors.As(err, &te):
+		return "no_reply"
+	case errors.Is(err, context.Canceled):
+		return "interrupted"
+	}
+	return drivers.CodeOf(err).String()
+}
+
+// ExitStatus returns the exit status for err (0 for nil).
+func ExitStatus(err error) int {
+	if err == nil {
+		return ExitOK
+	}
+	var xe *exitError
+	if errors.As(err, &xe) {
+		return xe.code
+	}
+	var ee *execError
+	if errors.As(err, &ee) {
+		return ExitExecFailed
+	}
+	switch ErrorName(err) {
+	case "usage":
+		return ExitUsage
+	case "no_worker":
+		return ExitNoWorker
+	case "no_reply":
+		return ExitNoReply
+	case "interrupted":
+		return ExitInterrupted
+	}
+	switch drivers.CodeOf(err) {
+	case drivers.InvalidArgument:
+		return ExitInvalidArgument
+	case drivers.NotFound:
+		return ExitNotFound
+	case drivers.AlreadyExists:
+		return ExitAlreadyExists
+	case drivers.Conflict:
+		return ExitConflict
+	case drivers.PermissionDenied:
+		return ExitPermissionDenied
+	case drivers.Unsupported:
+		return ExitUnsupported
+	case drivers.Unavailable:
+		return ExitUnavailable
+	case drivers.Timeout:
+		return ExitTimeout
+	}
+	return ExitInternal
+}
+
+// env is what a command runs with.
+type env struct {
+	ctx      context.Context
+	stdout   io.Writer
+	stderr   io.Writer
+	json     bool
+	conn     natsconn.Options
+	timeout  time.Duration // --timeout; 0 = the command's default
+	nc       *nats.Conn
+	cl       *client.Client
+	terminal bool // stderr is a terminal: show progress
+}
+
+// client connects on first use.
+func (e *env) client() (*client.Client, error) {
+	if e.cl != nil {
+		return e.cl, nil
+	}
+	nc, err := e.conn.Connect("subbus")
+	if err != nil {
+		return nil, drivers.Wrap(drivers.Unavailable, err, "cannot reach NATS")
+	}
+	e.nc = nc
+	e.cl = client.New(nc, client.DefaultTimeout)
+	return e.cl, nil
+}
+
+// reqCtx bounds one request: --timeout, else def.
+func (e *env) reqCtx(def time.Duration) (context.Context, context.CancelFunc) {
+	d := def
+	if e.timeout > 0 {
+		d = e.timeout
+	}
+	return context.WithTimeout(e.ctx, d)
+}
+
+// printJSON writes v as indented JSON.
+func (e *env) printJSON(v any) error {
+	enc := json.NewEncoder(e.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// table returns a tabwriter on stdout; the caller flushes it.
+func (e *env) table() *tabwriter.Writer {
+	return tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+}
+
+// Run runs subbus with args (without the program name) and returns the
+// exit status. Errors are printed to stderr as "error: <code>: <message>".
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	e := &env{ctx: ctx, stdout: stdout, stderr: stderr}
+	if f, ok := stderr.(*os.File); ok {
+		e.terminal = isatty.IsTerminal(f.Fd())
+	}
+	err := run(e, args)
+	if e.nc != nil {
+		e.nc.Close()
+	}
+	if err == nil {
+		return ExitOK
+	}
+	var xe *exitError
+	var se *silentError
+	if !errors.As(err, &xe) && !errors.As(err, &se) {
+		fmt.Fprintf(stderr, "error: %s: %s\n", ErrorName(err), oneLine(err.Error()))
+		var ue *usageError
+		if errors.As(err, &ue) {
+			fmt.Fprintln(stderr, "run 'subbus help' for usage")
+		}
+	}
+	return ExitStatus(err)
+}
+
+func oneLine(s string) string { return strings.ReplaceAll(strings.TrimSpace(s), "\n", " ") }
+
+// run finds the command, parses its flags and runs it.
+func run(e *env, args []string) error {
+	words, rest := splitWords(args)
+	if len(words) == 0 {
+		if hasHelpFlag(rest) {
+			printHelp(e.stdout)
+			return nil
+		}
+		printHelp(e.stderr)
+		return usagef("no command given")
+	}
+	c, pos, driver, err := findCommand(words)
+	if err != nil {
+		return err
+	}
+	if c.name == "help" {
+		printHelp(e.stdout)
+		return nil
+	}
+
+	o := &opts{}
+	fs := flag.NewFlagSet("subbus "+c.name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	e.conn = natsconn.FromEnv()
+	e.conn.RegisterFlags(fs)
+	fs.BoolVar(&e.json, "json", false, "print the machine-readable result")
+	fs.BoolVar(&e.json, "j", false, "shorthand for --json")
+	fs.DurationVar(&e.timeout, "timeout", 0, "how long to wait (stop/restart: graceful stop period)")
+	for _, name := range c.flags {
+		flagDefs[name](fs, o)
+	}
+	if err := fs.Parse(rest); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printCommandHelp(e.stdout, c, fs)
+			return nil
+		}
+		return usagef("%s: %v", c.name, err)
+	}
+	trailing := fs.Args() // after "--"
+	if len(pos) < c.minArgs || (c.maxArgs >= 0 && len(pos) > c.maxArgs) {
+		return usagef("%s: usage: subbus %s", c.name, c.usage)
+	}
+	if len(trailing) > 0 && !c.trailing {
+		return usagef("%s: unexpected arguments after --: %s", c.name, strings.Join(trailing, " "))
+	}
+	if err := o.check(); err != nil {
+		return err
+	}
+	return c.run(e, &call{cmd: c.name, driver: driver, args: pos, trailing: trailing, o: o})
+}
+
+// call is one parsed invocation.
+type call struct {
+	cmd      string
+	driver   string
+	args     []string
+	trailing []string // after --
+	o        *opts
+}
+
+// splitWords separates the command words and positional arguments from
+// the flags (which may come anywhere) and whatever follows "--".
+func splitWords(args []string) (words, rest []string) {
+	valued := valueFlags()
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			rest = append(rest, args[i:]...)
+			break
+		}
+		if len(a) > 1 && a[0] == '-' {
+			rest = append(rest, a)
+			name := strings.TrimLeft(a, "-")
+			if !strings.Contains(name, "=") && valued[name] && i+1 < len(args) {
+				i++
+				rest = append(rest, args[i])
+			}
+			continue
+		}
+		words = append(words, a)
+	}
+	return words, rest
+}
+
+func hasHelpFlag(rest []string) bool {
+	for _, a := range rest {
+		if a == "-h" || a == "--help" || a == "-help" {
+			return true
+		}
+	}
+	return false
+}
+
+// valueFlags returns every flag name that takes a value.
+func valueFlags() map[string]bool {
+	fs := flag.NewFlagSet("all", flag.ContinueOnError)
+	var c natsconn.Options
+	c.RegisterFlags(fs)
+	var j bool
+	var t time.Duration
+	fs.BoolVar(&j, "json", false, "")
+	fs.BoolVar(&j, "j", false, "")
+	fs.DurationVar(&t, "timeout", 0, "")
+	o := &opts{}
+	for _, def := range flagDefs {
+		def(fs, o)
+	}
+	out := map[string]bool{}
+	fs.VisitAll(func(f *flag.Flag) {
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+			return
+		}
+		out[f.Name] = true
+	})
+	return out
+}
+
+func versionString() string {
+	v := Version
+	if v == "" {
+		v = "dev"
+		if bi, ok := debug.ReadBuildInfo(); ok {
+			if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+				v = bi.Main.Version
+			}
+			for _, s := range bi.Settings {
+				if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+					v += "+" + s.Value[:12]
+				}
+			}
+		}
+	}
+	return v
+}
+
+// sortedKeys returns m's keys sorted.
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

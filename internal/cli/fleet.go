@@ -1,0 +1,224 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/subbus/subbus/internal/client"
+	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/messages"
+)
+
+// jsonLine writes v as one line of JSON (NDJSON, for streams).
+func jsonLine(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+// ---- events ----
+
+// parseSince accepts a duration ago ("90m"), an RFC 3339 time or a date.
+func parseSince(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil {
+		if d < 0 {
+			return time.Time{}, usagef("--since %q: the duration must be positive", s)
+		}
+		return now.Add(-d), nil
+	}
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05", "2006-01-02 15:04:05", "2006-01-02"} {
+		if t, err := time.ParseInLocation(layout, s, time.Local); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, usagef("--since %q: want a duration (1h30m) or a time (2006-01-02T15:04:05Z07:00, 2006-01-02)", s)
+}
+
+func cmdEvents(e *env, c *call) error {
+	since, err := parseSince(c.o.since, time.Now())
+	if err != nil {
+		return err
+	}
+	cl, err := e.client()
+	if err != nil {
+		return err
+	}
+	q := client.EventQuery{Driver: c.o.eventDriver, Host: c.o.host, Instance: c.o.instance, Type: c.o.eventType,
+		Since: since, Follow: c.o.follow}
+	if !e.json {
+		fmt.Fprintf(e.stdout, "%-24s %-10s %-12s %-24s %-18s %-9s %s\n", "TIME", "DRIVER", "HOST", "INSTANCE", "TYPE", "SOURCE", "DETAILS")
+	}
+	return cl.Events(e.ctx, q, func(ev messages.CloudEvent) error {
+		if e.json {
+			return jsonLine(e.stdout, ev)
+		}
+		d := ev.Data
+		var details []string
+		if d.State != "" {
+			details = append(details, "state="+string(d.State))
+		}
+		if d.Error != nil {
+			details = append(details, fmt.Sprintf("error=%s: %s", d.Error.Code, d.Error.Message))
+		}
+		for _, k := range sortedKeys(d.Details) {
+			details = append(details, k+"="+d.Details[k])
+		}
+		if d.RequestID != "" {
+			details = append(details, "request="+d.RequestID)
+		}
+		_, err := fmt.Fprintf(e.stdout, "%-24s %-10s %-12s %-24s %-18s %-9s %s\n", d.Time.Local().Format("2006-01-02T15:04:05.000"),
+			d.Driver, d.Host, dash(d.Instance), d.Type, d.Source, strings.Join(details, " "))
+		return err
+	})
+}
+
+// ---- workers ----
+
+// workerStatus is the --json shape of one worker in `subbus workers`.
+type workerStatus struct {
+	client.Worker
+	// Health per driver: the driver's health, or the error asking for it.
+	Health map[string]healthOrError `json:"health"`
+}
+
+type healthOrError struct {
+	*drivers.Health
+	Error *drivers.ErrorInfo `json:"error,omitempty"`
+}
+
+func cmdWorkers(e *env, c *call) error {
+	cl, err := e.client()
+	if err != nil {
+		return err
+	}
+	dctx, cancel := context.WithTimeout(e.ctx, 3*time.Second)
+	workers, err := cl.Workers(dctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	out := make([]workerStatus, len(workers))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i, w := range workers {
+		out[i] = workerStatus{Worker: w, Health: map[string]healthOrError{}}
+		for _, d := range w.Drivers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := e.reqCtx(5 * time.Second)
+				defer cancel()
+				var h drivers.Health
+				err := cl.Do(ctx, d, w.Host, messages.OpHealth, nil, &h)
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					out[i].Health[d] = healthOrError{Error: drivers.InfoOf(err)}
+				} else {
+					out[i].Health[d] = healthOrError{Health: &h}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if e.json {
+		if err := e.printJSON(out); err != nil {
+			return err
+		}
+	} else {
+		tw := e.table()
+		fmt.Fprintln(tw, "HOST\tDRIVERS\tHEALTH\tCAPABILITIES\tVERSION")
+		for _, w := range out {
+			var health, caps []string
+			for _, d := range w.Drivers {
+				h := w.Health[d]
+				switch {
+				case h.Error != nil:
+					health = append(health, d+":"+h.Error.Code.String())
+				case h.Health != nil && h.Healthy:
+					health = append(health, d+":ok")
+				default:
+					health = append(health, d+":unhealthy")
+				}
+				caps = append(caps, d+":"+capsList(w.Capabilities[d]))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", dash(w.Host), dash(strings.Join(w.Drivers, ",")),
+				dash(strings.Join(health, " ")), dash(strings.Join(caps, " ")), dash(w.Version))
+		}
+		_ = tw.Flush()
+	}
+	if len(workers) == 0 {
+		return &client.NoWorkerError{}
+	}
+	return nil
+}
+
+// ---- version ----
+
+func cmdVersion(e *env, c *call) error {
+	v := versionString()
+	if e.json {
+		return e.printJSON(map[string]string{"version": v, "go": runtime.Version()})
+	}
+	fmt.Fprintf(e.stdout, "subbus %s (%s)\n", v, runtime.Version())
+	return nil
+}
+
+// ---- templates ----
+
+// readTemplate reads an instance template in YAML. Keys are the JSON names
+// of drivers.InstanceTemplate (name, base_image, command, resources.memory_mb…);
+// unknown keys, duplicate keys and wrong types are errors.
+func readTemplate(path string) (drivers.InstanceTemplate, error) {
+	var t drivers.InstanceTemplate
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return t, drivers.Wrap(drivers.InvalidArgument, err, "reading the template")
+	}
+	return parseTemplate(path, b)
+}
+
+func parseTemplate(path string, b []byte) (drivers.InstanceTemplate, error) {
+	var t drivers.InstanceTemplate
+	if len(b) > messages.MaxRequestBytes {
+		return t, drivers.Errorf(drivers.InvalidArgument, "template %s: larger than %d bytes", path, messages.MaxRequestBytes)
+	}
+	var doc any
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return t, drivers.Errorf(drivers.InvalidArgument, "template %s: %v", path, err)
+	}
+	if doc == nil {
+		return t, drivers.Errorf(drivers.InvalidArgument, "template %s: empty", path)
+	}
+	j, err := json.Marshal(doc)
+	if err != nil {
+		return t, drivers.Errorf(drivers.InvalidArgument, "template %s: %v", path, err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(j))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&t); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return t, drivers.Errorf(drivers.InvalidArgument, "template %s: %s: expected %s, got %s", path, te.Field, te.Type, te.Value)
+		}
+		return t, drivers.Errorf(drivers.InvalidArgument, "template %s: %s", path, strings.TrimPrefix(err.Error(), "json: "))
+	}
+	return t, nil
+}

@@ -1,0 +1,909 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/subbus/subbus/internal/client"
+	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/messages"
+)
+
+// Default waits per kind of command (--timeout overrides).
+const (
+	quickWait = 30 * time.Second
+	longWait  = 5 * time.Minute // create, clone, snapshot
+	stopGrace = 30 * time.Second
+)
+
+// silentError carries a status for an error already reported.
+type silentError struct{ err error }
+
+func (e *silentError) Error() string { return e.err.Error() }
+func (e *silentError) Unwrap() error { return e.err }
+
+// execError: exec failed before or instead of reporting the command's
+// status; exits ExitExecFailed.
+type execError struct{ err error }
+
+func (e *execError) Error() string { return e.err.Error() }
+func (e *execError) Unwrap() error { return e.err }
+
+// do sends one request for the call's driver and host.
+func do(e *env, c *call, op messages.Op, req, result any, wait time.Duration) error {
+	cl, err := e.client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := e.reqCtx(wait)
+	defer cancel()
+	return cl.Do(ctx, c.driver, c.o.host, op, req, result)
+}
+
+// progress shows a spinner with the elapsed time on a terminal until the
+// returned function is called.
+func (e *env) progress(label string) func() {
+	if !e.terminal || e.json {
+		return func() {}
+	}
+	start := time.Now()
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(120 * time.Millisecond)
+		defer t.Stop()
+		frames := `|/-\`
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				fmt.Fprint(e.stderr, "\r\033[K")
+				return
+			case <-t.C:
+				fmt.Fprintf(e.stderr, "\r%c %s… %s", frames[i%len(frames)], label, time.Since(start).Round(time.Second))
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+func validName(field, name string) error {
+	if err := drivers.ValidateName(field, name); err != nil {
+		return err
+	}
+	return nil
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func age(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	d := time.Since(t)
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds ago", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm ago", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh ago", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd ago", int(d.Hours()/24))
+}
+
+// ---- list ----
+
+// hostFailure is a host that did not answer a --all-hosts list.
+type hostFailure struct {
+	Host  string             `json:"host"`
+	Error *drivers.ErrorInfo `json:"error"`
+	err   error
+}
+
+// allHostsResult is the --json shape of list --all-hosts.
+type allHostsResult struct {
+	Instances []drivers.Instance `json:"instances"`
+	Failed    []hostFailure      `json:"failed"`
+}
+
+func cmdList(e *env, c *call) error {
+	if c.o.allHosts {
+		return listAllHosts(e, c)
+	}
+	var list []drivers.Instance
+	if err := do(e, c, messages.OpList, nil, &list, quickWait); err != nil {
+		return err
+	}
+	if list == nil {
+		list = []drivers.Instance{}
+	}
+	if e.json {
+		return e.printJSON(list)
+	}
+	printInstances(e, list)
+	return nil
+}
+
+func printInstances(e *env, list []drivers.Instance) {
+	tw := e.table()
+	fmt.Fprintln(tw, "NAME\tSTATE\tHOST\tIMAGE\tCREATED\tMANAGED")
+	for _, i := range list {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\n", i.Name, i.State, dash(i.Host), dash(i.Image), age(i.Created), i.Managed)
+	}
+	_ = tw.Flush()
+}
+
+// listAllHosts asks each host serving the driver, in parallel, and reports
+// the hosts that failed on stderr (and in the JSON) instead of hiding them.
+func listAllHosts(e *env, c *call) error {
+	cl, err := e.client()
+	if err != nil {
+		return err
+	}
+	dctx, cancel := context.WithTimeout(e.ctx, 3*time.Second)
+	workers, err := cl.Workers(dctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	var hosts []string
+	seen := map[string]bool{}
+	for _, w := range workers {
+		for _, d := range w.Drivers {
+			if d == c.driver && w.Host != "" && !seen[w.Host] {
+				seen[w.Host] = true
+				hosts = append(hosts, w.Host)
+			}
+		}
+	}
+	if len(hosts) == 0 {
+		return &client.NoWorkerError{Driver: c.driver}
+	}
+	lists := make([][]drivers.Instance, len(hosts))
+	errs := make([]error, len(hosts))
+	var wg sync.WaitGroup
+	for i, h := range hosts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := e.reqCtx(quickWait)
+			defer cancel()
+			errs[i] = cl.Do(ctx, c.driver, h, messages.OpList, nil, &lists[i])
+		}()
+	}
+	wg.Wait()
+	res := allHostsResult{Instances: []drivers.Instance{}, Failed: []hostFailure{}}
+	for i, h := range hosts {
+		if errs[i] != nil {
+			info := drivers.InfoOf(errs[i])
+			res.Failed = append(res.Failed, hostFailure{Host: h, Error: info, err: errs[i]})
+			continue
+		}
+		for _, inst := range lists[i] {
+			if inst.Host == "" {
+				inst.Host = h
+			}
+			res.Instances = append(res.Instances, inst)
+		}
+	}
+	if e.json {
+		if err := e.printJSON(res); err != nil {
+			return err
+		}
+	} else {
+		printInstances(e, res.Instances)
+	}
+	for _, f := range res.Failed {
+		fmt.Fprintf(e.stderr, "error: host %s: %s: %s\n", f.Host, ErrorName(f.err), oneLine(f.err.Error()))
+	}
+	if len(res.Failed) > 0 {
+		return &silentError{res.Failed[0].err}
+	}
+	return nil
+}
+
+// ---- get, create, clone ----
+
+func cmdGet(e *env, c *call) error {
+	name := c.args[0]
+	if err := validName("name", name); err != nil {
+		return err
+	}
+	var inst drivers.Instance
+	if err := do(e, c, messages.OpGet, messages.NameRequest{Name: name}, &inst, quickWait); err != nil {
+		return err
+	}
+	return printInstance(e, inst)
+}
+
+func printInstance(e *env, i drivers.Instance) error {
+	if e.json {
+		return e.printJSON(i)
+	}
+	tw := e.table()
+	state := string(i.State)
+	if i.NativeState != "" && i.NativeState != state {
+		state += " (" + i.NativeState + ")"
+	}
+	created := "-"
+	if !i.Created.IsZero() {
+		created = i.Created.Local().Format(time.RFC3339) + " (" + age(i.Created) + ")"
+	}
+	fmt.Fprintf(tw, "Name:\t%s\nID:\t%s\nDriver:\t%s\nHost:\t%s\nState:\t%s\nImage:\t%s\nCreated:\t%s\nManaged:\t%v\n",
+		i.Name, dash(i.ID), dash(i.Driver), dash(i.Host), state, dash(i.Image), created, i.Managed)
+	if !i.Limits.IsZero() {
+		fmt.Fprintf(tw, "Limits:\t%s\n", limitsText(i.Limits))
+	}
+	for _, n := range i.Networks {
+		fmt.Fprintf(tw, "Network:\t%s %s\n", n.NetworkName, n.IPAddress)
+	}
+	for _, k := range sortedKeys(i.Metadata) {
+		fmt.Fprintf(tw, "Label:\t%s=%s\n", k, i.Metadata[k])
+	}
+	return tw.Flush()
+}
+
+func limitsText(l drivers.ResourceLimits) string {
+	var parts []string
+	if l.CPUCores > 0 {
+		parts = append(parts, fmt.Sprintf("cpu=%g", l.CPUCores))
+	}
+	if l.MemoryMB > 0 {
+		parts = append(parts, fmt.Sprintf("memory=%dMB", l.MemoryMB))
+	}
+	if l.DiskGB > 0 {
+		parts = append(parts, fmt.Sprintf("disk=%gGB", l.DiskGB))
+	}
+	if l.PIDs > 0 {
+		parts = append(parts, fmt.Sprintf("pids=%d", l.PIDs))
+	}
+	if l.NetworkMbps > 0 {
+		parts = append(parts, fmt.Sprintf("network=%gMbps", l.NetworkMbps))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, " ")
+}
+
+func cmdCreate(e *env, c *call) error {
+	t, err := buildTemplate(c)
+	if err != nil {
+		return err
+	}
+	stop := e.progress("creating " + t.Name)
+	var inst drivers.Instance
+	err = do(e, c, messages.OpCreate, messages.CreateRequest{Template: t}, &inst, longWait)
+	stop()
+	if err != nil {
+		return err
+	}
+	return printInstance(e, inst)
+}
+
+// buildTemplate builds the template from -f or from the flags.
+func buildTemplate(c *call) (drivers.InstanceTemplate, error) {
+	o := c.o
+	var t drivers.InstanceTemplate
+	if o.file != "" {
+		if o.image != "" || len(o.env) > 0 || len(o.volumes) > 0 || len(o.networks) > 0 || len(o.labels) > 0 ||
+			o.workdir != "" || o.user != "" || o.cpu != 0 || o.memory != 0 || o.disk != 0 || o.pids != 0 || len(c.trailing) > 0 {
+			return t, usagef("create: -f takes the whole template; give only an optional name with it")
+		}
+		var err error
+		if t, err = readTemplate(o.file); err != nil {
+			return t, err
+		}
+		if len(c.args) == 1 {
+			t.Name = c.args[0]
+		}
+	} else {
+		if len(c.args) != 1 {
+			return t, usagef("create: usage: subbus <driver> create <name> --image IMAGE … (or -f template.yaml)")
+		}
+		if o.image == "" && len(c.trailing) == 0 {
+			return t, usagef("create: --image is required")
+		}
+		t = drivers.InstanceTemplate{
+			Name: c.args[0], BaseImage: o.image, Command: c.trailing, WorkDir: o.workdir, User: o.user,
+			Resources: drivers.ResourceLimits{CPUCores: o.cpu, MemoryMB: o.memory, DiskGB: o.disk, PIDs: o.pids},
+		}
+		var err error
+		if t.Environment, err = parseKV("--env", o.env); err != nil {
+			return t, err
+		}
+		if t.Metadata, err = parseKV("--label", o.labels); err != nil {
+			return t, err
+		}
+		for _, v := range o.volumes {
+			vol, err := parseVolume(v)
+			if err != nil {
+				return t, err
+			}
+			t.Volumes = append(t.Volumes, vol)
+		}
+		for _, n := range o.networks {
+			nc, err := parseNetwork(n)
+			if err != nil {
+				return t, err
+			}
+			t.Networks = append(t.Networks, nc)
+		}
+	}
+	if err := validName("name", t.Name); err != nil {
+		return t, err
+	}
+	return t, nil
+}
+
+// parseKV parses repeated K=V flags.
+func parseKV(flagName string, list []string) (map[string]string, error) {
+	if len(list) == 0 {
+		return nil, nil
+	}
+	m := map[string]string{}
+	for _, kv := range list {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, usagef("%s %q: want K=V", flagName, kv)
+		}
+		if strings.ContainsAny(k, " \t\n\x00") || strings.ContainsRune(v, 0) {
+			return nil, drivers.Errorf(drivers.InvalidArgument, "%s %q: keys must not contain blanks, values no NUL bytes", flagName, k)
+		}
+		m[k] = v
+	}
+	return m, nil
+}
+
+// parseVolume parses SRC:DST[:ro|rw].
+func parseVolume(s string) (drivers.Volume, error) {
+	parts := strings.Split(s, ":")
+	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
+		return drivers.Volume{}, usagef("--volume %q: want SRC:DST[:ro]", s)
+	}
+	v := drivers.Volume{Source: parts[0], Target: parts[1]}
+	if len(parts) == 3 {
+		switch parts[2] {
+		case "ro":
+			v.ReadOnly = true
+		case "rw":
+		default:
+			return v, usagef("--volume %q: mode must be ro or rw", s)
+		}
+	}
+	if strings.ContainsRune(s, 0) || !strings.HasPrefix(v.Target, "/") {
+		return v, drivers.Errorf(drivers.InvalidArgument, "--volume %q: the target must be an absolute path", s)
+	}
+	return v, nil
+}
+
+// parseNetwork parses NAME[=IP].
+func parseNetwork(s string) (drivers.NetworkConfig, error) {
+	name, ip, hasIP := strings.Cut(s, "=")
+	if err := validName("network", name); err != nil {
+		return drivers.NetworkConfig{}, err
+	}
+	if hasIP && net.ParseIP(ip) == nil {
+		return drivers.NetworkConfig{}, drivers.Errorf(drivers.InvalidArgument, "network %s: %q is not an IP address", name, ip)
+	}
+	return drivers.NetworkConfig{NetworkName: name, IPAddress: ip}, nil
+}
+
+func cmdClone(e *env, c *call) error {
+	src, dst := c.args[0], c.args[1]
+	if err := validName("source", src); err != nil {
+		return err
+	}
+	if err := validName("target", dst); err != nil {
+		return err
+	}
+	stop := e.progress("cloning " + src + " to " + dst)
+	var inst drivers.Instance
+	err := do(e, c, messages.OpClone, messages.CloneRequest{Source: src, Target: dst}, &inst, longWait)
+	stop()
+	if err != nil {
+		return err
+	}
+	return printInstance(e, inst)
+}
+
+// ---- start, stop, restart, delete ----
+
+func cmdChange(e *env, c *call) error {
+	name := c.args[0]
+	if err := validName("name", name); err != nil {
+		return err
+	}
+	var (
+		op        messages.Op
+		req       any
+		wait      = quickWait
+		did, same string
+	)
+	switch c.name() {
+	case "start":
+		op, req, did, same = messages.OpStart, messages.NameRequest{Name: name}, "started", "already running"
+	case "stop", "restart":
+		r := messages.StopRequest{Name: name, Force: c.o.force}
+		grace := stopGrace
+		if e.timeout > 0 {
+			r.Timeout, grace = e.timeout.String(), e.timeout
+		}
+		op, req, wait = messages.OpStop, r, grace+quickWait
+		did, same = "stopped", "already stopped"
+		if c.name() == "restart" {
+			op, did, same = messages.OpRestart, "restarted", "restarted"
+		}
+	case "delete":
+		op, req, did, same = messages.OpDelete, messages.DeleteRequest{Name: name, Force: c.o.force}, "deleted", "already absent"
+	}
+	cl, err := e.client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, wait)
+	if op != messages.OpStop && op != messages.OpRestart {
+		ctx, cancel = e.reqCtx(wait)
+	}
+	defer cancel()
+	stop := e.progress(strings.TrimSuffix(string(op), "e") + "ing " + name)
+	var res messages.ChangedResult
+	err = cl.Do(ctx, c.driver, c.o.host, op, req, &res)
+	stop()
+	if err != nil {
+		return err
+	}
+	if e.json {
+		return e.printJSON(res)
+	}
+	if res.Changed {
+		fmt.Fprintf(e.stdout, "%s: %s\n", name, did)
+	} else {
+		fmt.Fprintf(e.stdout, "%s: %s\n", name, same)
+	}
+	return nil
+}
+
+// name returns the command name of the call, set by run.
+func (c *call) name() string { return c.cmd }
+
+// ---- exec ----
+
+// execJSON is the --json shape of exec.
+type execJSON struct {
+	ExitCode int    `json:"exit_code"`
+	Stdout   string `json:"stdout"`
+	Stderr   string `json:"stderr"`
+}
+
+const maxStdin = 512 << 10
+
+func cmdExec(e *env, c *call) error {
+	name := c.args[0]
+	if err := validName("name", name); err != nil {
+		return &execError{err}
+	}
+	if len(c.trailing) == 0 {
+		return usagef("exec: give the command after --: subbus %s exec %s -- COMMAND ARG...", c.driver, name)
+	}
+	envs, err := parseKV("--env", c.o.env)
+	if err != nil {
+		return err
+	}
+	req := messages.ExecRequest{Name: name, Stream: true, ExecRequest: drivers.ExecRequest{
+		Command: c.trailing, Env: envs, WorkDir: c.o.workdir, User: c.o.user}}
+	if c.o.stdin {
+		b, err := io.ReadAll(io.LimitReader(os.Stdin, maxStdin+1))
+		if err != nil {
+			return &execError{drivers.Wrap(drivers.InvalidArgument, err, "reading standard input")}
+		}
+		if len(b) > maxStdin {
+			return &execError{drivers.Errorf(drivers.InvalidArgument, "standard input exceeds %d bytes", maxStdin)}
+		}
+		req.Stdin = b
+	}
+	cl, err := e.client()
+	if err != nil {
+		return &execError{err}
+	}
+	ctx := e.ctx
+	if e.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, e.timeout)
+		defer cancel()
+	}
+	var out, errOut strings.Builder
+	exit := -1
+	err = cl.Stream(ctx, c.driver, c.o.host, messages.OpExec, req, func(ch messages.Chunk) error {
+		if ch.Final {
+			if ch.ExitCode != nil {
+				exit = *ch.ExitCode
+			}
+			return nil
+		}
+		w, buf := e.stdout, &out
+		if ch.Stream == "stderr" {
+			w, buf = e.stderr, &errOut
+		}
+		if e.json {
+			buf.Write(ch.Data)
+			return nil
+		}
+		_, err := w.Write(ch.Data)
+		return err
+	})
+	if err != nil {
+		return &execError{err}
+	}
+	if exit < 0 {
+		return &execError{drivers.Errorf(drivers.Internal, "the worker did not report an exit status")}
+	}
+	if e.json {
+		if err := e.printJSON(execJSON{ExitCode: exit, Stdout: out.String(), Stderr: errOut.String()}); err != nil {
+			return err
+		}
+	}
+	if exit != 0 {
+		if exit > 255 {
+			exit = 255
+		}
+		return &exitError{exit}
+	}
+	return nil
+}
+
+// ---- logs ----
+
+func cmdLogs(e *env, c *call) error {
+	name := c.args[0]
+	if err := validName("name", name); err != nil {
+		return err
+	}
+	print := func(l drivers.LogLine) error {
+		if e.json {
+			return jsonLine(e.stdout, l)
+		}
+		w := e.stdout
+		if l.Stream == "stderr" {
+			w = e.stderr
+		}
+		_, err := fmt.Fprintln(w, l.Line)
+		return err
+	}
+	req := messages.LogsRequest{Name: name, Lines: c.o.lines, Follow: c.o.follow}
+	if c.o.follow {
+		cl, err := e.client()
+		if err != nil {
+			return err
+		}
+		err = cl.Stream(e.ctx, c.driver, c.o.host, messages.OpLogs, req, func(ch messages.Chunk) error {
+			if ch.Line == nil {
+				return nil
+			}
+			return print(*ch.Line)
+		})
+		if errors.Is(err, context.Canceled) {
+			return nil // interrupted: the normal end of --follow
+		}
+		return err
+	}
+	var lines []drivers.LogLine
+	if err := do(e, c, messages.OpLogs, req, &lines, quickWait); err != nil {
+		return err
+	}
+	if e.json {
+		if lines == nil {
+			lines = []drivers.LogLine{}
+		}
+		return e.printJSON(lines)
+	}
+	for _, l := range lines {
+		if err := print(l); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ---- metrics ----
+
+func cmdMetrics(e *env, c *call) error {
+	name := c.args[0]
+	if err := validName("name", name); err != nil {
+		return err
+	}
+	sample := func() (drivers.ResourceUsage, error) {
+		var u drivers.ResourceUsage
+		err := do(e, c, messages.OpMetrics, messages.NameRequest{Name: name}, &u, quickWait)
+		return u, err
+	}
+	header := fmt.Sprintf("%-20s %8s %10s %8s %10s %10s %10s %10s", "TIME", "CPU%", "MEM(MB)", "DISK(GB)",
+		"READ(MB/s)", "WRITE(MB/s)", "RX(Mbps)", "TX(Mbps)")
+	row := func(u drivers.ResourceUsage) string {
+		f := func(m drivers.Measure, format string, v float64) string {
+			if !u.Measured.Has(m) {
+				return "-"
+			}
+			return fmt.Sprintf(format, v)
+		}
+		t := u.Time
+		if t.IsZero() {
+			t = time.Now()
+		}
+		return fmt.Sprintf("%-20s %8s %10s %8s %10s %10s %10s %10s", t.Local().Format("2006-01-02 15:04:05"),
+			f(drivers.MeasureCPU, "%.1f", u.CPUPercent), f(drivers.MeasureMemory, "%.1f", u.MemoryMB),
+			f(drivers.MeasureDisk, "%.2f", u.DiskGB), f(drivers.MeasureDiskIO, "%.2f", u.DiskReadMBps),
+			f(drivers.MeasureDiskIO, "%.2f", u.DiskWriteMBps), f(drivers.MeasureNetwork, "%.2f", u.NetworkRxMbps),
+			f(drivers.MeasureNetwork, "%.2f", u.NetworkTxMbps))
+	}
+	if !c.o.watch {
+		u, err := sample()
+		if err != nil {
+			return err
+		}
+		if e.json {
+			return e.printJSON(u)
+		}
+		fmt.Fprintln(e.stdout, header)
+		fmt.Fprintln(e.stdout, row(u))
+		return nil
+	}
+	if !e.json {
+		fmt.Fprintln(e.stdout, header)
+	}
+	t := time.NewTicker(c.o.interval)
+	defer t.Stop()
+	for {
+		u, err := sample()
+		if err != nil {
+			if e.ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if e.json {
+			if err := jsonLine(e.stdout, u); err != nil {
+				return err
+			}
+		} else {
+			fmt.Fprintln(e.stdout, row(u))
+		}
+		select {
+		case <-e.ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// ---- health, capabilities ----
+
+func cmdHealth(e *env, c *call) error {
+	var h drivers.Health
+	if err := do(e, c, messages.OpHealth, nil, &h, quickWait); err != nil {
+		return err
+	}
+	if e.json {
+		if err := e.printJSON(h); err != nil {
+			return err
+		}
+	} else {
+		tw := e.table()
+		fmt.Fprintf(tw, "Healthy:\t%v\nVersion:\t%s\nAPI version:\t%s\n", h.Healthy, dash(h.Version), dash(h.APIVersion))
+		for _, s := range drivers.States() {
+			if n, ok := h.Instances[s]; ok {
+				fmt.Fprintf(tw, "Instances %s:\t%d\n", s, n)
+			}
+		}
+		for _, i := range h.Issues {
+			fmt.Fprintf(tw, "Issue:\t%s\n", i)
+		}
+		for _, k := range sortedKeys(h.Details) {
+			fmt.Fprintf(tw, "%s:\t%s\n", k, h.Details[k])
+		}
+		_ = tw.Flush()
+	}
+	if !h.Healthy {
+		return drivers.Errorf(drivers.Unavailable, "%s is unhealthy: %s", c.driver, strings.Join(h.Issues, "; "))
+	}
+	return nil
+}
+
+func cmdCapabilities(e *env, c *call) error {
+	var r messages.CapabilitiesResult
+	if err := do(e, c, messages.OpCapabilities, nil, &r, quickWait); err != nil {
+		return err
+	}
+	if e.json {
+		return e.printJSON(r)
+	}
+	tw := e.table()
+	fmt.Fprintf(tw, "Driver:\t%s\nHost:\t%s\n", r.Driver, r.Host)
+	caps := r.Capabilities
+	for _, x := range []struct {
+		n string
+		v bool
+	}{{"exec", caps.Exec}, {"logs", caps.Logs}, {"limits", caps.Limits}, {"snapshots", caps.Snapshots},
+		{"clone", caps.Clone}, {"networks", caps.Networks}, {"events", caps.Events}} {
+		fmt.Fprintf(tw, "%s:\t%v\n", x.n, x.v)
+	}
+	fmt.Fprintf(tw, "Ops:\t%s\n", strings.Join(r.Ops, " "))
+	return tw.Flush()
+}
+
+func capsList(caps drivers.Capabilities) string {
+	var out []string
+	for _, x := range []struct {
+		n string
+		v bool
+	}{{"exec", caps.Exec}, {"logs", caps.Logs}, {"limits", caps.Limits}, {"snapshots", caps.Snapshots},
+		{"clone", caps.Clone}, {"networks", caps.Networks}, {"events", caps.Events}} {
+		if x.v {
+			out = append(out, x.n)
+		}
+	}
+	if len(out) == 0 {
+		return "-"
+	}
+	return strings.Join(out, ",")
+}
+
+// ---- snapshots ----
+
+func cmdSnapshot(e *env, c *call) error {
+	name, snap := c.args[0], c.args[1]
+	if err := validName("name", name); err != nil {
+		return err
+	}
+	if err := validName("snapshot", snap); err != nil {
+		return err
+	}
+	req := messages.SnapshotRequest{Name: name, Snapshot: snap}
+	verb := strings.TrimPrefix(c.name(), "snapshot ")
+	op := map[string]messages.Op{"create": messages.OpSnapshotCreate, "restore": messages.OpSnapshotRestore,
+		"delete": messages.OpSnapshotDelete}[verb]
+	stop := e.progress(verb + " snapshot " + snap + " of " + name)
+	defer stop()
+	if op == messages.OpSnapshotCreate {
+		var s drivers.Snapshot
+		if err := do(e, c, op, req, &s, longWait); err != nil {
+			return err
+		}
+		stop()
+		if e.json {
+			return e.printJSON(s)
+		}
+		fmt.Fprintf(e.stdout, "%s: snapshot %s created\n", name, s.Name)
+		return nil
+	}
+	var res messages.ChangedResult
+	if err := do(e, c, op, req, &res, longWait); err != nil {
+		return err
+	}
+	stop()
+	if e.json {
+		return e.printJSON(res)
+	}
+	fmt.Fprintf(e.stdout, "%s: snapshot %s %sd\n", name, snap, strings.TrimSuffix(verb, "e"))
+	return nil
+}
+
+func cmdSnapshotList(e *env, c *call) error {
+	name := c.args[0]
+	if err := validName("name", name); err != nil {
+		return err
+	}
+	var list []drivers.Snapshot
+	if err := do(e, c, messages.OpSnapshotList, messages.NameRequest{Name: name}, &list, quickWait); err != nil {
+		return err
+	}
+	if e.json {
+		if list == nil {
+			list = []drivers.Snapshot{}
+		}
+		return e.printJSON(list)
+	}
+	tw := e.table()
+	fmt.Fprintln(tw, "NAME\tCREATED\tSIZE\tDESCRIPTION")
+	for _, s := range list {
+		size := "-"
+		if s.SizeBytes > 0 {
+			size = fmt.Sprintf("%.1fMB", float64(s.SizeBytes)/1e6)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Name, age(s.Created), size, dash(s.Description))
+	}
+	return tw.Flush()
+}
+
+// ---- limits ----
+
+func cmdLimits(e *env, c *call) error {
+	name := c.args[0]
+	if err := validName("name", name); err != nil {
+		return err
+	}
+	var l drivers.ResourceLimits
+	if c.name() == "limits get" {
+		if err := do(e, c, messages.OpLimitsGet, messages.NameRequest{Name: name}, &l, quickWait); err != nil {
+			return err
+		}
+	} else {
+		want := drivers.ResourceLimits{CPUCores: c.o.cpu, MemoryMB: c.o.memory, DiskGB: c.o.disk, PIDs: c.o.pids}
+		if want.IsZero() {
+			return usagef("limits set: give at least one of --cpu, --memory, --disk, --pids")
+		}
+		if err := do(e, c, messages.OpLimitsSet, messages.LimitsSetRequest{Name: name, Limits: want}, &l, quickWait); err != nil {
+			return err
+		}
+	}
+	if e.json {
+		return e.printJSON(l)
+	}
+	fmt.Fprintf(e.stdout, "%s: %s\n", name, limitsText(l))
+	return nil
+}
+
+// ---- networks ----
+
+func cmdNetworkList(e *env, c *call) error {
+	var list []drivers.Network
+	if err := do(e, c, messages.OpNetworkList, nil, &list, quickWait); err != nil {
+		return err
+	}
+	if e.json {
+		if list == nil {
+			list = []drivers.Network{}
+		}
+		return e.printJSON(list)
+	}
+	tw := e.table()
+	fmt.Fprintln(tw, "NAME\tTYPE\tSUBNET\tGATEWAY\tINTERNAL\tMANAGED")
+	for _, n := range list {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%v\n", n.Name, dash(n.Type), dash(n.Subnet), dash(n.Gateway), n.Internal, n.Managed)
+	}
+	return tw.Flush()
+}
+
+func cmdNetwork(e *env, c *call) error {
+	name := c.args[0]
+	if err := validName("name", name); err != nil {
+		return err
+	}
+	var op messages.Op
+	var req any
+	if c.name() == "network attach" {
+		nc, err := parseNetwork(c.args[1])
+		if err != nil {
+			return err
+		}
+		op, req = messages.OpNetworkAttach, messages.NetworkAttachRequest{Name: name, Network: nc}
+	} else {
+		if err := validName("network", c.args[1]); err != nil {
+			return err
+		}
+		op, req = messages.OpNetworkDetach, messages.NetworkDetachRequest{Name: name, Network: c.args[1]}
+	}
+	var res messages.ChangedResult
+	if err := do(e, c, op, req, &res, quickWait); err != nil {
+		return err
+	}
+	if e.json {
+		return e.printJSON(res)
+	}
+	fmt.Fprintf(e.stdout, "%s: %sed %s\n", name, strings.TrimPrefix(c.name(), "network "), c.args[1])
+	return nil
+}
