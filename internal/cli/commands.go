@@ -52,8 +52,12 @@ var flagDefs = map[string]func(fs *flag.FlagSet, o *opts){
 	"all-hosts": func(fs *flag.FlagSet, o *opts) {
 		fs.BoolVar(&o.allHosts, "all-hosts", false, "ask every worker found by discovery, in parallel")
 	},
-	"force":  func(fs *flag.FlagSet, o *opts) { fs.BoolVar(&o.force, "force", false, "kill at once / delete even if running") },
-	"image":  func(fs *flag.FlagSet, o *opts) { fs.StringVar(&o.image, "image", "", "image (process driver: the executable)") },
+	"force": func(fs *flag.FlagSet, o *opts) {
+		fs.BoolVar(&o.force, "force", false, "kill at once / delete even if running")
+	},
+	"image": func(fs *flag.FlagSet, o *opts) {
+		fs.StringVar(&o.image, "image", "", "image (process driver: the executable)")
+	},
 	"cpu":    func(fs *flag.FlagSet, o *opts) { fs.Float64Var(&o.cpu, "cpu", 0, "CPU cores limit") },
 	"memory": func(fs *flag.FlagSet, o *opts) { fs.Int64Var(&o.memory, "memory", 0, "memory limit in `MB`") },
 	"disk":   func(fs *flag.FlagSet, o *opts) { fs.Float64Var(&o.disk, "disk", 0, "disk limit in `GB`") },
@@ -75,9 +79,13 @@ var flagDefs = map[string]func(fs *flag.FlagSet, o *opts){
 		fs.StringVar(&o.file, "f", "", "create from a YAML instance template `FILE`")
 		fs.StringVar(&o.file, "file", "", "same as -f")
 	},
-	"lines":  func(fs *flag.FlagSet, o *opts) { fs.IntVar(&o.lines, "lines", 0, "number of last lines (0: the worker's default)") },
+	"lines": func(fs *flag.FlagSet, o *opts) {
+		fs.IntVar(&o.lines, "lines", 0, "number of last lines (0: the worker's default)")
+	},
 	"follow": func(fs *flag.FlagSet, o *opts) { fs.BoolVar(&o.follow, "follow", false, "keep streaming new output") },
-	"watch":  func(fs *flag.FlagSet, o *opts) { fs.BoolVar(&o.watch, "watch", false, "sample repeatedly until interrupted") },
+	"watch": func(fs *flag.FlagSet, o *opts) {
+		fs.BoolVar(&o.watch, "watch", false, "sample repeatedly until interrupted")
+	},
 	"interval": func(fs *flag.FlagSet, o *opts) {
 		fs.DurationVar(&o.interval, "interval", 2*time.Second, "time between samples with --watch")
 	},
