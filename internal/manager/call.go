@@ -146,8 +146,8 @@ func invoke[T any](m *Manager, ctx context.Context, c call, fn func(ctx context.
 		c.flight.set(done)
 	}
 	go func() {
-		defer close(done)
 		v, err := guard(m, ctx, c.op, fn)
+		close(done) // before the result: whoever sees it sees the call finished
 		ch <- result{v, err}
 	}()
 	select {

@@ -477,6 +477,13 @@ func TestValidationRejectsBeforeDriver(t *testing.T) {
 		{"command NUL", create(tmpl(func(t *drivers.InstanceTemplate) { t.Command = []string{"sh", "-c", "a\x00b"} })), "template.command[2]"},
 		{"command empty argv0", create(tmpl(func(t *drivers.InstanceTemplate) { t.Command = []string{""} })), "template.command[0]"},
 		{"relative workdir", create(tmpl(func(t *drivers.InstanceTemplate) { t.WorkDir = "tmp" })), "template.workdir"},
+		{"workdir control", create(tmpl(func(t *drivers.InstanceTemplate) { t.WorkDir = "/tmp\x7f" })), "template.workdir"},
+		{"user control", create(tmpl(func(t *drivers.InstanceTemplate) { t.User = "root\n" })), "template.user"},
+		{"metadata key space", create(tmpl(func(t *drivers.InstanceTemplate) { t.Metadata = map[string]string{"a b": "v"} })), `template.metadata["a b"]`},
+		{"metadata empty key", create(tmpl(func(t *drivers.InstanceTemplate) { t.Metadata = map[string]string{"": "v"} })), `template.metadata[""]`},
+		{"duplicate network", create(tmpl(func(t *drivers.InstanceTemplate) {
+			t.Networks = []drivers.NetworkConfig{{NetworkName: "n"}, {NetworkName: "n"}}
+		})), "template.networks[1].network_name"},
 		{"volume relative target", create(tmpl(func(t *drivers.InstanceTemplate) {
 			t.Volumes = []drivers.Volume{{Source: "/data", Target: "data"}}
 		})), "template.volumes[0].target"},
@@ -511,6 +518,14 @@ func TestValidationRejectsBeforeDriver(t *testing.T) {
 			_, err := h.m.Exec(bg, "web", drivers.ExecRequest{Command: []string{"x"}, Env: map[string]string{"": "v"}}, nil, nil)
 			return err
 		}, "exec.env"},
+		{"exec relative workdir", func() error {
+			_, err := h.m.Exec(bg, "web", drivers.ExecRequest{Command: []string{"x"}, WorkDir: "rel"}, nil, nil)
+			return err
+		}, "exec.workdir"},
+		{"exec stdin too big", func() error {
+			_, err := h.m.Exec(bg, "web", drivers.ExecRequest{Command: []string{"x"}, Stdin: make([]byte, MaxStdinBytes+1)}, nil, nil)
+			return err
+		}, "exec.stdin"},
 		{"limits NaN", func() error {
 			_, err := h.m.SetLimits(bg, "web", drivers.ResourceLimits{CPUCores: nan()})
 			return err
@@ -1210,5 +1225,45 @@ func TestQuantile(t *testing.T) {
 	}
 	if quantile(buckets, 0, 0.5, 0) != 0 {
 		t.Error("empty")
+	}
+}
+
+// badClassifier returns codes outside the closed set, or panics.
+type badClassifier struct{ *scriptDriver }
+
+func (d badClassifier) ErrorCode(err error) drivers.Code {
+	if strings.Contains(err.Error(), "panic") {
+		panic("classifier bug")
+	}
+	return drivers.Code(7)
+}
+
+func TestBadClassifierIsInternal(t *testing.T) {
+	d := badClassifier{newScriptDriver("fake")}
+	h := newHarness(t, d, Options{RetryAttempts: 1, CacheTTL: -1})
+	d.then("list", step{raw: errors.New("odd")}, step{raw: errors.New("panic please")})
+	for i := 0; i < 2; i++ {
+		_, err := h.m.List(bg)
+		wantCode(t, err, drivers.Internal)
+	}
+}
+
+func TestEnsureConnectedReconnectsAfterFailedHealthCheck(t *testing.T) {
+	d := newScriptDriver("fake")
+	h := newHarness(t, d, Options{RetryAttempts: 1, HealthCheckInterval: time.Minute})
+	d.then("health", step{code: drivers.Unavailable})
+	h.clock.advance(time.Minute)
+	if err := h.m.EnsureConnected(bg); err != nil {
+		t.Fatal(err)
+	}
+	if d.count("health") != 1 || d.count("connect") != 2 || !h.m.IsConnected() {
+		t.Fatalf("health %d connect %d connected %v", d.count("health"), d.count("connect"), h.m.IsConnected())
+	}
+	// A health error that says nothing about reachability does not reconnect.
+	h.clock.advance(time.Minute)
+	d.then("health", step{code: drivers.PermissionDenied})
+	wantCode(t, h.m.EnsureConnected(bg), drivers.PermissionDenied)
+	if d.count("connect") != 2 {
+		t.Fatal("reconnected on a non-connection error")
 	}
 }
