@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -127,6 +127,7 @@ type recorder struct {
 
 type recorded struct {
 	method, path, body string
+	status             int // 0 when the request failed
 }
 
 func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -135,10 +136,15 @@ func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
 		body, _ = io.ReadAll(req.Body)
 		req.Body = io.NopCloser(bytes.NewReader(body))
 	}
+	resp, err := r.next.RoundTrip(req)
+	status := 0
+	if err == nil {
+		status = resp.StatusCode
+	}
 	r.mu.Lock()
-	r.reqs = append(r.reqs, recorded{req.Method, req.URL.Path, string(body)})
+	r.reqs = append(r.reqs, recorded{req.Method, req.URL.Path, string(body), status})
 	r.mu.Unlock()
-	return r.next.RoundTrip(req)
+	return resp, err
 }
 
 func (r *recorder) matching(method, pathSuffix string) []recorded {
@@ -208,7 +214,9 @@ func TestStopTimeoutSemantics(t *testing.T) {
 	stateBodies := func(name string) []string {
 		var out []string
 		for _, r := range rec.matching(http.MethodPut, "/1.0/instances/"+name+"/state") {
-			out = append(out, r.body)
+			if strings.Contains(r.body, `"action":"stop"`) {
+				out = append(out, r.body)
+			}
 		}
 		return out
 	}
@@ -343,15 +351,21 @@ func mustJSON(t *testing.T, v any) string {
 func TestDeadlineMidCreate(t *testing.T) {
 	d := requireLXD(t)
 	rec := record(d)
-	for _, dl := range []time.Duration{30 * time.Millisecond, 60 * time.Millisecond, 120 * time.Millisecond, 250 * time.Millisecond} {
+	accepted := func(name string) bool {
+		for _, r := range rec.matching(http.MethodPost, "/1.0/instances") {
+			if strings.Contains(r.body, `"name":"`+name+`"`) && r.status == http.StatusAccepted {
+				return true
+			}
+		}
+		return false
+	}
+	for _, dl := range []time.Duration{30 * time.Millisecond, 60 * time.Millisecond, 120 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond} {
 		name := randName("sbt-dl")
-		before := len(rec.matching(http.MethodPost, "/1.0/instances"))
 		ctx, cancel := context.WithTimeout(context.Background(), dl)
 		_, err := d.Create(ctx, drivers.InstanceTemplate{Name: name, BaseImage: testImage})
 		cancel()
-		posted := len(rec.matching(http.MethodPost, "/1.0/instances")) > before
 		if err == nil {
-			// Fast enough: clean up and try a shorter window next time.
+			// Fast enough: clean up and try a longer window next time.
 			_, _ = d.Delete(context.Background(), name, drivers.DeleteOptions{Force: true})
 			continue
 		}
@@ -365,10 +379,16 @@ func TestDeadlineMidCreate(t *testing.T) {
 			}
 			return fmt.Errorf("instance %s still there (err %v)", name, err)
 		})
-		if posted {
-			t.Logf("deadline %v passed after the create was sent; nothing was left behind", dl)
-			return
+		if !accepted(name) {
+			continue // the deadline passed before LXD took the request
 		}
+		// LXD accepted the create, the caller gave up, and the instance
+		// LXD made was removed by the driver.
+		if len(rec.matching(http.MethodDelete, "/1.0/instances/"+name)) == 0 {
+			t.Errorf("no DELETE of %s was sent: was the instance ever made?", name)
+		}
+		t.Logf("deadline %v passed while LXD was creating %s; it was removed afterwards", dl, name)
+		return
 	}
 	t.Skip("no deadline tried passed while LXD was creating (the machine was too fast or too slow)")
 }
