@@ -160,10 +160,12 @@ type ChangedResult struct {
 // the request with that inbox as reply subject. The worker sends every
 // chunk to the inbox as a NATS request of its own, in Seq order starting at
 // 1, and waits for the client's acknowledgement (any reply, usually empty)
-// before sending the next: this gives ordering and back-pressure. When an
-// acknowledgement does not come (no responders: the client unsubscribed or
-// went away; or DefaultStreamIdle passed) the worker cancels the operation,
-// which stops the stream on the worker. While a followed stream is quiet
+// before sending the next: this gives ordering and back-pressure. A chunk
+// not acknowledged within HeartbeatInterval is sent again with the same
+// Seq, so clients must acknowledge a repeated Seq and ignore its content.
+// When an acknowledgement does not come (no responders: the client
+// unsubscribed or went away; or DefaultStreamIdle passed) the worker
+// cancels the operation, which stops the stream on the worker. While a followed stream is quiet
 // the worker sends a Heartbeat chunk every HeartbeatInterval so a vanished
 // client is noticed. The last chunk has Final set and carries the exit code
 // (exec) or the error, if any; errors before the stream starts (not_found,

@@ -30,7 +30,8 @@ func withRequestID(ctx context.Context, id string) context.Context {
 type chunkSender struct {
 	c      *call
 	inbox  string
-	idle   time.Duration
+	idle   time.Duration // no acknowledgement for this long: the client is gone
+	resend time.Duration // an unacknowledged chunk is re-sent after this
 	cancel context.CancelFunc
 
 	mu   sync.Mutex
@@ -63,17 +64,30 @@ func (s *chunkSender) sendLocked(ch messages.Chunk) error {
 		msg.Header.Set(messages.HeaderError, m)
 		msg.Header.Set(messages.HeaderErrorCode, code)
 	}
-	if _, err := s.c.w.nc.RequestMsg(msg, s.idle); err != nil {
-		if errors.Is(err, nats.ErrNoResponders) {
+	// Wait for the acknowledgement in slices of the heartbeat interval,
+	// re-sending the same chunk after each: a client that went away
+	// meanwhile is then noticed at once (no responders) rather than after
+	// the whole idle time. Clients ignore (but acknowledge) a Seq they
+	// have already seen.
+	deadline := time.Now().Add(s.idle)
+	for {
+		wait := min(s.resend, time.Until(deadline))
+		_, err := s.c.w.nc.RequestMsg(msg, max(wait, time.Millisecond))
+		if err == nil {
+			s.last = time.Now()
+			return nil
+		}
+		switch {
+		case errors.Is(err, nats.ErrNoResponders):
 			s.err = drivers.Errorf(drivers.Timeout, "stream client went away")
-		} else {
+		case errors.Is(err, nats.ErrTimeout) && time.Now().Before(deadline):
+			continue
+		default:
 			s.err = drivers.Errorf(drivers.Timeout, "stream client did not acknowledge chunk %d: %v", ch.Seq, err)
 		}
 		s.cancel()
 		return s.err
 	}
-	s.last = time.Now()
-	return nil
 }
 
 // heartbeats sends a heartbeat chunk whenever the stream was quiet for
@@ -124,7 +138,7 @@ func (c *call) stream(ctx context.Context, body any) (drivers.Code, error) {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	s := &chunkSender{c: c, inbox: inbox, idle: c.w.opts.StreamIdle, cancel: cancel, last: time.Now()}
+	s := &chunkSender{c: c, inbox: inbox, idle: c.w.opts.StreamIdle, resend: c.w.opts.HeartbeatInterval, cancel: cancel, last: time.Now()}
 	hbCtx, stopHB := context.WithCancel(ctx)
 	hbDone := make(chan struct{})
 	go func() { defer close(hbDone); s.heartbeats(hbCtx, c.w.opts.HeartbeatInterval) }()

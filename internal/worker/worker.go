@@ -191,6 +191,7 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	}
 	w.js = js
 
+	unsubs := w.subscribeEvents() // before Connect: its events count too
 	for _, m := range w.managers {
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		if err := m.Connect(cctx); err != nil {
@@ -199,7 +200,6 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 		cancel()
 	}
 
-	unsubs := w.subscribeEvents()
 	if err := w.addService(); err != nil {
 		for _, u := range unsubs {
 			u()
