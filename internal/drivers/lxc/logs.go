@@ -150,11 +150,13 @@ func (f *follower) next(b []byte) []string {
 	switch {
 	case len(f.consumed) == 0:
 	case bytes.HasPrefix(b, f.consumed):
-		start = len(f.consumed)
+		start = len(f.consumed) // appended to
 	default:
 		anchor := f.consumed[max(0, len(f.consumed)-anchorLen):]
 		if i := bytes.LastIndex(b, anchor); i >= 0 {
-			start = i + len(anchor)
+			start = i + len(anchor) // the head was dropped, the tail is there
+		} else {
+			start = overlap(f.consumed, b)
 		}
 	}
 	lines, used := completeLines(b[start:])
@@ -162,4 +164,18 @@ func (f *follower) next(b []byte) []string {
 		f.consumed = append(f.consumed[:0:0], b[:start+used]...)
 	}
 	return lines
+}
+
+// overlap returns the length of the longest head of b, ending at a line
+// end, that is also the tail of consumed (0 when there is none: b is new
+// content). It is the slow path, for when even the anchor was dropped.
+func overlap(consumed, b []byte) int {
+	limit := min(len(b), len(consumed), 64<<10)
+	best := 0
+	for i := 0; i < limit; i++ {
+		if b[i] == '\n' && bytes.HasSuffix(consumed, b[:i+1]) {
+			best = i + 1
+		}
+	}
+	return best
 }
