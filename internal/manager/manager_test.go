@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -1265,5 +1266,75 @@ func TestEnsureConnectedReconnectsAfterFailedHealthCheck(t *testing.T) {
 	wantCode(t, h.m.EnsureConnected(bg), drivers.PermissionDenied)
 	if d.count("connect") != 2 {
 		t.Fatal("reconnected on a non-connection error")
+	}
+}
+
+// Many callers at once: every mutation either succeeds or is a clean
+// conflict, no event is lost or duplicated, and no lock leaks.
+func TestConcurrentCallers(t *testing.T) {
+	d := newFullDriver("fake")
+	names := []string{"a", "b", "c"}
+	for _, n := range names {
+		d.add(n, drivers.StateStopped)
+	}
+	h := newHarness(t, d, Options{RetryAttempts: 1})
+	h.events.reset()
+	var inside, overlaps atomic.Int32
+	h.m.Subscribe(func(drivers.Event) {
+		if inside.Add(1) > 1 {
+			overlaps.Add(1)
+		}
+		time.Sleep(10 * time.Microsecond)
+		inside.Add(-1)
+	})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	changes := 0
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				n := names[(g+i)%len(names)]
+				var changed bool
+				var err error
+				if (g+i)%2 == 0 {
+					changed, err = h.m.Start(bg, n)
+				} else {
+					changed, err = h.m.Stop(bg, n, drivers.StopOptions{Force: true})
+				}
+				if err != nil && drivers.CodeOf(err) != drivers.Conflict {
+					t.Errorf("%s: %v", n, err)
+				}
+				if changed {
+					mu.Lock()
+					changes++
+					mu.Unlock()
+				}
+				_, _ = h.m.Get(bg, n)
+				_, _ = h.m.List(bg)
+			}
+		}(g)
+	}
+	wg.Wait()
+	var started, stopped int
+	for _, e := range h.events.all() {
+		switch e.Type {
+		case drivers.EventStarted:
+			started++
+		case drivers.EventStopped:
+			stopped++
+		}
+	}
+	if started+stopped != changes {
+		t.Fatalf("%d state events for %d changes", started+stopped, changes)
+	}
+	if overlaps.Load() != 0 {
+		t.Fatalf("a subscriber was called concurrently %d times", overlaps.Load())
+	}
+	h.m.locks.mu.Lock()
+	defer h.m.locks.mu.Unlock()
+	if len(h.m.locks.entries) != 0 {
+		t.Fatalf("lock entries leak: %d", len(h.m.locks.entries))
 	}
 }
