@@ -318,8 +318,14 @@ func buildTemplate(c *call) (drivers.InstanceTemplate, error) {
 		if o.image == "" && len(c.trailing) == 0 {
 			return t, usagef("create: --image is required")
 		}
+		command := c.trailing
+		// For the process driver the image is the executable and the words
+		// after -- are its arguments (repeating the executable is allowed).
+		if c.driver == "process" && o.image != "" && len(command) > 0 && command[0] != o.image {
+			command = append([]string{o.image}, command...)
+		}
 		t = drivers.InstanceTemplate{
-			Name: c.args[0], BaseImage: o.image, Command: c.trailing, WorkDir: o.workdir, User: o.user,
+			Name: c.args[0], BaseImage: o.image, Command: command, WorkDir: o.workdir, User: o.user,
 			Resources: drivers.ResourceLimits{CPUCores: o.cpu, MemoryMB: o.memory, DiskGB: o.disk, PIDs: o.pids},
 		}
 		var err error

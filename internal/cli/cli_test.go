@@ -1,0 +1,451 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/rs/zerolog"
+
+	"github.com/subbus/subbus/internal/client"
+	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/drivers/process"
+	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/messages"
+	"github.com/subbus/subbus/internal/testenv"
+	"github.com/subbus/subbus/internal/worker"
+)
+
+// These end-to-end tests start a real nats-server (embedded, on a random
+// loopback port) and a real worker serving the real process driver, then
+// run subbus in-process exactly as a user would.
+
+// isolateEnv keeps the user's NATS environment and contexts out of the test.
+func isolateEnv(t *testing.T) {
+	t.Helper()
+	t.Setenv("XDG_CONFIG_HOME", t.TempDir())
+	for _, k := range []string{"NATS_URL", "NATS_CREDS", "NATS_NKEY", "NATS_USER", "NATS_PASSWORD", "NATS_TOKEN",
+		"NATS_CERT", "NATS_KEY", "NATS_CA", "NATS_CONTEXT", "NATS_INBOX_PREFIX"} {
+		t.Setenv(k, "")
+	}
+}
+
+func startNATS(t *testing.T) *server.Server {
+	t.Helper()
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
+		JetStreamMaxMemory: 64 << 20, JetStreamMaxStore: 1 << 30, NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	return s
+}
+
+// startWorker runs a real worker for host serving the process driver.
+func startWorker(t *testing.T, url, host string) {
+	t.Helper()
+	d := process.New(process.Options{StateDir: t.TempDir(), Cgroups: "off"})
+	m := manager.New(d, manager.Options{Host: host})
+	w, err := worker.New(context.Background(), worker.Options{
+		Host:          host,
+		Managers:      []*manager.Manager{m},
+		ManageStreams: true,
+		Connect:       func(extra ...nats.Option) (*nats.Conn, error) { return nats.Connect(url, extra...) },
+		Logger:        zerolog.Nop(),
+		Version:       "0.0.1-test",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	select {
+	case <-w.Ready():
+	case err := <-done:
+		t.Fatalf("worker stopped: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("worker not ready")
+	}
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+			t.Error("worker did not stop")
+		}
+	})
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// subbus runs the CLI against url.
+func subbus(t *testing.T, url string, args ...string) result {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	code := Run(ctx, append([]string{"--server", url}, args...), &out, &errOut)
+	return result{out.String(), errOut.String(), code}
+}
+
+func (r result) want(t *testing.T, code int, what string) result {
+	t.Helper()
+	if r.code != code {
+		t.Fatalf("%s: exit %d, want %d\nstdout: %s\nstderr: %s", what, r.code, code, r.stdout, r.stderr)
+	}
+	return r
+}
+
+func unique(prefix string) string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return prefix + "-" + hex.EncodeToString(b)
+}
+
+func decode[T any](t *testing.T, s string) T {
+	t.Helper()
+	var v T
+	if err := json.Unmarshal([]byte(s), &v); err != nil {
+		t.Fatalf("--json output does not parse as %T: %v\n%s", v, err, s)
+	}
+	return v
+}
+
+func TestEndToEndProcess(t *testing.T) {
+	isolateEnv(t)
+	s := startNATS(t)
+	url := s.ClientURL()
+	startWorker(t, url, "h1")
+	name := unique("e2e")
+	t.Cleanup(func() { subbus(t, url, "process", "delete", name, "--force") })
+
+	// create: --image is the executable, the words after -- its arguments.
+	r := subbus(t, url, "process", "create", name, "--image", "/bin/sh", "--label", "team=qa", "--env", "GREETING=hello",
+		"--json", "--", "-c", `echo "$GREETING from the instance"; echo warning >&2; exec sleep 300`).want(t, 0, "create")
+	inst := decode[drivers.Instance](t, r.stdout)
+	if inst.Name != name || inst.Metadata["team"] != "qa" || inst.Host != "h1" {
+		t.Fatalf("created %+v", inst)
+	}
+	subbus(t, url, "process", "create", name, "--image", "/bin/true").want(t, ExitAlreadyExists, "create twice")
+
+	r = subbus(t, url, "process", "start", name).want(t, 0, "start")
+	if !strings.Contains(r.stdout, name+": started") {
+		t.Fatalf("start said %q", r.stdout)
+	}
+	r = subbus(t, url, "process", "start", name, "--json").want(t, 0, "start again")
+	if res := decode[messages.ChangedResult](t, r.stdout); res.Changed {
+		t.Fatalf("second start changed something: %+v", res)
+	}
+
+	// list: table and JSON.
+	r = subbus(t, url, "process", "list").want(t, 0, "list")
+	if !strings.HasPrefix(r.stdout, "NAME") || !strings.Contains(r.stdout, name) || !strings.Contains(r.stdout, "running") {
+		t.Fatalf("list table:\n%s", r.stdout)
+	}
+	r = subbus(t, url, "process", "list", "--host", "h1", "--json").want(t, 0, "list --json")
+	found := false
+	for _, i := range decode[[]drivers.Instance](t, r.stdout) {
+		found = found || (i.Name == name && i.State == drivers.StateRunning)
+	}
+	if !found {
+		t.Fatalf("%s not running in %s", name, r.stdout)
+	}
+	r = subbus(t, url, "process", "get", name).want(t, 0, "get")
+	if !strings.Contains(r.stdout, "State:") || !strings.Contains(r.stdout, "team=qa") {
+		t.Fatalf("get:\n%s", r.stdout)
+	}
+
+	// exec: output streamed to stdout/stderr, exit status propagated.
+	r = subbus(t, url, "process", "exec", name, "--", "/bin/sh", "-c", "echo out; echo err >&2; exit 3").want(t, 3, "exec exit 3")
+	if r.stdout != "out\n" || r.stderr != "err\n" {
+		t.Fatalf("exec output: stdout %q stderr %q", r.stdout, r.stderr)
+	}
+	r = subbus(t, url, "process", "exec", name, "--env", "X=42", "--json", "--", "/bin/sh", "-c", "echo $X").want(t, 0, "exec --json")
+	if x := decode[execJSON](t, r.stdout); x.ExitCode != 0 || x.Stdout != "42\n" {
+		t.Fatalf("exec --json: %+v", x)
+	}
+
+	// logs: the instance's output.
+	testenv.Eventually(t, 10*time.Second, func() error {
+		r := subbus(t, url, "process", "logs", name, "--lines", "10")
+		if r.code != 0 || !strings.Contains(r.stdout, "hello from the instance") || !strings.Contains(r.stderr, "warning") {
+			return fmt.Errorf("logs: exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+		}
+		return nil
+	})
+	r = subbus(t, url, "process", "logs", name, "--json").want(t, 0, "logs --json")
+	if lines := decode[[]drivers.LogLine](t, r.stdout); len(lines) == 0 {
+		t.Fatal("logs --json gave no lines")
+	}
+
+	// metrics
+	r = subbus(t, url, "process", "metrics", name, "--json").want(t, 0, "metrics")
+	if u := decode[drivers.ResourceUsage](t, r.stdout); !u.Measured.Has(drivers.MeasureMemory) || u.MemoryMB <= 0 {
+		t.Fatalf("metrics: %+v", u)
+	}
+	r = subbus(t, url, "process", "metrics", name).want(t, 0, "metrics table")
+	if !strings.HasPrefix(r.stdout, "TIME") {
+		t.Fatalf("metrics table:\n%s", r.stdout)
+	}
+	subbus(t, url, "process", "health").want(t, 0, "health")
+	r = subbus(t, url, "process", "capabilities", "--json").want(t, 0, "capabilities")
+	if c := decode[messages.CapabilitiesResult](t, r.stdout); !c.Capabilities.Exec || c.Host != "h1" {
+		t.Fatalf("capabilities: %+v", c)
+	}
+
+	// stop, delete; errors afterwards.
+	r = subbus(t, url, "process", "stop", name, "--timeout", "5s").want(t, 0, "stop")
+	if !strings.Contains(r.stdout, "stopped") {
+		t.Fatalf("stop said %q", r.stdout)
+	}
+	r = subbus(t, url, "process", "exec", name, "--", "true").want(t, ExitExecFailed, "exec on a stopped instance")
+	if !strings.HasPrefix(r.stderr, "error: conflict: ") {
+		t.Fatalf("exec on stopped: %q", r.stderr)
+	}
+	subbus(t, url, "process", "delete", name).want(t, 0, "delete")
+	r = subbus(t, url, "process", "get", name).want(t, ExitNotFound, "get after delete")
+	if !strings.HasPrefix(r.stderr, "error: not_found: ") {
+		t.Fatalf("get after delete: %q", r.stderr)
+	}
+
+	// events: the whole life of the instance, stored in SUBSTRATE_EVENTS.
+	testenv.Eventually(t, 10*time.Second, func() error {
+		r := subbus(t, url, "events", "--instance", name, "--json")
+		if r.code != 0 {
+			return fmt.Errorf("events: exit %d: %s", r.code, r.stderr)
+		}
+		var types []string
+		for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+			if line == "" {
+				continue
+			}
+			var ev messages.CloudEvent
+			if err := json.Unmarshal([]byte(line), &ev); err != nil {
+				return fmt.Errorf("event line %q: %v", line, err)
+			}
+			types = append(types, string(ev.Data.Type))
+		}
+		// In order (other events, like the failed second create, may come between).
+		want := []string{"created", "started", "stopped", "deleted"}
+		for _, typ := range types {
+			if len(want) > 0 && typ == want[0] {
+				want = want[1:]
+			}
+		}
+		if len(want) > 0 {
+			return fmt.Errorf("events %v lack %v in order", types, want)
+		}
+		return nil
+	})
+	r = subbus(t, url, "events", "--instance", name, "--type", "created", "--since", "1h").want(t, 0, "events table")
+	if lines := strings.Split(strings.TrimSpace(r.stdout), "\n"); len(lines) != 2 || !strings.Contains(lines[1], name) {
+		t.Fatalf("filtered events:\n%s", r.stdout)
+	}
+}
+
+func TestCreateFromTemplate(t *testing.T) {
+	isolateEnv(t)
+	s := startNATS(t)
+	url := s.ClientURL()
+	startWorker(t, url, "h1")
+	name := unique("tpl")
+	t.Cleanup(func() { subbus(t, url, "process", "delete", name, "--force") })
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	if err := os.WriteFile(good, []byte("name: ignored\nbase_image: /bin/sleep\ncommand: [/bin/sleep, \"300\"]\nmetadata:\n  tier: web\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("name: x\nbase_image: /bin/sleep\nimagee: typo\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := subbus(t, url, "process", "create", name, "-f", good, "--json").want(t, 0, "create -f")
+	if inst := decode[drivers.Instance](t, r.stdout); inst.Name != name || inst.Metadata["tier"] != "web" {
+		t.Fatalf("created from template: %+v", inst)
+	}
+	r = subbus(t, url, "process", "create", "-f", bad).want(t, ExitInvalidArgument, "unknown template key")
+	if !strings.Contains(r.stderr, "imagee") {
+		t.Fatalf("the error must name the unknown key: %q", r.stderr)
+	}
+}
+
+// TestErrors checks exit statuses and messages of the error paths that need
+// no instance.
+func TestErrors(t *testing.T) {
+	isolateEnv(t)
+	s := startNATS(t)
+	url := s.ClientURL()
+	startWorker(t, url, "h1")
+	cases := []struct {
+		name string
+		args []string
+		code int
+		msg  string
+	}{
+		{"no worker serves the driver on a host", []string{"docker", "list", "--host", "h9"}, ExitNoWorker,
+			"error: no_worker: no worker serves docker on host h9"},
+		{"no worker serves the driver", []string{"docker", "get", "web"}, ExitNoWorker, "error: no_worker: no worker serves docker\n"},
+		{"no worker on that host for a served driver", []string{"process", "list", "--host", "h2"}, ExitNoWorker,
+			"no worker serves process on host h2"},
+		{"exec without a worker", []string{"docker", "exec", "web", "--host", "h9", "--", "true"}, ExitExecFailed,
+			"error: no_worker: no worker serves docker on host h9"},
+		{"hostile name", []string{"process", "get", "../etc"}, ExitInvalidArgument, "error: invalid_argument: name"},
+		{"hostile host", []string{"process", "list", "--host", "a.>"}, ExitUsage, "error: usage: --host"},
+		{"unknown command", []string{"process", "frobnicate"}, ExitUsage, "unknown command"},
+		{"missing argument", []string{"process", "get"}, ExitUsage, "usage: subbus <driver> get"},
+		{"unknown flag", []string{"process", "list", "--bogus"}, ExitUsage, "bogus"},
+		{"reserved driver", []string{"events", "list", "--bogus"}, ExitUsage, "bogus"},
+		{"not found", []string{"process", "get", "nope-" + unique("x")}, ExitNotFound, "error: not_found: "},
+		{"unsupported op", []string{"process", "snapshot", "list", "web"}, ExitUnsupported, "error: unsupported: "},
+		{"create without image", []string{"process", "create", "web"}, ExitUsage, "--image is required"},
+		{"bad volume", []string{"process", "create", "web", "--image", "x", "--volume", "onlyone"}, ExitUsage, "SRC:DST"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := subbus(t, url, tc.args...)
+			if r.code != tc.code || !strings.Contains(r.stderr, tc.msg) {
+				t.Fatalf("exit %d stderr %q; want exit %d and %q", r.code, r.stderr, tc.code, tc.msg)
+			}
+		})
+	}
+	// Nothing listens there: unavailable, naming the URL.
+	var out, errOut bytes.Buffer
+	code := Run(context.Background(), []string{"-s", "nats://127.0.0.1:1", "process", "list"}, &out, &errOut)
+	if code != ExitUnavailable || !strings.Contains(errOut.String(), "127.0.0.1:1") {
+		t.Fatalf("unreachable NATS: exit %d %q", code, errOut.String())
+	}
+}
+
+// brokenHost registers a stand-in worker for host that answers every
+// process request with an unavailable error, as a worker whose substrate
+// is down would.
+func brokenHost(t *testing.T, url, host string) {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	svc, err := micro.AddService(nc, micro.Config{Name: messages.ServiceName, Version: "0.0.1-broken",
+		Metadata: map[string]string{client.MetaHost: host, client.MetaDrivers: "process"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Stop() })
+	err = svc.AddEndpoint("process-"+host, micro.HandlerFunc(func(r micro.Request) {
+		e := drivers.Errorf(drivers.Unavailable, "process substrate on %s is down", host)
+		msg, code := messages.ErrorHeaders(e)
+		_ = r.Error(code, msg, messages.ErrorReply("", host, e))
+	}), micro.WithEndpointSubject("substrate.process."+host+".*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAllHostsAndWorkers(t *testing.T) {
+	isolateEnv(t)
+	s := startNATS(t)
+	url := s.ClientURL()
+	startWorker(t, url, "h1")
+	brokenHost(t, url, "h2")
+	name := unique("multi")
+	t.Cleanup(func() { subbus(t, url, "process", "delete", name, "--force") })
+	subbus(t, url, "process", "create", name, "--host", "h1", "--image", "/bin/sleep", "--", "300").want(t, 0, "create")
+
+	r := subbus(t, url, "process", "list", "--all-hosts").want(t, ExitUnavailable, "list --all-hosts with h2 failing")
+	if !strings.Contains(r.stdout, name) || !strings.Contains(r.stderr, "error: host h2: unavailable: process substrate on h2 is down") {
+		t.Fatalf("all hosts:\nstdout %s\nstderr %s", r.stdout, r.stderr)
+	}
+	r = subbus(t, url, "process", "list", "--all-hosts", "--json").want(t, ExitUnavailable, "list --all-hosts --json")
+	res := decode[allHostsResult](t, r.stdout)
+	if len(res.Failed) != 1 || res.Failed[0].Host != "h2" || res.Failed[0].Error.Code != drivers.Unavailable ||
+		len(res.Instances) != 1 || res.Instances[0].Name != name || res.Instances[0].Host != "h1" {
+		t.Fatalf("all hosts json: %+v", res)
+	}
+
+	r = subbus(t, url, "workers").want(t, 0, "workers")
+	if !strings.Contains(r.stdout, "h1") || !strings.Contains(r.stdout, "process:ok") || !strings.Contains(r.stdout, "h2") ||
+		!strings.Contains(r.stdout, "process:unavailable") || !strings.Contains(r.stdout, "0.0.1-test") {
+		t.Fatalf("workers:\n%s", r.stdout)
+	}
+	r = subbus(t, url, "workers", "--json").want(t, 0, "workers --json")
+	ws := decode[[]workerStatus](t, r.stdout)
+	if len(ws) != 2 || ws[0].Host != "h1" || ws[0].Health["process"].Health == nil || !ws[0].Health["process"].Healthy ||
+		!ws[0].Capabilities["process"].Exec || ws[1].Health["process"].Error == nil {
+		t.Fatalf("workers json: %s", r.stdout)
+	}
+}
+
+func TestNoWorkersAtAll(t *testing.T) {
+	isolateEnv(t)
+	s := startNATS(t)
+	r := subbus(t, s.ClientURL(), "workers")
+	if r.code != ExitNoWorker {
+		t.Fatalf("workers with none: exit %d %q", r.code, r.stderr)
+	}
+	r = subbus(t, s.ClientURL(), "process", "list", "--all-hosts")
+	if r.code != ExitNoWorker || !strings.Contains(r.stderr, "no worker serves process") {
+		t.Fatalf("all hosts with none: exit %d %q", r.code, r.stderr)
+	}
+}
+
+func TestParsing(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	if got, err := parseSince("90m", now); err != nil || !got.Equal(now.Add(-90*time.Minute)) {
+		t.Fatalf("since 90m: %v %v", got, err)
+	}
+	if got, err := parseSince("2026-01-01T00:00:00Z", now); err != nil || got.Year() != 2026 {
+		t.Fatalf("since RFC 3339: %v %v", got, err)
+	}
+	for _, bad := range []string{"-5m", "yesterday", "2026-13-01"} {
+		if _, err := parseSince(bad, now); err == nil {
+			t.Errorf("since %q accepted", bad)
+		}
+	}
+	v, err := parseVolume("/data:/srv:ro")
+	if err != nil || !v.ReadOnly || v.Source != "/data" || v.Target != "/srv" {
+		t.Fatalf("volume: %+v %v", v, err)
+	}
+	for _, bad := range []string{"/a", "/a:/b:rx", "/a:rel", ":/b"} {
+		if _, err := parseVolume(bad); err == nil {
+			t.Errorf("volume %q accepted", bad)
+		}
+	}
+	n, err := parseNetwork("backend=10.0.0.5")
+	if err != nil || n.NetworkName != "backend" || n.IPAddress != "10.0.0.5" {
+		t.Fatalf("network: %+v %v", n, err)
+	}
+	if _, err := parseNetwork("backend=not-an-ip"); err == nil {
+		t.Error("network with a bad IP accepted")
+	}
+	if _, err := parseTemplate("t", []byte("name: a\nname: b\n")); err == nil {
+		t.Error("duplicate template keys accepted")
+	}
+	if _, err := parseTemplate("t", []byte("name: a\nresources: {memory_mb: lots}\n")); !errors.Is(err, drivers.ErrInvalidArgument) {
+		t.Errorf("wrong template type: %v", err)
+	}
+	words, rest := splitWords([]string{"--server", "nats://x", "docker", "--host", "h1", "stop", "web", "--force", "--", "a", "-b"})
+	if fmt.Sprint(words) != "[docker stop web]" || fmt.Sprint(rest) != "[--server nats://x --host h1 --force -- a -b]" {
+		t.Fatalf("split: %v | %v", words, rest)
+	}
+}
