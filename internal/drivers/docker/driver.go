@@ -21,6 +21,7 @@ import (
 
 	"github.com/subbus/subbus/internal/config"
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/manager"
 )
 
 // Name is the driver's name in subjects and configuration.
@@ -61,6 +62,10 @@ type Options struct {
 	// HostID is the owner label value (io.subbus.host); default
 	// worker.host, else the machine's hostname.
 	HostID string `yaml:"host_id"`
+
+	// The manager's keys of this section (retries, timeouts, breaker),
+	// read by the manager itself.
+	manager.SectionOptions `yaml:",inline"`
 }
 
 // Resources are resource limits in the configuration.

@@ -29,7 +29,7 @@ func TestOptionsFromConfig(t *testing.T) {
 		check   func(Options) error
 	}{
 		{"defaults", "", "", func(o Options) error {
-			if o.Host != "unix:///var/run/docker.sock" || o.MetricsParallelism != 8 || o.AllowPull {
+			if o.Host != "unix:///var/run/docker.sock" || o.MetricsParallelism != 8 || o.AllowPull || o.DefaultResources != (Resources{}) {
 				return fmt.Errorf("defaults %+v", o)
 			}
 			return nil
@@ -41,6 +41,7 @@ func TestOptionsFromConfig(t *testing.T) {
 			return nil
 		}},
 		{"unknown key", "docker:\n  hots: x\n", "hots", nil},
+		{"manager keys", "docker:\n  retry_attempts: 5\n  stop_timeout: 3s\n", "", func(o Options) error { return nil }},
 		{"cert without key", "docker:\n  tls_cert: /c.pem\n", "docker.tls_cert", nil},
 		{"worker host", "worker:\n  host: node-7\n", "", func(o Options) error {
 			if o.HostID != "node-7" {
