@@ -238,7 +238,7 @@ func TestRetriesGiveUpAfterAttempts(t *testing.T) {
 func TestBreakerOpensFailsFastAndRecovers(t *testing.T) {
 	d := newScriptDriver("fake")
 	d.add("web", drivers.StateStopped)
-	h := newHarness(t, d, Options{RetryAttempts: 1, BreakerFailures: 3, BreakerOpenTimeout: 40 * time.Millisecond, CacheTTL: -1})
+	h := newHarness(t, d, Options{RetryAttempts: 1, BreakerFailures: 3, BreakerOpenTimeout: 500 * time.Millisecond, CacheTTL: -1})
 	h.events.reset()
 	d.setDown(true)
 	for i := 0; i < 3; i++ {
@@ -397,7 +397,7 @@ func TestAbandonedMutationKeepsLock(t *testing.T) {
 	d := newScriptDriver("fake")
 	d.add("web", drivers.StateStopped)
 	h := newHarness(t, d, Options{RetryAttempts: 1, CacheTTL: -1})
-	d.then("start", step{delay: 300 * time.Millisecond, ignoreCtx: true})
+	d.then("start", step{delay: 800 * time.Millisecond, ignoreCtx: true})
 	ctx, cancel := context.WithTimeout(bg, 50*time.Millisecond)
 	defer cancel()
 	_, err := h.m.Start(ctx, "web")
@@ -407,7 +407,7 @@ func TestAbandonedMutationKeepsLock(t *testing.T) {
 	if !strings.Contains(err.Error(), "instance web is busy: start in progress") {
 		t.Fatalf("conflict message %q", err)
 	}
-	testenv.Eventually(t, 3*time.Second, func() error {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		_, err := h.m.Stop(bg, "web", drivers.StopOptions{})
 		return err
 	})

@@ -63,7 +63,7 @@ func (tr *transitions) list() []string {
 
 func TestBreakerOpensFailsFastHalfOpensAndCloses(t *testing.T) {
 	tr := &transitions{}
-	b := NewBreaker(BreakerSettings{Name: "fake", Failures: 3, OpenTimeout: 30 * time.Millisecond, OnStateChange: tr.hook})
+	b := NewBreaker(BreakerSettings{Name: "fake", Failures: 3, OpenTimeout: 250 * time.Millisecond, OnStateChange: tr.hook})
 	ctx := context.Background()
 	down := func() error { return codeErr(drivers.Unavailable) }
 	for i := 0; i < 3; i++ {
