@@ -18,6 +18,7 @@ import (
 
 	"github.com/subbus/subbus/internal/config"
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/manager"
 )
 
 // Options is the `lxc` section of the configuration.
@@ -42,6 +43,10 @@ type Options struct {
 	StoragePool string `yaml:"storage_pool"`
 	// LogPollInterval is how often a followed console log is re-read.
 	LogPollInterval config.Duration `yaml:"log_poll_interval"`
+
+	// The manager's keys of this section (retries, timeouts, breaker),
+	// read by the manager itself.
+	manager.SectionOptions `yaml:",inline"`
 }
 
 // DefaultOptions are the defaults of the `lxc` section.

@@ -26,12 +26,14 @@ type lifecycleEvent struct {
 }
 
 // actions maps lifecycle actions to event types and the state the
-// instance is in afterwards ("" when unchanged or unknown).
+// instance is in afterwards ("" when unchanged or unknown). Creation and
+// deletion seen natively are Appeared/Vanished (as in every driver): the
+// manager reports its own creates and deletes as Created/Deleted.
 var actions = map[string]struct {
 	typ   drivers.EventType
 	state drivers.State
 }{
-	"instance-created":          {drivers.EventCreated, drivers.StateStopped},
+	"instance-created":          {drivers.EventAppeared, drivers.StateStopped},
 	"instance-started":          {drivers.EventStarted, drivers.StateRunning},
 	"instance-ready":            {drivers.EventStateChanged, drivers.StateRunning}, // Incus
 	"instance-stopped":          {drivers.EventStopped, drivers.StateStopped},
@@ -39,7 +41,7 @@ var actions = map[string]struct {
 	"instance-restarted":        {drivers.EventRestarted, drivers.StateRunning},
 	"instance-paused":           {drivers.EventStateChanged, drivers.StatePaused},
 	"instance-resumed":          {drivers.EventStateChanged, drivers.StateRunning},
-	"instance-deleted":          {drivers.EventDeleted, ""},
+	"instance-deleted":          {drivers.EventVanished, ""},
 	"instance-updated":          {drivers.EventStateChanged, ""},
 	"instance-renamed":          {drivers.EventStateChanged, ""},
 	"instance-restored":         {drivers.EventSnapshotRestored, ""},
@@ -151,7 +153,7 @@ func (d *Driver) remember(ev drivers.Event) {
 		return
 	}
 	switch {
-	case ev.Type == drivers.EventDeleted:
+	case ev.Type == drivers.EventVanished:
 		delete(d.known, ev.Instance)
 	case ev.State != "":
 		d.known[ev.Instance] = ev.State
