@@ -1,0 +1,307 @@
+package messages
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/subbus/subbus/internal/drivers"
+)
+
+// schemaDir is the repository's schemas/ directory.
+func schemaDir(t testing.TB) string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..", "schemas")
+}
+
+var schemaCache = map[string]*jsonschema.Schema{}
+
+// schema compiles schemas/<rel> (draft 2020-12, formats asserted).
+func schema(t testing.TB, rel string) *jsonschema.Schema {
+	t.Helper()
+	if s, ok := schemaCache[rel]; ok {
+		return s
+	}
+	c := jsonschema.NewCompiler()
+	c.DefaultDraft(jsonschema.Draft2020)
+	c.AssertFormat()
+	c.AssertContent()
+	s, err := c.Compile(filepath.Join(schemaDir(t), rel))
+	if err != nil {
+		t.Fatalf("schema %s: %v", rel, err)
+	}
+	schemaCache[rel] = s
+	return s
+}
+
+// validateSchema encodes v as JSON and validates it against schemas/<rel>.
+func validateSchema(t testing.TB, rel string, v any) {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := validateJSON(t, rel, b); err != nil {
+		t.Errorf("%s does not accept %s:\n%v", rel, b, err)
+	}
+}
+
+func validateJSON(t testing.TB, rel string, b []byte) error {
+	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return schema(t, rel).Validate(doc)
+}
+
+// requestSchemaFile names the request schema of op, from its Go type.
+func requestSchemaFile(t testing.TB, op Op) string {
+	req, err := NewRequest(op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch req.(type) {
+	case *EmptyRequest:
+		return "requests/empty.schema.json"
+	case *NameRequest:
+		return "requests/name.schema.json"
+	case *CreateRequest:
+		return "requests/create.schema.json"
+	case *StopRequest:
+		return "requests/stop.schema.json"
+	case *DeleteRequest:
+		return "requests/delete.schema.json"
+	case *ExecRequest:
+		return "requests/exec.schema.json"
+	case *LogsRequest:
+		return "requests/logs.schema.json"
+	case *LimitsSetRequest:
+		return "requests/limits-set.schema.json"
+	case *SnapshotRequest:
+		return "requests/snapshot.schema.json"
+	case *CloneRequest:
+		return "requests/clone.schema.json"
+	case *NetworkAttachRequest:
+		return "requests/network-attach.schema.json"
+	case *NetworkDetachRequest:
+		return "requests/network-detach.schema.json"
+	}
+	t.Fatalf("no schema for %s (%T)", op, req)
+	return ""
+}
+
+var (
+	t0       = time.Date(2026, 11, 25, 10, 0, 0, 123456789, time.UTC)
+	limits   = drivers.ResourceLimits{CPUCores: 1.5, MemoryMB: 512, DiskGB: 10, NetworkMbps: 100, PIDs: 64}
+	netCfg   = drivers.NetworkConfig{NetworkName: "lan", IPAddress: "10.0.0.5", Gateway: "10.0.0.1", DNSServers: []string{"10.0.0.1"}}
+	instance = drivers.Instance{Name: "web.1", ID: "abc", Driver: "process", Host: "h1", State: drivers.StateRunning,
+		NativeState: "R", Image: "/bin/sleep", Created: t0, Metadata: map[string]string{"k": "v"}, Limits: limits,
+		Networks: []drivers.NetworkConfig{netCfg}, Managed: true}
+	usage = drivers.ResourceUsage{Time: t0, CPUPercent: 12.5, MemoryMB: 30, DiskGB: 1, DiskReadMBps: 1, DiskWriteMBps: 2,
+		NetworkRxMbps: 3, NetworkTxMbps: 4, Counters: drivers.UsageCounters{CPUTimeNs: 1, MemoryBytes: 2, DiskUsedBytes: 3,
+			DiskReadBytes: 4, DiskWriteBytes: 5, NetRxBytes: 6, NetTxBytes: 7}, Measured: drivers.MeasureCPU | drivers.MeasureMemory}
+)
+
+// fullRequests has one request per op with every field set.
+func fullRequests() map[Op]any {
+	tmpl := drivers.InstanceTemplate{Name: "web.1", BaseImage: "/bin/sleep", Command: []string{"/bin/sleep", "60"}, WorkDir: "/tmp",
+		User: "nobody", Resources: limits, Networks: []drivers.NetworkConfig{netCfg}, Environment: map[string]string{"A": "1"},
+		Volumes: []drivers.Volume{{Source: "/src", Target: "/dst", ReadOnly: true}}, Metadata: map[string]string{"team": "x"}}
+	exec := ExecRequest{Name: "web.1", ExecRequest: drivers.ExecRequest{Command: []string{"ls", "-l"}, Env: map[string]string{"A": "1"},
+		WorkDir: "/", User: "root", Stdin: []byte("input")}, Stream: true}
+	return map[Op]any{
+		OpList: EmptyRequest{}, OpHealth: EmptyRequest{}, OpCapabilities: EmptyRequest{}, OpNetworkList: EmptyRequest{},
+		OpGet: NameRequest{Name: "web.1"}, OpStart: NameRequest{Name: "web.1"}, OpMetrics: NameRequest{Name: "a"},
+		OpLimitsGet: NameRequest{Name: "a"}, OpSnapshotList: NameRequest{Name: "a"},
+		OpCreate: CreateRequest{Template: tmpl}, OpStop: StopRequest{Name: "a", Force: true, Timeout: "1m30s"},
+		OpRestart: StopRequest{Name: "a", Force: true, Timeout: "500ms"}, OpDelete: DeleteRequest{Name: "a", Force: true},
+		OpExec: exec, OpLogs: LogsRequest{Name: "a", Lines: 10, Follow: true},
+		OpLimitsSet:      LimitsSetRequest{Name: "a", Limits: limits},
+		OpSnapshotCreate: SnapshotRequest{Name: "a", Snapshot: "s1"}, OpSnapshotRestore: SnapshotRequest{Name: "a", Snapshot: "s1"},
+		OpSnapshotDelete: SnapshotRequest{Name: "a", Snapshot: "s1"}, OpClone: CloneRequest{Source: "a", Target: "b"},
+		OpNetworkAttach: NetworkAttachRequest{Name: "a", Network: netCfg}, OpNetworkDetach: NetworkDetachRequest{Name: "a", Network: "lan"},
+	}
+}
+
+// fullResults has one result per op, as the worker returns it.
+func fullResults() map[Op]any {
+	changed := ChangedResult{Changed: true, Instance: &instance}
+	snap := drivers.Snapshot{Name: "s1", Instance: "a", Created: t0, Description: "d", SizeBytes: 10}
+	return map[Op]any{
+		OpList: []drivers.Instance{instance, {Name: "b", ID: "b", Driver: "process", Host: "h1", State: drivers.StateStopped}},
+		OpGet:  instance, OpCreate: instance, OpClone: instance,
+		OpStart: changed, OpStop: ChangedResult{Changed: false}, OpRestart: changed, OpDelete: ChangedResult{Changed: true},
+		OpExec:    drivers.ExecResult{ExitCode: 2, Stdout: []byte("out"), Stderr: []byte("err")},
+		OpLogs:    []drivers.LogLine{{Time: t0, Stream: "stdout", Line: "hello"}, {Stream: "stderr", Line: ""}},
+		OpMetrics: usage,
+		OpHealth: drivers.Health{Healthy: true, Version: "1", APIVersion: "1.4", Issues: []string{"w"},
+			Instances: map[drivers.State]int{drivers.StateRunning: 2}, Usage: &usage, Details: map[string]string{"a": "b"}},
+		OpCapabilities: CapabilitiesResult{Driver: "process", Host: "h1", Capabilities: drivers.Capabilities{Exec: true, Logs: true},
+			Ops: []string{"list"}},
+		OpLimitsGet: limits, OpLimitsSet: drivers.ResourceLimits{MemoryMB: 1},
+		OpSnapshotCreate: snap, OpSnapshotList: []drivers.Snapshot{snap}, OpSnapshotRestore: ChangedResult{Changed: true},
+		OpSnapshotDelete: ChangedResult{Changed: true}, OpNetworkAttach: ChangedResult{Changed: true},
+		OpNetworkDetach: ChangedResult{Changed: true},
+		OpNetworkList:   []drivers.Network{{Name: "lan", ID: "1", Type: "bridge", Subnet: "10.0.0.0/24", Gateway: "10.0.0.1", Internal: true, Managed: true}},
+	}
+}
+
+func TestSchemasCoverEveryOp(t *testing.T) {
+	reqs, results := fullRequests(), fullResults()
+	for _, op := range Ops() {
+		if _, ok := reqs[op]; !ok {
+			t.Errorf("no sample request for %s", op)
+		}
+		if _, ok := results[op]; !ok {
+			t.Errorf("no sample result for %s", op)
+		}
+		if _, err := os.Stat(filepath.Join(schemaDir(t), "replies", string(op)+".schema.json")); err != nil {
+			t.Errorf("no reply schema for %s: %v", op, err)
+		}
+	}
+}
+
+func TestRequestsMatchSchemas(t *testing.T) {
+	for op, req := range fullRequests() {
+		rel := requestSchemaFile(t, op)
+		validateSchema(t, rel, req)
+		// Every field of the Go type must be exercised, so a field the
+		// schema does not know fails here.
+		b, _ := json.Marshal(req)
+		var m map[string]any
+		_ = json.Unmarshal(b, &m)
+		if n := countJSONFields(reflect.TypeOf(req)); len(m) != n {
+			t.Errorf("%s sample sets %d of %d fields", op, len(m), n)
+		}
+		// What the schema accepts, the decoder accepts.
+		if _, err := Decode(op, b); err != nil {
+			t.Errorf("Decode(%s, %s): %v", op, b, err)
+		}
+	}
+}
+
+// countJSONFields counts the top-level JSON fields of a struct type
+// (embedded structs contribute their fields).
+func countJSONFields(t reflect.Type) int {
+	n := 0
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if f.Anonymous && f.Tag.Get("json") == "" {
+			n += countJSONFields(f.Type)
+			continue
+		}
+		if f.Tag.Get("json") != "-" {
+			n++
+		}
+	}
+	return n
+}
+
+func TestSchemasRejectWhatDecodeRejects(t *testing.T) {
+	bad := []struct {
+		op   Op
+		body string
+	}{
+		{OpGet, `{"name":"../x"}`},
+		{OpGet, `{"name":"a","extra":1}`},
+		{OpGet, `{}`},
+		{OpGet, `{"name":5}`},
+		{OpCreate, `{"template":{"name":"a"}}`},
+		{OpStop, `{"name":"a","timeout":"soon"}`},
+		{OpExec, `{"name":"a","command":[]}`},
+		{OpLogs, `{"name":"a","lines":-3}`},
+		{OpClone, `{"source":"a","target":".."}`},
+		{OpList, `{"all":true}`},
+	}
+	for _, tt := range bad {
+		if _, err := Decode(tt.op, []byte(tt.body)); err == nil {
+			t.Errorf("Decode accepts %s %s", tt.op, tt.body)
+		}
+		if err := validateJSON(t, requestSchemaFile(t, tt.op), []byte(tt.body)); err == nil {
+			t.Errorf("schema accepts %s %s", tt.op, tt.body)
+		}
+	}
+}
+
+func TestRepliesMatchSchemas(t *testing.T) {
+	for op, res := range fullResults() {
+		b := ResultReply("r1", "h1", res)
+		rel := "replies/" + string(op) + ".schema.json"
+		if err := validateJSON(t, rel, b); err != nil {
+			t.Errorf("%s rejects %s:\n%v", rel, b, err)
+		}
+	}
+	for _, c := range drivers.Codes() {
+		b := ErrorReply("r1", "h1", drivers.Errorf(c, "it failed"))
+		if err := validateJSON(t, "reply.schema.json", b); err != nil {
+			t.Errorf("error reply %s: %v", b, err)
+		}
+	}
+	// A reply with both result and error is not a reply.
+	if err := validateJSON(t, "reply.schema.json", []byte(`{"result":1,"error":{"code":"internal","message":"x","retryable":false}}`)); err == nil {
+		t.Error("schema accepts a reply with result and error")
+	}
+	// A result of the wrong shape is caught.
+	if err := validateJSON(t, "replies/get.schema.json", ResultReply("r", "h", []int{1})); err == nil {
+		t.Error("get reply schema accepts a list")
+	}
+}
+
+func TestChunkEventMetricsMatchSchemas(t *testing.T) {
+	code := 3
+	chunks := []Chunk{
+		{RequestID: "r", Seq: 1, Stream: "stdout", Data: []byte("out")},
+		{RequestID: "r", Seq: 2, Stream: "stdout", Line: &drivers.LogLine{Time: t0, Stream: "stdout", Line: "l"}},
+		{Seq: 3, Heartbeat: true},
+		{Seq: 4, Final: true, ExitCode: &code},
+		{Seq: 1, Final: true, Error: drivers.InfoOf(drivers.Errorf(drivers.NotFound, "x"))},
+	}
+	for _, c := range chunks {
+		validateSchema(t, "chunk.schema.json", c)
+	}
+	for _, typ := range []drivers.EventType{drivers.EventCreated, drivers.EventFailed, drivers.EventBreakerOpened, drivers.EventStateChanged} {
+		e := drivers.Event{ID: NewRequestID(), Type: typ, Time: t0, Driver: "process", Host: "h1", Instance: "web.1", RequestID: "r1",
+			Source: drivers.SourceManager, State: drivers.StateRunning, Details: map[string]string{"a": "b"},
+			Error: drivers.InfoOf(drivers.Errorf(drivers.Conflict, "busy"))}
+		if typ == drivers.EventBreakerOpened {
+			e.Instance, e.State, e.Error, e.Source = "", "", nil, drivers.SourceNative
+		}
+		validateSchema(t, "event.schema.json", NewCloudEvent(e))
+	}
+	validateSchema(t, "metrics.schema.json", MetricsMessage{Driver: "process", Host: "h1", Instance: "web.1", Time: t0, Usage: usage})
+	// Every event type the contract defines is in the schema.
+	for _, typ := range allEventTypes() {
+		e := drivers.Event{ID: "1", Type: typ, Time: t0, Driver: "d", Host: "h", Source: drivers.SourceManager}
+		validateSchema(t, "event.schema.json", NewCloudEvent(e))
+	}
+}
+
+// allEventTypes reads the EventType constants from the contract's source,
+// so a new event type without a schema entry fails the test above.
+func allEventTypes() []drivers.EventType {
+	_, file, _, _ := runtime.Caller(0)
+	src, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "drivers", "events.go"))
+	if err != nil {
+		panic(err)
+	}
+	var out []drivers.EventType
+	for _, line := range strings.Split(string(src), "\n") {
+		var name, val string
+		if n, _ := fmt.Sscanf(strings.TrimSpace(line), "%s EventType = %q", &name, &val); n == 2 {
+			out = append(out, drivers.EventType(val))
+		}
+	}
+	if len(out) < 10 {
+		panic(fmt.Sprintf("found only %d event types", len(out)))
+	}
+	return out
+}
