@@ -41,10 +41,10 @@ func TestAsyncAPIDocument(t *testing.T) {
 			t.Errorf("channel %s_on_host address %q, want %q", n, got, want)
 		}
 	}
-	if got := addr("events"); got != "substrate.events.{driver}.{host}.{instance}.{type}" {
+	if got := addr("event_stream"); got != "substrate.events.{driver}.{host}.{instance}.{type}" {
 		t.Errorf("events channel %q", got)
 	}
-	if got := addr("metrics"); got != "substrate.metrics.{driver}.{host}.{instance}" {
+	if got := addr("metrics_stream"); got != "substrate.metrics.{driver}.{host}.{instance}" {
 		t.Errorf("metrics channel %q", got)
 	}
 	var walk func(v any)
