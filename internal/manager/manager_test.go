@@ -1338,3 +1338,45 @@ func TestConcurrentCallers(t *testing.T) {
 		t.Fatalf("lock entries leak: %d", len(h.m.locks.entries))
 	}
 }
+
+func TestLogsReturnsEmitErrorUnchanged(t *testing.T) {
+	d := newFullDriver("fake")
+	d.add("web", drivers.StateRunning)
+	h := newHarness(t, d, Options{})
+	stop := errors.New("enough")
+	err := h.m.Logs(bg, "web", drivers.LogOptions{Lines: 3}, func(drivers.LogLine) error { return stop })
+	if err != stop {
+		t.Fatalf("err = %v, want the emit error itself", err)
+	}
+	coded := drivers.Errorf(drivers.Unavailable, "bus down")
+	for i := 0; i < 10; i++ {
+		err = h.m.Logs(bg, "web", drivers.LogOptions{Lines: 3}, func(drivers.LogLine) error { return coded })
+		if err != coded {
+			t.Fatalf("err = %v", err)
+		}
+	}
+	if s := h.m.BreakerState(); s != "closed" {
+		t.Fatalf("the caller's emit errors opened the breaker: %s", s)
+	}
+}
+
+type failingWriter struct{ err error }
+
+func (w failingWriter) Write([]byte) (int, error) { return 0, w.err }
+
+func TestExecReturnsWriterErrorUnchanged(t *testing.T) {
+	d := newFullDriver("fake")
+	d.add("web", drivers.StateRunning)
+	h := newHarness(t, d, Options{BreakerFailures: 2})
+	gone := drivers.Errorf(drivers.Unavailable, "client went away")
+	for i := 0; i < 5; i++ {
+		var out bytes.Buffer
+		_, err := h.m.Exec(bg, "web", drivers.ExecRequest{Command: []string{"x"}}, &out, failingWriter{gone})
+		if err != gone {
+			t.Fatalf("err = %v, want the writer's error itself", err)
+		}
+	}
+	if s := h.m.BreakerState(); s != "closed" {
+		t.Fatalf("the caller's writer errors opened the breaker: %s", s)
+	}
+}

@@ -3,8 +3,10 @@ package manager
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/resilience"
@@ -282,9 +284,45 @@ func (w *limitWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// errWriter remembers the first error of the writer it wraps.
+type errWriter struct {
+	w   drivers.Writer
+	mu  sync.Mutex
+	err error
+}
+
+func (e *errWriter) Write(p []byte) (int, error) {
+	n, err := e.w.Write(p)
+	if err != nil {
+		e.mu.Lock()
+		if e.err == nil {
+			e.err = err
+		}
+		e.mu.Unlock()
+	}
+	return n, err
+}
+
+// failed returns the writer error of e or other that err carries, if any.
+func (e *errWriter) failed(err error, other *errWriter) error {
+	if err == nil {
+		return nil
+	}
+	for _, w := range []*errWriter{e, other} {
+		w.mu.Lock()
+		werr := w.err
+		w.mu.Unlock()
+		if werr != nil && errors.Is(err, werr) {
+			return werr
+		}
+	}
+	return nil
+}
+
 // Exec runs a command. With nil writers the output is collected into the
 // result's Stdout/Stderr (at most MaxExecOutput bytes each); otherwise it
-// is streamed to the writers. Exec is not a lifecycle mutation: it takes
+// is streamed to the writers; an error of a writer that ends the exec is
+// returned as it is. Exec is not a lifecycle mutation: it takes
 // no instance lock, emits no event and is never retried.
 func (m *Manager) Exec(ctx context.Context, name string, req drivers.ExecRequest, stdout, stderr drivers.Writer) (drivers.ExecResult, error) {
 	if err := drivers.ValidateName("name", name); err != nil {
@@ -306,9 +344,18 @@ func (m *Manager) Exec(ctx context.Context, name string, req drivers.ExecRequest
 		errBuf = &limitWriter{n: MaxExecOutput}
 		stderr = errBuf
 	}
+	ow, ew := &errWriter{w: stdout}, &errWriter{w: stderr}
 	code, err := run(m, ctx, call{op: "exec", sync: true}, func(ctx context.Context) (int, error) {
-		return x.Exec(ctx, name, req, stdout, stderr)
+		code, err := x.Exec(ctx, name, req, ow, ew)
+		if werr := ow.failed(err, ew); werr != nil {
+			// The caller's writer failed, not the substrate: keep it away from the breaker.
+			return code, drivers.Wrap(drivers.Internal, err, "exec: output writer failed")
+		}
+		return code, err
 	})
+	if werr := ow.failed(err, ew); werr != nil {
+		return drivers.ExecResult{}, werr
+	}
 	if err != nil {
 		return drivers.ExecResult{}, err
 	}
@@ -324,7 +371,8 @@ func (m *Manager) Exec(ctx context.Context, name string, req drivers.ExecRequest
 
 // Logs emits the last opts.Lines lines (default LogLines, at most
 // MaxLogLines) and, with opts.Follow, new lines until ctx ends. A follow
-// has no default deadline: it runs until the caller's ctx ends.
+// has no default deadline: it runs until the caller's ctx ends. An error
+// returned by emit stops reading and is returned as it is.
 func (m *Manager) Logs(ctx context.Context, name string, opts drivers.LogOptions, emit func(drivers.LogLine) error) error {
 	if err := drivers.ValidateName("name", name); err != nil {
 		return m.reject("logs", err)
@@ -339,9 +387,25 @@ func (m *Manager) Logs(ctx context.Context, name string, opts drivers.LogOptions
 	if !ok || !m.caps.Logs {
 		return m.unsupported("logs")
 	}
+	var emitErr error
+	relay := func(l drivers.LogLine) error {
+		if err := emit(l); err != nil {
+			emitErr = err
+			return err
+		}
+		return nil
+	}
 	_, err := run(m, ctx, call{op: "logs", sync: true, unbounded: opts.Follow}, func(ctx context.Context) (struct{}, error) {
-		return struct{}{}, lr.Logs(ctx, name, opts, emit)
+		err := lr.Logs(ctx, name, opts, relay)
+		if emitErr != nil && errors.Is(err, emitErr) {
+			// Not the substrate's failure: keep it away from the breaker.
+			return struct{}{}, drivers.Wrap(drivers.Internal, err, "logs: emit failed")
+		}
+		return struct{}{}, err
 	})
+	if emitErr != nil && errors.Is(err, emitErr) {
+		return emitErr // the caller's own error, unclassified by us
+	}
 	return err
 }
 

@@ -261,8 +261,12 @@ func (d *fullDriver) Exec(ctx context.Context, name string, req drivers.ExecRequ
 	if err := d.enter(ctx, "exec"); err != nil {
 		return 0, err
 	}
-	fmt.Fprintf(stdout, "out:%s", req.Command[0])
-	fmt.Fprintf(stderr, "err:%s", req.Command[0])
+	if _, err := fmt.Fprintf(stdout, "out:%s", req.Command[0]); err != nil {
+		return 0, fmt.Errorf("copying stdout: %w", err)
+	}
+	if _, err := fmt.Fprintf(stderr, "err:%s", req.Command[0]); err != nil {
+		return 0, fmt.Errorf("copying stderr: %w", err)
+	}
 	return 3, nil
 }
 
