@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os/exec"
 	"strings"
@@ -302,5 +303,32 @@ func TestLifecycleEventMapping(t *testing.T) {
 	le.Metadata.Source = "/1.0/networks/br0"
 	if _, ok := toEvent(le); ok {
 		t.Errorf("a network event mapped to an instance event")
+	}
+}
+
+// TestMetricsAll: one recursion=2 request samples every instance, with
+// rates from the second sample on.
+func TestMetricsAll(t *testing.T) {
+	d := requireLXD(t)
+	running := launch(t, d, nil)
+	ctx := context.Background()
+	first, err := d.MetricsAll(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, ok := first[running]
+	if !ok || u.MemoryMB <= 0 || u.Counters.CPUTimeNs == 0 || !u.Measured.Has(drivers.MeasureCPU|drivers.MeasureMemory) {
+		t.Fatalf("MetricsAll[%s] = %+v (present %v)", running, u, ok)
+	}
+	// Busy the container, then sample again: CPU% comes from the delta.
+	if _, err := d.Exec(ctx, running, drivers.ExecRequest{Command: []string{"sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"}}, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	second, err := d.MetricsAll(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u2 := second[running]; u2.CPUPercent <= 0 || u2.Counters.CPUTimeNs <= u.Counters.CPUTimeNs {
+		t.Errorf("second sample %+v after a busy loop, first %+v", u2, u)
 	}
 }
