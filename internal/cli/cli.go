@@ -91,6 +91,9 @@ func ExitStatus(err error) int {
 	if errors.As(err, &xe) {
 		return xe.code
 	}
+	if errors.Is(err, context.Canceled) {
+		return ExitInterrupted
+	}
 	var ee *execError
 	if errors.As(err, &ee) {
 		return ExitExecFailed
