@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -448,4 +449,124 @@ func TestParsing(t *testing.T) {
 	if fmt.Sprint(words) != "[docker stop web]" || fmt.Sprint(rest) != "[--server nats://x --host h1 --force -- a -b]" {
 		t.Fatalf("split: %v | %v", words, rest)
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe to read while Run writes to it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// background runs subbus until cancel is called; wait returns the status.
+func background(url string, out, errOut *syncBuffer, args ...string) (cancel func(), wait func() int) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	go func() { done <- Run(ctx, append([]string{"--server", url}, args...), out, errOut) }()
+	return cancel, func() int {
+		select {
+		case code := <-done:
+			return code
+		case <-time.After(30 * time.Second):
+			return -1
+		}
+	}
+}
+
+// running reports whether a process whose command line contains marker exists.
+func running(marker string) bool {
+	dirs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, d := range dirs {
+		b, err := os.ReadFile(d)
+		if err == nil && strings.Contains(string(bytes.ReplaceAll(b, []byte{0}, []byte{' '})), marker) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestStreamsWatchAndClone(t *testing.T) {
+	isolateEnv(t)
+	s := startNATS(t)
+	url := s.ClientURL()
+	startWorker(t, url, "h1")
+	name, clone := unique("stream"), unique("clone")
+	t.Cleanup(func() {
+		subbus(t, url, "process", "delete", name, "--force")
+		subbus(t, url, "process", "delete", clone, "--force")
+	})
+	subbus(t, url, "process", "create", name, "--image", "/bin/sh", "--",
+		"-c", `i=0; while true; do echo "tick $i"; i=$((i+1)); sleep 0.1; done`).want(t, 0, "create")
+	subbus(t, url, "process", "start", name).want(t, 0, "start")
+
+	// logs --follow streams new lines until interrupted, then exits 0.
+	var out, errOut syncBuffer
+	cancel, wait := background(url, &out, &errOut, "process", "logs", name, "--follow", "--lines", "1")
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if n := strings.Count(out.String(), "tick"); n < 5 {
+			return fmt.Errorf("%d lines followed so far", n)
+		}
+		return nil
+	})
+	cancel()
+	if code := wait(); code != 0 {
+		t.Fatalf("logs --follow ended with %d: %s", code, errOut.String())
+	}
+
+	// metrics --watch --json: one sample per line until interrupted.
+	var mout, merr syncBuffer
+	cancel, wait = background(url, &mout, &merr, "process", "metrics", name, "--watch", "--interval", "50ms", "--json")
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if n := strings.Count(mout.String(), "\n"); n < 3 {
+			return fmt.Errorf("%d samples so far", n)
+		}
+		return nil
+	})
+	cancel()
+	if code := wait(); code != 0 {
+		t.Fatalf("metrics --watch ended with %d: %s", code, merr.String())
+	}
+	for _, line := range strings.Split(strings.TrimSpace(mout.String()), "\n") {
+		decode[drivers.ResourceUsage](t, line)
+	}
+
+	// Interrupting exec stops the command on the worker.
+	marker := fmt.Sprintf("%d.%d", 300+time.Now().Nanosecond()%600, time.Now().Nanosecond()%997)
+	var eout, eerr syncBuffer
+	cancel, wait = background(url, &eout, &eerr, "process", "exec", name, "--", "/bin/sleep", marker)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if !running("sleep " + marker) {
+			return errors.New("the exec'd command is not running yet")
+		}
+		return nil
+	})
+	cancel()
+	if code := wait(); code != ExitInterrupted {
+		t.Fatalf("interrupted exec exited %d: %s", code, eerr.String())
+	}
+	testenv.Eventually(t, 15*time.Second, func() error {
+		if running("sleep " + marker) {
+			return errors.New("the worker still runs the command of an interrupted exec")
+		}
+		return nil
+	})
+
+	// clone
+	subbus(t, url, "process", "stop", name, "--force").want(t, 0, "stop")
+	r := subbus(t, url, "process", "clone", name, clone, "--json").want(t, 0, "clone")
+	if inst := decode[drivers.Instance](t, r.stdout); inst.Name != clone || inst.Image != "/bin/sh" {
+		t.Fatalf("clone: %+v", inst)
+	}
+	subbus(t, url, "process", "clone", name, clone).want(t, ExitAlreadyExists, "clone onto an existing name")
 }
