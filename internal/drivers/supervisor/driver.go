@@ -208,7 +208,11 @@ func (d *Driver) Connect(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		d.diff(procs, nil, time.Now())
+		d.mu.Lock()
+		if d.seen == nil {
+			d.seen = view(procs)
+		}
+		d.mu.Unlock()
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"time"
@@ -20,6 +21,11 @@ import (
 // every Watch (also one after a broken one) resyncs against it, emitting
 // what changed while nobody watched.
 func (d *Driver) Watch(ctx context.Context, emit func(drivers.Event)) error {
+	// Each Watch diffs against its own view (several may run at once);
+	// the driver keeps the latest one for the next Watch to start from.
+	d.mu.Lock()
+	prev := d.seen
+	d.mu.Unlock()
 	t := time.NewTicker(time.Duration(d.opts.PollInterval))
 	defer t.Stop()
 	for {
@@ -36,9 +42,16 @@ func (d *Driver) Watch(ctx context.Context, emit func(drivers.Event)) error {
 			}
 			return err
 		}
-		for _, ev := range d.diff(procs, exit, time.Now().UTC()) {
-			emit(ev)
+		cur := view(procs)
+		d.mu.Lock()
+		d.seen = cur
+		d.mu.Unlock()
+		if prev != nil {
+			for _, ev := range diff(prev, cur, exit, time.Now().UTC()) {
+				emit(ev)
+			}
 		}
+		prev = cur
 		select {
 		case <-ctx.Done():
 			return nil
@@ -47,19 +60,17 @@ func (d *Driver) Watch(ctx context.Context, emit func(drivers.Event)) error {
 	}
 }
 
-// diff updates the kept view and returns the events between it and procs.
-func (d *Driver) diff(procs []processInfo, exit map[string][]int, now time.Time) []drivers.Event {
+// view indexes a process table by namespec.
+func view(procs []processInfo) map[string]processInfo {
 	cur := make(map[string]processInfo, len(procs))
 	for _, p := range procs {
 		cur[p.namespec()] = p
 	}
-	d.mu.Lock()
-	prev := d.seen
-	d.seen = cur
-	d.mu.Unlock()
-	if prev == nil {
-		return nil
-	}
+	return cur
+}
+
+// diff returns the events that lead from the view prev to cur.
+func diff(prev, cur map[string]processInfo, exit map[string][]int, now time.Time) []drivers.Event {
 	var evs []drivers.Event
 	for _, name := range sortedKeys(cur) {
 		p := cur[name]
@@ -69,34 +80,35 @@ func (d *Driver) diff(procs []processInfo, exit map[string][]int, now time.Time)
 		if p.PID > 0 {
 			details["pid"] = strconv.Itoa(p.PID)
 		}
-		ev := drivers.Event{Instance: name, Time: now, State: state, Details: details}
-		switch {
-		case !had:
-			ev.Type = drivers.EventAppeared
-		case old.StateName == p.StateName && old.PID == p.PID:
+		if !had {
+			evs = append(evs, drivers.Event{Type: drivers.EventAppeared, Instance: name, Time: now, State: state, Details: details})
 			continue
-		default:
-			details["from"] = old.StateName
-			ev.Type = transition(old, p, state)
 		}
-		switch ev.Type {
-		case drivers.EventFailed:
-			msg := fmt.Sprintf("program %s is %s", name, p.StateName)
-			if p.SpawnErr != "" {
-				details["spawnerr"] = p.SpawnErr
-				msg += ": " + p.SpawnErr
-			}
-			if p.StateName == "EXITED" {
-				details["exitstatus"] = strconv.Itoa(p.ExitStatus)
-				msg += fmt.Sprintf(" (exit status %d)", p.ExitStatus)
-			}
-			ev.Error = &drivers.ErrorInfo{Code: drivers.Internal, Message: msg}
-		case drivers.EventStopped:
-			if p.StateName == "EXITED" {
-				details["exitstatus"] = strconv.Itoa(p.ExitStatus)
-			}
+		if old.StateName == p.StateName && old.PID == p.PID {
+			continue
 		}
-		evs = append(evs, ev)
+		details["from"] = old.StateName
+		for _, typ := range transition(old, p, state) {
+			ev := drivers.Event{Type: typ, Instance: name, Time: now, State: state, Details: maps.Clone(details)}
+			if p.StateName == "EXITED" {
+				ev.Details["exitstatus"] = strconv.Itoa(p.ExitStatus)
+			}
+			if typ == drivers.EventFailed {
+				msg := fmt.Sprintf("program %s is %s", name, p.StateName)
+				if exited(old, p) && (p.StateName == "STARTING" || p.StateName == "RUNNING") {
+					msg = fmt.Sprintf("program %s exited without being stopped and supervisord restarted it", name)
+				}
+				if p.SpawnErr != "" {
+					ev.Details["spawnerr"] = p.SpawnErr
+					msg += ": " + p.SpawnErr
+				}
+				if p.StateName == "EXITED" {
+					msg += fmt.Sprintf(" (exit status %d)", p.ExitStatus)
+				}
+				ev.Error = &drivers.ErrorInfo{Code: drivers.Internal, Message: msg}
+			}
+			evs = append(evs, ev)
+		}
 	}
 	for _, name := range sortedKeys(prev) {
 		if _, ok := cur[name]; !ok {
@@ -107,26 +119,44 @@ func (d *Driver) diff(procs []processInfo, exit map[string][]int, now time.Time)
 	return evs
 }
 
-// transition names the event for a state change from old to p.
-func transition(old, p processInfo, state drivers.State) drivers.EventType {
+// exited reports whether the process that was running at the previous
+// poll has ended since (supervisord records its exit time).
+func exited(old, p processInfo) bool {
+	return old.PID > 0 && (p.PID != old.PID || p.Stop > old.Stop) && p.Stop >= old.Start
+}
+
+// transition names the events for a state change from old to p. A
+// process that was RUNNING and ended between two polls without going
+// through a stop, and that supervisord is restarting (autorestart), is a
+// crash: failed, then the state it is in now. (supervisord resets the exit
+// status when it respawns, so the status of such an exit is not known; a
+// restart made by hand that falls entirely between two polls looks the
+// same.)
+func transition(old, p processInfo, state drivers.State) []drivers.EventType {
+	crashed := old.StateName == "RUNNING" && exited(old, p) &&
+		(p.StateName == "STARTING" || p.StateName == "RUNNING")
+	var out []drivers.EventType
+	if crashed {
+		out = append(out, drivers.EventFailed)
+	}
 	switch p.StateName {
 	case "RUNNING":
-		if old.StateName == "RUNNING" {
-			return drivers.EventRestarted // a new pid between two polls
+		if old.StateName == "RUNNING" && !crashed {
+			return append(out, drivers.EventRestarted) // a new pid between two polls
 		}
-		return drivers.EventStarted
+		return append(out, drivers.EventStarted)
 	case "STOPPED":
-		return drivers.EventStopped
+		return append(out, drivers.EventStopped)
 	case "EXITED":
 		if state == drivers.StateError {
-			return drivers.EventFailed
+			return append(out, drivers.EventFailed)
 		}
-		return drivers.EventStopped
+		return append(out, drivers.EventStopped)
 	case "FATAL", "BACKOFF":
 		// BACKOFF: the process exited before startsecs; supervisord retries.
-		return drivers.EventFailed
+		return append(out, drivers.EventFailed)
 	}
-	return drivers.EventStateChanged
+	return append(out, drivers.EventStateChanged)
 }
 
 func sortedKeys(m map[string]processInfo) []string {

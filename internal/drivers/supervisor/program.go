@@ -49,6 +49,10 @@ type programSettings struct {
 	StartRetries int
 }
 
+// hereMacro is replaced by supervisord in every value of its
+// configuration by plain text substitution, before %-expansion.
+const hereMacro = "%(here)s"
+
 var envKeyPattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // checkText rejects what could break out of one line of an INI value:
@@ -79,6 +83,9 @@ func checkPlain(field, v string) error {
 	if inlineComment(v) {
 		return drivers.Errorf(drivers.InvalidArgument, "%s: %q: ';' or '#' after whitespace would start a comment in supervisor's configuration", field, v)
 	}
+	if strings.Contains(v, hereMacro) {
+		return drivers.Errorf(drivers.InvalidArgument, "%s: supervisord replaces %s in every value, even escaped", field, hereMacro)
+	}
 	return nil
 }
 
@@ -108,7 +115,15 @@ func quoteArg(arg string) string {
 	}
 	var b strings.Builder
 	open := false
+	prev := rune(0)
 	for _, r := range arg {
+		if r == '(' && prev == '%' && open {
+			// supervisord replaces the text %(here)s everywhere before
+			// any other expansion, even in %%(here)s: keep '%' and '('
+			// apart with an empty pair of quotes.
+			b.WriteString("''")
+		}
+		prev = r
 		switch r {
 		case '\'', ';', '#':
 			if open {
@@ -143,6 +158,9 @@ func quoteEnvValue(key, v string) (string, error) {
 	}
 	if inlineComment(v) {
 		return "", drivers.Errorf(drivers.InvalidArgument, "%s: ';' or '#' after whitespace would start a comment in supervisor's configuration", field)
+	}
+	if strings.Contains(v, hereMacro) {
+		return "", drivers.Errorf(drivers.InvalidArgument, "%s: supervisord replaces %s in every value, even escaped", field, hereMacro)
 	}
 	if strings.HasPrefix(v, `"`) || strings.HasPrefix(v, `'`) || strings.HasSuffix(v, `"`) || strings.HasSuffix(v, `'`) {
 		return "", drivers.Errorf(drivers.InvalidArgument, "%s: supervisor strips quotes from both ends of environment values, so a value cannot start or end with a quote", field)

@@ -1,0 +1,427 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/testenv"
+)
+
+// events collects what a Watch emits.
+type events struct {
+	mu  sync.Mutex
+	evs []drivers.Event
+}
+
+func (e *events) emit(ev drivers.Event) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.evs = append(e.evs, ev)
+}
+
+// wait polls until an event for instance matches.
+func (e *events) wait(t *testing.T, what, instance string, match func(drivers.Event) bool) drivers.Event {
+	t.Helper()
+	var found drivers.Event
+	testenv.Eventually(t, 20*time.Second, func() error {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		for _, ev := range e.evs {
+			if ev.Instance == instance && match(ev) {
+				found = ev
+				return nil
+			}
+		}
+		var seen []string
+		for _, ev := range e.evs {
+			if ev.Instance == instance {
+				seen = append(seen, fmt.Sprintf("%s(%s)", ev.Type, ev.Details["native_state"]))
+			}
+		}
+		return fmt.Errorf("no %s event for %s; seen %v", what, instance, seen)
+	})
+	return found
+}
+
+// watch runs d.Watch until the test ends.
+func watch(t *testing.T, d *Driver) *events {
+	t.Helper()
+	var got events
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Watch(ctx, got.emit) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Watch: %v", err)
+		}
+	})
+	return &got
+}
+
+func supervisorctl(t *testing.T, args ...string) {
+	t.Helper()
+	conf := filepath.Join(setupDir(), "supervisord.conf")
+	out, err := exec.Command("supervisorctl", append([]string{"-c", conf}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("supervisorctl %v: %v: %s", args, err, out)
+	}
+}
+
+// A hostile environment and command line cannot add a line to the program
+// file, and supervisord hands every value to the program unchanged.
+func TestHostileValuesReachTheProgramVerbatim(t *testing.T) {
+	o := testOptions(t)
+	d, ctx := newDriver(t, o)
+	name := uniqueName("sbsv-hostile")
+	tm, want := hostileTemplate(name)
+	cleanupDelete(t, d, name)
+	if _, err := d.Create(ctx, tm); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	data, err := os.ReadFile(d.programFile(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkProgramFile(t, string(data), name)
+	cs, err := d.rpc.getAllConfigInfo(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cs {
+		if c.Name == "evil" || strings.Contains(c.Name, "evil") {
+			t.Errorf("supervisord has a program %q", c.Name)
+		}
+	}
+	if _, err := d.Start(ctx, name); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		var got []string
+		err := d.Logs(ctx, name, drivers.LogOptions{Lines: 100}, func(l drivers.LogLine) error {
+			got = append(got, l.Line)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if !slices.Equal(got, want) {
+			return fmt.Errorf("program printed\n%q\nwant\n%q", got, want)
+		}
+		return nil
+	})
+
+	// Rejected values never reach the programs directory.
+	bad := tm
+	bad.Name = uniqueName("sbsv-evil")
+	bad.Environment = map[string]string{"X": "1\n[program:evil]\ncommand=/bin/false"}
+	_, err = d.Create(ctx, bad)
+	wantCode(t, "Create with a newline in the environment", err, drivers.InvalidArgument)
+	if _, err := os.Stat(d.programFile(bad.Name)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a rejected create left %s behind (%v)", d.programFile(bad.Name), err)
+	}
+}
+
+// A program that keeps failing reaches FATAL, Start says so, the feed
+// emits failed, and health lists it as an issue.
+func TestCrashingProgramReachesFatal(t *testing.T) {
+	o := testOptions(t)
+	o.StartRetries = 0
+	d, ctx := newDriver(t, o)
+	got := watch(t, d)
+	name := uniqueName("sbsv-crash")
+	cleanupDelete(t, d, name)
+	_, err := d.Create(ctx, drivers.InstanceTemplate{Name: name, Command: []string{"/bin/sh", "-c", "echo boom >&2; exit 3"}})
+	if err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	got.wait(t, "appeared", name, func(ev drivers.Event) bool { return ev.Type == drivers.EventAppeared })
+	_, err = d.Start(ctx, name)
+	if err == nil || !strings.Contains(err.Error(), "FATAL") {
+		t.Fatalf("Start of a crashing program: %v, want a FATAL error", err)
+	}
+	inst, err := d.Get(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inst.State != drivers.StateError || inst.NativeState != "FATAL" {
+		t.Errorf("Get: %s (%s), want error (FATAL)", inst.State, inst.NativeState)
+	}
+	ev := got.wait(t, "failed", name, func(ev drivers.Event) bool {
+		return ev.Type == drivers.EventFailed && ev.Details["native_state"] == "FATAL"
+	})
+	if ev.State != drivers.StateError || ev.Error == nil {
+		t.Errorf("failed event %+v: want state error and an error", ev)
+	}
+	h, err := d.Health(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(h.Issues, func(s string) bool { return strings.Contains(s, name) && strings.Contains(s, "FATAL") }) {
+		t.Errorf("health issues %q do not list %s as FATAL", h.Issues, name)
+	}
+	if h.Instances[drivers.StateError] == 0 {
+		t.Errorf("health counts %v have no error instance", h.Instances)
+	}
+	var lines []drivers.LogLine
+	if err := d.Logs(ctx, name, drivers.LogOptions{Lines: 5}, func(l drivers.LogLine) error { lines = append(lines, l); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(lines, drivers.LogLine{Stream: "stderr", Line: "boom"}) {
+		t.Errorf("logs %+v lack stderr line boom", lines)
+	}
+}
+
+// Changes made with supervisorctl by hand, and a crash, become events.
+func TestChangesMadeOutsideBecomeEvents(t *testing.T) {
+	o := testOptions(t)
+	d, ctx := newDriver(t, o)
+	got := watch(t, d)
+	name := uniqueName("sbsv-outside")
+	cleanupDelete(t, d, name)
+	h := harness{opts: o}
+	if _, err := d.Create(ctx, h.Template(name)); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	got.wait(t, "appeared", name, func(ev drivers.Event) bool { return ev.Type == drivers.EventAppeared })
+	if _, err := d.Start(ctx, name); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	got.wait(t, "started", name, func(ev drivers.Event) bool { return ev.Type == drivers.EventStarted })
+
+	supervisorctl(t, "stop", name)
+	got.wait(t, "stopped", name, func(ev drivers.Event) bool {
+		return ev.Type == drivers.EventStopped && ev.State == drivers.StateStopped
+	})
+
+	supervisorctl(t, "start", name)
+	inst, err := d.Get(ctx, name)
+	if err != nil || inst.State != drivers.StateRunning {
+		t.Fatalf("after supervisorctl start: %+v, %v", inst, err)
+	}
+	// A crash: supervisord restarts the program (autorestart=unexpected).
+	p, err := d.rpc.getProcessInfo(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(p.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	ev := got.wait(t, "failed", name, func(ev drivers.Event) bool { return ev.Type == drivers.EventFailed })
+	if ev.Error == nil || ev.Details["from"] != "RUNNING" {
+		t.Errorf("crash event %+v: want an error, from RUNNING", ev)
+	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		i, err := d.Get(ctx, name)
+		if err == nil && i.State != drivers.StateRunning {
+			err = fmt.Errorf("state %s after the crash, want running again", i.State)
+		}
+		return err
+	})
+
+	// Removed by hand: vanished.
+	supervisorctl(t, "stop", name)
+	supervisorctl(t, "remove", name)
+	got.wait(t, "vanished", name, func(ev drivers.Event) bool { return ev.Type == drivers.EventVanished })
+}
+
+// Programs defined in supervisord's own configuration are listed, started
+// and stopped, but delete and clone refuse them.
+func TestUnmanagedProgram(t *testing.T) {
+	o := testOptions(t)
+	d, ctx := newDriver(t, o)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if _, err := d.Start(ctx, nativeProgram); err != nil {
+			t.Errorf("restarting %s: %v", nativeProgram, err)
+		}
+	})
+	list, err := d.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(list, func(i drivers.Instance) bool { return i.Name == nativeProgram })
+	if i < 0 {
+		t.Fatalf("List does not show %s: %+v", nativeProgram, list)
+	}
+	if list[i].Managed {
+		t.Errorf("%s is listed as managed", nativeProgram)
+	}
+	for _, force := range []bool{false, true} {
+		_, err = d.Delete(ctx, nativeProgram, drivers.DeleteOptions{Force: force})
+		wantCode(t, fmt.Sprintf("Delete(force=%v) of a program defined in supervisord.conf", force), err, drivers.Conflict)
+		if !strings.Contains(err.Error(), "not created by subbus") {
+			t.Errorf("Delete error %q does not say why", err)
+		}
+	}
+	_, err = d.Clone(ctx, nativeProgram, uniqueName("sbsv-clone"))
+	wantCode(t, "Clone of a program defined in supervisord.conf", err, drivers.Conflict)
+
+	if _, err := d.Start(ctx, nativeProgram); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	changed, err := d.Stop(ctx, nativeProgram, drivers.StopOptions{Timeout: 5 * time.Second})
+	if err != nil || !changed {
+		t.Fatalf("Stop: changed=%v err=%v", changed, err)
+	}
+	changed, err = d.Start(ctx, nativeProgram)
+	if err != nil || !changed {
+		t.Fatalf("Start: changed=%v err=%v", changed, err)
+	}
+}
+
+// The HTTP transport with basic auth works; a wrong password is
+// permission_denied.
+func TestHTTPTransport(t *testing.T) {
+	o := testOptions(t)
+	o.URL = httpURL()
+	o.Username, o.Password = httpUser, httpPassword
+	d, ctx := newDriver(t, o)
+	h, err := d.Health(ctx)
+	if err != nil {
+		t.Fatalf("Health over HTTP: %v", err)
+	}
+	if !strings.HasPrefix(h.Version, "4.") || h.APIVersion == "" {
+		t.Errorf("Health: version %q api %q", h.Version, h.APIVersion)
+	}
+	if _, err := d.Get(ctx, nativeProgram); err != nil {
+		t.Errorf("Get over HTTP: %v", err)
+	}
+	for _, c := range []struct{ user, password string }{{httpUser, "wrong"}, {"", ""}} {
+		o.Username, o.Password = c.user, c.password
+		bad, err := New(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantCode(t, fmt.Sprintf("Connect as %q/%q", c.user, c.password), bad.Connect(ctx), drivers.PermissionDenied)
+	}
+}
+
+// throwaway is a supervisord the test starts on its own socket.
+type throwaway struct {
+	conf string
+	cmd  *exec.Cmd
+}
+
+func startThrowaway(t *testing.T, dir string) *throwaway {
+	t.Helper()
+	s := &throwaway{conf: filepath.Join(dir, "supervisord.conf")}
+	if _, err := os.Stat(s.conf); err != nil {
+		if err := os.MkdirAll(filepath.Join(dir, "programs"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		conf := fmt.Sprintf(`[unix_http_server]
+file=%[1]s/s.sock
+[supervisord]
+logfile=%[1]s/supervisord.log
+pidfile=%[1]s/supervisord.pid
+childlogdir=%[1]s
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+[include]
+files = %[1]s/programs/*.conf
+`, dir)
+		if err := os.WriteFile(s.conf, []byte(conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.cmd = exec.Command("supervisord", "-n", "-c", s.conf)
+	if err := s.cmd.Start(); err != nil {
+		t.Skipf("cannot start supervisord: %v", err)
+	}
+	t.Cleanup(s.stop)
+	return s
+}
+
+func (s *throwaway) stop() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	_ = s.cmd.Wait()
+	s.cmd = nil
+}
+
+// A supervisord that is down gives unavailable and trips the manager's
+// breaker; once it is back the breaker closes.
+func TestDownSupervisordTripsBreaker(t *testing.T) {
+	testOptions(t) // skips when supervisord is not installed/set up
+	dir := t.TempDir()
+	sv := startThrowaway(t, dir)
+	o := DefaultOptions()
+	o.URL = "unix://" + filepath.Join(dir, "s.sock")
+	o.ProgramsDir = filepath.Join(dir, "programs")
+	o.LogDir = dir
+	d, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 20*time.Second, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		return d.Connect(ctx)
+	})
+	m := manager.New(d, manager.Options{
+		BreakerFailures: 2, BreakerOpenTimeout: 300 * time.Millisecond,
+		RetryAttempts: 1, CacheTTL: -1,
+	})
+	t.Cleanup(func() { _ = m.Close() })
+	var mu sync.Mutex
+	var breaker []drivers.EventType
+	unsub := m.Subscribe(func(ev drivers.Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		breaker = append(breaker, ev.Type)
+	})
+	t.Cleanup(unsub)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := m.Connect(ctx); err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	if _, err := m.List(ctx); err != nil {
+		t.Fatalf("List: %v", err)
+	}
+
+	sv.stop()
+	for i := 0; i < 2; i++ {
+		_, err := m.List(ctx)
+		if !errors.Is(err, drivers.ErrUnavailable) {
+			t.Fatalf("List with supervisord down: %v (code %s), want unavailable", err, drivers.CodeOf(err))
+		}
+	}
+	if s := m.BreakerState(); s != "open" {
+		t.Fatalf("breaker %s after 2 unavailable calls, want open", s)
+	}
+	_, err = m.Health(ctx)
+	if !errors.Is(err, drivers.ErrUnavailable) {
+		t.Errorf("Health with the breaker open: %v, want unavailable", err)
+	}
+
+	startThrowaway(t, dir)
+	testenv.Eventually(t, 20*time.Second, func() error {
+		_, err := m.List(ctx)
+		if err == nil && m.BreakerState() != "closed" {
+			err = fmt.Errorf("breaker %s", m.BreakerState())
+		}
+		return err
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Contains(breaker, drivers.EventBreakerOpened) || !slices.Contains(breaker, drivers.EventBreakerClosed) {
+		t.Errorf("breaker events %v, want breaker_opened and breaker_closed", breaker)
+	}
+}
