@@ -167,9 +167,10 @@ func TestEndToEndCLI(t *testing.T) {
 	if u.MemoryMB <= 0 || !u.Measured.Has(drivers.MeasureCPU|drivers.MeasureMemory) {
 		t.Errorf("metrics %+v", u)
 	}
-	f.ok("lxc", "limits", "set", name, "--cpu", "1", "--memory", "128")
-	if out := f.ok("lxc", "limits", "get", name); !strings.Contains(out, "128") {
-		t.Errorf("limits get: %q", out)
+	f.ok("lxc", "limits", "set", name, "--cpu", "1.5", "--memory", "128")
+	var lim drivers.ResourceLimits
+	if err := json.Unmarshal([]byte(f.ok("lxc", "limits", "get", name, "--json")), &lim); err != nil || lim.CPUCores != 1.5 || lim.MemoryMB != 128 {
+		t.Errorf("limits get: %+v (%v), want 1.5 cores and 128 MB", lim, err)
 	}
 
 	if out := f.ok("lxc", "network", "list"); !strings.Contains(out, netName) {

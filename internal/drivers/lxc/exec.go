@@ -31,12 +31,9 @@ const maxExecOutput = 64 << 20
 // takes the exit code from metadata.return, then fetches stdout and stderr
 // from the paths metadata.output names (used verbatim: LXD and Incus put
 // them in different places) and deletes them. Output is therefore written
-// when the command has finished, not as it is produced. Stdin is
-// Unsupported in this mode.
+// when the command has finished, not as it is produced. A request with
+// Stdin runs over the exec websockets instead (see execStreams).
 func (d *Driver) Exec(ctx context.Context, name string, req drivers.ExecRequest, stdout, stderr drivers.Writer) (int, error) {
-	if len(req.Stdin) > 0 {
-		return -1, drivers.Unsupportedf("lxc: exec: stdin is not supported (commands run with recorded output)")
-	}
 	c, _, err := d.conn()
 	if err != nil {
 		return -1, err
@@ -55,6 +52,9 @@ func (d *Driver) Exec(ctx context.Context, name string, req drivers.ExecRequest,
 			return -1, err
 		}
 		body.User, body.Group = uid, gid
+	}
+	if len(req.Stdin) > 0 {
+		return d.execStreams(ctx, c, name, body, req.Stdin, stdout, stderr)
 	}
 	op, err := c.async(ctx, http.MethodPost, "/1.0/instances/"+esc(name)+"/exec", body, nil)
 	if err != nil {

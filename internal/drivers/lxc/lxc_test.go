@@ -114,7 +114,6 @@ func TestConformance(t *testing.T) {
 		driverstest.WithOperationTimeout(90*time.Second),
 		driverstest.WithSettleTimeout(30*time.Second),
 		driverstest.WithStopTimeout(10*time.Second),
-		driverstest.WithSkip("Exec/Stdin", "exec runs with recorded output (no websockets), which has no stdin"),
 	)
 }
 
