@@ -55,7 +55,7 @@ type Options struct {
 	// registry (tests, embedding). They must not be connected yet.
 	Managers []*manager.Manager
 	// ManagerOptions returns the options of the manager wrapping driver
-	// name; nil gives manager.Options{Host, Logger}.
+	// name; nil reads them with manager.OptionsFromConfig.
 	ManagerOptions func(name string) manager.Options
 
 	// Connect connects to an external NATS server; the options given must

@@ -81,7 +81,11 @@ func New(ctx context.Context, opts Options) (*Worker, error) {
 			return nil, err
 		}
 		for _, d := range ds {
-			mgrs = append(mgrs, manager.New(d, w.managerOptions(d.Name())))
+			mo, err := w.managerOptions(d.Name())
+			if err != nil {
+				return nil, err
+			}
+			mgrs = append(mgrs, manager.New(d, mo))
 		}
 	}
 	for _, m := range mgrs {
@@ -102,11 +106,19 @@ func New(ctx context.Context, opts Options) (*Worker, error) {
 	return w, nil
 }
 
-func (w *Worker) managerOptions(name string) manager.Options {
+// managerOptions reads the manager settings of driver name from the
+// configuration (manager.OptionsFromConfig), with this worker's host.
+func (w *Worker) managerOptions(name string) (manager.Options, error) {
 	if w.opts.ManagerOptions != nil {
-		return w.opts.ManagerOptions(name)
+		return w.opts.ManagerOptions(name), nil
 	}
-	return manager.Options{Host: w.host, Logger: w.log.With().Str("driver", name).Logger()}
+	mo, err := manager.OptionsFromConfig(w.opts.Config, name)
+	if err != nil {
+		return manager.Options{}, err
+	}
+	mo.Host = w.host
+	mo.Logger = w.log.With().Str("driver", name).Logger()
+	return mo, nil
 }
 
 // selectDrivers builds the configured drivers, or process plus every

@@ -1,0 +1,226 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/subbus/subbus/internal/config"
+	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/messages"
+	"github.com/subbus/subbus/internal/registry"
+	"github.com/subbus/subbus/internal/testenv"
+)
+
+// startProcessWorker runs a worker serving the real process driver, built
+// through the registry as cmd/worker does, with its state in a temp dir.
+func startProcessWorker(t *testing.T, mutate func(*Options)) (*runningWorker, *nats.Conn) {
+	t.Helper()
+	if _, ok := registry.Lookup("process"); !ok {
+		testenv.Require(t, "the process driver in the registry", errors.New("not registered"), "register it in internal/registry/builtin.go")
+	}
+	cfg, err := config.Parse([]byte(fmt.Sprintf("process:\n  state_dir: %s\n  cgroups: \"off\"\n", t.TempDir())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startNATS(t)
+	w := startWorker(t, s, nil, func(o *Options) {
+		o.Config = cfg
+		o.Drivers = []string{"process"}
+		if mutate != nil {
+			mutate(o)
+		}
+	})
+	return w, connect(t, s.ClientURL())
+}
+
+func uniqueName(prefix string) string { return fmt.Sprintf("%s-%06d", prefix, rand.IntN(1000000)) }
+
+// TestProcessOpsThroughBus runs every op of the process driver through the
+// bus as subbus does, checks the replies against the schemas, and checks
+// that the events landed in SUBSTRATE_EVENTS once each, with request ids.
+func TestProcessOpsThroughBus(t *testing.T) {
+	w, nc := startProcessWorker(t, nil)
+	m := w.Managers()[0]
+	var rec eventRecorder
+	m.Subscribe(rec.record)
+	name := uniqueName("bus")
+	t.Cleanup(func() {
+		_, _ = callErr(nc, subj("process", messages.OpDelete), messages.DeleteRequest{Name: name, Force: true}, nil, 10*time.Second)
+	})
+	hostOp := func(op messages.Op) string { return hostSubj("process", w.Host(), op) }
+
+	var caps messages.CapabilitiesResult
+	okSchema(t, nc, subj("process", messages.OpCapabilities), nil, &caps)
+	if !caps.Capabilities.Exec || !caps.Capabilities.Logs || !caps.Capabilities.Clone {
+		t.Fatalf("capabilities %+v", caps)
+	}
+	var health drivers.Health
+	okSchema(t, nc, subj("process", messages.OpHealth), nil, &health)
+	if !health.Healthy {
+		t.Fatalf("health %+v", health)
+	}
+
+	script := `echo started; while true; do echo tick; sleep 0.2; done`
+	var inst drivers.Instance
+	okSchemaH(t, nc, subj("process", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{
+		Name: name, BaseImage: "/bin/sh", Command: []string{"/bin/sh", "-c", script}, Environment: map[string]string{"GREETING": "hello"}}},
+		map[string]string{messages.HeaderRequestID: "req-create-" + name}, &inst)
+	if inst.Name != name || inst.State != drivers.StateStopped || inst.Host != w.Host() || inst.Driver != "process" {
+		t.Fatalf("created %+v", inst)
+	}
+	wantErr(t, nc, subj("process", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{Name: name, BaseImage: "/bin/true"}}, nil, drivers.AlreadyExists)
+
+	var ch messages.ChangedResult
+	okSchema(t, nc, hostOp(messages.OpStart), messages.NameRequest{Name: name}, &ch)
+	if !ch.Changed || ch.Instance == nil || ch.Instance.State != drivers.StateRunning {
+		t.Fatalf("start %+v", ch)
+	}
+	okSchema(t, nc, subj("process", messages.OpStart), messages.NameRequest{Name: name}, &ch)
+	if ch.Changed {
+		t.Fatal("second start changed something")
+	}
+	var list []drivers.Instance
+	okSchema(t, nc, subj("process", messages.OpList), nil, &list)
+	found := false
+	for _, i := range list {
+		found = found || (i.Name == name && i.State == drivers.StateRunning)
+	}
+	if !found {
+		t.Fatalf("%s not running in list %+v", name, list)
+	}
+	okSchema(t, nc, subj("process", messages.OpGet), messages.NameRequest{Name: name}, &inst)
+
+	var usage drivers.ResourceUsage
+	okSchema(t, nc, subj("process", messages.OpMetrics), messages.NameRequest{Name: name}, &usage)
+	if !usage.Measured.Has(drivers.MeasureMemory) || usage.MemoryMB <= 0 {
+		t.Fatalf("metrics %+v", usage)
+	}
+
+	var res drivers.ExecResult
+	okSchema(t, nc, subj("process", messages.OpExec), map[string]any{"name": name, "command": []string{"/bin/sh", "-c", "echo $GREETING; echo oops >&2; exit 4"}}, &res)
+	if string(res.Stdout) != "hello\n" || string(res.Stderr) != "oops\n" || res.ExitCode != 4 {
+		t.Fatalf("exec %+v (stdout %q stderr %q)", res, res.Stdout, res.Stderr)
+	}
+	chunks := streamCall(t, nc, subj("process", messages.OpExec), map[string]any{"name": name, "command": []string{"/bin/sh", "-c", "for i in 1 2 3; do echo out$i; done; exit 2"}, "stream": true}, 0)
+	var out strings.Builder
+	for _, c := range chunks {
+		validateJSONSchema(t, "chunk.schema.json", c)
+		out.Write(c.Data)
+	}
+	if last := chunks[len(chunks)-1]; out.String() != "out1\nout2\nout3\n" || last.ExitCode == nil || *last.ExitCode != 2 {
+		t.Fatalf("streamed exec %q, final %+v", out.String(), last)
+	}
+
+	testenv.Eventually(t, 10*time.Second, func() error {
+		var lines []drivers.LogLine
+		r, _ := request(t, nc, subj("process", messages.OpLogs), messages.LogsRequest{Name: name, Lines: 5}, nil)
+		if r.Error != nil {
+			return fmt.Errorf("logs: %+v", r.Error)
+		}
+		if err := jsonUnmarshal(r.Result, &lines); err != nil {
+			return err
+		}
+		if len(lines) < 2 || lines[len(lines)-1].Line != "tick" {
+			return fmt.Errorf("log lines %+v", lines)
+		}
+		return nil
+	})
+	follow := streamCall(t, nc, subj("process", messages.OpLogs), messages.LogsRequest{Name: name, Lines: 1, Follow: true}, 4)
+	for _, c := range follow {
+		if !c.Heartbeat && (c.Line == nil || (c.Line.Line != "tick" && c.Line.Line != "started")) {
+			t.Fatalf("followed chunk %+v", c)
+		}
+	}
+
+	okSchema(t, nc, subj("process", messages.OpStop), messages.StopRequest{Name: name, Timeout: "5s"}, &ch)
+	if !ch.Changed || ch.Instance == nil || ch.Instance.State != drivers.StateStopped {
+		t.Fatalf("stop %+v", ch)
+	}
+	wantErr(t, nc, subj("process", messages.OpExec), map[string]any{"name": name, "command": []string{"/bin/true"}}, nil, drivers.Conflict)
+	okSchema(t, nc, subj("process", messages.OpRestart), messages.StopRequest{Name: name, Timeout: "5s"}, &ch)
+	if ch.Instance == nil || ch.Instance.State != drivers.StateRunning {
+		t.Fatalf("restart %+v", ch)
+	}
+
+	clone := name + "-clone"
+	var cl drivers.Instance
+	okSchema(t, nc, subj("process", messages.OpClone), messages.CloneRequest{Source: name, Target: clone}, &cl)
+	if cl.Name != clone || cl.State != drivers.StateStopped {
+		t.Fatalf("clone %+v", cl)
+	}
+	okSchema(t, nc, subj("process", messages.OpDelete), messages.DeleteRequest{Name: clone}, &ch)
+
+	// Unsupported capabilities answer unsupported (cgroups are off here).
+	for _, op := range []messages.Op{messages.OpLimitsGet, messages.OpSnapshotList} {
+		wantErr(t, nc, subj("process", op), messages.NameRequest{Name: name}, nil, drivers.Unsupported)
+	}
+	wantErr(t, nc, subj("process", messages.OpNetworkList), nil, nil, drivers.Unsupported)
+
+	wantErr(t, nc, subj("process", messages.OpDelete), messages.DeleteRequest{Name: name}, nil, drivers.Conflict)
+	okSchema(t, nc, subj("process", messages.OpDelete), messages.DeleteRequest{Name: name, Force: true}, &ch)
+	wantErr(t, nc, subj("process", messages.OpGet), messages.NameRequest{Name: name}, nil, drivers.NotFound)
+
+	// Every event emitted is stored once (the recorder subscribed after
+	// the worker connected the driver, so the stream may hold more); the
+	// create event carries the request id.
+	waitEvents(t, nc, rec.all(), false)
+	var sawCreate bool
+	for _, e := range streamEvents(t, nc) {
+		validateJSONSchema(t, "event.schema.json", e)
+		if e.Data.Type == drivers.EventCreated && e.Subject == name {
+			sawCreate = true
+			if e.Data.RequestID != "req-create-"+name {
+				t.Errorf("created event request id %q", e.Data.RequestID)
+			}
+		}
+	}
+	if !sawCreate {
+		t.Fatal("no created event in the stream")
+	}
+}
+
+// TestProcessBadInputChangesNothing: rejected requests leave the process
+// driver as it was.
+func TestProcessBadInputChangesNothing(t *testing.T) {
+	_, nc := startProcessWorker(t, nil)
+	var before, after []drivers.Instance
+	okSchema(t, nc, subj("process", messages.OpList), nil, &before)
+	for _, body := range []string{
+		`{"template":{"name":"../../x","base_image":"/bin/true"}}`,
+		`{"template":{"name":"ok","base_image":"/bin/true"},"extra":1}`,
+		`{"template":{"name":["ok"],"base_image":"/bin/true"}}`,
+		`{"template":`,
+	} {
+		wantErr(t, nc, subj("process", messages.OpCreate), body, nil, drivers.InvalidArgument)
+	}
+	hdr := map[string]string{messages.HeaderDeadline: messages.FormatDeadline(time.Now().Add(-time.Millisecond))}
+	wantErr(t, nc, subj("process", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{Name: uniqueName("late"), BaseImage: "/bin/true"}}, hdr, drivers.Timeout)
+	okSchema(t, nc, subj("process", messages.OpList), nil, &after)
+	if len(before) != len(after) {
+		t.Fatalf("instances before %d, after %d", len(before), len(after))
+	}
+}
+
+// TestProcessMetricsStream: samples of running process instances land in
+// SUBSTRATE_METRICS.
+func TestProcessMetricsStream(t *testing.T) {
+	_, nc := startProcessWorker(t, func(o *Options) {
+		o.EnableMetrics = true
+		o.MetricsInterval = 200 * time.Millisecond
+	})
+	name := uniqueName("met")
+	t.Cleanup(func() {
+		_, _ = callErr(nc, subj("process", messages.OpDelete), messages.DeleteRequest{Name: name, Force: true}, nil, 10*time.Second)
+	})
+	okSchema(t, nc, subj("process", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{Name: name, BaseImage: "/bin/sleep", Command: []string{"/bin/sleep", "60"}}}, nil)
+	okSchema(t, nc, subj("process", messages.OpStart), messages.NameRequest{Name: name}, nil)
+	testenv.Eventually(t, 15*time.Second, func() error {
+		return lastMetrics(t, nc, messages.MetricsSubject("process", "h1", name))
+	})
+}
