@@ -46,7 +46,24 @@ profiles:
 YAML
 fi
 
-# 3. The test image: a busybox rootfs whose init is a shell script that
+# 3. HTTPS on the loopback only (for the remote-transport tests), with a
+#    client certificate the server trusts, in $state/client.{crt,key}.
+https_addr="${SUBBUS_LXD_HTTPS:-127.0.0.1:8443}"
+if [ -z "$(lxc config get core.https_address 2>/dev/null)" ]; then
+	lxc config set core.https_address "$https_addr"
+fi
+if [ ! -s "$state/client.crt" ] && command -v openssl >/dev/null; then
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:secp384r1 -nodes -days 3650 \
+		-subj "/CN=subbus-test" -keyout "$state/client.key" -out "$state/client.crt" >/dev/null 2>&1
+fi
+if [ -s "$state/client.crt" ]; then
+	fp=$(openssl x509 -in "$state/client.crt" -noout -fingerprint -sha256 | cut -d= -f2 | tr -d : | tr 'A-F' 'a-f')
+	if ! lxc query "/1.0/certificates/$fp" >/dev/null 2>&1; then
+		lxc config trust add "$state/client.crt" >/dev/null
+	fi
+fi
+
+# 4. The test image: a busybox rootfs whose init is a shell script that
 #    writes "subbus-conformance <hostname>" to the console, then a line
 #    "subbus-conformance tick N" every second; it exits on SIGPWR (LXD's
 #    halt signal) or SIGTERM unless SUBBUS_IGNORE_STOP=1. The image carries
