@@ -440,7 +440,18 @@ func TestOOMKilled(t *testing.T) {
 // TestCPUPercentMatchesDockerStats: a container spinning under a
 // half-core limit shows ~50% both in the driver and in docker stats.
 func TestCPUPercentMatchesDockerStats(t *testing.T) {
-	d := connected(t)
+	for _, source := range []string{StatsAuto, StatsAPI} {
+		t.Run(source, func(t *testing.T) { testCPUPercent(t, source) })
+	}
+}
+
+func testCPUPercent(t *testing.T, source string) {
+	requireDocker(t)
+	d := New(Options{HostID: "test-host", StatsSource: source})
+	if err := d.Connect(testCtx(t, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
 	name := uniqueName("busy")
 	tmpl := busybox(name, "while :; do :; done")
 	tmpl.Resources = drivers.ResourceLimits{CPUCores: 0.5}
@@ -595,5 +606,64 @@ func TestMetricsMany(t *testing.T) {
 	}
 	if !errors.Is(res[3].Err, drivers.ErrNotFound) {
 		t.Errorf("absent container: %v, want not_found", res[3].Err)
+	}
+}
+
+// TestLocalStatsMatchAPI: the cgroup fast path reads the same counters
+// the stats API reports: sampled between two API samples, each counter
+// lies between them.
+func TestLocalStatsMatchAPI(t *testing.T) {
+	local := connected(t)
+	if local.cgroups == nil {
+		t.Skip("the local cgroup stats source is off (remote daemon)")
+	}
+	api := New(Options{HostID: "test-host", StatsSource: StatsAPI})
+	ctx := testCtx(t, 60*time.Second)
+	if err := api.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { api.Close() })
+	name := uniqueName("stats")
+	createT(t, local, busybox(name, "while :; do dd if=/dev/zero of=/tmp/f bs=64k count=16 2>/dev/null; sleep 0.2; done"))
+	if _, err := local.Start(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	a, err := api.Metrics(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := local.Metrics(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := local.cgroups.cached(name); !ok {
+		t.Fatal("the local sample did not come from the cgroup")
+	}
+	b, err := api.Metrics(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	between := func(what string, x, lo, hi uint64) {
+		if x < lo || x > hi {
+			t.Errorf("%s: local %d not within the API's %d..%d", what, x, lo, hi)
+		}
+	}
+	between("cpu time", l.Counters.CPUTimeNs, a.Counters.CPUTimeNs, b.Counters.CPUTimeNs)
+	between("net rx", l.Counters.NetRxBytes, a.Counters.NetRxBytes, b.Counters.NetRxBytes)
+	between("disk write", l.Counters.DiskWriteBytes, a.Counters.DiskWriteBytes, b.Counters.DiskWriteBytes)
+	if d := math.Abs(l.MemoryMB - a.MemoryMB); d > 4 {
+		t.Errorf("memory: local %.2f MB, API %.2f MB", l.MemoryMB, a.MemoryMB)
+	}
+	if l.Measured != a.Measured {
+		t.Errorf("measured: local %v, API %v", l.Measured.Names(), a.Measured.Names())
+	}
+	// A stopped container is not sampled from a stale cgroup.
+	if _, err := local.Stop(ctx, name, drivers.StopOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	u, err := local.Metrics(ctx, name)
+	if err != nil || u.CPUPercent != 0 || u.MemoryMB != 0 {
+		t.Errorf("stopped: %+v (%v), want an empty sample", u, err)
 	}
 }

@@ -30,12 +30,12 @@ const e2eImage = "subbus-test/busybox:latest"
 // fleet is a running worker serving the docker driver on an embedded
 // nats-server, and the subbus CLI pointed at it.
 type fleet struct {
-	t    *testing.T
+	t    testing.TB
 	url  string
 	host string
 }
 
-func startFleet(t *testing.T) *fleet {
+func startFleet(t testing.TB) *fleet {
 	t.Helper()
 	d := docker.New(docker.Options{})
 	probe, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -51,6 +51,9 @@ func (d *Driver) Metrics(ctx context.Context, name string) (drivers.ResourceUsag
 	if err != nil {
 		return drivers.ResourceUsage{}, err
 	}
+	if st, ok := d.localStats(ctx, name); ok {
+		return d.usageOf(st), nil
+	}
 	res, err := c.ContainerStats(ctx, name, client.ContainerStatsOptions{Stream: false})
 	if err != nil {
 		if codeOf(err) == drivers.NotFound {

@@ -1,0 +1,211 @@
+package docker_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/drivers/docker"
+)
+
+// benchContainers is how many running containers the benchmarks sample.
+const benchContainers = 20
+
+// BenchmarkDocker compares the driver with the docker CLI on the same
+// containers, in the same run:
+//
+//	Metrics20/driver-MetricsMany      one-shot stats of 20 containers, 8 in parallel
+//	Metrics20/docker-stats-no-stream  `docker stats --no-stream` of the same 20
+//	List/driver                       Driver.List
+//	List/subbus-cli-in-process        `subbus docker list` through a worker (cli.Run)
+//	List/subbus-binary                the built subbus binary, exec'd like docker
+//	List/docker-ps-a                  `docker ps -a`
+//
+// and logs the ratios. Run: go test -run '^$' -bench . ./internal/drivers/docker/
+func BenchmarkDocker(b *testing.B) {
+	d := docker.New(docker.Options{HostID: "bench"})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if err := d.Connect(ctx); err != nil {
+		b.Skipf("dockerd is not available: %v (bash scripts/setup/docker.sh)", err)
+	}
+	defer d.Close()
+	names := startBenchContainers(b, ctx, d)
+
+	res := map[string]float64{} // ns/op by sub-benchmark
+	record := func(b *testing.B, key string) {
+		res[key] = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+	}
+
+	b.Run("Metrics20/driver-MetricsMany", func(b *testing.B) {
+		for range b.N {
+			for _, r := range d.MetricsMany(ctx, names) {
+				if r.Err != nil {
+					b.Fatal(r.Err)
+				}
+			}
+		}
+		record(b, "metrics-driver")
+	})
+	api := docker.New(docker.Options{HostID: "bench", StatsSource: docker.StatsAPI})
+	if err := api.Connect(ctx); err != nil {
+		b.Fatal(err)
+	}
+	defer api.Close()
+	b.Run("Metrics20/driver-MetricsMany-api-only", func(b *testing.B) {
+		for range b.N {
+			for _, r := range api.MetricsMany(ctx, names) {
+				if r.Err != nil {
+					b.Fatal(r.Err)
+				}
+			}
+		}
+		record(b, "metrics-api")
+	})
+	b.Run("Metrics20/docker-stats-no-stream", func(b *testing.B) {
+		args := append([]string{"stats", "--no-stream"}, names...)
+		for range b.N {
+			if out, err := exec.Command("docker", args...).CombinedOutput(); err != nil {
+				b.Fatalf("docker stats: %v %s", err, out)
+			}
+		}
+		record(b, "metrics-docker")
+	})
+
+	b.Run("List/driver", func(b *testing.B) {
+		for range b.N {
+			if _, err := d.List(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+		record(b, "list-driver")
+	})
+	f := startFleet(b)
+	b.Run("List/subbus-cli-in-process", func(b *testing.B) {
+		for range b.N {
+			out, errs, st := f.subbus("docker", "list")
+			if st != 0 || !strings.Contains(out, names[0]) {
+				b.Fatalf("subbus docker list: %d %s", st, errs)
+			}
+		}
+		record(b, "list-cli")
+	})
+	bin := buildSubbus(b)
+	b.Run("List/subbus-binary", func(b *testing.B) {
+		for range b.N {
+			out, err := exec.Command(bin, "docker", "list", "--server", f.url).CombinedOutput()
+			if err != nil || !strings.Contains(string(out), names[0]) {
+				b.Fatalf("subbus docker list: %v %s", err, out)
+			}
+		}
+		record(b, "list-binary")
+	})
+	b.Run("List/docker-ps-a", func(b *testing.B) {
+		for range b.N {
+			if out, err := exec.Command("docker", "ps", "-a").CombinedOutput(); err != nil {
+				b.Fatalf("docker ps -a: %v %s", err, out)
+			}
+		}
+		record(b, "list-docker")
+	})
+
+	// The comparison goes to stdout so it shows without -v.
+	if res["metrics-driver"] > 0 && res["metrics-docker"] > 0 {
+		fmt.Printf("docker bench: metrics of %d running containers: driver %.1f ms (API only %.1f ms), docker stats --no-stream %.1f ms: %.0fx faster (API only %.1fx; target >= 5x)\n",
+			benchContainers, res["metrics-driver"]/1e6, res["metrics-api"]/1e6, res["metrics-docker"]/1e6,
+			res["metrics-docker"]/res["metrics-driver"], res["metrics-docker"]/res["metrics-api"])
+	}
+	if res["list-docker"] > 0 {
+		fmt.Printf("docker bench: list: driver %.2f ms, subbus CLI in-process %.2f ms, subbus binary %.2f ms, docker ps -a %.2f ms: subbus binary / docker ps -a = %.2f (target <= 1.5)\n",
+			res["list-driver"]/1e6, res["list-cli"]/1e6, res["list-binary"]/1e6, res["list-docker"]/1e6, res["list-binary"]/res["list-docker"])
+	}
+	fmt.Printf("docker bench: machine: %d CPUs, %s memory, docker %s\n", runtime.NumCPU(), memTotal(), dockerVersion())
+}
+
+// memTotal is MemTotal from /proc/meminfo.
+func memTotal() string {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return "unknown"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
+}
+
+// startBenchContainers creates and starts benchContainers idle
+// containers, removed when the benchmark ends.
+func startBenchContainers(b *testing.B, ctx context.Context, d *docker.Driver) []string {
+	b.Helper()
+	prefix := "sbdk-bench-" + randHex()
+	names := make([]string, benchContainers)
+	for i := range names {
+		names[i] = fmt.Sprintf("%s-%02d", prefix, i)
+	}
+	b.Cleanup(func() {
+		args := append([]string{"rm", "-f"}, names...)
+		_ = exec.Command("docker", args...).Run()
+	})
+	var wg sync.WaitGroup
+	errs := make(chan error, len(names))
+	sem := make(chan struct{}, 4)
+	for _, n := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			t := drivers.InstanceTemplate{Name: n, BaseImage: e2eImage,
+				Command: []string{"sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done"}}
+			if _, err := d.Create(ctx, t); err != nil {
+				errs <- err
+				return
+			}
+			if _, err := d.Start(ctx, n); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+	return names
+}
+
+// buildSubbus builds cmd/subbus into a temporary directory.
+func buildSubbus(b *testing.B) string {
+	b.Helper()
+	bin := filepath.Join(b.TempDir(), "subbus")
+	root, err := filepath.Abs("../../..")
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/subbus")
+	cmd.Dir = root
+	cmd.Env = os.Environ()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("go build ./cmd/subbus: %v %s", err, out)
+	}
+	return bin
+}
+
+func dockerVersion() string {
+	out, err := exec.Command("docker", "version", "-f", "{{.Server.Version}} (API {{.Server.APIVersion}})").Output()
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(out))
+}
