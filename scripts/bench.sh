@@ -10,6 +10,7 @@
 #   BENCHTIME=2s RUNS=50 bash scripts/bench.sh
 #   BENCH_PKGS="./internal/client" bash scripts/bench.sh   # only these packages
 #   SKIP_CLI=1 bash scripts/bench.sh                       # only the Go benchmarks
+#   SKIP_GO=1 bash scripts/bench.sh                        # only the CLI comparison
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -63,9 +64,10 @@ table() {
 }
 
 status=0
-if [[ ${#pkgs[@]} -eq 0 ]]; then
+if [[ ${#pkgs[@]} -eq 0 && -z ${SKIP_GO:-} ]]; then
 	echo "no package has benchmarks"
 fi
+[[ -n ${SKIP_GO:-} ]] && pkgs=()
 for p in "${pkgs[@]}"; do
 	hr "go benchmarks: $p"
 	out=$(mktemp)
