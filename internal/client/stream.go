@@ -90,6 +90,7 @@ func (c *Client) Stream(ctx context.Context, driver, host string, op messages.Op
 		// An error before the stream started may come as a plain error
 		// reply (micro's error headers, a Reply body) rather than a chunk.
 		if code := m.Header.Get(messages.HeaderErrorCode); code != "" {
+			ack(m)
 			if _, err := decodeReply(m); err != nil {
 				return err
 			}
