@@ -22,7 +22,8 @@ const benchContainers = 20
 // BenchmarkDocker compares the driver with the docker CLI on the same
 // containers, in the same run:
 //
-//	Metrics20/driver-MetricsMany      one-shot stats of 20 containers, 8 in parallel
+//	Metrics20/driver-MetricsMany      cgroup stats of 20 containers (default source)
+//	Metrics20/driver-MetricsMany-api-only  the same through the stats API only
 //	Metrics20/docker-stats-no-stream  `docker stats --no-stream` of the same 20
 //	List/driver                       Driver.List
 //	List/subbus-cli-in-process        `subbus docker list` through a worker (cli.Run)

@@ -29,7 +29,7 @@ func TestOptionsFromConfig(t *testing.T) {
 		check   func(Options) error
 	}{
 		{"defaults", "", "", func(o Options) error {
-			if o.Host != "unix:///var/run/docker.sock" || o.MetricsParallelism != 8 || o.AllowPull || o.DefaultResources != (Resources{}) {
+			if o.Host != "unix:///var/run/docker.sock" || o.MetricsParallelism != 32 || o.AllowPull || o.DefaultResources != (Resources{}) {
 				return fmt.Errorf("defaults %+v", o)
 			}
 			return nil
