@@ -329,6 +329,13 @@ func TestErrors(t *testing.T) {
 			}
 		})
 	}
+	// A worker that never answers: no_reply, naming driver and host.
+	silentHost(t, url, "h3")
+	r := subbus(t, url, "docker", "get", "web", "--host", "h3", "--timeout", "300ms")
+	if r.code != ExitNoReply || !strings.Contains(r.stderr, "error: no_reply: timed out waiting for docker on h3") {
+		t.Fatalf("silent worker: exit %d %q", r.code, r.stderr)
+	}
+
 	// Nothing listens there: unavailable, naming the URL.
 	var out, errOut bytes.Buffer
 	code := Run(context.Background(), []string{"-s", "nats://127.0.0.1:1", "process", "list"}, &out, &errOut)
@@ -359,6 +366,22 @@ func brokenHost(t *testing.T, url, host string) {
 		_ = r.Error(code, msg, messages.ErrorReply("", host, e))
 	}), micro.WithEndpointSubject("substrate.process."+host+".*"))
 	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// silentHost subscribes to host's docker subjects and never answers.
+func silentHost(t *testing.T, url, host string) {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	if _, err := nc.Subscribe("substrate.docker."+host+".*", func(*nats.Msg) {}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
 }
