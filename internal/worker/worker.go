@@ -117,7 +117,7 @@ func (w *Worker) managerOptions(name string) (manager.Options, error) {
 		return manager.Options{}, err
 	}
 	mo.Host = w.host
-	mo.Logger = w.log.With().Str("driver", name).Logger()
+	mo.Logger = w.log
 	return mo, nil
 }
 
@@ -126,20 +126,33 @@ func (w *Worker) managerOptions(name string) (manager.Options, error) {
 func selectDrivers(ctx context.Context, o Options, log zerolog.Logger) ([]drivers.Driver, error) {
 	names := o.Drivers
 	if len(names) == 0 {
-		for _, f := range registry.Builtin() {
+		// Detect every substrate at once; log in registry order.
+		fs := registry.Builtin()
+		errs := make([]error, len(fs))
+		var wg sync.WaitGroup
+		for i, f := range fs {
 			if f.Name == "process" {
-				names = append(names, f.Name)
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				defer cancel()
+				errs[i] = f.Detect(dctx, o.Config)
+			}()
+		}
+		wg.Wait()
+		for i, f := range fs {
+			switch {
+			case f.Name == "process":
 				log.Info().Str("driver", f.Name).Msg("driver enabled (always on)")
+			case errs[i] != nil:
+				log.Info().Str("driver", f.Name).Str("reason", errs[i].Error()).Msg("driver not found")
 				continue
+			default:
+				log.Info().Str("driver", f.Name).Msg("driver found")
 			}
-			dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			err := f.Detect(dctx, o.Config)
-			cancel()
-			if err != nil {
-				log.Info().Str("driver", f.Name).Str("reason", err.Error()).Msg("driver not found")
-				continue
-			}
-			log.Info().Str("driver", f.Name).Msg("driver found")
 			names = append(names, f.Name)
 		}
 	}
@@ -286,7 +299,10 @@ func (w *Worker) connect() error {
 		nats.CustomReconnectDelay(func(attempts int) time.Duration {
 			return min(time.Duration(attempts)*250*time.Millisecond, 5*time.Second)
 		}),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+			if nc.IsDraining() || nc.IsClosed() {
+				return
+			}
 			w.log.Warn().AnErr("reason", err).Msg("NATS disconnected; events are kept until it is back")
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
