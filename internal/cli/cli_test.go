@@ -593,3 +593,25 @@ func TestStreamsWatchAndClone(t *testing.T) {
 	}
 	subbus(t, url, "process", "clone", name, clone).want(t, ExitAlreadyExists, "clone onto an existing name")
 }
+
+func TestProgressOnlyOnATerminal(t *testing.T) {
+	var quiet syncBuffer
+	stop := (&env{stderr: &quiet}).progress("creating web")
+	time.Sleep(300 * time.Millisecond) // long enough for two ticks, were it shown
+	stop()
+	if quiet.String() != "" {
+		t.Fatalf("progress shown when not on a terminal: %q", quiet.String())
+	}
+	var term syncBuffer
+	stop = (&env{stderr: &term, terminal: true}).progress("creating web")
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if !strings.Contains(term.String(), "creating web… ") {
+			return fmt.Errorf("no progress line yet: %q", term.String())
+		}
+		return nil
+	})
+	stop()
+	if !strings.HasSuffix(term.String(), "\r\033[K") {
+		t.Fatalf("the progress line is not cleared: %q", term.String())
+	}
+}
