@@ -90,11 +90,9 @@ func (d *Driver) Create(ctx context.Context, t drivers.InstanceTemplate) (driver
 	if err != nil {
 		return drivers.Instance{}, err
 	}
-	if a := argv(t); !strings.Contains(a[0], "%") {
-		// supervisord looks the command up at start; say now that it is missing.
-		if _, err := exec.LookPath(a[0]); err != nil {
-			return drivers.Instance{}, drivers.Errorf(drivers.NotFound, "command %q: not found on this host", a[0])
-		}
+	// supervisord looks the command up only at start; say now that it is missing.
+	if _, err := exec.LookPath(argv(t)[0]); err != nil {
+		return drivers.Instance{}, drivers.Errorf(drivers.NotFound, "command %q: not found on this host", argv(t)[0])
 	}
 	taken, err := d.exists(ctx, t.Name)
 	if err != nil {
@@ -183,7 +181,7 @@ func (d *Driver) Delete(ctx context.Context, name string, opts drivers.DeleteOpt
 			return false, fmt.Errorf("reading %s: %w", d.programFile(name), specErr)
 		}
 		return false, drivers.Errorf(drivers.Conflict,
-			"program %q was not created by subbus (it is defined in supervisord's own configuration, not in %s); delete it there", name, d.programFile(name))
+			"program %q was not created by subbus (it is defined in supervisord's own configuration, not by a subbus file in %s); delete it there", name, d.opts.ProgramsDir)
 	}
 	if stoppable(p.StateName) || p.StateName == "STOPPING" {
 		if !opts.Force {
