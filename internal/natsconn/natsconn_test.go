@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
 )
 
 // startServer starts an embedded nats-server on a random loopback port.
@@ -180,4 +181,35 @@ func TestTLSPairRequired(t *testing.T) {
 	if _, err := r.NATSOptions("x"); err == nil {
 		t.Fatal("a certificate without a key must be rejected")
 	}
+}
+
+func TestConnectNKey(t *testing.T) {
+	natsDir := isolate(t)
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := kp.PublicKey()
+	seed, _ := kp.Seed()
+	seedFile := filepath.Join(t.TempDir(), "user.nk")
+	if err := os.WriteFile(seedFile, seed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, func(o *server.Options) { o.Nkeys = []*server.NkeyUser{{Nkey: pub}} })
+	nc, err := Options{URL: s.ClientURL(), NKey: seedFile}.Connect("nkey-test")
+	if err != nil {
+		t.Fatalf("nkey: %v", err)
+	}
+	nc.Close()
+	if nc, err := (Options{URL: s.ClientURL()}).Connect("nkey-test"); err == nil {
+		nc.Close()
+		t.Fatal("connected without the nkey")
+	}
+	// The nkey from a context file.
+	writeContext(t, natsDir, "nk", Context{URL: s.ClientURL(), NKey: seedFile}, false)
+	nc, err = Options{Context: "nk"}.Connect("nkey-test")
+	if err != nil {
+		t.Fatalf("nkey from a context: %v", err)
+	}
+	nc.Close()
 }
