@@ -209,7 +209,11 @@ func (d *Driver) createOptions(t drivers.InstanceTemplate, image, reqID string) 
 func endpointFor(n drivers.NetworkConfig) (*network.EndpointSettings, error) {
 	ep := &network.EndpointSettings{}
 	if n.IPAddress != "" {
+		// An address, or address/prefix (the prefix is the network's).
 		a, err := netip.ParseAddr(n.IPAddress)
+		if p, perr := netip.ParsePrefix(n.IPAddress); err != nil && perr == nil {
+			a, err = p.Addr(), nil
+		}
 		if err != nil {
 			return nil, drivers.Errorf(drivers.InvalidArgument, "network %s: ip_address %q: %w", n.NetworkName, n.IPAddress, err)
 		}
