@@ -75,13 +75,6 @@ func (e *env) progress(label string) func() {
 	return func() { close(done); wg.Wait() }
 }
 
-func validName(field, name string) error {
-	if err := drivers.ValidateName(field, name); err != nil {
-		return err
-	}
-	return nil
-}
-
 func dash(s string) string {
 	if s == "" {
 		return "-"
@@ -220,7 +213,7 @@ func listAllHosts(e *env, c *call) error {
 
 func cmdGet(e *env, c *call) error {
 	name := c.args[0]
-	if err := validName("name", name); err != nil {
+	if err := drivers.ValidateName("name", name); err != nil {
 		return err
 	}
 	var inst drivers.Instance
@@ -350,7 +343,7 @@ func buildTemplate(c *call) (drivers.InstanceTemplate, error) {
 			t.Networks = append(t.Networks, nc)
 		}
 	}
-	if err := validName("name", t.Name); err != nil {
+	if err := drivers.ValidateName("name", t.Name); err != nil {
 		return t, err
 	}
 	return t, nil
@@ -400,7 +393,7 @@ func parseVolume(s string) (drivers.Volume, error) {
 // parseNetwork parses NAME[=IP].
 func parseNetwork(s string) (drivers.NetworkConfig, error) {
 	name, ip, hasIP := strings.Cut(s, "=")
-	if err := validName("network", name); err != nil {
+	if err := drivers.ValidateName("network", name); err != nil {
 		return drivers.NetworkConfig{}, err
 	}
 	if hasIP && net.ParseIP(ip) == nil {
@@ -411,10 +404,10 @@ func parseNetwork(s string) (drivers.NetworkConfig, error) {
 
 func cmdClone(e *env, c *call) error {
 	src, dst := c.args[0], c.args[1]
-	if err := validName("source", src); err != nil {
+	if err := drivers.ValidateName("source", src); err != nil {
 		return err
 	}
-	if err := validName("target", dst); err != nil {
+	if err := drivers.ValidateName("target", dst); err != nil {
 		return err
 	}
 	stop := e.progress("cloning " + src + " to " + dst)
@@ -431,42 +424,48 @@ func cmdClone(e *env, c *call) error {
 
 func cmdChange(e *env, c *call) error {
 	name := c.args[0]
-	if err := validName("name", name); err != nil {
+	if err := drivers.ValidateName("name", name); err != nil {
 		return err
 	}
 	var (
-		op        messages.Op
-		req       any
-		wait      = quickWait
-		did, same string
+		op               messages.Op
+		req              any
+		doing, did, same string
+		wait             = quickWait
+		useTimeout       = true // --timeout bounds the request
 	)
 	switch c.name() {
 	case "start":
-		op, req, did, same = messages.OpStart, messages.NameRequest{Name: name}, "started", "already running"
+		op, req = messages.OpStart, messages.NameRequest{Name: name}
+		doing, did, same = "starting", "started", "already running"
 	case "stop", "restart":
+		// --timeout is the graceful period here; the request waits for
+		// it plus quickWait.
 		r := messages.StopRequest{Name: name, Force: c.o.force}
 		grace := stopGrace
 		if e.timeout > 0 {
 			r.Timeout, grace = e.timeout.String(), e.timeout
 		}
-		op, req, wait = messages.OpStop, r, grace+quickWait
-		did, same = "stopped", "already stopped"
+		wait, useTimeout = grace+quickWait, false
+		op, req = messages.OpStop, r
+		doing, did, same = "stopping", "stopped", "already stopped"
 		if c.name() == "restart" {
-			op, did, same = messages.OpRestart, "restarted", "restarted"
+			op, doing, did, same = messages.OpRestart, "restarting", "restarted", "restarted"
 		}
 	case "delete":
-		op, req, did, same = messages.OpDelete, messages.DeleteRequest{Name: name, Force: c.o.force}, "deleted", "already absent"
+		op, req = messages.OpDelete, messages.DeleteRequest{Name: name, Force: c.o.force}
+		doing, did, same = "deleting", "deleted", "already absent"
 	}
 	cl, err := e.client()
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(e.ctx, wait)
-	if op != messages.OpStop && op != messages.OpRestart {
-		ctx, cancel = e.reqCtx(wait)
+	if useTimeout && e.timeout > 0 {
+		wait = e.timeout
 	}
+	ctx, cancel := context.WithTimeout(e.ctx, wait)
 	defer cancel()
-	stop := e.progress(strings.TrimSuffix(string(op), "e") + "ing " + name)
+	stop := e.progress(doing + " " + name)
 	var res messages.ChangedResult
 	err = cl.Do(ctx, c.driver, c.o.host, op, req, &res)
 	stop()
@@ -500,7 +499,7 @@ const maxStdin = 512 << 10
 
 func cmdExec(e *env, c *call) error {
 	name := c.args[0]
-	if err := validName("name", name); err != nil {
+	if err := drivers.ValidateName("name", name); err != nil {
 		return &execError{err}
 	}
 	if len(c.trailing) == 0 {
@@ -576,7 +575,7 @@ func cmdExec(e *env, c *call) error {
 
 func cmdLogs(e *env, c *call) error {
 	name := c.args[0]
-	if err := validName("name", name); err != nil {
+	if err := drivers.ValidateName("name", name); err != nil {
 		return err
 	}
 	print := func(l drivers.LogLine) error {
@@ -629,7 +628,7 @@ func cmdLogs(e *env, c *call) error {
 
 func cmdMetrics(e *env, c *call) error {
 	name := c.args[0]
-	if err := validName("name", name); err != nil {
+	if err := drivers.ValidateName("name", name); err != nil {
 		return err
 	}
 	sample := func() (drivers.ResourceUsage, error) {
@@ -772,10 +771,10 @@ func capsList(caps drivers.Capabilities) string {
 
 func cmdSnapshot(e *env, c *call) error {
 	name, snap := c.args[0], c.args[1]
-	if err := validName("name", name); err != nil {
+	if err := drivers.ValidateName("name", name); err != nil {
 		return err
 	}
-	if err := validName("snapshot", snap); err != nil {
+	if err := drivers.ValidateName("snapshot", snap); err != nil {
 		return err
 	}
 	req := messages.SnapshotRequest{Name: name, Snapshot: snap}
@@ -810,7 +809,7 @@ func cmdSnapshot(e *env, c *call) error {
 
 func cmdSnapshotList(e *env, c *call) error {
 	name := c.args[0]
-	if err := validName("name", name); err != nil {
+	if err := drivers.ValidateName("name", name); err != nil {
 		return err
 	}
 	var list []drivers.Snapshot
@@ -839,7 +838,7 @@ func cmdSnapshotList(e *env, c *call) error {
 
 func cmdLimits(e *env, c *call) error {
 	name := c.args[0]
-	if err := validName("name", name); err != nil {
+	if err := drivers.ValidateName("name", name); err != nil {
 		return err
 	}
 	var l drivers.ResourceLimits
@@ -886,7 +885,7 @@ func cmdNetworkList(e *env, c *call) error {
 
 func cmdNetwork(e *env, c *call) error {
 	name := c.args[0]
-	if err := validName("name", name); err != nil {
+	if err := drivers.ValidateName("name", name); err != nil {
 		return err
 	}
 	var op messages.Op
@@ -898,7 +897,7 @@ func cmdNetwork(e *env, c *call) error {
 		}
 		op, req = messages.OpNetworkAttach, messages.NetworkAttachRequest{Name: name, Network: nc}
 	} else {
-		if err := validName("network", c.args[1]); err != nil {
+		if err := drivers.ValidateName("network", c.args[1]); err != nil {
 			return err
 		}
 		op, req = messages.OpNetworkDetach, messages.NetworkDetachRequest{Name: name, Network: c.args[1]}
