@@ -667,3 +667,100 @@ func TestLocalStatsMatchAPI(t *testing.T) {
 		t.Errorf("stopped: %+v (%v), want an empty sample", u, err)
 	}
 }
+
+// TestLimitsMemoryAndSwap: raising memory above the swap limit set at
+// create works (both move together), and so does lowering it.
+func TestLimitsMemoryAndSwap(t *testing.T) {
+	d := connected(t)
+	name := uniqueName("lim")
+	tmpl := busybox(name, "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done")
+	tmpl.Resources = drivers.ResourceLimits{MemoryMB: 32}
+	createT(t, d, tmpl)
+	ctx := testCtx(t, 30*time.Second)
+	if _, err := d.Start(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		set  drivers.ResourceLimits
+		want drivers.ResourceLimits
+	}{
+		{drivers.ResourceLimits{MemoryMB: 256}, drivers.ResourceLimits{MemoryMB: 256}},
+		{drivers.ResourceLimits{MemoryMB: 48}, drivers.ResourceLimits{MemoryMB: 48}},
+		{drivers.ResourceLimits{CPUCores: 1.5, PIDs: 30}, drivers.ResourceLimits{MemoryMB: 48, CPUCores: 1.5, PIDs: 30}},
+	} {
+		got, err := d.SetLimits(ctx, name, c.set)
+		if err != nil {
+			t.Fatalf("SetLimits(%+v): %v", c.set, err)
+		}
+		if got != c.want {
+			t.Errorf("SetLimits(%+v) = %+v, want %+v", c.set, got, c.want)
+		}
+		swap := dockerCLI(t, "inspect", "-f", "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}}", name)
+		if want := fmt.Sprintf("%d %d", c.want.MemoryMB<<20, c.want.MemoryMB<<20); swap != want {
+			t.Errorf("after %+v: memory/swap %q, want %q", c.set, swap, want)
+		}
+	}
+	for _, bad := range []drivers.ResourceLimits{{DiskGB: 1}, {NetworkMbps: 10}} {
+		if _, err := d.SetLimits(ctx, name, bad); !errors.Is(err, drivers.ErrUnsupported) {
+			t.Errorf("SetLimits(%+v): %v, want unsupported", bad, err)
+		}
+	}
+}
+
+// TestAttachStaticIP attaches a container with a fixed address on an
+// internal network with a known subnet.
+func TestAttachStaticIP(t *testing.T) {
+	d := connected(t)
+	net := uniqueName("ipnet")
+	var subnet string
+	for i := 0; i < 10 && subnet == ""; i++ {
+		b := make([]byte, 2)
+		_, _ = randRead(b)
+		s := fmt.Sprintf("10.%d.%d.0/24", 100+int(b[0])%100, b[1])
+		if exec.Command("docker", "network", "create", "--internal", "--subnet", s, net).Run() == nil {
+			subnet = s
+		}
+	}
+	if subnet == "" {
+		t.Fatal("could not create an internal network with a free subnet")
+	}
+	t.Cleanup(func() { _ = exec.Command("docker", "network", "rm", net).Run() })
+	ip := strings.TrimSuffix(subnet, "0/24") + "42"
+	name := uniqueName("ip")
+	createT(t, d, busybox(name, "sleep 60"))
+	ctx := testCtx(t, 30*time.Second)
+	if err := d.AttachNetwork(ctx, name, drivers.NetworkConfig{NetworkName: net, IPAddress: ip}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Start(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	i, err := d.Get(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(i.Networks, func(n drivers.NetworkConfig) bool { return n.NetworkName == net && n.IPAddress == ip }) {
+		t.Errorf("networks %+v, want %s with %s", i.Networks, net, ip)
+	}
+	// Attaching again with the same address is a no-op; another address conflicts.
+	if err := d.AttachNetwork(ctx, name, drivers.NetworkConfig{NetworkName: net, IPAddress: ip}); err != nil {
+		t.Errorf("re-attach with the same address: %v", err)
+	}
+	other := strings.TrimSuffix(subnet, "0/24") + "43"
+	if err := d.AttachNetwork(ctx, name, drivers.NetworkConfig{NetworkName: net, IPAddress: other}); !errors.Is(err, drivers.ErrConflict) {
+		t.Errorf("attach with another address: %v, want conflict", err)
+	}
+	nets, err := d.ListNetworks(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(nets, func(n drivers.Network) bool { return n.Name == net && n.Internal && n.Subnet == subnet }) {
+		t.Errorf("ListNetworks lacks internal %s %s: %+v", net, subnet, nets)
+	}
+	if err := d.DetachNetwork(ctx, name, net); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.DetachNetwork(ctx, name, net); !errors.Is(err, drivers.ErrNotFound) {
+		t.Errorf("second detach: %v, want not_found", err)
+	}
+}

@@ -153,3 +153,5 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(code)
 }
+
+func randRead(b []byte) (int, error) { return rand.Read(b) }
