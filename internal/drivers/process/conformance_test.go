@@ -1,0 +1,58 @@
+package process
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/subbus/subbus/internal/config"
+	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/drivers/driverstest"
+	"github.com/subbus/subbus/internal/manager"
+)
+
+// harness runs the conformance suite against the process driver with a
+// fresh state directory per subtest.
+type harness struct {
+	dir string
+}
+
+func (h *harness) MakeDriver(ctx context.Context) (drivers.Driver, error) {
+	return New(testOptions(h.dir)), nil
+}
+
+func (h *harness) Template(name string) drivers.InstanceTemplate {
+	return drivers.InstanceTemplate{
+		Name:        name,
+		BaseImage:   "sh",
+		Command:     []string{"sh", "-c", driverstest.ConformanceScript(name)},
+		Environment: map[string]string{"SUBBUS_CONFORMANCE": "1"},
+		Metadata:    map[string]string{"suite": "conformance"},
+	}
+}
+
+func (h *harness) Close() {}
+
+// testOptions are quick-polling options for tests.
+func testOptions(dir string) Options {
+	return Options{
+		StateDir:         dir,
+		PollInterval:     config.Duration(50 * time.Millisecond),
+		LogCheckInterval: config.Duration(100 * time.Millisecond),
+	}
+}
+
+func TestConformance(t *testing.T) {
+	caps := drivers.Capabilities{Exec: true, Logs: true, Clone: true, Events: true}
+	o := testOptions(t.TempDir())
+	o.setDefaults()
+	caps.Limits = probeCgroups(o) != nil
+	t.Logf("cgroup limits available: %v", caps.Limits)
+	driverstest.RunConformanceTests(t, func(ctx context.Context, t *testing.T) (driverstest.Harness, error) {
+		return &harness{dir: t.TempDir()}, nil
+	},
+		driverstest.WithCapabilities(caps),
+		driverstest.WithManagerOptions(manager.Options{Host: "test", StopTimeout: 5 * time.Second}),
+		driverstest.WithStopTimeout(5*time.Second),
+	)
+}

@@ -1,0 +1,352 @@
+package process
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/subbus/subbus/internal/drivers"
+)
+
+// defaultPath is PATH for instances whose environment sets none.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// envOf is the environment of an instance: a minimal base (PATH, HOME)
+// overlaid with the template's environment, then with extra. The worker's
+// own environment is never passed on.
+func envOf(t drivers.InstanceTemplate, extra map[string]string) []string {
+	m := map[string]string{"PATH": defaultPath, "HOME": "/"}
+	for k, v := range t.Environment {
+		m[k] = v
+	}
+	for k, v := range extra {
+		m[k] = v
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make([]string, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, k+"="+m[k])
+	}
+	return out
+}
+
+func envValue(env []string, key string) string {
+	for i := len(env) - 1; i >= 0; i-- {
+		if k, v, ok := strings.Cut(env[i], "="); ok && k == key {
+			return v
+		}
+	}
+	return ""
+}
+
+func workDirOf(t drivers.InstanceTemplate) string {
+	if t.WorkDir != "" {
+		return t.WorkDir
+	}
+	return "/"
+}
+
+// credentialOf resolves a user name or numeric uid.
+func credentialOf(name string) (*syscall.Credential, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		u, err = user.LookupId(name)
+	}
+	if err != nil {
+		return nil, drivers.Errorf(drivers.NotFound, "user: %q not found", name)
+	}
+	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+	if os.Geteuid() != 0 && int(uid) != os.Geteuid() {
+		return nil, drivers.Errorf(drivers.PermissionDenied, "user: running as %q needs root", name)
+	}
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
+}
+
+// startErr classifies an error of starting a process, naming the executable.
+func startErr(argv0 string, err error) error {
+	switch {
+	case errors.Is(err, exec.ErrNotFound), errors.Is(err, os.ErrNotExist):
+		return drivers.Errorf(drivers.NotFound, "executable %q not found: %w", argv0, err)
+	case errors.Is(err, os.ErrPermission):
+		return drivers.Errorf(drivers.PermissionDenied, "executable %q: %w", argv0, err)
+	}
+	return drivers.Wrap(classifyOS(err), err, "starting "+argv0)
+}
+
+// Start starts the instance's process in its own session, its output
+// going straight to the log files.
+func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	in, err := d.lookup(name)
+	if err != nil {
+		return false, err
+	}
+	if in.rec.State == drivers.StateRunning {
+		return false, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return false, drivers.Wrap(drivers.Timeout, err, "start "+name)
+	}
+	r := in.rec
+	t := r.Template
+	argv := argvOf(t)
+	env := envOf(t, nil)
+	path, err := resolveExecutable(argv[0], env, t.WorkDir)
+	if err != nil {
+		return false, err
+	}
+	d.rotate(name) // start with room in the log files
+	stdout, stderr, err := d.openLogs(name)
+	if err != nil {
+		return false, drivers.Wrap(classifyOS(err), err, "opening logs of "+name)
+	}
+	defer stdout.Close()
+	defer stderr.Close()
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return false, drivers.Wrap(classifyOS(err), err, "start "+name)
+	}
+	defer devnull.Close()
+	attr := &syscall.SysProcAttr{Setsid: true}
+	if t.User != "" {
+		cred, err := credentialOf(t.User)
+		if err != nil {
+			return false, err
+		}
+		attr.Credential = cred
+	}
+	// The process gets the files directly (no pipes through the worker),
+	// so its output is captured while no worker runs.
+	proc, err := os.StartProcess(path, argv, &os.ProcAttr{
+		Dir: workDirOf(t), Env: env, Files: []*os.File{devnull, stdout, stderr}, Sys: attr,
+	})
+	if err != nil {
+		return false, startErr(argv[0], err)
+	}
+	st, err := readStat(proc.Pid)
+	if err != nil {
+		// Exited before we could read its start time: reap it and report.
+		ps, _ := proc.Wait()
+		return false, drivers.Errorf(drivers.Internal, "instance %q exited at once (%v)", name, ps)
+	}
+	if d.cg != nil && !r.Limits.IsZero() {
+		if err := d.cg.apply(r.ID, r.Limits); err == nil {
+			_ = d.cg.addTree(r.ID, proc.Pid)
+		} else {
+			_ = proc.Kill()
+			_, _ = proc.Wait()
+			return false, err
+		}
+	}
+	r.State = drivers.StateRunning
+	r.Native = ""
+	r.Pid, r.StartTicks, r.BootID = proc.Pid, st.StartTicks, d.boot
+	r.StartedAt = time.Now().UTC()
+	r.ExitedAt, r.ExitCode, r.ExitSignal = time.Time{}, nil, ""
+	in.stopping = false
+	in.prev = nil
+	in.done = make(chan struct{})
+	if err := d.writeRecord(r); err != nil {
+		// Without a record the process could not be re-adopted: undo.
+		_ = syscall.Kill(-proc.Pid, syscall.SIGKILL)
+		_, _ = proc.Wait()
+		r.State, r.Pid, r.StartTicks = drivers.StateStopped, 0, 0
+		return false, drivers.Wrap(classifyOS(err), err, "recording state of "+name)
+	}
+	go d.waitExit(in, proc, st.StartTicks, in.done)
+	d.events.emit(drivers.Event{Type: drivers.EventStarted, Instance: name, Time: r.StartedAt, State: r.State,
+		Details: map[string]string{"pid": strconv.Itoa(proc.Pid)}})
+	return true, nil
+}
+
+// waitExit reaps a child of this worker. It outlives Close (a child must
+// be reaped, and Close must not wait for instances to exit), but then
+// records nothing: the next worker re-adopting the instance sees the exit
+// through /proc.
+func (d *Driver) waitExit(in *inst, proc *os.Process, ticks uint64, done chan struct{}) {
+	ps, err := proc.Wait()
+	code, sig := -1, ""
+	if err == nil {
+		if ws, ok := ps.Sys().(syscall.WaitStatus); ok {
+			switch {
+			case ws.Exited():
+				code = ws.ExitStatus()
+			case ws.Signaled():
+				sig = unixSignalName(ws.Signal())
+			}
+		}
+	}
+	d.exited(in, proc.Pid, ticks, done, code, sig)
+}
+
+// pollExit watches a re-adopted process (not our child) until it exits
+// or the driver closes.
+func (d *Driver) pollExit(in *inst, pid int, ticks uint64, done chan struct{}) {
+	defer d.bgWG.Done()
+	tk := time.NewTicker(time.Duration(d.opts.PollInterval))
+	defer tk.Stop()
+	for {
+		select {
+		case <-d.bg.Done():
+			return
+		case <-tk.C:
+		}
+		if !alive(pid, ticks) {
+			d.exited(in, pid, ticks, done, -1, "")
+			return
+		}
+	}
+}
+
+// exited records the exit of the process (pid, ticks) of in. code is -1
+// and sig "" when the status is unknown (a re-adopted process).
+func (d *Driver) exited(in *inst, pid int, ticks uint64, done chan struct{}, code int, sig string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	defer close(done)
+	r := in.rec
+	if !d.connected || r.Pid != pid || r.StartTicks != ticks || d.insts[r.Name] != in {
+		return // closed, deleted, or already restarted
+	}
+	now := time.Now().UTC()
+	r.Pid, r.StartTicks, r.ExitedAt = 0, 0, now
+	r.ExitSignal = sig
+	r.ExitCode = nil
+	if code >= 0 {
+		c := code
+		r.ExitCode = &c
+	}
+	details := map[string]string{"pid": strconv.Itoa(pid)}
+	ev := drivers.Event{Instance: r.Name, Time: now}
+	switch {
+	case in.stopping:
+		r.State, r.Native = drivers.StateStopped, "stopped"
+		ev.Type = drivers.EventStopped
+		details["reason"] = "stopped"
+	case code == 0:
+		r.State, r.Native = drivers.StateStopped, "exited (status 0)"
+		ev.Type = drivers.EventStopped
+		details["reason"] = "exited"
+		details["exit_code"] = "0"
+	case code > 0:
+		r.State, r.Native = drivers.StateError, fmt.Sprintf("exited (status %d)", code)
+		ev.Type = drivers.EventFailed
+		details["reason"] = "exited"
+		details["exit_code"] = strconv.Itoa(code)
+		ev.Error = drivers.InfoOf(drivers.Errorf(drivers.Internal, "instance %q exited with status %d", r.Name, code))
+	case sig != "":
+		r.State, r.Native = drivers.StateError, "killed by "+sig
+		ev.Type = drivers.EventFailed
+		details["reason"] = "killed"
+		details["signal"] = sig
+		ev.Error = drivers.InfoOf(drivers.Errorf(drivers.Internal, "instance %q was killed by %s", r.Name, sig))
+	default:
+		r.State, r.Native = drivers.StateError, "exited (status unknown: re-adopted process)"
+		ev.Type = drivers.EventFailed
+		details["reason"] = "exited"
+		ev.Error = drivers.InfoOf(drivers.Errorf(drivers.Internal, "instance %q exited (status unknown)", r.Name))
+	}
+	in.stopping = false
+	ev.State = r.State
+	ev.Details = details
+	if err := d.writeRecord(r); err != nil {
+		d.issues = append(d.issues, fmt.Sprintf("%s: recording exit: %v", r.Name, err))
+	}
+	d.events.emit(ev)
+}
+
+func unixSignalName(s syscall.Signal) string {
+	switch s {
+	case syscall.SIGKILL:
+		return "SIGKILL"
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	case syscall.SIGINT:
+		return "SIGINT"
+	case syscall.SIGSEGV:
+		return "SIGSEGV"
+	case syscall.SIGABRT:
+		return "SIGABRT"
+	case syscall.SIGHUP:
+		return "SIGHUP"
+	}
+	return "signal " + strconv.Itoa(int(s))
+}
+
+// Stop sends SIGTERM to the process group and SIGKILL after the timeout;
+// Force sends SIGKILL at once. Stragglers of the group (and, with limits,
+// of the cgroup) are killed once the main process has exited.
+func (d *Driver) Stop(ctx context.Context, name string, opts drivers.StopOptions) (bool, error) {
+	d.mu.Lock()
+	in, err := d.lookup(name)
+	if err != nil {
+		d.mu.Unlock()
+		return false, err
+	}
+	r := in.rec
+	if r.State != drivers.StateRunning {
+		d.mu.Unlock()
+		return false, nil
+	}
+	pid, ticks, done, id := r.Pid, r.StartTicks, in.done, r.ID
+	in.stopping = true
+	d.mu.Unlock()
+
+	timeout := opts.Timeout
+	if timeout <= 0 {
+		timeout = time.Duration(d.opts.StopTimeout)
+	}
+	sig := syscall.SIGTERM
+	if opts.Force {
+		sig = syscall.SIGKILL
+	}
+	d.signalGroup(pid, ticks, sig)
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		d.signalGroup(pid, ticks, syscall.SIGKILL)
+	case <-ctx.Done():
+		d.signalGroup(pid, ticks, syscall.SIGKILL)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		return false, drivers.Errorf(drivers.Timeout, "instance %q (pid %d) did not exit after SIGKILL", name, pid)
+	}
+	// The group leader is gone; kill what is left of its group.
+	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	if d.cg != nil {
+		d.cg.killAll(id)
+	}
+	return true, nil
+}
+
+// signalGroup signals the process group of pid, but only while pid is
+// still the instance's process (never a reused pid).
+func (d *Driver) signalGroup(pid int, ticks uint64, sig syscall.Signal) {
+	s, err := readStat(pid)
+	if err != nil || s.StartTicks != ticks {
+		return
+	}
+	if s.PGrp == pid {
+		_ = syscall.Kill(-pid, sig)
+	} else {
+		_ = syscall.Kill(pid, sig)
+	}
+}
