@@ -117,7 +117,7 @@ func (r *rpc) call(ctx context.Context, method string, reply any, args ...any) e
 	if len(data) > maxReply {
 		return fmt.Errorf("%s: reply larger than %d bytes", method, maxReply)
 	}
-	res := xmlrpc.Response(data)
+	res := xmlrpc.Response(sanitizeXML(data))
 	if err := res.Err(); err != nil {
 		if f, ok := err.(xmlrpc.FaultError); ok {
 			return &faultError{method: method, code: f.Code, msg: f.String}
@@ -131,6 +131,25 @@ func (r *rpc) call(ctx context.Context, method string, reply any, args ...any) e
 		return fmt.Errorf("%s: decoding the reply: %w", method, err)
 	}
 	return nil
+}
+
+// sanitizeXML replaces the control characters XML 1.0 forbids with U+FFFD.
+// supervisord's Python XML-RPC writes them unescaped when a program's log
+// holds them (terminal colours, for one), which no XML parser accepts.
+func sanitizeXML(b []byte) []byte {
+	bad := func(c byte) bool { return c < 0x20 && c != '\t' && c != '\n' && c != '\r' }
+	if !bytes.ContainsFunc(b, func(r rune) bool { return r < 0x80 && bad(byte(r)) }) {
+		return b
+	}
+	out := make([]byte, 0, len(b)+64)
+	for _, c := range b {
+		if bad(c) {
+			out = append(out, "\uFFFD"...)
+			continue
+		}
+		out = append(out, c)
+	}
+	return out
 }
 
 func firstLine(b []byte) string {

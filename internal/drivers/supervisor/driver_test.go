@@ -425,3 +425,73 @@ func TestDownSupervisordTripsBreaker(t *testing.T) {
 		t.Errorf("breaker events %v, want breaker_opened and breaker_closed", breaker)
 	}
 }
+
+// Logs holding terminal escapes (control characters XML forbids) and
+// multi-byte characters split by a tail's start are read all the same.
+func TestLogsWithControlAndMultibyteCharacters(t *testing.T) {
+	o := testOptions(t)
+	d, ctx := newDriver(t, o)
+	name := uniqueName("sbsv-utf8")
+	cleanupDelete(t, d, name)
+	// 70000 bytes of "é" then a line with escapes: the 64 KiB tail starts
+	// at an odd offset, inside a character.
+	script := `awk 'BEGIN { for (i = 0; i < 35000; i++) printf "\303\251"; printf "\n\033[1mlast\033[0m line\n" }'; ` +
+		`while :; do printf 'tick \303\251 \033[0m\n'; sleep 0.3; done`
+	if _, err := d.Create(ctx, drivers.InstanceTemplate{Name: name, Command: []string{"/bin/sh", "-c", script}}); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	if _, err := d.Start(ctx, name); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	long := strings.Repeat("é", 35000)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		var got []string
+		err := d.Logs(ctx, name, drivers.LogOptions{Lines: 1000}, func(l drivers.LogLine) error {
+			got = append(got, l.Line)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if len(got) < 3 || got[0] != long || got[1] != "\uFFFD[1mlast\uFFFD[0m line" {
+			return fmt.Errorf("%d lines; first two %.40q", len(got), got[:min(2, len(got))])
+		}
+		return nil
+	})
+	var got []drivers.LogLine
+	if err := d.Logs(ctx, name, drivers.LogOptions{Lines: 1}, func(l drivers.LogLine) error { got = append(got, l); return nil }); err != nil {
+		t.Fatalf("Logs(Lines: 1): %v", err)
+	}
+	if len(got) != 1 || got[0].Line != "tick é \uFFFD[0m" {
+		t.Errorf("Logs(Lines: 1) = %+v", got)
+	}
+	fctx, cancel := context.WithCancel(ctx)
+	var mu sync.Mutex
+	var followed []string
+	done := make(chan error, 1)
+	go func() {
+		done <- d.Logs(fctx, name, drivers.LogOptions{Lines: 1, Follow: true}, func(l drivers.LogLine) error {
+			mu.Lock()
+			defer mu.Unlock()
+			followed = append(followed, l.Line)
+			return nil
+		})
+	}()
+	testenv.Eventually(t, 10*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(followed) < 4 {
+			return fmt.Errorf("%d lines followed", len(followed))
+		}
+		for _, l := range followed {
+			if l != "tick é \uFFFD[0m" {
+				return fmt.Errorf("followed line %q", l)
+			}
+		}
+		return nil
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Logs(Follow): %v", err)
+	}
+}

@@ -2,8 +2,11 @@ package supervisor
 
 import (
 	"context"
+	"errors"
+	"net/http"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/subbus/subbus/internal/drivers"
 )
@@ -98,7 +101,7 @@ func (d *Driver) Logs(ctx context.Context, name string, opts drivers.LogOptions,
 // to the log's size and s.partial to the unterminated line at its end.
 func (d *Driver) tailLines(ctx context.Context, name string, s *stream, n int) ([]string, error) {
 	for length := int64(tailChunk); ; length *= 4 {
-		data, size, overflow, err := d.rpc.tail(ctx, s.name, name, 0, length)
+		data, size, overflow, err := d.tailAligned(ctx, s.name, name, length)
 		if err != nil {
 			return nil, err
 		}
@@ -137,14 +140,16 @@ func (d *Driver) follow(ctx context.Context, name string, s *stream, emit func(d
 	}
 	for size > s.offset {
 		n := min(size-s.offset, readChunk)
-		data, err := d.rpc.read(c, s.name, name, s.offset, n)
+		data, n, err := d.readAligned(c, s.name, name, s.offset, n)
 		if err != nil {
 			return err
 		}
 		if data == "" {
 			return nil
 		}
-		s.offset += int64(len(data))
+		// Count file bytes, not decoded ones: control characters arrive
+		// replaced (see sanitizeXML).
+		s.offset += n
 		whole, partial := splitLines(s.partial + data)
 		s.partial = partial
 		for _, l := range whole {
@@ -167,4 +172,44 @@ func splitLines(data string) (whole []string, partial string) {
 		whole = append(whole, strings.TrimSuffix(data[:i], "\r"))
 		data = data[i+1:]
 	}
+}
+
+// utf8Split reports whether err is supervisord failing to decode a log
+// chunk as UTF-8: it reads logs as bytes and decodes them strictly, so a
+// chunk that starts or ends inside a multi-byte character makes the call
+// fail with an HTTP 500.
+func utf8Split(err error) bool {
+	var h *httpError
+	return errors.As(err, &h) && h.status == http.StatusInternalServerError
+}
+
+// tailAligned is tail(0, length) that retries with up to three bytes less
+// when the chunk would start inside a UTF-8 character.
+func (d *Driver) tailAligned(ctx context.Context, stream, name string, length int64) (string, int64, bool, error) {
+	var err error
+	for cut := int64(0); cut < utf8.UTFMax && cut < length; cut++ {
+		var data string
+		var size int64
+		var overflow bool
+		data, size, overflow, err = d.rpc.tail(ctx, stream, name, 0, length-cut)
+		if err == nil || !utf8Split(err) {
+			return data, size, overflow, err
+		}
+	}
+	return "", 0, false, err
+}
+
+// readAligned is read(offset, n) that retries with up to three bytes less
+// when the chunk would end inside a UTF-8 character. It returns the number
+// of file bytes read.
+func (d *Driver) readAligned(ctx context.Context, stream, name string, offset, n int64) (string, int64, error) {
+	var err error
+	for cut := int64(0); cut < utf8.UTFMax && cut < n; cut++ {
+		var data string
+		data, err = d.rpc.read(ctx, stream, name, offset, n-cut)
+		if err == nil || !utf8Split(err) {
+			return data, n - cut, err
+		}
+	}
+	return "", 0, err
 }
