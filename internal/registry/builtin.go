@@ -3,6 +3,7 @@ package registry
 import (
 	"github.com/subbus/subbus/internal/drivers/docker"
 	"github.com/subbus/subbus/internal/drivers/lxc"
+	"github.com/subbus/subbus/internal/drivers/process"
 	"github.com/subbus/subbus/internal/drivers/supervisor"
 )
 
@@ -11,6 +12,7 @@ import (
 func Builtin() []Factory {
 	return check([]Factory{
 		// process, docker, supervisor, lxc: each driver package adds its entry here.
+		{Name: process.Name, New: process.FromConfig, Detect: process.Detect},
 		{Name: "lxc", New: lxc.NewFromConfig, Detect: lxc.Detect},
 		{Name: "docker", New: docker.NewFromConfig, Detect: docker.Detect},
 		{Name: supervisor.Name, New: supervisor.FromConfig, Detect: supervisor.Detect},

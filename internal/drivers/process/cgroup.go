@@ -297,4 +297,3 @@ func (d *Driver) SetLimits(ctx context.Context, name string, l drivers.ResourceL
 	}
 	return next, nil
 }
-

@@ -130,7 +130,7 @@ type Driver struct {
 	rotMu     sync.Mutex // serializes log rotation with log reading
 	connected bool
 	insts     map[string]*inst
-	issues    []string    // state files that could not be read
+	issues    []string        // state files that could not be read
 	backlog   []drivers.Event // changes found while connecting
 	cgOnce    sync.Once
 	cg        *cgroups        // nil when limits are unsupported; set once by cgroupsOnce

@@ -19,7 +19,7 @@ const clockTicks = 100
 type procStat struct {
 	Pid        int
 	PPid       int
-	State      byte   // R, S, D, Z, T, …
+	State      byte // R, S, D, Z, T, …
 	PGrp       int
 	CPUTicks   uint64 // utime+stime+cutime+cstime
 	StartTicks uint64 // field 22: start time, clock ticks since boot

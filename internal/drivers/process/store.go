@@ -16,14 +16,14 @@ const recordVersion = 1
 // record is what the driver persists about one instance, as
 // <state_dir>/instances/<name>/instance.json.
 type record struct {
-	Version  int                       `json:"version"`
-	Name     string                    `json:"name"`
-	ID       string                    `json:"id"`
-	Template drivers.InstanceTemplate  `json:"template"`
-	Limits   drivers.ResourceLimits    `json:"limits,omitzero"`
-	Created  time.Time                 `json:"created"`
-	State    drivers.State             `json:"state"`
-	Native   string                    `json:"native_state,omitempty"`
+	Version  int                      `json:"version"`
+	Name     string                   `json:"name"`
+	ID       string                   `json:"id"`
+	Template drivers.InstanceTemplate `json:"template"`
+	Limits   drivers.ResourceLimits   `json:"limits,omitzero"`
+	Created  time.Time                `json:"created"`
+	State    drivers.State            `json:"state"`
+	Native   string                   `json:"native_state,omitempty"`
 	// Pid and StartTicks identify the running process: the pid together
 	// with its start time (field 22 of /proc/<pid>/stat, clock ticks since
 	// boot), so a reused pid is never taken for the instance.
@@ -36,7 +36,7 @@ type record struct {
 	ExitSignal string    `json:"exit_signal,omitempty"`
 }
 
-func (d *Driver) instancesDir() string       { return filepath.Join(d.opts.StateDir, "instances") }
+func (d *Driver) instancesDir() string           { return filepath.Join(d.opts.StateDir, "instances") }
 func (d *Driver) instanceDir(name string) string { return filepath.Join(d.instancesDir(), name) }
 func (d *Driver) recordPath(name string) string {
 	return filepath.Join(d.instanceDir(name), "instance.json")
