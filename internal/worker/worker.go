@@ -441,7 +441,7 @@ func (w *Worker) publishLoop(ctx context.Context, ob *outbox) {
 			}
 			continue
 		}
-		if w.publishBatch(ob, 512) {
+		if w.publishBatch(ob, 4000) {
 			backoff = 100 * time.Millisecond
 			continue
 		}
