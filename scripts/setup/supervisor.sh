@@ -65,10 +65,12 @@ stderr_logfile=$DIR/log/subbus-native.err
 files = $DIR/programs/*.conf
 EOF
 )
+changed=0
 if [ ! -f "$CONF" ] || [ "$(cat "$CONF")" != "$want" ]; then
 	printf '%s\n' "$want" >"$CONF.tmp"
 	mv "$CONF.tmp" "$CONF"
 	log "wrote $CONF"
+	changed=1
 fi
 
 answers() {
@@ -79,8 +81,21 @@ answers() {
 }
 
 if answers; then
-	log "supervisord answers on $SOCK"
-	exit 0
+	if [ "$changed" = 0 ]; then
+		log "supervisord answers on $SOCK"
+		exit 0
+	fi
+	# Running with an older configuration: restart it with the new one.
+	log "configuration changed: restarting supervisord"
+	timeout 30 supervisorctl -c "$CONF" shutdown >/dev/null 2>&1 || true
+	for _ in $(seq 1 60); do
+		answers || break
+		sleep 0.5
+	done
+	if answers; then
+		log "supervisord did not shut down"
+		exit 1
+	fi
 fi
 
 # A stale socket or pidfile from a dead daemon would stop it from starting.
