@@ -1,0 +1,149 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/subbus/subbus/internal/registry"
+	"github.com/subbus/subbus/internal/testenv"
+)
+
+// buildWorker builds the worker binary once per test.
+func buildWorker(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "worker")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "substrate_config.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// isolatedEnv keeps the host's nats context and SUBBUS__ overrides out.
+func isolatedEnv(t *testing.T) []string {
+	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "XDG_CONFIG_HOME=" + t.TempDir(), "XDG_STATE_HOME=" + t.TempDir()}
+	return env
+}
+
+func TestCheckConfigRejectsBadConfig(t *testing.T) {
+	bin := buildWorker(t)
+	tests := []struct {
+		name, config, args, want string
+	}{
+		{"unknown key", "worker:\n  bogus: 1\n", "", "bogus"},
+		{"bad host", "worker:\n  host: a.b\n", "", "worker.host"},
+		{"bad flag host", "", "--host=a.b", "host"},
+		{"bad listen", "nats:\n  listen: nowhere\n", "", "nats.listen"},
+		{"unknown driver", "", "--drivers=nosuch", "unknown driver"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := []string{"--check-config", "--log-format=json", "--config", writeConfig(t, tt.config)}
+			if tt.args != "" {
+				args = append(args, tt.args)
+			}
+			cmd := exec.Command(bin, args...)
+			cmd.Env = isolatedEnv(t)
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+				t.Fatalf("exit %v, want 2\n%s", err, out)
+			}
+			if !strings.Contains(string(out), tt.want) {
+				t.Fatalf("output does not name %q:\n%s", tt.want, out)
+			}
+		})
+	}
+}
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// TestWorkerEmbeddedServerAndSignal runs the binary with no NATS settings:
+// it starts the embedded server, answers requests, and exits 0 after
+// SIGTERM, stopping the embedded server.
+func TestWorkerEmbeddedServerAndSignal(t *testing.T) {
+	if _, ok := registry.Lookup("process"); !ok {
+		testenv.Require(t, "the process driver in the registry", errors.New("not registered"), "register it in internal/registry/builtin.go")
+	}
+	bin := buildWorker(t)
+	port := freePort(t)
+	cfg := writeConfig(t, fmt.Sprintf("nats:\n  listen: 127.0.0.1:%d\n  data_dir: %s\nprocess:\n  state_dir: %s\n  cgroups: \"off\"\n",
+		port, t.TempDir(), t.TempDir()))
+	var logs bytes.Buffer
+	cmd := exec.Command(bin, "--config", cfg, "--host", "cmdtest", "--drivers", "process", "--log-format", "json")
+	cmd.Env = isolatedEnv(t)
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	var nc *nats.Conn
+	testenv.Eventually(t, 30*time.Second, func() error {
+		var err error
+		if nc == nil {
+			if nc, err = nats.Connect(url); err != nil {
+				return err
+			}
+		}
+		msg, err := nc.Request("substrate.process.cmdtest.list", nil, 2*time.Second)
+		if err != nil {
+			return err
+		}
+		if !bytes.Contains(msg.Data, []byte(`"result":[`)) {
+			return fmt.Errorf("reply %s", msg.Data)
+		}
+		return nil
+	})
+	defer nc.Close()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit: %v\n%s", err, logs.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("worker did not exit after SIGTERM\n%s", logs.String())
+	}
+	for _, want := range []string{"embedded NATS server started", "worker stopped", "embedded NATS server stopped", `"op":"list"`, `"request_id"`} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("logs lack %q:\n%s", want, logs.String())
+		}
+	}
+}
