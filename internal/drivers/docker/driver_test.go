@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -763,4 +766,90 @@ func TestAttachStaticIP(t *testing.T) {
 	if err := d.DetachNetwork(ctx, name, net); !errors.Is(err, drivers.ErrNotFound) {
 		t.Errorf("second detach: %v, want not_found", err)
 	}
+}
+
+// proxy forwards a unix socket to the Docker socket and can cut every
+// connection, to break the event stream without touching the daemon.
+type proxy struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func startProxy(t *testing.T) (*proxy, string) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "d.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln}
+	t.Cleanup(func() { ln.Close(); p.cut() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("unix", "/var/run/docker.sock")
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, up)
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(up, c); up.Close() }()
+			go func() { _, _ = io.Copy(c, up); c.Close() }()
+		}
+	}()
+	return p, "unix://" + sock
+}
+
+func (p *proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// TestWatchReconnectMissesNothing: when the event stream breaks, Watch
+// returns unavailable; the next Watch reports what happened meanwhile.
+func TestWatchReconnectMissesNothing(t *testing.T) {
+	requireDocker(t)
+	px, host := startProxy(t)
+	d := New(Options{Host: host, HostID: "test-host"})
+	if err := d.Connect(testCtx(t, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	name := uniqueName("recon")
+	createT(t, d, busybox(name, "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done"))
+
+	rec := &recorder{}
+	done := make(chan error, 1)
+	go func() { done <- d.Watch(context.Background(), rec.emit) }()
+	dockerCLI(t, "start", name)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		_, err := rec.find(func(ev drivers.Event) bool { return ev.Instance == name && ev.Type == drivers.EventStarted })
+		return err
+	})
+	px.cut()
+	select {
+	case err := <-done:
+		if !errors.Is(err, drivers.ErrUnavailable) {
+			t.Fatalf("Watch after the stream broke: %v, want unavailable", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Watch did not return when its stream broke")
+	}
+	// Meanwhile, out of band:
+	dockerCLI(t, "stop", "-t", "5", name)
+	rec2, _ := watch(t, d)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		_, err := rec2.find(func(ev drivers.Event) bool { return ev.Instance == name && ev.State == drivers.StateStopped })
+		return err
+	})
 }
