@@ -11,6 +11,7 @@
 #   BENCH_PKGS="./internal/client" bash scripts/bench.sh   # only these packages
 #   SKIP_CLI=1 bash scripts/bench.sh                       # only the Go benchmarks
 #   SKIP_GO=1 bash scripts/bench.sh                        # only the CLI comparison
+#   BENCH_OUT=/tmp/bench.txt bash scripts/bench.sh         # also write the output there
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -20,6 +21,12 @@ BENCH_TIMEOUT=${BENCH_TIMEOUT:-10m}
 RUNS=${RUNS:-20}
 
 hr() { printf '\n== %s ==\n' "$*"; }
+
+# BENCH_OUT=file also writes everything printed to that file (e.g. to
+# paste into docs/benchmarks.md).
+if [[ -n ${BENCH_OUT:-} ]]; then
+	exec > >(tee "$BENCH_OUT") 2>&1
+fi
 
 hr "machine"
 echo "date:   $(date -u +%Y-%m-%dT%H:%M:%SZ)"
