@@ -43,7 +43,8 @@ var actions = map[string]struct {
 	"instance-resumed":          {drivers.EventStateChanged, drivers.StateRunning},
 	"instance-deleted":          {drivers.EventVanished, ""},
 	"instance-updated":          {drivers.EventStateChanged, ""},
-	"instance-renamed":          {drivers.EventStateChanged, ""},
+	"instance-renamed":          {drivers.EventAppeared, ""}, // under the new name; see renamed
+
 	"instance-restored":         {drivers.EventSnapshotRestored, ""},
 	"instance-snapshot-created": {drivers.EventSnapshotCreated, ""},
 	"instance-snapshot-deleted": {drivers.EventSnapshotDeleted, ""},
@@ -139,9 +140,25 @@ func (d *Driver) Watch(ctx context.Context, emit func(drivers.Event)) error {
 		if !ok {
 			continue
 		}
+		if old := ev.Details["old_name"]; le.Metadata.Action == "instance-renamed" && old != "" {
+			gone := drivers.Event{Type: drivers.EventVanished, Time: ev.Time, Instance: old, Source: drivers.SourceNative,
+				Details: map[string]string{"action": le.Metadata.Action, "new_name": ev.Instance}}
+			d.remember(gone)
+			emit(gone)
+			ev.State = d.stateOf(ctx, ev.Instance)
+		}
 		d.remember(ev)
 		emit(ev)
 	}
+}
+
+// stateOf asks for an instance's state ("" when it cannot be had).
+func (d *Driver) stateOf(ctx context.Context, name string) drivers.State {
+	in, _, err := d.get(ctx, name)
+	if err != nil {
+		return ""
+	}
+	return normState(in.StatusCode, in.Status)
 }
 
 // remember keeps the known states current so that the next resync only

@@ -100,6 +100,26 @@ func TestManualStopIsAnEvent(t *testing.T) {
 	}
 }
 
+// TestRenameOutside: `lxc rename` is the old name vanishing and the new
+// one appearing.
+func TestRenameOutside(t *testing.T) {
+	d := requireLXD(t)
+	var evs events
+	watch(t, d, &evs)
+	old, renamed := randName("sbt"), randName("sbt")
+	t.Cleanup(func() {
+		for _, n := range []string{old, renamed} {
+			_, _ = d.Delete(context.Background(), n, drivers.DeleteOptions{Force: true})
+		}
+	})
+	lxcCLI(t, "init", testImage, old)
+	lxcCLI(t, "rename", old, renamed)
+	evs.wait(t, "vanished", func(ev drivers.Event) bool { return ev.Instance == old && ev.Type == drivers.EventVanished })
+	evs.wait(t, "appeared", func(ev drivers.Event) bool {
+		return ev.Instance == renamed && ev.Type == drivers.EventAppeared && ev.State == drivers.StateStopped
+	})
+}
+
 // TestResyncAfterReconnect: what happens while nobody watches is reported
 // by the resync of the next Watch, since LXD replays nothing.
 func TestResyncAfterReconnect(t *testing.T) {
