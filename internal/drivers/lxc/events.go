@@ -33,17 +33,17 @@ var actions = map[string]struct {
 	typ   drivers.EventType
 	state drivers.State
 }{
-	"instance-created":          {drivers.EventAppeared, drivers.StateStopped},
-	"instance-started":          {drivers.EventStarted, drivers.StateRunning},
-	"instance-ready":            {drivers.EventStateChanged, drivers.StateRunning}, // Incus
-	"instance-stopped":          {drivers.EventStopped, drivers.StateStopped},
-	"instance-shutdown":         {drivers.EventStopped, drivers.StateStopped},
-	"instance-restarted":        {drivers.EventRestarted, drivers.StateRunning},
-	"instance-paused":           {drivers.EventStateChanged, drivers.StatePaused},
-	"instance-resumed":          {drivers.EventStateChanged, drivers.StateRunning},
-	"instance-deleted":          {drivers.EventVanished, ""},
-	"instance-updated":          {drivers.EventStateChanged, ""},
-	"instance-renamed":          {drivers.EventAppeared, ""}, // under the new name; see renamed
+	"instance-created":   {drivers.EventAppeared, drivers.StateStopped},
+	"instance-started":   {drivers.EventStarted, drivers.StateRunning},
+	"instance-ready":     {drivers.EventStateChanged, drivers.StateRunning}, // Incus
+	"instance-stopped":   {drivers.EventStopped, drivers.StateStopped},
+	"instance-shutdown":  {drivers.EventStopped, drivers.StateStopped},
+	"instance-restarted": {drivers.EventRestarted, drivers.StateRunning},
+	"instance-paused":    {drivers.EventStateChanged, drivers.StatePaused},
+	"instance-resumed":   {drivers.EventStateChanged, drivers.StateRunning},
+	"instance-deleted":   {drivers.EventVanished, ""},
+	"instance-updated":   {drivers.EventStateChanged, ""},
+	"instance-renamed":   {drivers.EventAppeared, ""}, // under the new name; see renamed
 
 	"instance-restored":         {drivers.EventSnapshotRestored, ""},
 	"instance-snapshot-created": {drivers.EventSnapshotCreated, ""},
