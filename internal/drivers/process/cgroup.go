@@ -197,6 +197,29 @@ func (c *cgroups) addTree(id string, pid int) error {
 	return firstErr
 }
 
+// enterScript is run by /bin/sh before the real command when limits apply:
+// it moves itself into each cgroup.procs given before "--" and then execs
+// the command, so the command starts inside its cgroup (no window in
+// which it or its children run unlimited). The pid and start time stay
+// those of the command: exec keeps both.
+const enterScript = `while [ "$1" != -- ]; do echo $$ > "$1" || { echo "subbus: cannot enter cgroup $1" >&2; exit 126; }; shift; done; shift; exec "$@"`
+
+// wrap returns the path and argv that start path/argv inside the
+// instance's cgroup. Without /bin/sh it returns them unchanged (the
+// caller moves the process right after it starts).
+func (c *cgroups) wrap(id, path string, argv []string) (string, []string) {
+	const sh = "/bin/sh"
+	if _, err := os.Stat(sh); err != nil {
+		return path, argv
+	}
+	out := []string{"sh", "-c", enterScript, "subbus-cgroup-enter"}
+	for _, dir := range c.dirs(id) {
+		out = append(out, filepath.Join(dir, "cgroup.procs"))
+	}
+	out = append(out, "--", path)
+	return sh, append(out, argv[1:]...)
+}
+
 // pids lists the processes in the instance's cgroup.
 func (c *cgroups) pids(id string) []int {
 	dirs := c.dirs(id)

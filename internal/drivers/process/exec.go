@@ -56,8 +56,12 @@ func (d *Driver) Exec(ctx context.Context, name string, req drivers.ExecRequest,
 	if err != nil {
 		return -1, err
 	}
+	args := req.Command
+	if limited {
+		path, args = d.cg.wrap(id, path, args)
+	}
 	cmd := exec.Command(path)
-	cmd.Args = req.Command
+	cmd.Args = args
 	cmd.Env = env
 	cmd.Dir = dir
 	cmd.Stdout = stdout

@@ -129,6 +129,13 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 		}
 		attr.Credential = cred
 	}
+	limited := d.cg != nil && !r.Limits.IsZero()
+	if limited {
+		if err := d.cg.apply(r.ID, r.Limits); err != nil {
+			return false, err
+		}
+		path, argv = d.cg.wrap(r.ID, path, argv)
+	}
 	// The process gets the files directly (no pipes through the worker),
 	// so its output is captured while no worker runs.
 	proc, err := os.StartProcess(path, argv, &os.ProcAttr{
@@ -143,14 +150,8 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 		ps, _ := proc.Wait()
 		return false, drivers.Errorf(drivers.Internal, "instance %q exited at once (%v)", name, ps)
 	}
-	if d.cg != nil && !r.Limits.IsZero() {
-		if err := d.cg.apply(r.ID, r.Limits); err == nil {
-			_ = d.cg.addTree(r.ID, proc.Pid)
-		} else {
-			_ = proc.Kill()
-			_, _ = proc.Wait()
-			return false, err
-		}
+	if limited {
+		_ = d.cg.addTree(r.ID, proc.Pid) // already inside, unless started without /bin/sh
 	}
 	r.State = drivers.StateRunning
 	r.Native = ""

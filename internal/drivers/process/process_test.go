@@ -1,0 +1,717 @@
+package process
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/subbus/subbus/internal/config"
+	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/testenv"
+)
+
+const settle = 10 * time.Second
+
+func tctx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// newManager connects a manager over a new driver on dir; it is closed
+// (without stopping instances) at the end of the test unless closed before.
+func newManager(t *testing.T, o Options) (*manager.Manager, *Driver) {
+	t.Helper()
+	d := New(o)
+	m := manager.New(d, manager.Options{Host: "test", StopTimeout: 5 * time.Second})
+	if err := m.Connect(tctx(t)); err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	t.Cleanup(func() { _ = m.Close() })
+	return m, d
+}
+
+// ticker is a template for an instance printing a numbered line every 100ms.
+func ticker(name string) drivers.InstanceTemplate {
+	return drivers.InstanceTemplate{
+		Name: name, BaseImage: "sh",
+		Command: []string{"sh", "-c", `trap 'exit 0' TERM; i=0; while :; do i=$((i+1)); echo "line $i"; sleep 0.1; done`},
+	}
+}
+
+// killGroupAtEnd makes sure a test never leaves a process behind.
+func killGroupAtEnd(t *testing.T, pid int) {
+	t.Cleanup(func() { _ = syscall.Kill(-pid, syscall.SIGKILL) })
+}
+
+func pidOf(t *testing.T, d *Driver, name string) (int, uint64) {
+	t.Helper()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	in, ok := d.insts[name]
+	if !ok {
+		t.Fatalf("%s not loaded", name)
+	}
+	return in.rec.Pid, in.rec.StartTicks
+}
+
+// lastLine returns the number in the last "line N" output of name.
+func lastLine(ctx context.Context, m *manager.Manager, name string) (int, error) {
+	var last string
+	err := m.Logs(ctx, name, drivers.LogOptions{Lines: 1}, func(l drivers.LogLine) error { last = l.Line; return nil })
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.Atoi(strings.TrimPrefix(last, "line "))
+	if err != nil {
+		return 0, fmt.Errorf("last line %q: %v", last, err)
+	}
+	return n, nil
+}
+
+// TestRestartReadopts is the worker-restart story: a manager over the
+// driver starts instances and is closed; a new driver and manager on the
+// same state directory re-adopt them, still running with the same pid,
+// their logs still growing and readable, their metrics still sampled, and
+// they can be stopped. A recorded pid whose start time differs is not
+// adopted.
+func TestRestartReadopts(t *testing.T) {
+	dir := t.TempDir()
+	o := testOptions(dir)
+	m1, d1 := newManager(t, o)
+	names := []string{"keep-a", "keep-b"}
+	pids := map[string]int{}
+	lines := map[string]int{}
+	for _, n := range names {
+		if _, err := m1.Create(tctx(t), ticker(n)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m1.Start(tctx(t), n); err != nil {
+			t.Fatal(err)
+		}
+		pid, _ := pidOf(t, d1, n)
+		killGroupAtEnd(t, pid)
+		pids[n] = pid
+	}
+	for _, n := range names {
+		testenv.Eventually(t, settle, func() error {
+			l, err := lastLine(tctx(t), m1, n)
+			if err == nil && l < 3 {
+				err = fmt.Errorf("%s at line %d", n, l)
+			}
+			lines[n] = l
+			return err
+		})
+		if _, err := m1.Metrics(tctx(t), n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A third instance records a pid whose start time will not match.
+	if _, err := m1.Create(tctx(t), ticker("reused")); err != nil {
+		t.Fatal(err)
+	}
+	if err := m1.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	for _, n := range names {
+		if !aliveAny(pids[n]) {
+			t.Fatalf("%s (pid %d) died when the manager closed", n, pids[n])
+		}
+	}
+	// Fake the third record: "running" as this test process with a wrong
+	// start time, as after a pid reuse.
+	self, err := readStat(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	forgeRunning(t, dir, "reused", os.Getpid(), self.StartTicks+1, bootID())
+
+	m2, d2 := newManager(t, o)
+	for _, n := range names {
+		inst, err := m2.Get(tctx(t), n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if inst.State != drivers.StateRunning {
+			t.Fatalf("%s re-adopted as %s (%s), want running", n, inst.State, inst.NativeState)
+		}
+		if pid, _ := pidOf(t, d2, n); pid != pids[n] {
+			t.Errorf("%s: pid %d after re-adoption, was %d", n, pid, pids[n])
+		}
+		// Logs keep growing and are readable through the new manager.
+		testenv.Eventually(t, settle, func() error {
+			l, err := lastLine(tctx(t), m2, n)
+			if err == nil && l <= lines[n]+3 {
+				err = fmt.Errorf("%s still at line %d (was %d before the restart)", n, l, lines[n])
+			}
+			return err
+		})
+		// Metrics continue.
+		u, err := m2.Metrics(tctx(t), n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !u.Measured.Has(drivers.MeasureCPU|drivers.MeasureMemory) || u.MemoryMB <= 0 || u.Counters.CPUTimeNs == 0 && u.MemoryMB == 0 {
+			t.Errorf("%s: metrics after re-adoption %+v", n, u)
+		}
+	}
+	reused, err := m2.Get(tctx(t), "reused")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reused.State == drivers.StateRunning {
+		t.Fatalf("a pid with another start time was adopted: %+v", reused)
+	}
+	if changed, err := m2.Stop(tctx(t), "reused", drivers.StopOptions{Force: true}); err != nil || changed {
+		t.Fatalf("Stop of the not-adopted instance: changed=%v err=%v, want false, nil", changed, err)
+	}
+
+	// A re-adopted process (not a child of this driver) stops gracefully,
+	// and one killed from outside is seen through /proc.
+	if changed, err := m2.Stop(tctx(t), "keep-a", drivers.StopOptions{Timeout: 5 * time.Second}); err != nil || !changed {
+		t.Fatalf("Stop of a re-adopted instance: changed=%v err=%v", changed, err)
+	}
+	if inst, _ := m2.Get(tctx(t), "keep-a"); inst.State != drivers.StateStopped {
+		t.Errorf("keep-a after stop: %s", inst.State)
+	}
+	if aliveAny(pids["keep-a"]) {
+		t.Errorf("keep-a (pid %d) still alive after Stop", pids["keep-a"])
+	}
+	if err := syscall.Kill(pids["keep-b"], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, settle, func() error {
+		inst, err := m2.Get(tctx(t), "keep-b")
+		if err == nil && inst.State == drivers.StateRunning {
+			err = errors.New("keep-b still running after kill")
+		}
+		return err
+	})
+	// And it can be started again, as a child of the new driver.
+	if _, err := m2.Start(tctx(t), "keep-b"); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := pidOf(t, d2, "keep-b")
+	killGroupAtEnd(t, pid)
+	if _, err := m2.Delete(tctx(t), "keep-b", drivers.DeleteOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// aliveAny reports whether pid exists and is not a zombie.
+func aliveAny(pid int) bool {
+	s, err := readStat(pid)
+	return err == nil && s.State != 'Z'
+}
+
+// forgeRunning rewrites the state file of name to claim it runs as pid.
+func forgeRunning(t *testing.T, dir, name string, pid int, ticks uint64, boot string) {
+	t.Helper()
+	p := filepath.Join(dir, "instances", name, "instance.json")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r record
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatal(err)
+	}
+	r.State, r.Pid, r.StartTicks, r.BootID = drivers.StateRunning, pid, ticks, boot
+	b, _ = json.Marshal(&r)
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPidReuseGuard: a recorded pid that now belongs to another process
+// (another start time, or another boot) is never adopted, signalled or
+// killed.
+func TestPidReuseGuard(t *testing.T) {
+	other := exec.Command("sleep", "30")
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = other.Process.Kill(); _ = other.Wait() })
+	st, err := readStat(other.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name  string
+		ticks uint64
+		boot  string
+		adopt bool
+	}{
+		{"same", st.StartTicks, bootID(), true},
+		{"other-start", st.StartTicks + 1, bootID(), false},
+		{"other-boot", st.StartTicks, "not-this-boot", false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			o := testOptions(dir)
+			d := New(o)
+			if err := d.Connect(tctx(t)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := d.Create(tctx(t), ticker("victim")); err != nil {
+				t.Fatal(err)
+			}
+			_ = d.Close()
+			forgeRunning(t, dir, "victim", other.Process.Pid, c.ticks, c.boot)
+			d = New(o)
+			if err := d.Connect(tctx(t)); err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			inst, err := d.Get(tctx(t), "victim")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := inst.State == drivers.StateRunning; got != c.adopt {
+				t.Fatalf("adopted=%v (%s, %q), want %v", got, inst.State, inst.NativeState, c.adopt)
+			}
+			if c.adopt {
+				return // the "same" case shows the guard is not vacuous
+			}
+			if _, err := d.Stop(tctx(t), "victim", drivers.StopOptions{Force: true}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := d.Delete(tctx(t), "victim", drivers.DeleteOptions{Force: true}); err != nil {
+				t.Fatal(err)
+			}
+			if !aliveAny(other.Process.Pid) {
+				t.Fatalf("the unrelated process %d was killed", other.Process.Pid)
+			}
+		})
+	}
+}
+
+// TestLogRotationBound: output is rotated by copy-truncate at
+// log_max_bytes, keeping log_keep old files; tail and follow keep working
+// across rotations.
+func TestLogRotationBound(t *testing.T) {
+	dir := t.TempDir()
+	o := testOptions(dir)
+	o.LogMaxBytes = 4 << 10
+	o.LogKeep = 2
+	o.LogCheckInterval = config.Duration(20 * time.Millisecond)
+	m, d := newManager(t, o)
+	tmpl := drivers.InstanceTemplate{Name: "chatty", BaseImage: "sh", Command: []string{"sh", "-c",
+		`i=0; while :; do i=$((i+1)); echo "line $i ......................................................"; sleep 0.005; done`}}
+	if _, err := m.Create(tctx(t), tmpl); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var followed []int
+	fctx, stopFollow := context.WithCancel(tctx(t))
+	defer stopFollow()
+	followDone := make(chan error, 1)
+	if _, err := m.Start(tctx(t), "chatty"); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := pidOf(t, d, "chatty")
+	killGroupAtEnd(t, pid)
+	go func() {
+		followDone <- m.Logs(fctx, "chatty", drivers.LogOptions{Lines: 1, Follow: true}, func(l drivers.LogLine) error {
+			f := strings.Fields(l.Line)
+			if len(f) >= 2 {
+				if n, err := strconv.Atoi(f[1]); err == nil {
+					mu.Lock()
+					followed = append(followed, n)
+					mu.Unlock()
+				}
+			}
+			return nil
+		})
+	}()
+	instDir := filepath.Join(dir, "instances", "chatty")
+	// Wait for several rotations: generation 2 exists and the follower saw
+	// lines from well past it.
+	testenv.Eventually(t, 20*time.Second, func() error {
+		if _, err := os.Stat(filepath.Join(instDir, "stdout.log.2")); err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(followed) < 400 {
+			return fmt.Errorf("followed %d lines", len(followed))
+		}
+		return nil
+	})
+	// Bound: never more than log_keep old files, each about log_max_bytes
+	// (plus what is written in one check interval).
+	entries, _ := os.ReadDir(instDir)
+	slack := int64(16 << 10)
+	for _, e := range entries {
+		if e.Name() == "stdout.log.3" {
+			t.Errorf("more than log_keep=2 rotated files: %s", e.Name())
+		}
+		if fi, err := e.Info(); err == nil && strings.HasPrefix(e.Name(), "stdout.log") && fi.Size() > o.LogMaxBytes+slack {
+			t.Errorf("%s is %d bytes, bound %d+%d", e.Name(), fi.Size(), o.LogMaxBytes, slack)
+		}
+	}
+	// Tail across generations gives exactly the lines asked, consecutive.
+	var tail []int
+	err := m.Logs(tctx(t), "chatty", drivers.LogOptions{Lines: 80}, func(l drivers.LogLine) error {
+		f := strings.Fields(l.Line)
+		if len(f) >= 2 {
+			n, _ := strconv.Atoi(f[1])
+			tail = append(tail, n)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tail) != 80 {
+		t.Fatalf("tail of 80 gave %d lines", len(tail))
+	}
+	stopFollow()
+	if err := <-followDone; err != nil {
+		t.Fatalf("follow: %v", err)
+	}
+	// Followed lines are increasing: rotation never replays old output.
+	mu.Lock()
+	defer mu.Unlock()
+	for i := 1; i < len(followed); i++ {
+		if followed[i] <= followed[i-1] {
+			t.Fatalf("followed line %d after %d", followed[i], followed[i-1])
+		}
+	}
+	if _, err := m.Delete(tctx(t), "chatty", drivers.DeleteOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestExitEvents: a process that exits by itself or is killed from
+// outside is reported in the native feed and in its state.
+func TestExitEvents(t *testing.T) {
+	d := New(testOptions(t.TempDir()))
+	if err := d.Connect(tctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	var mu sync.Mutex
+	var evs []drivers.Event
+	wctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- d.Watch(wctx, func(ev drivers.Event) { mu.Lock(); evs = append(evs, ev); mu.Unlock() })
+	}()
+	defer func() { stop(); <-done }()
+	cases := []struct {
+		name   string
+		script string
+		kill   bool
+		typ    drivers.EventType
+		state  drivers.State
+		detail [2]string
+	}{
+		{"clean-exit", "exit 0", false, drivers.EventStopped, drivers.StateStopped, [2]string{"exit_code", "0"}},
+		{"fail-exit", "exit 3", false, drivers.EventFailed, drivers.StateError, [2]string{"exit_code", "3"}},
+		{"killed", "sleep 30", true, drivers.EventFailed, drivers.StateError, [2]string{"signal", "SIGKILL"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			tmpl := drivers.InstanceTemplate{Name: c.name, BaseImage: "sh", Command: []string{"sh", "-c", "sleep 0.2; " + c.script}}
+			if _, err := d.Create(tctx(t), tmpl); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := d.Start(tctx(t), c.name); err != nil {
+				t.Fatal(err)
+			}
+			pid, _ := pidOf(t, d, c.name)
+			killGroupAtEnd(t, pid)
+			if c.kill {
+				if err := exec.Command("kill", "-9", strconv.Itoa(pid)).Run(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			testenv.Eventually(t, settle, func() error {
+				mu.Lock()
+				defer mu.Unlock()
+				for _, ev := range evs {
+					if ev.Instance == c.name && ev.Type == c.typ && ev.State == c.state && ev.Details[c.detail[0]] == c.detail[1] {
+						return nil
+					}
+				}
+				return fmt.Errorf("no %s/%s event for %s in %+v", c.typ, c.state, c.name, evs)
+			})
+			inst, err := d.Get(tctx(t), c.name)
+			if err != nil || inst.State != c.state {
+				t.Fatalf("state %s (%q) err %v, want %s", inst.State, inst.NativeState, err, c.state)
+			}
+			// The state is persisted: a new driver sees it.
+			d2 := New(d.opts)
+			if err := d2.Connect(tctx(t)); err != nil {
+				t.Fatal(err)
+			}
+			defer d2.Close()
+			if inst, _ := d2.Get(tctx(t), c.name); inst.State != c.state {
+				t.Errorf("after reload: %s, want %s", inst.State, c.state)
+			}
+		})
+	}
+}
+
+// TestHostileNames: names that could escape the state directory are
+// rejected by the driver itself, not only by the manager.
+func TestHostileNames(t *testing.T) {
+	dir := t.TempDir()
+	d := New(testOptions(filepath.Join(dir, "state")))
+	if err := d.Connect(tctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for _, name := range []string{"a/b", "..", ".", "../escape", "a\nb", "", "x/../../y", "a\x00b", strings.Repeat("n", 64)} {
+		tmpl := ticker(name)
+		_, err := d.Create(tctx(t), tmpl)
+		if !errors.Is(err, drivers.ErrInvalidArgument) {
+			t.Errorf("Create(%q): %v, want invalid_argument", name, err)
+		}
+		_, err = d.Get(tctx(t), name)
+		if !errors.Is(err, drivers.ErrInvalidArgument) {
+			t.Errorf("Get(%q): %v, want invalid_argument", name, err)
+		}
+		_, err = d.Delete(tctx(t), name, drivers.DeleteOptions{Force: true})
+		if !errors.Is(err, drivers.ErrInvalidArgument) {
+			t.Errorf("Delete(%q): %v, want invalid_argument", name, err)
+		}
+		_, err = d.Clone(tctx(t), "nope", name)
+		if !errors.Is(err, drivers.ErrInvalidArgument) {
+			t.Errorf("Clone(nope, %q): %v, want invalid_argument", name, err)
+		}
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Errorf("something was written outside the state directory: %v", entries)
+	}
+	// A stray directory with a bad name in the state dir is reported, not loaded.
+	if err := os.Mkdir(filepath.Join(dir, "state", "instances", "bad name"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	d2 := New(testOptions(filepath.Join(dir, "state")))
+	if err := d2.Connect(tctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	h, err := d2.Health(tctx(t))
+	if err != nil || len(h.Issues) == 0 {
+		t.Errorf("Health = %+v, %v; want an issue about the stray directory", h, err)
+	}
+}
+
+// TestCreateErrors: the executable is checked at create, naming it.
+func TestCreateErrors(t *testing.T) {
+	d := New(testOptions(t.TempDir()))
+	if err := d.Connect(tctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	notExec := filepath.Join(t.TempDir(), "plain")
+	if err := os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name string
+		tmpl drivers.InstanceTemplate
+		code drivers.Code
+		says string
+	}{
+		{"missing-path", drivers.InstanceTemplate{BaseImage: "subbus-no-such-binary"}, drivers.NotFound, "subbus-no-such-binary"},
+		{"missing-abs", drivers.InstanceTemplate{BaseImage: "/nonexistent/bin/x"}, drivers.NotFound, "/nonexistent/bin/x"},
+		{"not-executable", drivers.InstanceTemplate{BaseImage: notExec}, drivers.PermissionDenied, notExec},
+		{"no-command", drivers.InstanceTemplate{}, drivers.InvalidArgument, "command"},
+		{"relative-workdir", drivers.InstanceTemplate{BaseImage: "sh", WorkDir: "tmp"}, drivers.InvalidArgument, "workdir"},
+		{"missing-workdir", drivers.InstanceTemplate{BaseImage: "sh", WorkDir: "/nonexistent-dir"}, drivers.NotFound, "workdir"},
+		{"networks", drivers.InstanceTemplate{BaseImage: "sh", Networks: []drivers.NetworkConfig{{NetworkName: "n"}}}, drivers.Unsupported, "networks"},
+		{"volumes", drivers.InstanceTemplate{BaseImage: "sh", Volumes: []drivers.Volume{{Source: "/a", Target: "/b"}}}, drivers.Unsupported, "volumes"},
+		{"disk-limit", drivers.InstanceTemplate{BaseImage: "sh", Resources: drivers.ResourceLimits{DiskGB: 1}}, drivers.Unsupported, "disk"},
+		{"missing-user", drivers.InstanceTemplate{BaseImage: "sh", User: "subbus-no-such-user"}, drivers.NotFound, "user"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			c.tmpl.Name = c.name
+			_, err := d.Create(tctx(t), c.tmpl)
+			if drivers.CodeOf(err) != c.code || !strings.Contains(err.Error(), c.says) {
+				t.Fatalf("Create: %v (code %s), want %s naming %q", err, drivers.CodeOf(err), c.code, c.says)
+			}
+			if _, err := d.Get(tctx(t), c.name); !errors.Is(err, drivers.ErrNotFound) {
+				t.Errorf("a failed create left %q behind: %v", c.name, err)
+			}
+		})
+	}
+	// An executable removed after create: Start is NotFound naming it.
+	bin := filepath.Join(t.TempDir(), "prog")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Create(tctx(t), drivers.InstanceTemplate{Name: "gone", BaseImage: bin}); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.Remove(bin)
+	_, err := d.Start(tctx(t), "gone")
+	if !errors.Is(err, drivers.ErrNotFound) || !strings.Contains(err.Error(), bin) {
+		t.Fatalf("Start with the executable gone: %v, want not_found naming it", err)
+	}
+}
+
+func TestErrorCode(t *testing.T) {
+	d := New(Options{StateDir: t.TempDir()})
+	cases := []struct {
+		err  error
+		want drivers.Code
+	}{
+		{fmt.Errorf("x: %w", os.ErrNotExist), drivers.NotFound},
+		{&os.PathError{Op: "open", Path: "/x", Err: syscall.ENOENT}, drivers.NotFound},
+		{&os.PathError{Op: "open", Path: "/x", Err: syscall.EACCES}, drivers.PermissionDenied},
+		{&os.PathError{Op: "kill", Path: "", Err: syscall.EPERM}, drivers.PermissionDenied},
+		{&exec.Error{Name: "x", Err: exec.ErrNotFound}, drivers.NotFound},
+		{syscall.ESRCH, drivers.NotFound},
+		{syscall.EBUSY, drivers.Conflict},
+		{syscall.ENOSPC, drivers.Unavailable},
+		{context.DeadlineExceeded, drivers.Timeout},
+		{errors.New("odd"), drivers.Internal},
+		{drivers.Errorf(drivers.Conflict, "classified"), drivers.Conflict},
+	}
+	for _, c := range cases {
+		if got := d.ErrorCode(c.err); got != c.want {
+			t.Errorf("ErrorCode(%v) = %s, want %s", c.err, got, c.want)
+		}
+	}
+}
+
+func TestFromConfig(t *testing.T) {
+	cfg, err := config.Parse([]byte("process:\n  state_dir: /tmp/x\n  log_max_bytes: 1024\n  log_keep: 5\n  stop_timeout: 3s\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dr, err := FromConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := dr.(*Driver).Options()
+	if o.StateDir != "/tmp/x" || o.LogMaxBytes != 1024 || o.LogKeep != 5 || time.Duration(o.StopTimeout) != 3*time.Second {
+		t.Errorf("options %+v", o)
+	}
+	for _, bad := range []struct{ yaml, key string }{
+		{"process:\n  state_dri: /x\n", "state_dri"},
+		{"process:\n  cgroups: maybe\n", "process.cgroups"},
+	} {
+		cfg, err := config.Parse([]byte(bad.yaml))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := FromConfig(cfg); err == nil || !strings.Contains(err.Error(), bad.key) {
+			t.Errorf("FromConfig(%q) = %v, want an error naming %s", bad.yaml, err, bad.key)
+		}
+	}
+	empty, _ := config.Parse(nil)
+	dr, err = FromConfig(empty)
+	if err != nil || dr.(*Driver).Options().StateDir != DefaultStateDir() {
+		t.Errorf("defaults: %v %+v", err, dr)
+	}
+}
+
+// TestCgroupLimits checks that limits land in the cgroup the processes
+// (and exec'd commands) run in. It needs a writable cgroup file system.
+func TestCgroupLimits(t *testing.T) {
+	o := testOptions(t.TempDir())
+	d := New(o)
+	if d.cgroupsOnce() == nil {
+		testenv.Require(t, "a writable cgroup file system", errors.New("not writable here"), "run as root on a host with cgroups")
+	}
+	m, d2 := newManager(t, o)
+	tmpl := ticker("limited")
+	tmpl.Resources = drivers.ResourceLimits{MemoryMB: 64, PIDs: 50}
+	if _, err := m.Create(tctx(t), tmpl); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Start(tctx(t), "limited"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = m.Delete(context.Background(), "limited", drivers.DeleteOptions{Force: true}) })
+	pid, _ := pidOf(t, d2, "limited")
+	killGroupAtEnd(t, pid)
+	d2.mu.Lock()
+	id := d2.insts["limited"].rec.ID
+	d2.mu.Unlock()
+	cg := d2.cg
+	memFile := "memory.limit_in_bytes"
+	if cg.v2 {
+		memFile = "memory.max"
+	}
+	read := func(ctl, file string) string {
+		b, err := os.ReadFile(filepath.Join(cg.dir(ctl, id), file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	if got := read("memory", memFile); got != strconv.Itoa(64<<20) {
+		t.Errorf("%s = %s, want %d", memFile, got, 64<<20)
+	}
+	if !containsPid(cg.pids(id), pid) {
+		t.Errorf("pid %d not in its cgroup (%v)", pid, cg.pids(id))
+	}
+	// Raising the limit on the running instance applies at once.
+	if _, err := m.SetLimits(tctx(t), "limited", drivers.ResourceLimits{MemoryMB: 128, CPUCores: 0.5}); err != nil {
+		t.Fatal(err)
+	}
+	if got := read("memory", memFile); got != strconv.Itoa(128<<20) {
+		t.Errorf("%s = %s after SetLimits, want %d", memFile, got, 128<<20)
+	}
+	if cg.ctrls["cpu"] && !cg.v2 {
+		if got := read("cpu", "cpu.cfs_quota_us"); got != "50000" {
+			t.Errorf("cpu.cfs_quota_us = %s, want 50000", got)
+		}
+	}
+	// Exec runs inside the instance's cgroup.
+	res, err := m.Exec(tctx(t), "limited", drivers.ExecRequest{Command: []string{"cat", "/proc/self/cgroup"}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(res.Stdout), id) {
+		t.Errorf("exec is not in the instance cgroup %s:\n%s", id, res.Stdout)
+	}
+	// Delete removes the cgroup.
+	if _, err := m.Delete(tctx(t), "limited", drivers.DeleteOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(cg.dir("memory", id)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("cgroup %s left after delete: %v", cg.dir("memory", id), err)
+	}
+	// Limits the driver cannot enforce are unsupported, naming the field.
+	_, err = m.SetLimits(tctx(t), "nope", drivers.ResourceLimits{NetworkMbps: 10})
+	if !errors.Is(err, drivers.ErrUnsupported) && !errors.Is(err, drivers.ErrNotFound) {
+		t.Errorf("SetLimits(network): %v", err)
+	}
+	if _, err := m.Create(tctx(t), ticker("n2")); err != nil {
+		t.Fatal(err)
+	}
+	_, err = m.SetLimits(tctx(t), "n2", drivers.ResourceLimits{NetworkMbps: 10})
+	if !errors.Is(err, drivers.ErrUnsupported) || !strings.Contains(err.Error(), "network_mbps") {
+		t.Errorf("SetLimits(network_mbps): %v, want unsupported naming the field", err)
+	}
+}
+
+func containsPid(l []int, p int) bool {
+	for _, x := range l {
+		if x == p {
+			return true
+		}
+	}
+	return false
+}
