@@ -31,10 +31,11 @@ func (w *Worker) addService() error {
 	}
 	capsJSON, _ := json.Marshal(caps)
 	svc, err := micro.AddService(w.nc, micro.Config{
-		Name:        messages.ServiceName,
-		Version:     w.opts.Version,
-		Description: "subbus worker: manages instances through substrate drivers",
-		QueueGroup:  QueueGroup,
+		Name:         messages.ServiceName,
+		Version:      w.opts.Version,
+		Description:  "subbus worker: manages instances through substrate drivers",
+		QueueGroup:   QueueGroup,
+		StatsHandler: func(*micro.Endpoint) any { return w.stats() },
 		Metadata: map[string]string{
 			"host":         w.host,
 			"drivers":      strings.Join(w.driverNames(), ","),
@@ -62,6 +63,28 @@ func (w *Worker) addService() error {
 	}
 	w.svc = svc
 	return nil
+}
+
+// Stats is the worker-wide data in each endpoint's micro stats
+// (`nats micro stats substrate`).
+type Stats struct {
+	InFlight       int    `json:"in_flight"`
+	EventsPending  int    `json:"events_pending"`
+	EventsStored   uint64 `json:"events_stored"`
+	EventsDropped  uint64 `json:"events_dropped"`
+	MetricsPending int    `json:"metrics_pending"`
+	MetricsDropped uint64 `json:"metrics_dropped"`
+}
+
+func (w *Worker) stats() Stats {
+	return Stats{
+		InFlight:       len(w.sem),
+		EventsPending:  w.events.len(),
+		EventsStored:   w.events.stored.Load(),
+		EventsDropped:  w.events.dropped.Load(),
+		MetricsPending: w.metrics.len(),
+		MetricsDropped: w.metrics.dropped.Load(),
+	}
 }
 
 // handler hands each request to a goroutine (at most MaxConcurrent at

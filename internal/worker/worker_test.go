@@ -114,7 +114,7 @@ func TestErrorPaths(t *testing.T) {
 func TestToyOpsAndDiscovery(t *testing.T) {
 	s := startNATS(t)
 	d := newToy()
-	startWorker(t, s, []*manager.Manager{toyManager(d)}, nil)
+	w := startWorker(t, s, []*manager.Manager{toyManager(d)}, nil)
 	nc := connect(t, s.ClientURL())
 
 	var inst drivers.Instance
@@ -152,9 +152,24 @@ func TestToyOpsAndDiscovery(t *testing.T) {
 	if _, err := nc.Request("$SRV.PING", nil, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := nc.Request("$SRV.STATS.substrate", nil, 5*time.Second); err != nil {
+	msg, err = nc.Request("$SRV.STATS.substrate", nil, 5*time.Second)
+	if err != nil {
 		t.Fatal(err)
 	}
+	var stats micro.Stats
+	if err := json.Unmarshal(msg.Data, &stats); err != nil || len(stats.Endpoints) != 2 {
+		t.Fatalf("stats %s: %v", msg.Data, err)
+	}
+	var data Stats
+	if err := json.Unmarshal(stats.Endpoints[0].Data, &data); err != nil {
+		t.Fatalf("stats data %s: %v", stats.Endpoints[0].Data, err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if w.stats().EventsStored == 0 {
+			return errors.New("no event stored yet")
+		}
+		return nil
+	})
 }
 
 func TestSlowCreateDoesNotBlockList(t *testing.T) {
