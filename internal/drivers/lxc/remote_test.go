@@ -108,3 +108,15 @@ func runOpenSSL(crt, key string) ([]byte, error) {
 	return exec.Command("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp384r1", "-nodes",
 		"-days", "1", "-subj", "/CN=subbus-untrusted", "-keyout", key, "-out", crt).CombinedOutput()
 }
+
+func TestDetect(t *testing.T) {
+	requireLXD(t)
+	ctx := context.Background()
+	if err := Detect(ctx, &config.Config{}); err != nil {
+		t.Errorf("Detect with the default socket: %v", err)
+	}
+	cfg, _ := config.Parse([]byte("lxc:\n  socket: /nonexistent/unix.socket\n"))
+	if err := Detect(ctx, cfg); err == nil {
+		t.Errorf("Detect with a missing socket succeeded")
+	}
+}
