@@ -2,7 +2,9 @@ package worker
 
 import (
 	"fmt"
+	"net"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -16,6 +18,15 @@ func startEmbedded(o EmbeddedOptions, name string, log zerolog.Logger) (*server.
 	host, port, err := splitListen(o.Listen)
 	if err != nil {
 		return nil, err
+	}
+	if port > 0 {
+		// Fail fast and clearly when the port is taken (the server
+		// itself would only log it and never become ready).
+		l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+		if err != nil {
+			return nil, fmt.Errorf("embedded nats-server cannot listen on %s (another worker or nats-server? connect to it with --server): %w", o.Listen, err)
+		}
+		l.Close()
 	}
 	if err := os.MkdirAll(o.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("nats data dir: %w", err)

@@ -535,3 +535,18 @@ func subjectMatches(filter, subject string) bool {
 	}
 	return len(f) == len(s)
 }
+
+func TestEmbeddedPortInUse(t *testing.T) {
+	s := startNATS(t) // holds a port
+	addr := strings.TrimPrefix(s.ClientURL(), "nats://")
+	w, err := New(context.Background(), Options{Host: "h1", Managers: []*manager.Manager{toyManager(newToy())}, Logger: testLogger(t),
+		Embedded: EmbeddedOptions{Listen: addr, DataDir: t.TempDir()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err = w.Run(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "cannot listen") || time.Since(start) > 5*time.Second {
+		t.Fatalf("Run = %v after %v", err, time.Since(start))
+	}
+}
