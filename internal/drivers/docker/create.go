@@ -59,6 +59,11 @@ func (d *Driver) createFrom(ctx context.Context, t drivers.InstanceTemplate, ima
 		if codeOf(err) == drivers.NotFound && len(t.Networks) > 0 {
 			return drivers.Instance{}, drivers.Errorf(drivers.NotFound, "create %s: network %q: %w", t.Name, t.Networks[0].NetworkName, err)
 		}
+		if ctx.Err() != nil {
+			// The daemon may have created it after we gave up: remove
+			// it if it is this very call's (its creation stamp matches).
+			d.removeAbandoned(t.Name, opts.Config.Labels[LabelCreated])
+		}
 		return drivers.Instance{}, d.wrap(err, "create "+t.Name)
 	}
 	if err := d.connectNetworks(ctx, res.ID, t.Networks[min(1, len(t.Networks)):]); err != nil {
@@ -105,6 +110,39 @@ func (d *Driver) removeHalfMade(id string) {
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
 	_, _ = c.ContainerRemove(ctx, id, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true})
+}
+
+// removeAbandoned removes the container called name if this driver's
+// create call stamped created made it, waiting (bounded) for the daemon
+// to finish a create it may still be processing.
+func (d *Driver) removeAbandoned(name, created string) {
+	c, err := d.client()
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	for delay := 50 * time.Millisecond; ; delay = min(2*delay, time.Second) {
+		res, err := c.ContainerInspect(ctx, name, client.ContainerInspectOptions{})
+		if err == nil {
+			if res.Container.Config != nil && res.Container.Config.Labels[LabelCreated] == created {
+				_, _ = c.ContainerRemove(ctx, res.Container.ID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true})
+			}
+			return
+		}
+		if codeOf(err) != drivers.NotFound {
+			return
+		}
+		// Not there (yet): the create may still be on its way.
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		if delay >= time.Second {
+			return
+		}
+	}
 }
 
 // ensureImage checks that image exists locally; it pulls it only when

@@ -2,9 +2,9 @@ package docker
 
 import (
 	"context"
+	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"net"
 	"os"
@@ -774,6 +774,8 @@ type proxy struct {
 	ln    net.Listener
 	mu    sync.Mutex
 	conns []net.Conn
+	// delayCreate holds the reply to each container create this long.
+	delayCreate time.Duration
 }
 
 func startProxy(t *testing.T) (*proxy, string) {
@@ -799,8 +801,48 @@ func startProxy(t *testing.T) (*proxy, string) {
 			p.mu.Lock()
 			p.conns = append(p.conns, c, up)
 			p.mu.Unlock()
-			go func() { _, _ = io.Copy(up, c); up.Close() }()
-			go func() { _, _ = io.Copy(c, up); c.Close() }()
+			held := make(chan struct{}, 1)
+			go func() {
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := c.Read(buf)
+					if n > 0 {
+						if p.delayCreate > 0 && bytes.Contains(buf[:n], []byte("/containers/create")) {
+							select {
+							case held <- struct{}{}:
+							default:
+							}
+						}
+						if _, werr := up.Write(buf[:n]); werr != nil {
+							break
+						}
+					}
+					if err != nil {
+						break
+					}
+				}
+				up.Close()
+			}()
+			go func() {
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := up.Read(buf)
+					if n > 0 {
+						select {
+						case <-held:
+							time.Sleep(p.delayCreate)
+						default:
+						}
+						if _, werr := c.Write(buf[:n]); werr != nil {
+							break
+						}
+					}
+					if err != nil {
+						break
+					}
+				}
+				c.Close()
+			}()
 		}
 	}()
 	return p, "unix://" + sock
@@ -852,4 +894,35 @@ func TestWatchReconnectMissesNothing(t *testing.T) {
 		_, err := rec2.find(func(ev drivers.Event) bool { return ev.Instance == name && ev.State == drivers.StateStopped })
 		return err
 	})
+}
+
+// TestCreateDeadlineLeavesNothing: a create whose caller gives up while
+// the daemon is still creating removes the container it made.
+func TestCreateDeadlineLeavesNothing(t *testing.T) {
+	requireDocker(t)
+	px, host := startProxy(t)
+	px.delayCreate = 1500 * time.Millisecond
+	d := New(Options{Host: host, HostID: "test-host"})
+	if err := d.Connect(testCtx(t, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	name := uniqueName("late")
+	t.Cleanup(func() { forceRemove(name) })
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	_, err := d.Create(ctx, busybox(name, "sleep 60"))
+	if !errors.Is(err, drivers.ErrTimeout) {
+		t.Fatalf("Create past its deadline: %v (code %s), want timeout", err, drivers.CodeOf(err))
+	}
+	// It is gone by the time Create returned …
+	if out := dockerCLI(t, "ps", "-a", "-q", "--filter", "name=^"+name+"$"); out != "" {
+		t.Errorf("Create left %s behind: %s", name, out)
+	}
+	// … though the daemon did create it (only its reply was held back).
+	until := strconv.FormatInt(time.Now().Unix()+1, 10)
+	evs := dockerCLI(t, "events", "--since", "60s", "--until", until, "--filter", "container="+name, "--format", "{{.Action}}")
+	if !strings.Contains(evs, "create") || !strings.Contains(evs, "destroy") {
+		t.Errorf("daemon events for %s: %q, want a create (proving the daemon made it) and a destroy", name, evs)
+	}
 }
