@@ -1,8 +1,8 @@
 package docker
 
 import (
-	"context"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"math"
