@@ -111,3 +111,39 @@ func TestEventsSurviveNATSRestart(t *testing.T) {
 	}
 	waitEventsStored(t, nc, rec.all())
 }
+
+// TestWorkerStartsBeforeNATS: a worker whose NATS server is not up yet
+// keeps trying, and serves (and publishes the events it queued) once the
+// server appears.
+func TestWorkerStartsBeforeNATS(t *testing.T) {
+	port, dir := freePort(t), t.TempDir()
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	d := newToy()
+	m := toyManager(d)
+	var rec eventRecorder
+	m.Subscribe(rec.record)
+	w, err := New(context.Background(), Options{Host: "h1", Managers: []*manager.Manager{m}, ManageStreams: true, Logger: testLogger(t),
+		Connect: func(extra ...nats.Option) (*nats.Conn, error) { return nats.Connect(url, extra...) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	// Operations happen on the host before NATS exists.
+	testenv.Eventually(t, 10*time.Second, func() error {
+		_, err := m.Create(context.Background(), drivers.InstanceTemplate{Name: "early", BaseImage: "x"})
+		return err
+	})
+	time.Sleep(300 * time.Millisecond) // the worker retries meanwhile
+	startNATSAt(t, port, dir)
+	select {
+	case <-w.Ready():
+	case <-time.After(20 * time.Second):
+		t.Fatal("worker not ready after the server started")
+	}
+	nc := connect(t, url)
+	ok(t, nc, subj("toy", messages.OpGet), messages.NameRequest{Name: "early"}, nil)
+	waitEventsStored(t, nc, rec.all())
+}
