@@ -118,7 +118,7 @@ func testUnsupported(t *testing.T, e *env) {
 		if o.declared {
 			continue
 		}
-		t.Run(o.capability, func(t *testing.T) {
+		e.run(o.capability, func(t *testing.T, e *env) {
 			if o.call == nil {
 				t.Skipf("the manager has no method for %s yet, so its unsupported answer cannot be checked", o.capability)
 			}
@@ -156,10 +156,7 @@ func testExec(t *testing.T, e *env) {
 		{"Stdin", drivers.ExecRequest{Command: sh("cat"), Stdin: []byte("from stdin\n")}, 0, "from stdin\n", ""},
 	}
 	for _, c := range cases {
-		t.Run(c.test, func(t *testing.T) {
-			if reason, ok := e.s.skips["Exec/"+c.test]; ok {
-				t.Skip(reason)
-			}
+		e.run(c.test, func(t *testing.T, e *env) {
 			res, err := e.exec(name, c.req)
 			if err != nil {
 				t.Fatalf("Exec(%q): %v", c.req.Command, err)
@@ -172,7 +169,7 @@ func testExec(t *testing.T, e *env) {
 			}
 		})
 	}
-	t.Run("Streaming", func(t *testing.T) {
+	e.run("Streaming", func(t *testing.T, e *env) {
 		var out, errb strings.Builder
 		res, err := e.m.Exec(e.ctx(), name, drivers.ExecRequest{Command: sh("echo a; echo b >&2; exit 4")}, &out, &errb)
 		e.must("Exec with writers", err)
@@ -180,12 +177,12 @@ func testExec(t *testing.T, e *env) {
 			t.Errorf("Exec with writers: exit %d stdout %q stderr %q, want 4, \"a\\n\", \"b\\n\"", res.ExitCode, out.String(), errb.String())
 		}
 	})
-	t.Run("Stopped", func(t *testing.T) {
+	e.run("Stopped", func(t *testing.T, e *env) {
 		stopped := e.create("exec-stopped")
 		_, err := e.exec(stopped, drivers.ExecRequest{Command: sh("true")})
 		e.wantCode("Exec in a stopped instance", err, drivers.Conflict)
 	})
-	t.Run("Missing", func(t *testing.T) {
+	e.run("Missing", func(t *testing.T, e *env) {
 		_, err := e.exec(e.name("missing"), drivers.ExecRequest{Command: sh("true")})
 		e.wantCode("Exec in a missing instance", err, drivers.NotFound)
 	})
@@ -241,7 +238,7 @@ func testLogs(t *testing.T, e *env) {
 		}
 		return nil
 	})
-	t.Run("Tail", func(t *testing.T) {
+	e.run("Tail", func(t *testing.T, e *env) {
 		var got logLines
 		e.must("Logs", e.m.Logs(e.ctx(), name, drivers.LogOptions{Lines: 2}, got.emit))
 		lines := got.snapshot()
@@ -257,7 +254,7 @@ func testLogs(t *testing.T, e *env) {
 			}
 		}
 	})
-	t.Run("Follow", func(t *testing.T) {
+	e.run("Follow", func(t *testing.T, e *env) {
 		var got logLines
 		ctx, cancel := context.WithCancel(e.ctx())
 		done := make(chan error, 1)
@@ -291,14 +288,14 @@ func testLogs(t *testing.T, e *env) {
 			}
 		}
 	})
-	t.Run("EmitError", func(t *testing.T) {
+	e.run("EmitError", func(t *testing.T, e *env) {
 		stop := errors.New("enough")
 		err := e.m.Logs(e.ctx(), name, drivers.LogOptions{Lines: 5, Follow: true}, func(drivers.LogLine) error { return stop })
 		if !errors.Is(err, stop) {
 			t.Errorf("Logs with a failing emit returned %v, want the emit error", err)
 		}
 	})
-	t.Run("Missing", func(t *testing.T) {
+	e.run("Missing", func(t *testing.T, e *env) {
 		err := e.m.Logs(e.ctx(), e.name("missing"), drivers.LogOptions{Lines: 5}, func(drivers.LogLine) error { return nil })
 		e.wantCode("Logs of a missing instance", err, drivers.NotFound)
 	})
@@ -364,7 +361,7 @@ func testMetrics(t *testing.T, e *env) {
 		t.Errorf("sample time went back: %v then %v", first.Time, second.Time)
 	}
 
-	t.Run("Stopped", func(t *testing.T) {
+	e.run("Stopped", func(t *testing.T, e *env) {
 		stopped := e.create("metrics-stopped")
 		u, err := e.m.Metrics(e.ctx(), stopped)
 		e.must("Metrics of a stopped instance", err)
@@ -373,7 +370,7 @@ func testMetrics(t *testing.T, e *env) {
 			t.Errorf("stopped instance has non-zero rates: %+v", u)
 		}
 	})
-	t.Run("Missing", func(t *testing.T) {
+	e.run("Missing", func(t *testing.T, e *env) {
 		_, err := e.m.Metrics(e.ctx(), e.name("missing"))
 		e.wantCode("Metrics of a missing instance", err, drivers.NotFound)
 	})

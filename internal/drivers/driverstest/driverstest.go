@@ -86,6 +86,7 @@ type settings struct {
 	mopts       manager.Options
 	prefix      string
 	skips       map[string]string
+	root        string // name of the test that called RunConformanceTests
 }
 
 // WithOperationTimeout bounds every single operation the suite makes
@@ -112,9 +113,9 @@ func WithManagerOptions(o manager.Options) Option { return func(s *settings) { s
 // Names are prefix-<test>-<random>, lower-case letters, digits and '-'.
 func WithNamePrefix(p string) Option { return func(s *settings) { s.prefix = p } }
 
-// WithSkip skips the subtest with the given name (as in `go test -run`,
-// e.g. "Exec/Stdin"), giving the reason. Use it only for documented
-// substrate limitations.
+// WithSkip skips the subtest with the given path below the suite (as
+// `go test -run` shows it, e.g. "Exec/Stdin" or "Logs/Follow"), giving the
+// reason. Use it only for documented substrate limitations.
 func WithSkip(test, reason string) Option {
 	return func(s *settings) { s.skips[test] = reason }
 }
@@ -137,15 +138,34 @@ func RunConformanceTests(t *testing.T, newHarness HarnessMaker, opts ...Option) 
 	for _, o := range opts {
 		o(&st)
 	}
+	st.root = t.Name()
 	su := &suite{s: st, newHarn: newHarness}
 	for _, tc := range su.tests() {
 		t.Run(tc.name, func(t *testing.T) {
-			if reason, ok := st.skips[tc.name]; ok {
-				t.Skip(reason)
-			}
+			su.s.skipListed(t)
 			tc.fn(t, su.env(t))
 		})
 	}
+}
+
+// skipListed skips t when WithSkip names it (by its path below the
+// suite's root test).
+func (s *settings) skipListed(t *testing.T) {
+	t.Helper()
+	if reason, ok := s.skips[strings.TrimPrefix(t.Name(), s.root+"/")]; ok {
+		t.Skip(reason)
+	}
+}
+
+// run runs a nested subtest with an env bound to it (so failing helpers
+// stop the right test), honouring WithSkip.
+func (e *env) run(name string, fn func(t *testing.T, e *env)) bool {
+	return e.t.Run(name, func(t *testing.T) {
+		e.s.skipListed(t)
+		sub := *e
+		sub.t = t
+		fn(t, &sub)
+	})
 }
 
 // namedTest is one top-level subtest.

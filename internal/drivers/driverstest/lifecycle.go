@@ -135,11 +135,11 @@ func testMissing(t *testing.T, e *env) {
 		{"Delete", func(ctx context.Context) error { _, err := e.m.Delete(ctx, name, drivers.DeleteOptions{}); return err }},
 	}
 	for _, o := range ops {
-		t.Run(o.op, func(t *testing.T) {
+		e.run(o.op, func(t *testing.T, e *env) {
 			e.wantCode(o.op+" of a missing instance", o.fn(e.ctx()), drivers.NotFound)
 		})
 	}
-	t.Run("ForceDelete", func(t *testing.T) {
+	e.run("ForceDelete", func(t *testing.T, e *env) {
 		changed, err := e.m.Delete(e.ctx(), name, drivers.DeleteOptions{Force: true})
 		e.must("force Delete of a missing instance", err)
 		if changed {
@@ -276,7 +276,7 @@ func testInvalidNames(t *testing.T, e *env) {
 	t.Cleanup(func() { _ = m.Close() })
 	sp.calls.Store(0)
 	for _, n := range invalidNames {
-		t.Run(n.desc, func(t *testing.T) {
+		e.run(n.desc, func(t *testing.T, e *env) {
 			ctx := e.ctx()
 			tmpl := e.h.Template("valid")
 			tmpl.Name = n.name
