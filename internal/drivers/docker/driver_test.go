@@ -778,14 +778,14 @@ type proxy struct {
 	delayCreate time.Duration
 }
 
-func startProxy(t *testing.T) (*proxy, string) {
+func startProxy(t *testing.T, delayCreate time.Duration) (*proxy, string) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "d.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proxy{ln: ln}
+	p := &proxy{ln: ln, delayCreate: delayCreate}
 	t.Cleanup(func() { ln.Close(); p.cut() })
 	go func() {
 		for {
@@ -861,7 +861,7 @@ func (p *proxy) cut() {
 // returns unavailable; the next Watch reports what happened meanwhile.
 func TestWatchReconnectMissesNothing(t *testing.T) {
 	requireDocker(t)
-	px, host := startProxy(t)
+	px, host := startProxy(t, 0)
 	d := New(Options{Host: host, HostID: "test-host"})
 	if err := d.Connect(testCtx(t, 30*time.Second)); err != nil {
 		t.Fatal(err)
@@ -900,8 +900,7 @@ func TestWatchReconnectMissesNothing(t *testing.T) {
 // the daemon is still creating removes the container it made.
 func TestCreateDeadlineLeavesNothing(t *testing.T) {
 	requireDocker(t)
-	px, host := startProxy(t)
-	px.delayCreate = 1500 * time.Millisecond
+	_, host := startProxy(t, 1500*time.Millisecond)
 	d := New(Options{Host: host, HostID: "test-host"})
 	if err := d.Connect(testCtx(t, 30*time.Second)); err != nil {
 		t.Fatal(err)
