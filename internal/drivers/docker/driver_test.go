@@ -925,3 +925,50 @@ func TestCreateDeadlineLeavesNothing(t *testing.T) {
 		t.Errorf("daemon events for %s: %q, want a create (proving the daemon made it) and a destroy", name, evs)
 	}
 }
+
+// TestNativeEventMapping: health checks, pause/unpause and a crash made
+// outside subbus map to the documented events.
+func TestNativeEventMapping(t *testing.T) {
+	d := connected(t)
+	rec, _ := watch(t, d)
+	healthy, crash := uniqueName("hc"), uniqueName("crash")
+	t.Cleanup(func() { forceRemove(healthy); forceRemove(crash) })
+	// The watcher must be subscribed before the changes happen.
+	time.Sleep(300 * time.Millisecond)
+	dockerCLI(t, "run", "-d", "--name", healthy, "--network", "none", "--health-cmd", "true", "--health-interval", "1s",
+		TestImage, "sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done")
+	dockerCLI(t, "run", "-d", "--name", crash, "--network", "none", TestImage, "sh", "-c", "exit 3")
+	find := func(what string, match func(drivers.Event) bool) drivers.Event {
+		t.Helper()
+		var ev drivers.Event
+		testenv.Eventually(t, 15*time.Second, func() (err error) {
+			ev, err = rec.find(match)
+			if err != nil {
+				return fmt.Errorf("%s: %w", what, err)
+			}
+			return nil
+		})
+		return ev
+	}
+	ev := find("appeared", func(ev drivers.Event) bool { return ev.Instance == healthy && ev.Type == drivers.EventAppeared })
+	if ev.Details["managed"] != "false" {
+		t.Errorf("appeared event of a hand-made container: %+v", ev)
+	}
+	find("health", func(ev drivers.Event) bool {
+		return ev.Instance == healthy && ev.Type == drivers.EventStateChanged && ev.Details["health"] == "healthy"
+	})
+	ev = find("crash", func(ev drivers.Event) bool { return ev.Instance == crash && ev.Type == drivers.EventFailed })
+	if ev.Details["exit_code"] != "3" || ev.Error == nil || ev.Details["oom"] != "" {
+		t.Errorf("crash event %+v", ev)
+	}
+	dockerCLI(t, "pause", healthy)
+	find("paused", func(ev drivers.Event) bool { return ev.Instance == healthy && ev.State == drivers.StatePaused })
+	dockerCLI(t, "unpause", healthy)
+	find("unpaused", func(ev drivers.Event) bool {
+		return ev.Instance == healthy && ev.Details["action"] == "unpause" && ev.State == drivers.StateRunning
+	})
+	i, err := d.Get(testCtx(t, 10*time.Second), healthy)
+	if err != nil || !strings.Contains(i.NativeState, "healthy") || i.Managed {
+		t.Errorf("Get of the health-checked container: %+v %v", i, err)
+	}
+}
