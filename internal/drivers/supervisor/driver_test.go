@@ -31,6 +31,17 @@ func (e *events) emit(ev drivers.Event) {
 	e.evs = append(e.evs, ev)
 }
 
+// count counts the events of a type for instance.
+func (e *events) count(instance string, typ drivers.EventType) int {
+	n := 0
+	for _, ev := range e.evs { // called from wait's match, under e.mu
+		if ev.Instance == instance && ev.Type == typ {
+			n++
+		}
+	}
+	return n
+}
+
 // wait polls until an event for instance matches.
 func (e *events) wait(t *testing.T, what, instance string, match func(drivers.Event) bool) drivers.Event {
 	t.Helper()
@@ -211,6 +222,9 @@ func TestChangesMadeOutsideBecomeEvents(t *testing.T) {
 	if err != nil || inst.State != drivers.StateRunning {
 		t.Fatalf("after supervisorctl start: %+v, %v", inst, err)
 	}
+	got.wait(t, "second started", name, func(ev drivers.Event) bool {
+		return ev.Type == drivers.EventStarted && got.count(name, drivers.EventStarted) >= 2
+	})
 	// A crash: supervisord restarts the program (autorestart=unexpected).
 	p, err := d.rpc.getProcessInfo(ctx, name)
 	if err != nil {

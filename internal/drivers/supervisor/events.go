@@ -15,7 +15,7 @@ import (
 // PollInterval (default 1s) and emits what changed, so changes made
 // outside subbus (supervisorctl, crashes, FATAL) are seen within about one
 // interval. Transitions that start and end between two polls are seen
-// only as their net effect (a restart as a new pid).
+// only as their net effect (a respawn as a new pid).
 //
 // The last view is kept across calls: Connect records the first one, and
 // every Watch (also one after a broken one) resyncs against it, emitting
@@ -95,7 +95,7 @@ func diff(prev, cur map[string]processInfo, exit map[string][]int, now time.Time
 			}
 			if typ == drivers.EventFailed {
 				msg := fmt.Sprintf("program %s is %s", name, p.StateName)
-				if exited(old, p) && (p.StateName == "STARTING" || p.StateName == "RUNNING") {
+				if respawned(old, p) && (p.StateName == "STARTING" || p.StateName == "RUNNING") {
 					msg = fmt.Sprintf("program %s exited without being stopped and supervisord restarted it", name)
 				}
 				if p.SpawnErr != "" {
@@ -119,21 +119,21 @@ func diff(prev, cur map[string]processInfo, exit map[string][]int, now time.Time
 	return evs
 }
 
-// exited reports whether the process that was running at the previous
-// poll has ended since (supervisord records its exit time).
-func exited(old, p processInfo) bool {
-	return old.PID > 0 && (p.PID != old.PID || p.Stop > old.Stop) && p.Stop >= old.Start
+// respawned reports whether the process seen at the previous poll has
+// been replaced by a new one (supervisord respawned the program).
+func respawned(old, p processInfo) bool {
+	return old.PID > 0 && p.PID > 0 && p.PID != old.PID
 }
 
 // transition names the events for a state change from old to p. A
-// process that was RUNNING and ended between two polls without going
-// through a stop, and that supervisord is restarting (autorestart), is a
-// crash: failed, then the state it is in now. (supervisord resets the exit
-// status when it respawns, so the status of such an exit is not known; a
-// restart made by hand that falls entirely between two polls looks the
-// same.)
+// process that was STARTING or RUNNING and has been replaced by a new one
+// without going through a stop (supervisord respawned it: autorestart) is
+// a crash: failed, then the state it is in now. (supervisord resets the
+// exit status when it respawns, so the status of such an exit is not
+// known; a restart made by hand that falls entirely between two polls
+// looks the same.)
 func transition(old, p processInfo, state drivers.State) []drivers.EventType {
-	crashed := old.StateName == "RUNNING" && exited(old, p) &&
+	crashed := (old.StateName == "RUNNING" || old.StateName == "STARTING") && respawned(old, p) &&
 		(p.StateName == "STARTING" || p.StateName == "RUNNING")
 	var out []drivers.EventType
 	if crashed {
@@ -141,9 +141,6 @@ func transition(old, p processInfo, state drivers.State) []drivers.EventType {
 	}
 	switch p.StateName {
 	case "RUNNING":
-		if old.StateName == "RUNNING" && !crashed {
-			return append(out, drivers.EventRestarted) // a new pid between two polls
-		}
 		return append(out, drivers.EventStarted)
 	case "STOPPED":
 		return append(out, drivers.EventStopped)

@@ -292,6 +292,9 @@ func TestDiffEvents(t *testing.T) {
 			[]drivers.EventType{drivers.EventFailed, drivers.EventStarted}},
 		{"crashed, restarting", []processInfo{running(10, 1, 0)}, []processInfo{{Name: "p", Group: "p", StateName: "STARTING", PID: 11, Start: 9, Stop: 9, ExitStatus: -1}},
 			[]drivers.EventType{drivers.EventFailed, drivers.EventStateChanged}},
+		{"crashed while seen starting", []processInfo{{Name: "p", Group: "p", StateName: "STARTING", PID: 10, Start: 1}},
+			[]processInfo{{Name: "p", Group: "p", StateName: "STARTING", PID: 11, Start: 9, Stop: 9}},
+			[]drivers.EventType{drivers.EventFailed, drivers.EventStateChanged}},
 		{"backoff after running", []processInfo{running(10, 1, 0)}, []processInfo{{Name: "p", Group: "p", StateName: "BACKOFF", Start: 9, Stop: 9, SpawnErr: "x"}},
 			[]drivers.EventType{drivers.EventFailed}},
 	}
