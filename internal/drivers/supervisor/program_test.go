@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/subbus/subbus/internal/config"
 	"github.com/subbus/subbus/internal/drivers"
 )
 
@@ -315,5 +316,45 @@ func TestDiffEvents(t *testing.T) {
 				t.Errorf("events %v, want %v", got, c.want)
 			}
 		})
+	}
+}
+
+func TestOptionsFromConfig(t *testing.T) {
+	cases := []struct {
+		yaml    string
+		wantKey string // "" = valid
+	}{
+		{"supervisor:\n  url: unix:///run/s.sock\n  programs_dir: /etc/s\n  stop_timeout: 5s\n  retry_attempts: 2\n", ""},
+		{"supervisor:\n  url: http://127.0.0.1:9001\n  username: u\n  password: p\n  poll_interval: 500ms\n", ""},
+		{"supervisor:\n  socket: /x\n", "supervisor"},
+		{"supervisor:\n  url: ftp://x\n", "supervisor.url"},
+		{"supervisor:\n  url: unix://relative/s.sock\n", "supervisor.url"},
+		{"supervisor:\n  programs_dir: relative\n", "supervisor.programs_dir"},
+		{"supervisor:\n  log_dir: \"/var/log ;x\"\n", "supervisor.log_dir"},
+		{"supervisor:\n  autorestart: sometimes\n", "supervisor.autorestart"},
+		{"supervisor:\n  stop_signal: BOGUS\n", "supervisor.stop_signal"},
+		{"supervisor:\n  file_prefix: \"../\"\n", "supervisor.file_prefix"},
+		{"supervisor:\n  poll_interval: 0s\n", "supervisor.poll_interval"},
+	}
+	for _, c := range cases {
+		cfg, err := config.Parse([]byte(c.yaml))
+		if err != nil {
+			t.Fatalf("Parse(%q): %v", c.yaml, err)
+		}
+		_, err = OptionsFrom(cfg)
+		var ce *config.Error
+		switch {
+		case c.wantKey == "" && err != nil:
+			t.Errorf("OptionsFrom(%q): %v", c.yaml, err)
+		case c.wantKey != "" && (!errors.As(err, &ce) || ce.Key != c.wantKey):
+			t.Errorf("OptionsFrom(%q): %v, want a config error naming %s", c.yaml, err, c.wantKey)
+		}
+	}
+	o, err := OptionsFrom(nil)
+	if err != nil || o.URL != "unix:///var/run/supervisor.sock" || o.ProgramsDir != "/etc/supervisor/conf.d" {
+		t.Errorf("defaults: %+v, %v", o, err)
+	}
+	if _, err := New(Options{StopSignal: "sigterm", URL: o.URL, ProgramsDir: o.ProgramsDir, LogDir: o.LogDir, FilePrefix: "x", Autorestart: "true", PollInterval: o.PollInterval, RequestTimeout: o.RequestTimeout}); err != nil {
+		t.Errorf("New with stop_signal sigterm: %v", err)
 	}
 }
