@@ -16,11 +16,11 @@ import (
 // sample is what the driver keeps of a container's previous stats to
 // compute rates (one-shot stats carry no previous sample).
 type sample struct {
-	read                 time.Time
-	cpuTotal, cpuSystem  uint64
-	rx, tx, rdBy, wrBy   uint64
-	onlineCPUs           uint32
-	haveCPU, haveCounter bool
+	read                time.Time
+	cpuTotal, cpuSystem uint64
+	rx, tx, rdBy, wrBy  uint64
+	onlineCPUs          uint32
+	haveCPU             bool
 }
 
 type statsCache struct {
@@ -107,7 +107,6 @@ func (d *Driver) usageOf(st container.StatsResponse) drivers.ResourceUsage {
 			cur.wrBy += e.Value
 		}
 	}
-	cur.haveCounter = true
 	u := drivers.ResourceUsage{
 		Time:     st.Read.UTC(),
 		MemoryMB: float64(memoryUsage(st.MemoryStats)) / (1 << 20),
