@@ -119,8 +119,12 @@ func (d *Driver) Create(ctx context.Context, t drivers.InstanceTemplate) (driver
 	added, _, _, err := d.rpc.reloadConfig(ctx)
 	if err != nil {
 		undo()
-		if isFault(err, faultCantReread) {
-			return drivers.Instance{}, classifyAs(drivers.InvalidArgument, err, "supervisord rejected the program definition")
+		var f *faultError
+		if errors.As(err, &f) && f.code == faultCantReread {
+			if strings.Contains(f.msg, path) {
+				return drivers.Instance{}, classifyAs(drivers.InvalidArgument, err, "supervisord rejected the program definition")
+			}
+			return drivers.Instance{}, classifyAs(drivers.Internal, err, "supervisord cannot re-read its configuration (not because of this program)")
 		}
 		return drivers.Instance{}, err
 	}

@@ -143,6 +143,20 @@ func TestHostileValuesReachTheProgramVerbatim(t *testing.T) {
 	if _, err := os.Stat(d.programFile(bad.Name)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a rejected create left %s behind (%v)", d.programFile(bad.Name), err)
 	}
+
+	// A definition supervisord itself rejects (an unknown user) is
+	// invalid_argument, and nothing is left behind.
+	bad = tm
+	bad.Name = uniqueName("sbsv-nouser")
+	bad.User = "subbus-no-such-user"
+	_, err = d.Create(ctx, bad)
+	wantCode(t, "Create with an unknown user", err, drivers.InvalidArgument)
+	if _, err := os.Stat(d.programFile(bad.Name)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a rejected create left %s behind (%v)", d.programFile(bad.Name), err)
+	}
+	if _, err := d.Get(ctx, bad.Name); errorCode(err) != drivers.NotFound {
+		t.Errorf("Get after a rejected create: %v, want not_found", err)
+	}
 }
 
 // A program that keeps failing reaches FATAL, Start says so, the feed

@@ -135,12 +135,3 @@ func errorCode(err error) drivers.Code {
 	}
 	return drivers.Internal
 }
-
-// classify turns a raw error into a classified one now, for places where
-// the driver needs to return a code-carrying error with a message.
-func classify(err error, format string, args ...any) error {
-	if err == nil {
-		return nil
-	}
-	return &drivers.Error{Code: errorCode(err), Message: fmt.Sprintf(format, args...), Err: err}
-}
