@@ -596,6 +596,26 @@ func testEvents(t *testing.T, e *env) {
 			return fmt.Errorf("no %s event for %s among %d events", what, name, len(seen))
 		})
 	}
+	// Watch may not be listening yet when Start returns (there is no
+	// portable "established" signal), so the instance is restarted every
+	// few seconds until a started event shows up. Once one has, the feed is
+	// live and the stop below must be seen.
+	lastKick := time.Now()
+	testenv.Eventually(t, e.s.settle, func() error {
+		mu.Lock()
+		found := slices.ContainsFunc(seen, started)
+		mu.Unlock()
+		if found {
+			return nil
+		}
+		if time.Since(lastKick) > e.s.settle/5 {
+			lastKick = time.Now()
+			if err := e.m.Restart(e.ctx(), name, e.stopOpts()); err != nil {
+				return err
+			}
+		}
+		return fmt.Errorf("no started event for %s yet", name)
+	})
 	waitEvent("started", started)
 	_, err = e.m.Stop(e.ctx(), name, e.stopOpts())
 	e.must("Stop", err)

@@ -24,6 +24,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -34,7 +35,9 @@ import (
 // Harness adapts the suite to one substrate.
 type Harness interface {
 	// MakeDriver returns a new, unconnected driver for the substrate
-	// under test. The suite wraps it in a manager and connects it.
+	// under test. The suite wraps it in a manager and connects it. It may
+	// be called more than once per harness, but the suite closes one
+	// driver before it connects the next.
 	MakeDriver(ctx context.Context) (drivers.Driver, error)
 	// Template returns a template for an instance called name. Once
 	// started the instance:
@@ -182,6 +185,9 @@ type env struct {
 	d    drivers.Driver
 	m    *manager.Manager
 	caps drivers.Capabilities
+	// closeM guards closing m: tests that need a second driver close the
+	// first (the suite never uses two drivers of one harness at once).
+	closeM *sync.Once
 }
 
 func (su *suite) env(t *testing.T) *env {
@@ -202,9 +208,13 @@ func (su *suite) env(t *testing.T) *env {
 		_ = m.Close()
 		t.Fatalf("Connect: %v", err)
 	}
-	t.Cleanup(func() { _ = m.Close() })
-	return &env{t: t, s: &su.s, h: h, d: d, m: m, caps: m.Capabilities()}
+	e := &env{t: t, s: &su.s, h: h, d: d, m: m, caps: m.Capabilities(), closeM: new(sync.Once)}
+	t.Cleanup(e.closeManager)
+	return e
 }
+
+// closeManager closes the env's manager (and driver) once.
+func (e *env) closeManager() { e.closeM.Do(func() { _ = e.m.Close() }) }
 
 // ctx returns a context bounded by the operation timeout, ended at the
 // end of the test.

@@ -268,6 +268,7 @@ var invalidNames = []struct{ desc, name string }{
 }
 
 func testInvalidNames(t *testing.T, e *env) {
+	e.closeManager() // this test needs its own driver, wrapped in a spy
 	d, err := e.h.MakeDriver(e.ctx())
 	e.must("MakeDriver", err)
 	sp := &spy{Driver: d}

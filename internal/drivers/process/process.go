@@ -21,6 +21,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -129,6 +131,7 @@ type Driver struct {
 	mu        sync.Mutex
 	rotMu     sync.Mutex // serializes log rotation with log reading
 	connected bool
+	lock      *os.File // flock on <state_dir>/lock while connected
 	insts     map[string]*inst
 	issues    []string        // state files that could not be read
 	backlog   []drivers.Event // changes found while connecting
@@ -199,8 +202,12 @@ func (d *Driver) Connect(ctx context.Context) error {
 	if err := os.MkdirAll(d.instancesDir(), 0o700); err != nil {
 		return drivers.Wrap(d.ErrorCode(err), err, "process: state directory "+d.opts.StateDir)
 	}
+	if err := d.lockStateDir(); err != nil {
+		return err
+	}
 	recs, bad, err := d.readRecords()
 	if err != nil {
+		d.unlockStateDir()
 		return drivers.Wrap(d.ErrorCode(err), err, "process: reading state")
 	}
 	d.issues = bad
@@ -255,7 +262,41 @@ func (d *Driver) Close() error {
 	d.mu.Unlock()
 	d.events.closeAll()
 	d.bgWG.Wait()
+	d.mu.Lock()
+	d.unlockStateDir()
+	d.mu.Unlock()
 	return nil
+}
+
+// lockStateDir takes an exclusive lock on <state_dir>/lock, so two
+// workers (or two drivers) never manage the same instances at once. The
+// holder's pid is written in the file. d.mu must be held.
+func (d *Driver) lockStateDir() error {
+	f, err := os.OpenFile(filepath.Join(d.opts.StateDir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return drivers.Wrap(classifyOS(err), err, "process: state directory lock")
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		holder, _ := os.ReadFile(f.Name())
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return drivers.Errorf(drivers.Unavailable, "process: state directory %s is in use by another worker (pid %s)",
+				d.opts.StateDir, strings.TrimSpace(string(holder)))
+		}
+		return drivers.Wrap(classifyOS(err), err, "process: state directory lock")
+	}
+	_ = f.Truncate(0)
+	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	d.lock = f
+	return nil
+}
+
+// unlockStateDir releases the lock; d.mu must be held.
+func (d *Driver) unlockStateDir() {
+	if d.lock != nil {
+		_ = d.lock.Close() // closing the descriptor releases the flock
+		d.lock = nil
+	}
 }
 
 // Health reports the state directory, cgroup support and instance counts.

@@ -93,6 +93,7 @@ func TestRestartReadopts(t *testing.T) {
 	names := []string{"keep-a", "keep-b"}
 	pids := map[string]int{}
 	lines := map[string]int{}
+	cpuBefore := map[string]uint64{}
 	for _, n := range names {
 		if _, err := m1.Create(tctx(t), ticker(n)); err != nil {
 			t.Fatal(err)
@@ -113,9 +114,11 @@ func TestRestartReadopts(t *testing.T) {
 			lines[n] = l
 			return err
 		})
-		if _, err := m1.Metrics(tctx(t), n); err != nil {
+		u, err := m1.Metrics(tctx(t), n)
+		if err != nil {
 			t.Fatal(err)
 		}
+		cpuBefore[n] = u.Counters.CPUTimeNs
 	}
 	// A third instance records a pid whose start time will not match.
 	if _, err := m1.Create(tctx(t), ticker("reused")); err != nil {
@@ -157,13 +160,17 @@ func TestRestartReadopts(t *testing.T) {
 			}
 			return err
 		})
-		// Metrics continue.
-		u, err := m2.Metrics(tctx(t), n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !u.Measured.Has(drivers.MeasureCPU|drivers.MeasureMemory) || u.MemoryMB <= 0 || u.Counters.CPUTimeNs == 0 && u.MemoryMB == 0 {
-			t.Errorf("%s: metrics after re-adoption %+v", n, u)
+		// Metrics continue: measured, memory in use, CPU time still
+		// counted from the same process, and rates from a second sample.
+		for i := 0; i < 2; i++ {
+			u, err := m2.Metrics(tctx(t), n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !u.Measured.Has(drivers.MeasureCPU|drivers.MeasureMemory) || u.MemoryMB <= 0 ||
+				u.Counters.CPUTimeNs < cpuBefore[n] || u.CPUPercent < 0 {
+				t.Errorf("%s: metrics after re-adoption %+v (cpu time before %d)", n, u, cpuBefore[n])
+			}
 		}
 	}
 	reused, err := m2.Get(tctx(t), "reused")
@@ -453,14 +460,14 @@ func TestExitEvents(t *testing.T) {
 			if err != nil || inst.State != c.state {
 				t.Fatalf("state %s (%q) err %v, want %s", inst.State, inst.NativeState, err, c.state)
 			}
-			// The state is persisted: a new driver sees it.
-			d2 := New(d.opts)
-			if err := d2.Connect(tctx(t)); err != nil {
+			// The state is persisted.
+			b, err := os.ReadFile(d.recordPath(c.name))
+			if err != nil {
 				t.Fatal(err)
 			}
-			defer d2.Close()
-			if inst, _ := d2.Get(tctx(t), c.name); inst.State != c.state {
-				t.Errorf("after reload: %s, want %s", inst.State, c.state)
+			var r record
+			if err := json.Unmarshal(b, &r); err != nil || r.State != c.state || r.Pid != 0 {
+				t.Errorf("state file: %+v (err %v), want state %s and no pid", r, err, c.state)
 			}
 		})
 	}
@@ -474,7 +481,6 @@ func TestHostileNames(t *testing.T) {
 	if err := d.Connect(tctx(t)); err != nil {
 		t.Fatal(err)
 	}
-	defer d.Close()
 	for _, name := range []string{"a/b", "..", ".", "../escape", "a\nb", "", "x/../../y", "a\x00b", strings.Repeat("n", 64)} {
 		tmpl := ticker(name)
 		_, err := d.Create(tctx(t), tmpl)
@@ -498,6 +504,7 @@ func TestHostileNames(t *testing.T) {
 	if len(entries) != 1 {
 		t.Errorf("something was written outside the state directory: %v", entries)
 	}
+	_ = d.Close()
 	// A stray directory with a bad name in the state dir is reported, not loaded.
 	if err := os.Mkdir(filepath.Join(dir, "state", "instances", "bad name"), 0o700); err != nil {
 		t.Fatal(err)
@@ -714,4 +721,26 @@ func containsPid(l []int, p int) bool {
 		}
 	}
 	return false
+}
+
+// TestStateDirLock: two drivers never manage the same state directory at
+// once; the second may connect once the first has closed.
+func TestStateDirLock(t *testing.T) {
+	o := testOptions(t.TempDir())
+	d1 := New(o)
+	if err := d1.Connect(tctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	d2 := New(o)
+	err := d2.Connect(tctx(t))
+	if !errors.Is(err, drivers.ErrUnavailable) || !strings.Contains(err.Error(), strconv.Itoa(os.Getpid())) {
+		t.Fatalf("second Connect: %v, want unavailable naming the holder's pid", err)
+	}
+	if err := d1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.Connect(tctx(t)); err != nil {
+		t.Fatalf("Connect after the first closed: %v", err)
+	}
+	_ = d2.Close()
 }
