@@ -477,11 +477,15 @@ func testCPUPercent(t *testing.T, source string) {
 		t.Fatal(err)
 	}
 	t.Logf("driver %.1f%%, docker stats %.1f%%", u.CPUPercent, theirs)
-	if u.CPUPercent < 25 || u.CPUPercent > 60 {
-		t.Errorf("driver CPU %.1f%%, want about 50%% (half-core limit)", u.CPUPercent)
+	// The loop cannot exceed its half-core quota; on a busy shared
+	// machine it may get less, but it must show.
+	if u.CPUPercent < 10 || u.CPUPercent > 60 {
+		t.Errorf("driver CPU %.1f%%, want up to 50%% (half-core limit) and visibly busy", u.CPUPercent)
 	}
-	if math.Abs(u.CPUPercent-theirs) > 15 {
-		t.Errorf("driver CPU %.1f%% vs docker stats %.1f%%: differ by more than 15 points", u.CPUPercent, theirs)
+	// Both look at about the same seconds (the driver's window spans the
+	// docker stats run).
+	if tol := max(15, 0.3*theirs); math.Abs(u.CPUPercent-theirs) > tol {
+		t.Errorf("driver CPU %.1f%% vs docker stats %.1f%%: differ by more than %.0f points", u.CPUPercent, theirs, tol)
 	}
 	if u.MemoryMB <= 0 || !u.Measured.Has(drivers.MeasureCPU|drivers.MeasureMemory|drivers.MeasureNetwork|drivers.MeasureDiskIO) {
 		t.Errorf("sample %+v", u)
