@@ -136,7 +136,7 @@ func (d *Driver) tail(name, stream string, n int, complete bool) (streamTail, er
 	st := streamTail{stream: stream}
 	var lines []string
 	for g := 0; g <= d.opts.LogKeep && len(lines) < n; g++ {
-		b, err := os.ReadFile(d.logPath(name, stream, g))
+		b, size, whole, mtime, err := readTail(d.logPath(name, stream, g), n-len(lines)+1)
 		if errors.Is(err, fs.ErrNotExist) {
 			if g == 0 {
 				continue
@@ -147,22 +147,55 @@ func (d *Driver) tail(name, stream string, n int, complete bool) (streamTail, er
 			return st, err
 		}
 		if g == 0 {
-			if fi, err := os.Stat(d.logPath(name, stream, 0)); err == nil {
-				st.mtime = fi.ModTime()
-			}
-			st.offset = int64(len(b))
-			if i := bytes.LastIndexByte(b, '\n'); i < len(b)-1 && complete {
+			st.mtime = mtime
+			st.offset = size
+			if i := bytes.LastIndexByte(b, '\n'); complete && i < len(b)-1 {
+				st.offset = size - int64(len(b)-(i+1))
 				b = b[:i+1]
-				st.offset = int64(i + 1)
 			}
 		}
-		lines = append(splitLines(b), lines...)
+		got := splitLines(b)
+		if !whole && len(got) > 0 {
+			got = got[1:] // the first line may be cut
+		}
+		lines = append(got, lines...)
 	}
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}
 	st.lines = lines
 	return st, nil
+}
+
+// tailChunk is how much readTail reads at a time, from the end.
+const tailChunk = 64 << 10
+
+// readTail reads the end of a file holding at least want lines (more
+// newlines than want, so the first, possibly cut, line can be dropped) or
+// the whole file (whole=true), without reading more of a large file than
+// needed. size is the file size it saw.
+func readTail(path string, want int) (b []byte, size int64, whole bool, mtime time.Time, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, 0, false, time.Time{}, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, 0, false, time.Time{}, err
+	}
+	size, mtime = fi.Size(), fi.ModTime()
+	pos := size
+	for pos > 0 && bytes.Count(b, []byte{'\n'}) <= want {
+		chunk := min(int64(tailChunk), pos)
+		pos -= chunk
+		buf := make([]byte, chunk)
+		if _, err := f.ReadAt(buf, pos); err != nil && err != io.EOF {
+			return nil, 0, false, mtime, err
+		}
+		b = append(buf, b...)
+	}
+	return b, size, pos == 0, mtime, nil
 }
 
 // splitLines splits b into lines without their newline; an unfinished

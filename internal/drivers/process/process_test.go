@@ -744,3 +744,54 @@ func TestStateDirLock(t *testing.T) {
 	}
 	_ = d2.Close()
 }
+
+// TestTailLargeFile: the tail of a file larger than one read chunk is
+// exact, with and without an unfinished last line, across generations.
+func TestTailLargeFile(t *testing.T) {
+	d := New(testOptions(t.TempDir()))
+	dir := d.instanceDir("big")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	var old, cur strings.Builder
+	for i := 1; i <= 30000; i++ {
+		fmt.Fprintf(&old, "old %d\n", i)
+	}
+	for i := 1; i <= 20000; i++ {
+		fmt.Fprintf(&cur, "line %d\n", i)
+	}
+	cur.WriteString("partial")
+	if err := os.WriteFile(d.logPath("big", "stdout", 1), []byte(old.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(d.logPath("big", "stdout", 0), []byte(cur.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	size := int64(cur.Len())
+	cases := []struct {
+		n        int
+		complete bool
+		first    string
+		last     string
+		offset   int64
+	}{
+		{5, false, "line 19997", "partial", size},
+		{5, true, "line 19996", "line 20000", size - int64(len("partial"))},
+		{20002, true, "old 29999", "line 20000", size - int64(len("partial"))},
+		{60000, false, "old 1", "partial", size},
+	}
+	for _, c := range cases {
+		st, err := d.tail("big", "stdout", c.n, c.complete)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantLen := c.n
+		if c.n == 60000 {
+			wantLen = 50001
+		}
+		if len(st.lines) != wantLen || st.lines[0] != c.first || st.lines[len(st.lines)-1] != c.last || st.offset != c.offset {
+			t.Errorf("tail(%d, %v) = %d lines %q…%q offset %d; want %d lines %q…%q offset %d", c.n, c.complete,
+				len(st.lines), st.lines[0], st.lines[len(st.lines)-1], st.offset, wantLen, c.first, c.last, c.offset)
+		}
+	}
+}
