@@ -14,11 +14,16 @@ import (
 // harness runs the conformance suite against the process driver with a
 // fresh state directory per subtest.
 type harness struct {
-	dir string
+	dir       string
+	noCgroups bool
 }
 
 func (h *harness) MakeDriver(ctx context.Context) (drivers.Driver, error) {
-	return New(testOptions(h.dir)), nil
+	o := testOptions(h.dir)
+	if h.noCgroups {
+		o.Cgroups = "off"
+	}
+	return New(o), nil
 }
 
 func (h *harness) Template(name string) drivers.InstanceTemplate {
@@ -52,6 +57,19 @@ func TestConformance(t *testing.T) {
 		return &harness{dir: t.TempDir()}, nil
 	},
 		driverstest.WithCapabilities(caps),
+		driverstest.WithManagerOptions(manager.Options{Host: "test", StopTimeout: 5 * time.Second}),
+		driverstest.WithStopTimeout(5*time.Second),
+	)
+}
+
+// TestConformanceWithoutCgroups runs the suite as on a machine whose
+// cgroup file system is not writable: limits must then be undeclared and
+// answer unsupported.
+func TestConformanceWithoutCgroups(t *testing.T) {
+	driverstest.RunConformanceTests(t, func(ctx context.Context, t *testing.T) (driverstest.Harness, error) {
+		return &harness{dir: t.TempDir(), noCgroups: true}, nil
+	},
+		driverstest.WithCapabilities(drivers.Capabilities{Exec: true, Logs: true, Clone: true, Events: true}),
 		driverstest.WithManagerOptions(manager.Options{Host: "test", StopTimeout: 5 * time.Second}),
 		driverstest.WithStopTimeout(5*time.Second),
 	)

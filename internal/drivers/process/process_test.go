@@ -795,3 +795,31 @@ func TestTailLargeFile(t *testing.T) {
 		}
 	}
 }
+
+// TestLimitsUnsupportedWithoutCgroups: with no usable cgroups, a template
+// asking for limits is unsupported, naming why, and nothing is created.
+func TestLimitsUnsupportedWithoutCgroups(t *testing.T) {
+	o := testOptions(t.TempDir())
+	o.Cgroups = "off"
+	d := New(o)
+	if err := d.Connect(tctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if d.Capabilities().Limits {
+		t.Fatal("limits declared with cgroups off")
+	}
+	tmpl := ticker("limited")
+	tmpl.Resources.MemoryMB = 64
+	_, err := d.Create(tctx(t), tmpl)
+	if !errors.Is(err, drivers.ErrUnsupported) || !strings.Contains(err.Error(), "cgroup") {
+		t.Fatalf("Create with limits: %v, want unsupported naming cgroups", err)
+	}
+	if _, err := d.Get(tctx(t), "limited"); !errors.Is(err, drivers.ErrNotFound) {
+		t.Fatalf("the failed create left an instance: %v", err)
+	}
+	h, err := d.Health(tctx(t))
+	if err != nil || h.Details["cgroups"] != "unsupported" {
+		t.Errorf("Health = %+v, %v; want details.cgroups=unsupported", h, err)
+	}
+}
