@@ -171,6 +171,7 @@ func Detect(ctx context.Context, cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
+	defer d.Close()
 	return d.Connect(ctx)
 }
 
