@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
@@ -15,6 +16,7 @@ func (su *suite) tests() []namedTest {
 	return []namedTest{
 		{"Capabilities", testCapabilities},
 		{"Unsupported", testUnsupported},
+		{"Health", testHealth},
 		{"RoundTrip", testRoundTrip},
 		{"CreateExisting", testCreateExisting},
 		{"Missing", testMissing},
@@ -71,6 +73,9 @@ func testRoundTrip(t *testing.T, e *env) {
 	if got.Driver != e.d.Name() {
 		t.Errorf("Get: Driver = %q, want %q", got.Driver, e.d.Name())
 	}
+	if h := e.m.Host(); h != "" && got.Host != h {
+		t.Errorf("Get: Host = %q, want the manager's %q", got.Host, h)
+	}
 	if tmpl.BaseImage != "" && got.Image == "" {
 		t.Errorf("Get: Image is empty, template had %q", tmpl.BaseImage)
 	}
@@ -96,10 +101,17 @@ func testRoundTrip(t *testing.T, e *env) {
 		t.Errorf("Metrics: Time is zero")
 	}
 
+	// The template's instance answers a graceful stop, so a stop that
+	// takes the whole timeout means the driver's graceful signal never
+	// reached it.
+	began := time.Now()
 	changed, err = e.m.Stop(e.ctx(), name, e.stopOpts())
 	e.must("Stop", err)
 	if !changed {
 		t.Errorf("Stop of a running instance: changed=false, want true")
+	}
+	if took := time.Since(began); took >= e.s.stopTimeout {
+		t.Errorf("graceful Stop took %v, the whole stop timeout: the instance did not get the graceful signal", took)
 	}
 	e.waitState(name, drivers.StateStopped)
 
@@ -109,6 +121,18 @@ func testRoundTrip(t *testing.T, e *env) {
 		t.Errorf("Delete: changed=false, want true")
 	}
 	e.waitGone(name)
+}
+
+func testHealth(t *testing.T, e *env) {
+	name := e.running("health")
+	h, err := e.m.Health(e.ctx())
+	e.must("Health", err)
+	if !h.Healthy {
+		t.Errorf("Health: not healthy on a working substrate: %+v", h)
+	}
+	if h.Instances != nil && h.Instances[drivers.StateRunning] < 1 {
+		t.Errorf("Health counts %v, but %s is running", h.Instances, name)
+	}
 }
 
 func testCreateExisting(t *testing.T, e *env) {
