@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -131,11 +132,17 @@ func TestWorkerStartsBeforeNATS(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	// Operations happen on the host before NATS exists.
+	// Run subscribes to the manager before connecting it.
 	testenv.Eventually(t, 10*time.Second, func() error {
-		_, err := m.Create(context.Background(), drivers.InstanceTemplate{Name: "early", BaseImage: "x"})
-		return err
+		if !m.IsConnected() {
+			return errors.New("driver not connected yet")
+		}
+		return nil
 	})
+	// Operations happen on the host before NATS exists.
+	if _, err := m.Create(context.Background(), drivers.InstanceTemplate{Name: "early", BaseImage: "x"}); err != nil {
+		t.Fatal(err)
+	}
 	time.Sleep(300 * time.Millisecond) // the worker retries meanwhile
 	startNATSAt(t, port, dir)
 	select {
