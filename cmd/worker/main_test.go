@@ -147,3 +147,88 @@ func TestWorkerEmbeddedServerAndSignal(t *testing.T) {
 		}
 	}
 }
+
+// TestSecondSignalForcesExit: with a request in flight the first SIGTERM
+// waits for it (grace period); a second one exits at once with 130.
+func TestSecondSignalForcesExit(t *testing.T) {
+	if _, ok := registry.Lookup("process"); !ok {
+		testenv.Require(t, "the process driver in the registry", errors.New("not registered"), "register it in internal/registry/builtin.go")
+	}
+	bin := buildWorker(t)
+	port := freePort(t)
+	cfg := writeConfig(t, fmt.Sprintf("nats:\n  listen: 127.0.0.1:%d\n  data_dir: %s\nprocess:\n  state_dir: %s\n  cgroups: \"off\"\nworker:\n  grace_period: 60s\n",
+		port, t.TempDir(), t.TempDir()))
+	var logs bytes.Buffer
+	cmd := exec.Command(bin, "--config", cfg, "--host", "sigtest", "--drivers", "process", "--log-format", "json")
+	cmd.Env = isolatedEnv(t)
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	var nc *nats.Conn
+	req := func(op, body string) error {
+		msg, err := nc.Request("substrate.process.sigtest."+op, []byte(body), 10*time.Second)
+		if err != nil {
+			return err
+		}
+		if c := msg.Header.Get("Nats-Service-Error-Code"); c != "" {
+			return fmt.Errorf("%s: %s", op, msg.Data)
+		}
+		return nil
+	}
+	testenv.Eventually(t, 30*time.Second, func() error {
+		var err error
+		if nc == nil {
+			if nc, err = nats.Connect(url); err != nil {
+				return err
+			}
+		}
+		return req("list", "")
+	})
+	defer nc.Close()
+	name := fmt.Sprintf("sig-%d", time.Now().UnixNano())
+	for _, step := range []struct{ op, body string }{
+		{"create", fmt.Sprintf(`{"template":{"name":%q,"base_image":"/bin/sleep","command":["/bin/sleep","20"]}}`, name)},
+		{"start", fmt.Sprintf(`{"name":%q}`, name)},
+	} {
+		if err := req(step.op, step.body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A long exec is in flight. (The instance and the exec'd command end
+	// by themselves 20s later: a forced exit leaves instances running, by
+	// design.)
+	go func() { _ = req("exec", fmt.Sprintf(`{"name":%q,"command":["/bin/sleep","20"]}`, name)) }()
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(logs.String(), "driver") {
+			return errors.New("no logs yet")
+		}
+		return nil
+	})
+	time.Sleep(300 * time.Millisecond)
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-done:
+		t.Fatalf("exited after the first signal with a request in flight: %v\n%s", err, logs.String())
+	case <-time.After(time.Second):
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-done:
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 130 {
+			t.Fatalf("exit %v, want 130\n%s", err, logs.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("second signal did not force exit\n%s", logs.String())
+	}
+}
