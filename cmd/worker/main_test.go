@@ -209,12 +209,15 @@ func TestSecondSignalForcesExit(t *testing.T) {
 	// design.)
 	go func() { _ = req("exec", fmt.Sprintf(`{"name":%q,"command":["/bin/sleep","20"]}`, name)) }()
 	testenv.Eventually(t, 10*time.Second, func() error {
-		if !strings.Contains(logs.String(), "driver") {
-			return errors.New("no logs yet")
+		msg, err := nc.Request("$SRV.STATS.substrate", nil, 2*time.Second)
+		if err != nil {
+			return err
+		}
+		if !bytes.Contains(msg.Data, []byte(`"in_flight":1`)) {
+			return fmt.Errorf("exec not in flight: %s", msg.Data)
 		}
 		return nil
 	})
-	time.Sleep(300 * time.Millisecond)
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-done:
