@@ -823,3 +823,150 @@ func TestLimitsUnsupportedWithoutCgroups(t *testing.T) {
 		t.Errorf("Health = %+v, %v; want details.cgroups=unsupported", h, err)
 	}
 }
+
+// connected returns a connected driver on a fresh state directory.
+func connected(t *testing.T) *Driver {
+	t.Helper()
+	d := New(testOptions(t.TempDir()))
+	if err := d.Connect(tctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	return d
+}
+
+// groupAlive reports whether any process of process group pgid is alive.
+func groupAlive(pgid int) bool {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if s, err := readStat(pid); err == nil && s.PGrp == pgid && s.State != 'Z' {
+			return true
+		}
+	}
+	return false
+}
+
+// TestStopEscalates: a process that ignores SIGTERM is killed after the
+// timeout, with its whole process group.
+func TestStopEscalates(t *testing.T) {
+	d := connected(t)
+	tmpl := drivers.InstanceTemplate{Name: "stubborn", BaseImage: "sh",
+		Command: []string{"sh", "-c", `trap '' TERM; while :; do sleep 0.1; done`}}
+	if _, err := d.Create(tctx(t), tmpl); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Start(tctx(t), "stubborn"); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := pidOf(t, d, "stubborn")
+	killGroupAtEnd(t, pid)
+	began := time.Now()
+	changed, err := d.Stop(tctx(t), "stubborn", drivers.StopOptions{Timeout: 300 * time.Millisecond})
+	if err != nil || !changed {
+		t.Fatalf("Stop: %v %v", changed, err)
+	}
+	if took := time.Since(began); took < 300*time.Millisecond {
+		t.Errorf("Stop returned after %v, before the timeout: SIGTERM was not ignored?", took)
+	}
+	inst, _ := d.Get(tctx(t), "stubborn")
+	if inst.State != drivers.StateStopped {
+		t.Errorf("state %s (%s), want stopped", inst.State, inst.NativeState)
+	}
+	if groupAlive(pid) {
+		t.Errorf("process group %d still has live processes after Stop", pid)
+	}
+}
+
+// TestExecCancel: when ctx ends, the exec'd command and its children are
+// killed and Exec returns a timeout; a background child holding the
+// output open does not hang Exec.
+func TestExecCancel(t *testing.T) {
+	d := connected(t)
+	if _, err := d.Create(tctx(t), ticker("ex")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Start(tctx(t), "ex"); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := pidOf(t, d, "ex")
+	killGroupAtEnd(t, pid)
+	defer d.Delete(context.Background(), "ex", drivers.DeleteOptions{Force: true})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	var out strings.Builder
+	began := time.Now()
+	_, err := d.Exec(ctx, "ex", drivers.ExecRequest{Command: []string{"sh", "-c", "echo $$; sleep 30"}}, &out, &strings.Builder{})
+	if !errors.Is(err, drivers.ErrTimeout) {
+		t.Fatalf("Exec past its deadline: %v, want timeout", err)
+	}
+	if took := time.Since(began); took > 5*time.Second {
+		t.Errorf("Exec took %v after its deadline", took)
+	}
+	execPid, _ := strconv.Atoi(strings.TrimSpace(out.String()))
+	testenv.Eventually(t, settle, func() error {
+		if execPid > 0 && groupAlive(execPid) {
+			return fmt.Errorf("exec group %d still alive", execPid)
+		}
+		return nil
+	})
+
+	// A background child keeping stdout open: Exec returns after the
+	// command exits (plus the wait delay), with its exit code.
+	began = time.Now()
+	code, err := d.Exec(tctx(t), "ex", drivers.ExecRequest{Command: []string{"sh", "-c", "sleep 30 & exit 7"}}, &strings.Builder{}, &strings.Builder{})
+	if err != nil || code != 7 {
+		t.Fatalf("Exec with a background child: code %d err %v, want 7", code, err)
+	}
+	if took := time.Since(began); took > execWaitDelay+5*time.Second {
+		t.Errorf("Exec with a background child took %v", took)
+	}
+}
+
+// TestConcurrentOperations hammers one instance with every operation at
+// once, directly on the driver (no manager lock), for the race detector
+// and for consistency: it ends in a state Get and the state file agree on.
+func TestConcurrentOperations(t *testing.T) {
+	d := connected(t)
+	if _, err := d.Create(tctx(t), ticker("busy")); err != nil {
+		t.Fatal(err)
+	}
+	ctx := tctx(t)
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < 15; i++ {
+				switch (w + i) % 5 {
+				case 0:
+					_, _ = d.Start(ctx, "busy")
+				case 1:
+					_, _ = d.Stop(ctx, "busy", drivers.StopOptions{Timeout: time.Second})
+				case 2:
+					_, _ = d.Metrics(ctx, "busy")
+				case 3:
+					_ = d.Logs(ctx, "busy", drivers.LogOptions{Lines: 3}, func(drivers.LogLine) error { return nil })
+				case 4:
+					_, _ = d.List(ctx)
+					_, _ = d.Health(ctx)
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	_, _ = d.Stop(ctx, "busy", drivers.StopOptions{Force: true})
+	inst, err := d.Get(ctx, "busy")
+	if err != nil || inst.State != drivers.StateStopped {
+		t.Fatalf("after the storm: %+v %v, want stopped", inst, err)
+	}
+	b, _ := os.ReadFile(d.recordPath("busy"))
+	var r record
+	if err := json.Unmarshal(b, &r); err != nil || r.State != drivers.StateStopped || r.Pid != 0 {
+		t.Errorf("state file after the storm: %+v %v", r, err)
+	}
+}

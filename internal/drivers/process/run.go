@@ -330,10 +330,15 @@ func (d *Driver) Stop(ctx context.Context, name string, opts drivers.StopOptions
 	case <-time.After(10 * time.Second):
 		return false, drivers.Errorf(drivers.Timeout, "instance %q (pid %d) did not exit after SIGKILL", name, pid)
 	}
-	// The group leader is gone; kill what is left of its group.
-	_ = syscall.Kill(-pid, syscall.SIGKILL)
-	if d.cg != nil {
-		d.cg.killAll(id)
+	// The group leader is gone; kill what is left of its group and
+	// cgroup, unless a concurrent Start already runs a new process there.
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if in.rec.State != drivers.StateRunning {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		if d.cg != nil {
+			d.cg.killAll(id)
+		}
 	}
 	return true, nil
 }
