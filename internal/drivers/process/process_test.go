@@ -970,3 +970,93 @@ func TestConcurrentOperations(t *testing.T) {
 		t.Errorf("state file after the storm: %+v %v", r, err)
 	}
 }
+
+// TestHelperWorker is not a test: TestWorkerCrash runs the test binary
+// with SUBBUS_PROCESS_HELPER_DIR set, and then this plays a worker that
+// starts an instance and dies by SIGKILL without closing anything.
+func TestHelperWorker(t *testing.T) {
+	dir := os.Getenv("SUBBUS_PROCESS_HELPER_DIR")
+	if dir == "" {
+		t.Skip("helper process for TestWorkerCrash")
+	}
+	d := New(testOptions(dir))
+	ctx := context.Background()
+	if err := d.Connect(ctx); err != nil {
+		fmt.Println("helper:", err)
+		os.Exit(2)
+	}
+	if _, err := d.Create(ctx, ticker("survivor")); err != nil {
+		fmt.Println("helper:", err)
+		os.Exit(2)
+	}
+	if _, err := d.Start(ctx, "survivor"); err != nil {
+		fmt.Println("helper:", err)
+		os.Exit(2)
+	}
+	_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+	select {}
+}
+
+// TestWorkerCrash: a worker process that dies (SIGKILL, no Close) leaves
+// its instances running, their output still captured while no worker
+// runs; a new worker re-adopts them and can stop them.
+func TestWorkerCrash(t *testing.T) {
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperWorker$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "SUBBUS_PROCESS_HELPER_DIR="+dir)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("helper worker: %v, want death by SIGKILL; output:\n%s", err, out)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "instances", "survivor", "instance.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r record
+	if err := json.Unmarshal(b, &r); err != nil || r.State != drivers.StateRunning || r.Pid == 0 {
+		t.Fatalf("state left by the dead worker: %+v %v", r, err)
+	}
+	killGroupAtEnd(t, r.Pid)
+	if !alive(r.Pid, r.StartTicks) {
+		t.Fatalf("the instance (pid %d) died with its worker", r.Pid)
+	}
+	// Output is captured with no worker running.
+	logFile := filepath.Join(dir, "instances", "survivor", "stdout.log")
+	fi, err := os.Stat(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, settle, func() error {
+		now, err := os.Stat(logFile)
+		if err == nil && now.Size() <= fi.Size() {
+			err = fmt.Errorf("log not growing while no worker runs (%d bytes)", now.Size())
+		}
+		return err
+	})
+	m, d := newManager(t, testOptions(dir))
+	inst, err := m.Get(tctx(t), "survivor")
+	if err != nil || inst.State != drivers.StateRunning {
+		t.Fatalf("after the crash: %+v %v, want running", inst, err)
+	}
+	if pid, _ := pidOf(t, d, "survivor"); pid != r.Pid {
+		t.Errorf("re-adopted pid %d, recorded %d", pid, r.Pid)
+	}
+	first, err := lastLine(tctx(t), m, "survivor")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, settle, func() error {
+		n, err := lastLine(tctx(t), m, "survivor")
+		if err == nil && n <= first {
+			err = fmt.Errorf("still at line %d", n)
+		}
+		return err
+	})
+	if changed, err := m.Stop(tctx(t), "survivor", drivers.StopOptions{Timeout: 5 * time.Second}); err != nil || !changed {
+		t.Fatalf("Stop after re-adoption: %v %v", changed, err)
+	}
+	if alive(r.Pid, r.StartTicks) {
+		t.Errorf("pid %d alive after Stop", r.Pid)
+	}
+}
