@@ -37,13 +37,19 @@ func probeCgroups(o Options) *cgroups {
 	c := &cgroups{root: o.CgroupRoot, parent: o.CgroupParent, ctrls: map[string]bool{}}
 	if _, err := os.Stat(filepath.Join(c.root, "cgroup.controllers")); err == nil {
 		c.v2 = true
-		// Delegate the controllers to the parent and from it to instances.
-		_ = os.WriteFile(filepath.Join(c.root, "cgroup.subtree_control"), []byte("+memory +cpu +pids"), 0)
+		// Delegate the controllers to the parent and from it to instances,
+		// one at a time (one unavailable controller fails a whole write).
+		enable := func(dir string) {
+			for _, ctl := range cgroupControllers {
+				_ = os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+"+ctl), 0)
+			}
+		}
+		enable(c.root)
 		p := filepath.Join(c.root, c.parent)
 		if err := os.MkdirAll(p, 0o755); err != nil {
 			return nil
 		}
-		_ = os.WriteFile(filepath.Join(p, "cgroup.subtree_control"), []byte("+memory +cpu +pids"), 0)
+		enable(p)
 		b, err := os.ReadFile(filepath.Join(p, "cgroup.subtree_control"))
 		if err != nil {
 			return nil

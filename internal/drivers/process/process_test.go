@@ -1060,3 +1060,25 @@ func TestWorkerCrash(t *testing.T) {
 		t.Errorf("pid %d alive after Stop", r.Pid)
 	}
 }
+
+// TestCgroupV2Probe: a cgroup v2 file system is recognised by its
+// cgroup.controllers; without the memory controller delegated (as on a
+// hybrid host's unified mount) limits are unsupported.
+func TestCgroupV2Probe(t *testing.T) {
+	root := "/sys/fs/cgroup/unified"
+	b, err := os.ReadFile(filepath.Join(root, "cgroup.controllers"))
+	if err != nil {
+		t.Skipf("no cgroup v2 mount at %s: %v", root, err)
+	}
+	if strings.Contains(string(b), "memory") {
+		t.Skipf("%s offers memory; this test is for a v2 mount without it", root)
+	}
+	parent := "subbus-test-" + newID()
+	t.Cleanup(func() { _ = syscall.Rmdir(filepath.Join(root, parent)) })
+	o := testOptions(t.TempDir())
+	o.setDefaults()
+	o.CgroupRoot, o.CgroupParent = root, parent
+	if cg := probeCgroups(o); cg != nil {
+		t.Fatalf("limits offered on a v2 mount without memory: %+v", cg)
+	}
+}
