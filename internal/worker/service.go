@@ -92,8 +92,12 @@ func (w *Worker) stats() Stats {
 func (w *Worker) handler(m *manager.Manager) micro.Handler {
 	return micro.HandlerFunc(func(req micro.Request) {
 		received := time.Now()
+		if !w.inflight.add() {
+			// Dispatched by the final drain after the drivers closed.
+			w.respondError(req, "", drivers.Errorf(drivers.Unavailable, "worker %s is shutting down", w.host))
+			return
+		}
 		w.sem <- struct{}{}
-		w.inflight.Add(1)
 		go func() {
 			defer func() {
 				if p := recover(); p != nil {
@@ -101,7 +105,7 @@ func (w *Worker) handler(m *manager.Manager) micro.Handler {
 					w.respondError(req, "", drivers.Errorf(drivers.Internal, "worker panic: %v", p))
 				}
 				<-w.sem
-				w.inflight.Done()
+				w.inflight.done()
 			}()
 			w.serve(m, req, received)
 		}()

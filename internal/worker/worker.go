@@ -36,7 +36,7 @@ type Worker struct {
 	svc micro.Service
 
 	sem      chan struct{}
-	inflight sync.WaitGroup
+	inflight *inflight
 	// opCtx is the parent of every operation: cancelled when the grace
 	// period ends, not when shutdown begins.
 	opCtx    context.Context
@@ -63,16 +63,17 @@ func New(ctx context.Context, opts Options) (*Worker, error) {
 		return nil, err
 	}
 	w := &Worker{
-		opts:    opts,
-		host:    host,
-		log:     opts.Logger.With().Str("host", host).Logger(),
-		byName:  map[string]*manager.Manager{},
-		sem:     make(chan struct{}, opts.MaxConcurrent),
-		idem:    newIdemCache(opts.IdempotencyTTL, opts.IdempotencyEntries),
-		events:  newOutbox(opts.OutboxSize),
-		metrics: newOutbox(opts.MetricsOutboxSize),
-		ready:   make(chan struct{}),
-		closed:  make(chan struct{}),
+		opts:     opts,
+		host:     host,
+		log:      opts.Logger.With().Str("host", host).Logger(),
+		byName:   map[string]*manager.Manager{},
+		sem:      make(chan struct{}, opts.MaxConcurrent),
+		inflight: newInflight(),
+		idem:     newIdemCache(opts.IdempotencyTTL, opts.IdempotencyEntries),
+		events:   newOutbox(opts.OutboxSize),
+		metrics:  newOutbox(opts.MetricsOutboxSize),
+		ready:    make(chan struct{}),
+		closed:   make(chan struct{}),
 	}
 	mgrs := opts.Managers
 	if mgrs == nil {
@@ -252,10 +253,10 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	if err := w.svc.Stop(); err != nil {
 		w.log.Warn().Err(err).Msg("stopping the service")
 	}
-	if !waitTimeout(&w.inflight, w.opts.GracePeriod) {
+	if !w.inflight.wait(w.opts.GracePeriod) {
 		w.log.Warn().Dur("grace_period", w.opts.GracePeriod).Msg("grace period over: cancelling in-flight requests")
 		w.opCancel()
-		waitTimeout(&w.inflight, 5*time.Second)
+		w.inflight.wait(5 * time.Second)
 	}
 	for _, u := range unsubs {
 		u()
@@ -263,6 +264,8 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	w.flush(5 * time.Second)
 	stopBG()
 	bgWG.Wait()
+	w.inflight.close()
+	w.inflight.wait(5 * time.Second)
 	for _, m := range w.managers {
 		if err := m.Close(); err != nil {
 			w.log.Warn().Str("driver", m.Driver()).Err(err).Msg("closing driver")
@@ -554,17 +557,5 @@ func (w *Worker) sampleMetrics(ctx context.Context, m *manager.Manager) {
 		}
 		subj := messages.MetricsSubject(m.Driver(), w.host, inst.Name)
 		w.metrics.push(subj, fmt.Sprintf("%s@%d", subj, msg.Time.UnixNano()), data)
-	}
-}
-
-// waitTimeout waits for wg for at most d and reports whether it finished.
-func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return true
-	case <-time.After(d):
-		return false
 	}
 }
