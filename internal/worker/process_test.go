@@ -224,3 +224,38 @@ func TestProcessMetricsStream(t *testing.T) {
 		return lastMetrics(t, nc, messages.MetricsSubject("process", "h1", name))
 	})
 }
+
+// TestProcessIdempotencyAndStreamCancel: a keyed create retried through
+// the bus creates once; a streamed exec and a followed log stream stop on
+// the worker when the client goes away.
+func TestProcessIdempotencyAndStreamCancel(t *testing.T) {
+	w, nc := startProcessWorker(t, func(o *Options) { o.HeartbeatInterval = 200 * time.Millisecond })
+	name := uniqueName("idem")
+	t.Cleanup(func() {
+		_, _ = callErr(nc, subj("process", messages.OpDelete), messages.DeleteRequest{Name: name, Force: true}, nil, 10*time.Second)
+	})
+	body := messages.CreateRequest{Template: drivers.InstanceTemplate{Name: name, BaseImage: "/bin/sleep", Command: []string{"/bin/sleep", "300"}}}
+	hdr := map[string]string{messages.HeaderIdempotencyKey: "create-" + name}
+	first := okSchemaH(t, nc, hostSubj("process", "h1", messages.OpCreate), body, hdr, nil)
+	again := okSchemaH(t, nc, hostSubj("process", "h1", messages.OpCreate), body, hdr, nil)
+	if string(first.Result) != string(again.Result) || first.RequestID != again.RequestID {
+		t.Fatalf("retry got %+v, first %+v", again, first)
+	}
+	wantErr(t, nc, subj("process", messages.OpCreate), body, nil, drivers.AlreadyExists)
+	okSchema(t, nc, subj("process", messages.OpStart), messages.NameRequest{Name: name}, nil)
+
+	idle := func() error {
+		if n := w.stats().InFlight; n != 0 {
+			return fmt.Errorf("%d requests still in flight on the worker", n)
+		}
+		return nil
+	}
+	// The client reads the first heartbeat of a silent command, then leaves.
+	chunks := streamCall(t, nc, subj("process", messages.OpExec), map[string]any{"name": name, "command": []string{"/bin/sleep", "60"}, "stream": true}, 1)
+	if !chunks[0].Heartbeat {
+		t.Fatalf("first chunk %+v", chunks[0])
+	}
+	testenv.Eventually(t, 10*time.Second, idle)
+	streamCall(t, nc, subj("process", messages.OpLogs), messages.LogsRequest{Name: name, Follow: true}, 1)
+	testenv.Eventually(t, 10*time.Second, idle)
+}
