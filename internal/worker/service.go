@@ -133,7 +133,7 @@ func (w *Worker) serve(m *manager.Manager, req micro.Request, received time.Time
 	opTok := subj[strings.LastIndexByte(subj, '.')+1:]
 	c.log = w.log.With().Str("request_id", c.requestID).Str("driver", m.Driver()).Str("op", opTok).Logger()
 
-	code, err := c.run(opTok, received)
+	code, err := c.run(opTok)
 	ev := c.log.Info()
 	if err != nil {
 		ev = c.log.Warn().Str("code", code.String()).Str("error", err.Error())
@@ -145,7 +145,7 @@ func (w *Worker) serve(m *manager.Manager, req micro.Request, received time.Time
 }
 
 // run serves the request and returns the error it answered with, if any.
-func (c *call) run(opTok string, received time.Time) (drivers.Code, error) {
+func (c *call) run(opTok string) (drivers.Code, error) {
 	w := c.w
 	fail := func(err error) (drivers.Code, error) {
 		w.respondError(c.req, c.requestID, err)
@@ -160,7 +160,7 @@ func (c *call) run(opTok string, received time.Time) (drivers.Code, error) {
 	if err != nil {
 		return fail(err)
 	}
-	if hasDeadline && !deadline.After(received) {
+	if hasDeadline && !deadline.After(time.Now()) { // checked after waiting for a slot
 		return fail(drivers.Errorf(drivers.Timeout, "deadline %s passed before the request was handled; nothing was done",
 			messages.FormatDeadline(deadline)))
 	}
