@@ -168,8 +168,12 @@ type ChangedResult struct {
 // cancels the operation, which stops the stream on the worker. While a followed stream is quiet
 // the worker sends a Heartbeat chunk every HeartbeatInterval so a vanished
 // client is noticed. The last chunk has Final set and carries the exit code
-// (exec) or the error, if any; errors before the stream starts (not_found,
-// invalid_argument…) arrive as a single Final chunk with Error.
+// (exec) or the error, if any; an operation that fails at once
+// (not_found, conflict…) sends a single Final chunk with Error. A request
+// rejected before any operation starts (invalid_argument, unsupported, an
+// expired deadline) gets a plain error Reply instead. Every message that
+// carries an error also has the Nats-Service-Error(-Code) headers, which
+// clients check first.
 type Chunk struct {
 	RequestID string             `json:"request_id,omitempty"`
 	Seq       uint64             `json:"seq"`
