@@ -165,7 +165,9 @@ func (c *call) stream(ctx context.Context, body any) (drivers.Code, error) {
 	gone := s.err
 	s.mu.Unlock()
 	if gone != nil {
-		return drivers.CodeOf(gone), gone // the client is gone: nobody to tell
+		// The client is gone (or stopped acknowledging): nobody to tell.
+		c.log.Info().Str("reason", gone.Error()).Msg("stream ended by the client; operation cancelled")
+		return 0, nil
 	}
 	final.Final = true
 	if opErr != nil {
