@@ -154,6 +154,15 @@ func (c *call) stream(ctx context.Context, body any) (drivers.Code, error) {
 		}
 		opErr = err
 	case *messages.LogsRequest:
+		// A followed stream never ends by itself: end it when the worker
+		// shuts down (the client gets a normal final chunk).
+		go func() {
+			select {
+			case <-c.w.stopping:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
 		opErr = c.m.Logs(ctx, r.Name, drivers.LogOptions{Lines: r.Lines, Follow: true}, func(l drivers.LogLine) error {
 			line := l
 			return s.send(messages.Chunk{Stream: l.Stream, Line: &line})

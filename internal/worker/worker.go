@@ -48,6 +48,7 @@ type Worker struct {
 	ready   chan struct{} // closed once the streams exist
 
 	clientURL string
+	stopping  chan struct{} // closed when shutdown begins
 	closed    chan struct{}
 }
 
@@ -73,6 +74,7 @@ func New(ctx context.Context, opts Options) (*Worker, error) {
 		events:   newOutbox(opts.OutboxSize),
 		metrics:  newOutbox(opts.MetricsOutboxSize),
 		ready:    make(chan struct{}),
+		stopping: make(chan struct{}),
 		closed:   make(chan struct{}),
 	}
 	mgrs := opts.Managers
@@ -250,6 +252,7 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 
 	<-ctx.Done()
 	w.log.Info().Msg("shutting down: no new requests")
+	close(w.stopping) // ends followed log streams
 	if err := w.svc.Stop(); err != nil {
 		w.log.Warn().Err(err).Msg("stopping the service")
 	}

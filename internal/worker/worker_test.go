@@ -550,3 +550,33 @@ func TestEmbeddedPortInUse(t *testing.T) {
 		t.Fatalf("Run = %v after %v", err, time.Since(start))
 	}
 }
+
+func TestShutdownEndsFollowedLogs(t *testing.T) {
+	s := startNATS(t)
+	d := newToy()
+	w := startWorker(t, s, []*manager.Manager{toyManager(d)}, nil)
+	nc := connect(t, s.ClientURL())
+	ok(t, nc, subj("toy", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{Name: "f1", BaseImage: "x"}}, nil)
+	got := make(chan []messages.Chunk, 1)
+	go func() {
+		chunks, _ := streamChunks(nc, subj("toy", messages.OpLogs), messages.LogsRequest{Name: "f1", Follow: true}, 0)
+		got <- chunks
+	}()
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if d.following.Load() == 0 {
+			return errors.New("not following yet")
+		}
+		return nil
+	})
+	start := time.Now()
+	if err := w.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el > 10*time.Second {
+		t.Fatalf("shutdown took %v with a followed stream", el)
+	}
+	chunks := <-got
+	if len(chunks) == 0 || !chunks[len(chunks)-1].Final || chunks[len(chunks)-1].Error != nil {
+		t.Fatalf("stream did not end with a clean final chunk: %+v", chunks)
+	}
+}
