@@ -365,19 +365,27 @@ func wantErr(t testing.TB, nc *nats.Conn, subject string, body any, hdr map[stri
 // streamEvents returns every event stored in SUBSTRATE_EVENTS.
 func streamEvents(t testing.TB, nc *nats.Conn) []messages.CloudEvent {
 	t.Helper()
-	js, err := jetstream.New(nc)
+	out, err := streamEventsErr(nc)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return out
+}
+
+func streamEventsErr(nc *nats.Conn) ([]messages.CloudEvent, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s, err := js.Stream(ctx, messages.EventsStream)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	info, err := s.Info(ctx)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	var out []messages.CloudEvent
 	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
@@ -386,18 +394,18 @@ func streamEvents(t testing.TB, nc *nats.Conn) []messages.CloudEvent {
 			continue
 		}
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		var ce messages.CloudEvent
 		if err := json.Unmarshal(m.Data, &ce); err != nil {
-			t.Fatalf("event %s: %v", m.Data, err)
+			return nil, fmt.Errorf("event %s: %w", m.Data, err)
 		}
 		if got := m.Header.Get(jetstream.MsgIDHeader); got != ce.ID {
-			t.Fatalf("Nats-Msg-Id %q != event id %q", got, ce.ID)
+			return nil, fmt.Errorf("Nats-Msg-Id %q != event id %q", got, ce.ID)
 		}
 		out = append(out, ce)
 	}
-	return out
+	return out, nil
 }
 
 // eventRecorder counts the events a manager emits.
@@ -430,7 +438,10 @@ func waitEventsStored(t testing.TB, nc *nats.Conn, want []string) {
 func waitEvents(t testing.TB, nc *nats.Conn, want []string, exact bool) {
 	t.Helper()
 	testenv.Eventually(t, 20*time.Second, func() error {
-		got := streamEvents(t, nc)
+		got, err := streamEventsErr(nc)
+		if err != nil {
+			return err
+		}
 		count := map[string]int{}
 		for _, e := range got {
 			count[e.ID]++

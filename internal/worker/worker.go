@@ -411,6 +411,12 @@ func (w *Worker) enqueueEvent(e drivers.Event) {
 	if e.Host == "" {
 		e.Host = w.host
 	}
+	if !messages.ValidToken(e.Driver) || !messages.ValidToken(e.Host) || !messages.ValidToken(string(e.Type)) {
+		// Such an event could never be stored; keep it from clogging the outbox.
+		w.log.Error().Str("event", e.ID).Str("driver", e.Driver).Str("type", string(e.Type)).Msg("event with an invalid driver, host or type dropped")
+		w.events.dropped.Add(1)
+		return
+	}
 	data, err := json.Marshal(messages.NewCloudEvent(e))
 	if err != nil {
 		w.log.Error().Err(err).Str("event", e.ID).Msg("encoding event")
@@ -492,6 +498,14 @@ func (w *Worker) publishBatch(ob *outbox, n int) bool {
 	ob.remove(done)
 	if lastErr != nil {
 		w.log.Debug().Err(lastErr).Int("pending", ob.len()).Msg("publish not acknowledged; retrying")
+		if errors.Is(lastErr, jetstream.ErrNoStreamResponse) && w.opts.ManageStreams {
+			// The stream vanished (deleted, or a fresh server): recreate it.
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			if err := w.ensureStreams(ctx); err != nil {
+				w.log.Warn().Err(err).Msg("streams not ready; events wait in the outbox")
+			}
+			cancel()
+		}
 	}
 	return ok
 }

@@ -580,3 +580,20 @@ func TestShutdownEndsFollowedLogs(t *testing.T) {
 		t.Fatalf("stream did not end with a clean final chunk: %+v", chunks)
 	}
 }
+
+// TestStreamRecreated: when SUBSTRATE_EVENTS is deleted under a running
+// worker, the worker recreates it and keeps publishing.
+func TestStreamRecreated(t *testing.T) {
+	s := startNATS(t)
+	m := toyManager(newToy())
+	startWorker(t, s, []*manager.Manager{m}, nil)
+	nc := connect(t, s.ClientURL())
+	js, _ := jetstream.New(nc)
+	if err := js.DeleteStream(context.Background(), messages.EventsStream); err != nil {
+		t.Fatal(err)
+	}
+	var rec eventRecorder
+	m.Subscribe(rec.record)
+	ok(t, nc, subj("toy", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{Name: "r1", BaseImage: "x"}}, nil)
+	waitEventsStored(t, nc, rec.all())
+}
