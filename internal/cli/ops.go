@@ -803,7 +803,7 @@ func cmdSnapshot(e *env, c *call) error {
 	if e.json {
 		return e.printJSON(res)
 	}
-	fmt.Fprintf(e.stdout, "%s: snapshot %s %sd\n", name, snap, strings.TrimSuffix(verb, "e"))
+	fmt.Fprintf(e.stdout, "%s: snapshot %s %sd\n", name, snap, verb)
 	return nil
 }
 
