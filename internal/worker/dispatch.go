@@ -8,9 +8,6 @@ import (
 	"github.com/subbus/subbus/internal/messages"
 )
 
-// CapabilitiesResult is the result of the capabilities op.
-type CapabilitiesResult = messages.CapabilitiesResult
-
 // checkSupported answers unsupported for an op the driver cannot do.
 func checkSupported(m *manager.Manager, op messages.Op) error {
 	caps := m.Capabilities()
@@ -54,7 +51,7 @@ func (c *call) dispatch(ctx context.Context, body any) (any, error) {
 			return m.Health(ctx)
 		case messages.OpCapabilities:
 			caps := m.Capabilities()
-			return CapabilitiesResult{Driver: m.Driver(), Host: c.w.host, Capabilities: caps, Ops: caps.Ops()}, nil
+			return messages.CapabilitiesResult{Driver: m.Driver(), Host: c.w.host, Capabilities: caps, Ops: caps.Ops()}, nil
 		case messages.OpNetworkList:
 			l, err := m.ListNetworks(ctx)
 			if l == nil {

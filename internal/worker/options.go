@@ -8,7 +8,6 @@
 package worker
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -270,5 +269,3 @@ func defaultDataDir() string {
 	}
 	return filepath.Join(os.TempDir(), "subbus-nats")
 }
-
-var errStopped = errors.New("worker stopped")
