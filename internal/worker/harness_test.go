@@ -37,9 +37,10 @@ type toy struct {
 	creates   atomic.Int64 // Create calls that ran
 	following atomic.Int64 // followed log streams in progress
 	execs     atomic.Int64 // execs in progress
+	slow      chan struct{} // receives when a slow Create starts
 }
 
-func newToy() *toy { return &toy{instances: map[string]drivers.Instance{}} }
+func newToy() *toy { return &toy{instances: map[string]drivers.Instance{}, slow: make(chan struct{}, 100)} }
 
 func (d *toy) Name() string                     { return "toy" }
 func (d *toy) Connect(context.Context) error    { return nil }
@@ -71,6 +72,10 @@ func (d *toy) Get(_ context.Context, name string) (drivers.Instance, error) {
 
 func (d *toy) Create(ctx context.Context, t drivers.InstanceTemplate) (drivers.Instance, error) {
 	if s := t.Metadata["delay"]; s != "" {
+		select {
+		case d.slow <- struct{}{}:
+		default:
+		}
 		dl, _ := time.ParseDuration(s)
 		select {
 		case <-time.After(dl):

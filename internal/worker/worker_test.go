@@ -180,18 +180,25 @@ func TestSlowCreateDoesNotBlockList(t *testing.T) {
 
 	done := make(chan error, 1)
 	go func() {
-		body := messages.CreateRequest{Template: drivers.InstanceTemplate{Name: "slow", BaseImage: "x", Metadata: map[string]string{"delay": "1500ms"}}}
-		_, err := callErr(nc, subj("toy", messages.OpCreate), body, nil, 10*time.Second)
+		body := messages.CreateRequest{Template: drivers.InstanceTemplate{Name: "slow", BaseImage: "x", Metadata: map[string]string{"delay": "5s"}}}
+		_, err := callErr(nc, subj("toy", messages.OpCreate), body, nil, 20*time.Second)
 		done <- err
 	}()
-	time.Sleep(100 * time.Millisecond) // let the create start
-	for range 5 {
-		start := time.Now()
-		ok(t, nc, subj("toy", messages.OpList), nil, nil)
-		ok(t, nc, subj("toy", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{Name: fmt.Sprintf("fast%d", time.Now().UnixNano()), BaseImage: "x"}}, nil)
-		if el := time.Since(start); el > time.Second {
-			t.Fatalf("list+create took %v while a slow create runs", el)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if len(d.slow) == 0 {
+			return errors.New("slow create not started")
 		}
+		return nil
+	})
+	// Lists and other creates are answered while the slow create runs.
+	for i := range 5 {
+		ok(t, nc, subj("toy", messages.OpList), nil, nil)
+		ok(t, nc, subj("toy", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{Name: fmt.Sprintf("fast%d", i), BaseImage: "x"}}, nil)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("the slow create finished (%v) before the other requests were answered", err)
+	default:
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
