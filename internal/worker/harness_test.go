@@ -34,13 +34,15 @@ import (
 type toy struct {
 	mu        sync.Mutex
 	instances map[string]drivers.Instance
-	creates   atomic.Int64 // Create calls that ran
-	following atomic.Int64 // followed log streams in progress
-	execs     atomic.Int64 // execs in progress
+	creates   atomic.Int64  // Create calls that ran
+	following atomic.Int64  // followed log streams in progress
+	execs     atomic.Int64  // execs in progress
 	slow      chan struct{} // receives when a slow Create starts
 }
 
-func newToy() *toy { return &toy{instances: map[string]drivers.Instance{}, slow: make(chan struct{}, 100)} }
+func newToy() *toy {
+	return &toy{instances: map[string]drivers.Instance{}, slow: make(chan struct{}, 100)}
+}
 
 func (d *toy) Name() string                     { return "toy" }
 func (d *toy) Connect(context.Context) error    { return nil }
