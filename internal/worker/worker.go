@@ -261,19 +261,21 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 		w.opCancel()
 		w.inflight.wait(5 * time.Second)
 	}
-	for _, u := range unsubs {
-		u()
-	}
-	w.flush(5 * time.Second)
-	stopBG()
-	bgWG.Wait()
 	w.inflight.close()
 	w.inflight.wait(5 * time.Second)
+	// Background loops stop first, so that only flush publishes from here.
+	stopBG()
+	bgWG.Wait()
+	// Closing a driver may emit events (disconnected): still subscribed.
 	for _, m := range w.managers {
 		if err := m.Close(); err != nil {
 			w.log.Warn().Str("driver", m.Driver()).Err(err).Msg("closing driver")
 		}
 	}
+	for _, u := range unsubs {
+		u()
+	}
+	w.flush(5 * time.Second)
 	if n := w.events.len(); n > 0 {
 		w.log.Error().Int("events", n).Msg("events not published before shutdown")
 	}
