@@ -26,11 +26,14 @@ func TestDriverSelection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		for _, m := range w.Managers() {
-			_ = m.Close()
-		}
-	})
+	closeAll := func(w *Worker) {
+		t.Cleanup(func() {
+			for _, m := range w.Managers() {
+				_ = m.Close()
+			}
+		})
+	}
+	closeAll(w)
 	names := w.driverNames()
 	if !strings.Contains(","+strings.Join(names, ",")+",", ",process,") {
 		t.Fatalf("drivers %v lack process", names)
@@ -62,6 +65,7 @@ func TestDriverSelection(t *testing.T) {
 	if err != nil || strings.Join(w.driverNames(), ",") != "process" {
 		t.Fatalf("explicit list: %v %v", w, err)
 	}
+	closeAll(w)
 	if _, err := New(context.Background(), Options{Host: "h1", Config: cfg, Drivers: []string{"nosuch"}, Logger: zerolog.Nop()}); err == nil ||
 		!strings.Contains(err.Error(), "unknown driver") {
 		t.Fatalf("unknown driver: %v", err)
