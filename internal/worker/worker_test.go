@@ -593,8 +593,14 @@ func TestShutdownEndsFollowedLogs(t *testing.T) {
 func TestStreamRecreated(t *testing.T) {
 	s := startNATS(t)
 	m := toyManager(newToy())
-	startWorker(t, s, []*manager.Manager{m}, nil)
+	w := startWorker(t, s, []*manager.Manager{m}, nil)
 	nc := connect(t, s.ClientURL())
+	testenv.Eventually(t, 10*time.Second, func() error { // the connected event is stored
+		if w.Pending() > 0 || w.stats().EventsStored == 0 {
+			return errors.New("events pending")
+		}
+		return nil
+	})
 	js, _ := jetstream.New(nc)
 	if err := js.DeleteStream(context.Background(), messages.EventsStream); err != nil {
 		t.Fatal(err)
