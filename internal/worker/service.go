@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/rs/zerolog"
 
@@ -69,6 +70,8 @@ func (w *Worker) addService() error {
 // (`nats micro stats substrate`).
 type Stats struct {
 	InFlight       int    `json:"in_flight"`
+	Replies        uint64 `json:"replies"`
+	ErrorReplies   uint64 `json:"error_replies"`
 	EventsPending  int    `json:"events_pending"`
 	EventsStored   uint64 `json:"events_stored"`
 	EventsDropped  uint64 `json:"events_dropped"`
@@ -79,6 +82,8 @@ type Stats struct {
 func (w *Worker) stats() Stats {
 	return Stats{
 		InFlight:       len(w.sem),
+		Replies:        w.replies.Load(),
+		ErrorReplies:   w.errorReplies.Load(),
 		EventsPending:  w.events.len(),
 		EventsStored:   w.events.stored.Load(),
 		EventsDropped:  w.events.dropped.Load(),
@@ -250,11 +255,7 @@ func replayCode(r cachedReply) drivers.Code {
 }
 
 func (c *call) respondCached(r cachedReply) error {
-	h := micro.Headers{messages.HeaderRequestID: []string{c.requestID}}
-	if r.errCode != "" {
-		return c.req.Error(r.errCode, r.errMsg, r.data, micro.WithHeaders(h))
-	}
-	return c.req.Respond(r.data, micro.WithHeaders(h))
+	return c.w.send(c.req, c.requestID, r.data, r.errMsg, r.errCode)
 }
 
 func (c *call) respondResult(result any) error {
@@ -267,8 +268,7 @@ func (c *call) respondBytes(data []byte) error {
 		c.w.respondError(c.req, c.requestID, err)
 		return err
 	}
-	h := micro.Headers{messages.HeaderRequestID: []string{c.requestID}}
-	if err := c.req.Respond(data, micro.WithHeaders(h)); err != nil {
+	if err := c.w.send(c.req, c.requestID, data, "", ""); err != nil {
 		c.log.Warn().Err(err).Msg("sending the reply failed")
 		return err
 	}
@@ -278,13 +278,31 @@ func (c *call) respondBytes(data []byte) error {
 // respondError answers with an error reply and micro's error headers.
 func (w *Worker) respondError(req micro.Request, requestID string, err error) {
 	msg, code := messages.ErrorHeaders(err)
-	h := micro.Headers{}
-	if requestID != "" {
-		h[messages.HeaderRequestID] = []string{requestID}
-	}
-	if rerr := req.Error(code, msg, messages.ErrorReply(requestID, w.host, err), micro.WithHeaders(h)); rerr != nil {
+	if rerr := w.send(req, requestID, messages.ErrorReply(requestID, w.host, err), msg, code); rerr != nil {
 		w.log.Warn().Err(rerr).Msg("sending the error reply failed")
 	}
+}
+
+// send publishes a reply to the request's reply subject, with micro's
+// error headers when errCode is set. It publishes on the connection rather
+// than through req.Respond/req.Error: those record the outcome in the
+// request, which micro reads for its endpoint stats when the handler
+// returns, so calling them from the request's goroutine would race.
+func (w *Worker) send(req micro.Request, requestID string, data []byte, errMsg, errCode string) error {
+	w.replies.Add(1)
+	if req.Reply() == "" {
+		return errors.New("the request has no reply subject")
+	}
+	msg := &nats.Msg{Subject: req.Reply(), Data: data, Header: nats.Header{}}
+	if requestID != "" {
+		msg.Header.Set(messages.HeaderRequestID, requestID)
+	}
+	if errCode != "" {
+		w.errorReplies.Add(1)
+		msg.Header.Set(micro.ErrorHeader, errMsg)
+		msg.Header.Set(micro.ErrorCodeHeader, errCode)
+	}
+	return w.nc.PublishMsg(msg)
 }
 
 // streaming reports whether a decoded request asks for a streamed reply.

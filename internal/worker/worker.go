@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -35,8 +36,10 @@ type Worker struct {
 	js  jetstream.JetStream
 	svc micro.Service
 
-	sem      chan struct{}
-	inflight *inflight
+	sem          chan struct{}
+	replies      atomic.Uint64 // replies sent (micro's stats count only what handlers answer synchronously)
+	errorReplies atomic.Uint64
+	inflight     *inflight
 	// opCtx is the parent of every operation: cancelled when the grace
 	// period ends, not when shutdown begins.
 	opCtx    context.Context
