@@ -124,7 +124,9 @@ func TestValidateName(t *testing.T) {
 type coreOnly struct{ Driver }
 type withExec struct{ coreOnly }
 
-func (withExec) Exec(context.Context, string, ExecRequest, Writer, Writer) (int, error) { return 0, nil }
+func (withExec) Exec(context.Context, string, ExecRequest, Writer, Writer) (int, error) {
+	return 0, nil
+}
 
 type narrowed struct{ withExec }
 
