@@ -80,8 +80,14 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 	}
 	err = d.rpc.call(ctx, "supervisor.startProcess", nil, name, false)
 	changed := true
-	if isFault(err, faultAlreadyStarted) {
+	switch {
+	case isFault(err, faultAlreadyStarted):
 		changed, err = false, nil
+	case isFault(err, faultSpawnError):
+		// supervisord reaps right after spawning, so a program that exits
+		// at once is reported as a spawn error even with wait=false; its
+		// state (BACKOFF with retries left, or FATAL) tells the outcome.
+		err = nil
 	}
 	if err != nil {
 		return false, err
