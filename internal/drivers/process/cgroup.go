@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/procfs"
 )
 
 // cgroups applies limits through the cgroup file system: v2 (unified,
@@ -187,7 +188,7 @@ func (c *cgroups) apply(id string, l drivers.ResourceLimits) error {
 func (c *cgroups) addTree(id string, pid int) error {
 	var firstErr error
 	for round := 0; round < 2; round++ {
-		procs, err := tree(pid)
+		procs, err := procfs.Tree(pid)
 		if err != nil {
 			return err
 		}

@@ -29,6 +29,7 @@ import (
 
 	"github.com/subbus/subbus/internal/config"
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/procfs"
 )
 
 // Name is the driver's name.
@@ -154,7 +155,7 @@ type inst struct {
 	// exit counts as stopped whatever the exit status.
 	stopping bool
 	// prev is the previous metrics sample, for rates.
-	prev *sample
+	prev *procfs.TreeSample
 }
 
 // New returns an unconnected driver.
@@ -211,7 +212,7 @@ func (d *Driver) Connect(ctx context.Context) error {
 		return drivers.Wrap(d.ErrorCode(err), err, "process: reading state")
 	}
 	d.issues = bad
-	d.boot = bootID()
+	d.boot = procfs.BootID()
 	d.cgroupsOnce()
 	d.bg, d.bgCancel = context.WithCancel(context.Background())
 	d.insts = map[string]*inst{}
@@ -222,7 +223,7 @@ func (d *Driver) Connect(ctx context.Context) error {
 		if r.State != drivers.StateRunning {
 			continue
 		}
-		if r.BootID == d.boot && alive(r.Pid, r.StartTicks) {
+		if r.BootID == d.boot && procfs.Alive(r.Pid, r.StartTicks) {
 			// The same process: re-adopt it and watch it by polling /proc.
 			in.done = make(chan struct{})
 			d.bgWG.Add(1)

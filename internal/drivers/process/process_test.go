@@ -18,6 +18,7 @@ import (
 	"github.com/subbus/subbus/internal/config"
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/procfs"
 	"github.com/subbus/subbus/internal/testenv"
 )
 
@@ -134,11 +135,11 @@ func TestRestartReadopts(t *testing.T) {
 	}
 	// Fake the third record: "running" as this test process with a wrong
 	// start time, as after a pid reuse.
-	self, err := readStat(os.Getpid())
+	self, err := procfs.ReadStat(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
-	forgeRunning(t, dir, "reused", os.Getpid(), self.StartTicks+1, bootID())
+	forgeRunning(t, dir, "reused", os.Getpid(), self.StartTicks+1, procfs.BootID())
 
 	m2, d2 := newManager(t, o)
 	for _, n := range names {
@@ -218,7 +219,7 @@ func TestRestartReadopts(t *testing.T) {
 
 // aliveAny reports whether pid exists and is not a zombie.
 func aliveAny(pid int) bool {
-	s, err := readStat(pid)
+	s, err := procfs.ReadStat(pid)
 	return err == nil && s.State != 'Z'
 }
 
@@ -250,7 +251,7 @@ func TestPidReuseGuard(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = other.Process.Kill(); _ = other.Wait() })
-	st, err := readStat(other.Process.Pid)
+	st, err := procfs.ReadStat(other.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,8 +261,8 @@ func TestPidReuseGuard(t *testing.T) {
 		boot  string
 		adopt bool
 	}{
-		{"same", st.StartTicks, bootID(), true},
-		{"other-start", st.StartTicks + 1, bootID(), false},
+		{"same", st.StartTicks, procfs.BootID(), true},
+		{"other-start", st.StartTicks + 1, procfs.BootID(), false},
 		{"other-boot", st.StartTicks, "not-this-boot", false},
 	}
 	for _, c := range cases {
@@ -843,7 +844,7 @@ func groupAlive(pgid int) bool {
 		if err != nil {
 			continue
 		}
-		if s, err := readStat(pid); err == nil && s.PGrp == pgid && s.State != 'Z' {
+		if s, err := procfs.ReadStat(pid); err == nil && s.PGrp == pgid && s.State != 'Z' {
 			return true
 		}
 	}
@@ -1021,7 +1022,7 @@ func TestWorkerCrash(t *testing.T) {
 		t.Fatalf("state left by the dead worker: %+v %v", r, err)
 	}
 	killGroupAtEnd(t, r.Pid)
-	if !alive(r.Pid, r.StartTicks) {
+	if !procfs.Alive(r.Pid, r.StartTicks) {
 		t.Fatalf("the instance (pid %d) died with its worker", r.Pid)
 	}
 	// Output is captured with no worker running.
@@ -1059,7 +1060,7 @@ func TestWorkerCrash(t *testing.T) {
 	if changed, err := m.Stop(tctx(t), "survivor", drivers.StopOptions{Timeout: 5 * time.Second}); err != nil || !changed {
 		t.Fatalf("Stop after re-adoption: %v %v", changed, err)
 	}
-	if alive(r.Pid, r.StartTicks) {
+	if procfs.Alive(r.Pid, r.StartTicks) {
 		t.Errorf("pid %d alive after Stop", r.Pid)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/procfs"
 )
 
 // defaultPath is PATH for instances whose environment sets none.
@@ -144,7 +145,7 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 	if err != nil {
 		return false, startErr(argv[0], err)
 	}
-	st, err := readStat(proc.Pid)
+	st, err := procfs.ReadStat(proc.Pid)
 	if err != nil {
 		// Exited before we could read its start time: reap it and report.
 		ps, _ := proc.Wait()
@@ -206,7 +207,7 @@ func (d *Driver) pollExit(in *inst, pid int, ticks uint64, done chan struct{}) {
 			return
 		case <-tk.C:
 		}
-		if !alive(pid, ticks) {
+		if !procfs.Alive(pid, ticks) {
 			d.exited(in, pid, ticks, done, -1, "")
 			return
 		}
@@ -346,7 +347,7 @@ func (d *Driver) Stop(ctx context.Context, name string, opts drivers.StopOptions
 // signalGroup signals the process group of pid, but only while pid is
 // still the instance's process (never a reused pid).
 func (d *Driver) signalGroup(pid int, ticks uint64, sig syscall.Signal) {
-	s, err := readStat(pid)
+	s, err := procfs.ReadStat(pid)
 	if err != nil || s.StartTicks != ticks {
 		return
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/subbus/subbus/internal/config"
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/procfs"
 )
 
 // Name is the driver's name.
@@ -132,8 +133,8 @@ type Driver struct {
 	rpc  *rpc
 
 	mu      sync.Mutex
-	samples map[string]sample      // previous metrics sample per program
-	seen    map[string]processInfo // the event feed's last view, kept across Watch calls
+	samples map[string]procfs.TreeSample // previous metrics sample per program
+	seen    map[string]processInfo       // the event feed's last view, kept across Watch calls
 }
 
 var (
@@ -153,7 +154,7 @@ func New(o Options) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Driver{opts: o, rpc: r, samples: map[string]sample{}}, nil
+	return &Driver{opts: o, rpc: r, samples: map[string]procfs.TreeSample{}}, nil
 }
 
 // FromConfig builds the driver from the configuration's supervisor section.

@@ -1,4 +1,8 @@
-package process
+// Package procfs reads what the drivers that manage local processes need
+// from Linux's /proc: a process's stat and I/O counters, its whole tree,
+// whether a recorded (pid, start time) is still the same process, and
+// usage samples of a tree with rates computed from the previous sample.
+package procfs
 
 import (
 	"bufio"
@@ -10,13 +14,13 @@ import (
 	"strings"
 )
 
-// clockTicks is USER_HZ, the unit of the times in /proc/<pid>/stat. It is
+// ClockTicks is USER_HZ, the unit of the times in /proc/<pid>/stat. It is
 // 100 on every Linux architecture Go supports (the kernel exports a fixed
 // USER_HZ to user space), so it is not read through sysconf.
-const clockTicks = 100
+const ClockTicks = 100
 
-// procStat is the part of /proc/<pid>/stat the driver uses.
-type procStat struct {
+// Stat is the part of /proc/<pid>/stat the drivers use.
+type Stat struct {
 	Pid        int
 	PPid       int
 	State      byte // R, S, D, Z, T, …
@@ -26,31 +30,32 @@ type procStat struct {
 	RSSPages   int64  // field 24
 }
 
-var errNoProcess = errors.New("no such process")
+// ErrNoProcess is returned for a pid that does not exist.
+var ErrNoProcess = errors.New("no such process")
 
-// readStat parses /proc/<pid>/stat. A missing process is errNoProcess.
-func readStat(pid int) (procStat, error) {
+// ReadStat parses /proc/<pid>/stat. A missing process is ErrNoProcess.
+func ReadStat(pid int) (Stat, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return procStat{}, errNoProcess
+			return Stat{}, ErrNoProcess
 		}
-		return procStat{}, err
+		return Stat{}, err
 	}
-	return parseStat(pid, b)
+	return ParseStat(pid, b)
 }
 
-// parseStat parses the content of a stat file. The command name (field 2)
+// ParseStat parses the content of a stat file. The command name (field 2)
 // may contain spaces and parentheses, so fields are counted from the last ')'.
-func parseStat(pid int, b []byte) (procStat, error) {
+func ParseStat(pid int, b []byte) (Stat, error) {
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 || i+2 >= len(b) {
-		return procStat{}, fmt.Errorf("/proc/%d/stat: malformed", pid)
+		return Stat{}, fmt.Errorf("/proc/%d/stat: malformed", pid)
 	}
 	f := strings.Fields(string(b[i+2:]))
 	// f[0] is field 3 (state); field n is f[n-3].
 	if len(f) < 22 {
-		return procStat{}, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f)+2)
+		return Stat{}, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f)+2)
 	}
 	num := func(n int) uint64 {
 		v, _ := strconv.ParseUint(f[n-3], 10, 64)
@@ -60,7 +65,7 @@ func parseStat(pid int, b []byte) (procStat, error) {
 		v, _ := strconv.ParseInt(f[n-3], 10, 64)
 		return v
 	}
-	s := procStat{
+	s := Stat{
 		Pid:        pid,
 		State:      f[0][0],
 		PPid:       int(inum(4)),
@@ -73,19 +78,19 @@ func parseStat(pid int, b []byte) (procStat, error) {
 	return s, nil
 }
 
-// alive reports whether pid is the process that started at startTicks and
+// Alive reports whether pid is the process that started at startTicks and
 // has not exited (a zombie has exited).
-func alive(pid int, startTicks uint64) bool {
+func Alive(pid int, startTicks uint64) bool {
 	if pid <= 0 {
 		return false
 	}
-	s, err := readStat(pid)
+	s, err := ReadStat(pid)
 	return err == nil && s.StartTicks == startTicks && s.State != 'Z' && s.State != 'X'
 }
 
-// bootID identifies the current boot, so start times recorded before a
+// BootID identifies the current boot, so start times recorded before a
 // reboot are never compared with ones after it.
-func bootID() string {
+func BootID() string {
 	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
 		return ""
@@ -93,11 +98,11 @@ func bootID() string {
 	return strings.TrimSpace(string(b))
 }
 
-// tree returns root and all its live descendants, found by scanning the
+// Tree returns root and all its live descendants, found by scanning the
 // ppid of every process (/proc/<pid>/task/*/children is not available on
 // every kernel).
-func tree(root int) ([]procStat, error) {
-	rs, err := readStat(root)
+func Tree(root int) ([]Stat, error) {
+	rs, err := ReadStat(root)
 	if err != nil {
 		return nil, err
 	}
@@ -105,27 +110,27 @@ func tree(root int) ([]procStat, error) {
 	if err != nil {
 		return nil, err
 	}
-	children := map[int][]procStat{}
+	children := map[int][]Stat{}
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil || pid == root {
 			continue
 		}
-		s, err := readStat(pid)
+		s, err := ReadStat(pid)
 		if err != nil {
 			continue // exited while scanning
 		}
 		children[s.PPid] = append(children[s.PPid], s)
 	}
-	out := []procStat{rs}
+	out := []Stat{rs}
 	for i := 0; i < len(out); i++ {
 		out = append(out, children[out[i].Pid]...)
 	}
 	return out, nil
 }
 
-// ioBytes reads read_bytes and write_bytes from /proc/<pid>/io.
-func ioBytes(pid int) (read, write uint64, err error) {
+// ReadIO reads read_bytes and write_bytes from /proc/<pid>/io.
+func ReadIO(pid int) (read, write uint64, err error) {
 	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/io")
 	if err != nil {
 		return 0, 0, err
