@@ -123,6 +123,15 @@ type Networker interface {
 	DetachNetwork(ctx context.Context, name, network string) error
 }
 
+// MetricsBatcher is implemented by drivers that sample many instances at
+// once more cheaply than one by one (one bulk API call, or bounded parallel
+// calls). The result has a sample for each name it could sample and an
+// error for each it could not; a failure of the whole batch is returned as
+// err. The manager falls back to bounded parallel Metrics calls.
+type MetricsBatcher interface {
+	MetricsBatch(ctx context.Context, names []string) (samples map[string]ResourceUsage, failed map[string]error, err error)
+}
+
 // Restarter is implemented by drivers whose substrate restarts natively;
 // otherwise the manager stops then starts.
 type Restarter interface {

@@ -240,6 +240,66 @@ func (m *Manager) Metrics(ctx context.Context, name string) (drivers.ResourceUsa
 	})
 }
 
+// MetricsBatchParallelism bounds concurrent Metrics calls when a driver
+// has no MetricsBatch of its own.
+const MetricsBatchParallelism = 8
+
+// MetricsBatch samples many instances: through the driver's MetricsBatch
+// when it has one (one breaker-guarded call), else through Metrics calls,
+// at most MetricsBatchParallelism at a time. Invalid names fail on their
+// own; the others are still sampled.
+func (m *Manager) MetricsBatch(ctx context.Context, names []string) (map[string]drivers.ResourceUsage, map[string]error, error) {
+	failed := map[string]error{}
+	valid := make([]string, 0, len(names))
+	for _, n := range names {
+		if err := drivers.ValidateName("name", n); err != nil {
+			failed[n] = m.reject("metrics", err)
+			continue
+		}
+		valid = append(valid, n)
+	}
+	if b, ok := m.d.(drivers.MetricsBatcher); ok {
+		type batch struct {
+			samples map[string]drivers.ResourceUsage
+			failed  map[string]error
+		}
+		res, err := run(m, ctx, call{op: "metrics", retry: true}, func(ctx context.Context) (batch, error) {
+			s, f, err := b.MetricsBatch(ctx, valid)
+			return batch{s, f}, err
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+		for n, err := range res.failed {
+			failed[n] = m.classify(ctx, "metrics", err)
+		}
+		return res.samples, failed, nil
+	}
+	var (
+		mu      sync.Mutex
+		wg      sync.WaitGroup
+		samples = make(map[string]drivers.ResourceUsage, len(valid))
+		sem     = make(chan struct{}, MetricsBatchParallelism)
+	)
+	for _, n := range valid {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			u, err := m.Metrics(ctx, n)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				failed[n] = err
+				return
+			}
+			samples[n] = u
+		}()
+	}
+	wg.Wait()
+	return samples, failed, nil
+}
+
 // Health reports the substrate's health (bounded by ConnectionTimeout),
 // with the circuit breaker's state in Details["breaker"] and, unless
 // closed, an issue. On error the returned Health is unhealthy and carries

@@ -560,16 +560,31 @@ func (w *Worker) sampleMetrics(ctx context.Context, m *manager.Manager) {
 		w.log.Debug().Str("driver", m.Driver()).Err(err).Msg("metrics: list failed")
 		return
 	}
+	var running []string
 	for _, inst := range list {
-		if inst.State != drivers.StateRunning {
+		if inst.State == drivers.StateRunning {
+			running = append(running, inst.Name)
+		}
+	}
+	if len(running) == 0 {
+		return
+	}
+	// One batch: drivers with a bulk API (docker, lxc) sample every
+	// instance at once; the others are sampled with bounded parallelism.
+	samples, failed, err := m.MetricsBatch(lctx, running)
+	if err != nil {
+		w.log.Debug().Str("driver", m.Driver()).Err(err).Msg("metrics: batch failed")
+		return
+	}
+	for name, err := range failed {
+		w.log.Debug().Str("driver", m.Driver()).Str("instance", name).Err(err).Msg("metrics: sample failed")
+	}
+	for _, name := range running {
+		u, ok := samples[name]
+		if !ok {
 			continue
 		}
-		u, err := m.Metrics(lctx, inst.Name)
-		if err != nil {
-			w.log.Debug().Str("driver", m.Driver()).Str("instance", inst.Name).Err(err).Msg("metrics: sample failed")
-			continue
-		}
-		msg := messages.MetricsMessage{Driver: m.Driver(), Host: w.host, Instance: inst.Name, Time: time.Now().UTC(), Usage: u}
+		msg := messages.MetricsMessage{Driver: m.Driver(), Host: w.host, Instance: name, Time: time.Now().UTC(), Usage: u}
 		if !u.Time.IsZero() {
 			msg.Time = u.Time
 		}
@@ -577,7 +592,7 @@ func (w *Worker) sampleMetrics(ctx context.Context, m *manager.Manager) {
 		if err != nil {
 			continue
 		}
-		subj := messages.MetricsSubject(m.Driver(), w.host, inst.Name)
+		subj := messages.MetricsSubject(m.Driver(), w.host, name)
 		w.metrics.push(subj, fmt.Sprintf("%s@%d", subj, msg.Time.UnixNano()), data)
 	}
 }

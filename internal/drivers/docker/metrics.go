@@ -201,3 +201,19 @@ func (d *Driver) MetricsMany(ctx context.Context, names []string) []MetricsResul
 	wg.Wait()
 	return out
 }
+
+// MetricsBatch implements drivers.MetricsBatcher over MetricsMany.
+func (d *Driver) MetricsBatch(ctx context.Context, names []string) (map[string]drivers.ResourceUsage, map[string]error, error) {
+	samples := make(map[string]drivers.ResourceUsage, len(names))
+	failed := map[string]error{}
+	for _, r := range d.MetricsMany(ctx, names) {
+		if r.Err != nil {
+			failed[r.Name] = r.Err
+			continue
+		}
+		samples[r.Name] = r.Usage
+	}
+	return samples, failed, nil
+}
+
+var _ drivers.MetricsBatcher = (*Driver)(nil)

@@ -126,3 +126,24 @@ func (d *Driver) MetricsAll(ctx context.Context) (map[string]drivers.ResourceUsa
 	}
 	return out, nil
 }
+
+// MetricsBatch implements drivers.MetricsBatcher with one MetricsAll
+// request; names the server does not have are not_found.
+func (d *Driver) MetricsBatch(ctx context.Context, names []string) (map[string]drivers.ResourceUsage, map[string]error, error) {
+	all, err := d.MetricsAll(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	samples := make(map[string]drivers.ResourceUsage, len(names))
+	failed := map[string]error{}
+	for _, n := range names {
+		if u, ok := all[n]; ok {
+			samples[n] = u
+		} else {
+			failed[n] = drivers.Errorf(drivers.NotFound, "instance %q not found", n)
+		}
+	}
+	return samples, failed, nil
+}
+
+var _ drivers.MetricsBatcher = (*Driver)(nil)
