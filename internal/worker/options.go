@@ -126,14 +126,42 @@ type workerSection struct {
 	Replicas             int             `yaml:"stream_replicas"`
 }
 
+// globalSection lists the keys the global section may have: the worker's
+// own and the manager's defaults for every driver (read by
+// manager.OptionsFromConfig).
+type globalSection struct {
+	EnableMetrics          bool            `yaml:"enable_metrics"`
+	EnableEvents           bool            `yaml:"enable_events"`
+	EnableCaching          bool            `yaml:"enable_caching"`
+	MetricsInterval        config.Duration `yaml:"metrics_interval"`
+	CacheTTL               config.Duration `yaml:"cache_ttl"`
+	manager.SectionOptions `yaml:",inline"`
+}
+
+// natsSection lists the keys of the nats section.
+type natsSection struct {
+	URL       string `yaml:"url"`
+	Listen    string `yaml:"listen"`
+	DataDir   string `yaml:"data_dir"`
+	MaxMemory int64  `yaml:"max_memory"`
+	MaxStore  int64  `yaml:"max_store"`
+}
+
 // OptionsFromConfig reads the worker, nats and global sections. Unknown
-// keys of the worker section are errors naming the key.
+// keys of any of them, and values of the wrong type, are errors naming
+// the key.
 func OptionsFromConfig(cfg *config.Config) (Options, error) {
 	if cfg == nil {
 		cfg = &config.Config{}
 	}
 	var s workerSection
 	if err := cfg.Decode("worker", &s); err != nil {
+		return Options{}, err
+	}
+	if err := cfg.Decode("global", &globalSection{}); err != nil {
+		return Options{}, err
+	}
+	if err := cfg.Decode("nats", &natsSection{}); err != nil {
 		return Options{}, err
 	}
 	o := Options{

@@ -1,0 +1,55 @@
+package worker
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/subbus/subbus/internal/config"
+)
+
+func TestOptionsFromConfig(t *testing.T) {
+	tests := []struct {
+		name    string
+		yaml    string
+		wantErr string // substring naming the bad key; "" = valid
+		check   func(t *testing.T, o Options)
+	}{
+		{name: "empty gives defaults", yaml: "", check: func(t *testing.T, o Options) {
+			if !o.EnableMetrics || o.MetricsInterval != DefaultMetricsInterval || !o.ManageStreams {
+				t.Fatalf("defaults: %+v", o)
+			}
+		}},
+		{name: "sections read", yaml: "global:\n  enable_metrics: false\n  metrics_interval: 3s\n  retry_attempts: 4\nworker:\n  drivers: [process]\n  manage_streams: false\nnats:\n  listen: 127.0.0.1:4333\n",
+			check: func(t *testing.T, o Options) {
+				if o.EnableMetrics || o.MetricsInterval != 3*time.Second || o.ManageStreams || o.Embedded.Listen != "127.0.0.1:4333" || len(o.Drivers) != 1 {
+					t.Fatalf("options: %+v", o)
+				}
+			}},
+		{name: "typo in global", yaml: "global:\n  enable_metric: true\n", wantErr: "enable_metric"},
+		{name: "typo in nats", yaml: "nats:\n  lisen: x\n", wantErr: "lisen"},
+		{name: "typo in worker", yaml: "worker:\n  drivres: [docker]\n", wantErr: "drivres"},
+		{name: "wrong type in global", yaml: "global:\n  enable_events: sometimes\n", wantErr: "global"},
+		{name: "bad duration", yaml: "global:\n  metrics_interval: often\n", wantErr: "global"},
+		{name: "bad host", yaml: "worker:\n  host: a.b\n", wantErr: "host"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := config.Parse([]byte(tc.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			o, err := OptionsFromConfig(cfg)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want one naming %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, o)
+		})
+	}
+}
