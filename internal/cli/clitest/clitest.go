@@ -6,6 +6,8 @@
 //	url := clitest.StartNATS(t)
 //	clitest.StartWorker(t, url, "h1", manager.New(myDriver, manager.Options{Host: "h1"}))
 //	r := clitest.Subbus(t, url, "docker", "list", "--json").Want(t, 0, "list")
+//
+// StartFleet bundles these for a driver's end-to-end tests (fleet.go).
 package clitest
 
 import (
@@ -101,8 +103,15 @@ type Result struct {
 // Subbus runs `subbus --server url args...` in-process (at most 5 minutes).
 func Subbus(t testing.TB, url string, args ...string) Result {
 	t.Helper()
+	return SubbusWithin(t, 5*time.Minute, url, args...)
+}
+
+// SubbusWithin is Subbus with its own time limit: the run's context is
+// cancelled once limit has passed.
+func SubbusWithin(t testing.TB, limit time.Duration, url string, args ...string) Result {
+	t.Helper()
 	var out, errOut bytes.Buffer
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	code := cli.Run(ctx, append([]string{"--server", url}, args...), &out, &errOut)
 	return Result{Stdout: out.String(), Stderr: errOut.String(), Code: code}
@@ -113,6 +122,16 @@ func (r Result) Want(t testing.TB, code int, what string) Result {
 	t.Helper()
 	if r.Code != code {
 		t.Fatalf("%s: subbus exited %d, want %d\nstdout: %s\nstderr: %s", what, r.Code, code, r.Stdout, r.Stderr)
+	}
+	return r
+}
+
+// Expect is Want that lets the test go on: it reports an error (t.Errorf)
+// unless the run exited with code.
+func (r Result) Expect(t testing.TB, code int, what string) Result {
+	t.Helper()
+	if r.Code != code {
+		t.Errorf("%s: subbus exited %d, want %d\nstdout: %s\nstderr: %s", what, r.Code, code, r.Stdout, r.Stderr)
 	}
 	return r
 }

@@ -1,10 +1,7 @@
 package docker_test
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os/exec"
@@ -12,30 +9,35 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-	"github.com/rs/zerolog"
-
 	"github.com/subbus/subbus/internal/cli"
+	"github.com/subbus/subbus/internal/cli/clitest"
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/drivers/docker"
 	"github.com/subbus/subbus/internal/manager"
-	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/testenv"
-	"github.com/subbus/subbus/internal/worker"
 )
 
 const e2eImage = "subbus-test/busybox:latest"
 
-// fleet is a running worker serving the docker driver on an embedded
-// nats-server, and the subbus CLI pointed at it.
+// fleet is a worker serving the docker driver and the CLI pointed at it;
+// url, subbus and randHex keep the names docker_bench_test.go uses.
 type fleet struct {
-	t    testing.TB
-	url  string
-	host string
+	*clitest.Fleet
+	url string
 }
 
-func startFleet(t testing.TB) *fleet {
+// subbus runs the CLI and returns what it printed and its exit status.
+func (f fleet) subbus(args ...string) (stdout, stderr string, status int) {
+	r := f.Run(args...)
+	return r.Stdout, r.Stderr, r.Code
+}
+
+// randHex is a random suffix for names that must not collide.
+func randHex() string { return strings.TrimPrefix(clitest.Unique(""), "-") }
+
+// startFleet skips (fails in CI) without dockerd and the test image, then
+// starts the fleet.
+func startFleet(t testing.TB) fleet {
 	t.Helper()
 	d := docker.New(docker.Options{})
 	probe, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -47,71 +49,10 @@ func startFleet(t testing.TB) *fleet {
 	testenv.Require(t, "dockerd", err, "bash scripts/setup/docker.sh")
 	_ = d.Close()
 
-	host := "e2e" + randHex()
+	host := clitest.Unique("e2e")
 	d = docker.New(docker.Options{HostID: host})
-	w, err := worker.New(context.Background(), worker.Options{
-		Host:          host,
-		Managers:      []*manager.Manager{manager.New(d, manager.Options{Host: host, CacheTTL: -1})},
-		ManageStreams: true,
-		Embedded:      worker.EmbeddedOptions{Listen: "127.0.0.1:-1", DataDir: t.TempDir()},
-		Logger:        zerolog.Nop(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		stop()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Error("worker did not stop")
-		}
-	})
-	select {
-	case <-w.Ready():
-	case err := <-done:
-		t.Fatalf("worker stopped: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("worker not ready")
-	}
-	return &fleet{t: t, url: w.ClientURL(), host: host}
-}
-
-// subbus runs the CLI in-process; flags go before any "--".
-func (f *fleet) subbus(args ...string) (stdout, stderr string, status int) {
-	f.t.Helper()
-	i := len(args)
-	for j, a := range args {
-		if a == "--" {
-			i = j
-			break
-		}
-	}
-	full := append(append(append([]string{}, args[:i]...), "--server", f.url), args[i:]...)
-	var out, errb bytes.Buffer
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	status = cli.Run(ctx, full, &out, &errb)
-	return out.String(), errb.String(), status
-}
-
-// ok runs the CLI and fails the test unless it exits 0.
-func (f *fleet) ok(args ...string) string {
-	f.t.Helper()
-	out, errs, st := f.subbus(args...)
-	if st != 0 {
-		f.t.Fatalf("subbus %s: exit %d: %s%s", strings.Join(args, " "), st, errs, out)
-	}
-	return out
-}
-
-func randHex() string {
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
+	f := clitest.StartFleet(t, host, 60*time.Second, manager.New(d, manager.Options{Host: host, CacheTTL: -1}))
+	return fleet{Fleet: f, url: f.URL}
 }
 
 func cleanup(t *testing.T, names ...string) {
@@ -134,64 +75,59 @@ func cleanup(t *testing.T, names ...string) {
 // subbus commands a user would type.
 func TestEndToEndCLI(t *testing.T) {
 	f := startFleet(t)
-	name, clone := "sbdk-e2e-"+randHex(), "sbdk-e2e-clone-"+randHex()
+	name, clone := clitest.Unique("sbdk-e2e"), clitest.Unique("sbdk-e2e-clone")
 	cleanup(t, name, clone)
 	script := `trap 'exit 0' TERM; echo "hello from ` + name + `"; while :; do sleep 1 & wait $!; done`
 
-	f.ok("docker", "create", name, "--image", e2eImage, "--memory", "64", "--env", "GREETING=hi", "--label", "team=e2e", "--", "sh", "-c", script)
+	f.OK("docker", "create", name, "--image", e2eImage, "--memory", "64", "--env", "GREETING=hi", "--label", "team=e2e", "--", "sh", "-c", script)
 	var inst drivers.Instance
-	if err := json.Unmarshal([]byte(f.ok("docker", "get", name, "--json")), &inst); err != nil {
+	if err := json.Unmarshal([]byte(f.OK("docker", "get", name, "--json")), &inst); err != nil {
 		t.Fatalf("get --json: %v", err)
 	}
 	if inst.State != drivers.StateStopped || !inst.Managed || inst.Limits.MemoryMB != 64 || inst.Metadata["team"] != "e2e" {
 		t.Errorf("created instance %+v", inst)
 	}
-	if _, _, st := f.subbus("docker", "create", name, "--image", e2eImage); st != cli.ExitAlreadyExists {
-		t.Errorf("second create exited %d, want %d (already_exists)", st, cli.ExitAlreadyExists)
+	f.Expect(cli.ExitAlreadyExists, "docker", "create", name, "--image", e2eImage)
+	if r := f.Run("docker", "create", clitest.Unique("sbdk-e2e-noimg"), "--image", "subbus-test/nope:1"); r.Code != cli.ExitNotFound || !strings.Contains(r.Stderr, "subbus-test/nope:1") {
+		t.Errorf("create with a missing image exited %d (%s), want not_found naming the image", r.Code, r.Stderr)
 	}
-	if _, errs, st := f.subbus("docker", "create", "sbdk-e2e-noimg-"+randHex(), "--image", "subbus-test/nope:1"); st != cli.ExitNotFound || !strings.Contains(errs, "subbus-test/nope:1") {
-		t.Errorf("create with a missing image exited %d (%s), want not_found naming the image", st, errs)
-	}
-	f.ok("docker", "start", name)
+	f.OK("docker", "start", name)
 
-	out, errs, st := f.subbus("docker", "exec", name, "--", "sh", "-c", `echo "$GREETING"; echo oops >&2; exit 3`)
-	if st != 3 || out != "hi\n" || errs != "oops\n" {
-		t.Errorf("exec: exit %d stdout %q stderr %q, want 3, \"hi\\n\", \"oops\\n\"", st, out, errs)
+	if r := f.Run("docker", "exec", name, "--", "sh", "-c", `echo "$GREETING"; echo oops >&2; exit 3`); r.Code != 3 || r.Stdout != "hi\n" || r.Stderr != "oops\n" {
+		t.Errorf("exec: exit %d stdout %q stderr %q, want 3, \"hi\\n\", \"oops\\n\"", r.Code, r.Stdout, r.Stderr)
 	}
 	testenv.Eventually(t, 10*time.Second, func() error {
-		if out := f.ok("docker", "logs", name, "--lines", "5"); !strings.Contains(out, "hello from "+name) {
+		if out := f.OK("docker", "logs", name, "--lines", "5"); !strings.Contains(out, "hello from "+name) {
 			return fmt.Errorf("logs: %q", out)
 		}
 		return nil
 	})
 	var u drivers.ResourceUsage
-	if err := json.Unmarshal([]byte(f.ok("docker", "metrics", name, "--json")), &u); err != nil {
+	if err := json.Unmarshal([]byte(f.OK("docker", "metrics", name, "--json")), &u); err != nil {
 		t.Fatalf("metrics --json: %v", err)
 	}
 	if u.MemoryMB <= 0 || !u.Measured.Has(drivers.MeasureCPU|drivers.MeasureMemory) {
 		t.Errorf("metrics %+v", u)
 	}
 
-	f.ok("docker", "snapshot", "create", name, "s1")
-	if out := f.ok("docker", "snapshot", "list", name); !strings.Contains(out, "s1") {
+	f.OK("docker", "snapshot", "create", name, "s1")
+	if out := f.OK("docker", "snapshot", "list", name); !strings.Contains(out, "s1") {
 		t.Errorf("snapshot list: %q", out)
 	}
-	f.ok("docker", "clone", name, clone)
-	if out := f.ok("docker", "list"); !strings.Contains(out, name) || !strings.Contains(out, clone) {
+	f.OK("docker", "clone", name, clone)
+	if out := f.OK("docker", "list"); !strings.Contains(out, name) || !strings.Contains(out, clone) {
 		t.Errorf("list lacks %s or %s: %q", name, clone, out)
 	}
-	f.ok("docker", "snapshot", "restore", name, "s1")
-	f.ok("docker", "stop", name, "--timeout", "5s")
-	if err := json.Unmarshal([]byte(f.ok("docker", "get", name, "--json")), &inst); err != nil || inst.State != drivers.StateStopped {
+	f.OK("docker", "snapshot", "restore", name, "s1")
+	f.OK("docker", "stop", name, "--timeout", "5s")
+	if err := json.Unmarshal([]byte(f.OK("docker", "get", name, "--json")), &inst); err != nil || inst.State != drivers.StateStopped {
 		t.Errorf("after stop: %+v (%v)", inst, err)
 	}
-	f.ok("docker", "snapshot", "delete", name, "s1")
-	f.ok("docker", "delete", name)
-	f.ok("docker", "delete", clone, "--force")
-	if _, _, st := f.subbus("docker", "get", name); st != cli.ExitNotFound {
-		t.Errorf("get after delete exited %d, want %d", st, cli.ExitNotFound)
-	}
-	if out := f.ok("docker", "health"); !strings.Contains(out, "20.10") && !strings.Contains(out, "1.4") {
+	f.OK("docker", "snapshot", "delete", name, "s1")
+	f.OK("docker", "delete", name)
+	f.OK("docker", "delete", clone, "--force")
+	f.Expect(cli.ExitNotFound, "docker", "get", name)
+	if out := f.OK("docker", "health"); !strings.Contains(out, "20.10") && !strings.Contains(out, "1.4") {
 		t.Logf("health output: %s", out)
 	}
 }
@@ -200,67 +136,22 @@ func TestEndToEndCLI(t *testing.T) {
 // docker CLI reach SUBSTRATE_EVENTS through a running worker.
 func TestOutOfBandEventsInStream(t *testing.T) {
 	f := startFleet(t)
-	name := "sbdk-e2e-oob-" + randHex()
+	name := clitest.Unique("sbdk-e2e-oob")
 	cleanup(t, name)
-	f.ok("docker", "create", name, "--image", e2eImage, "--", "sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done")
-	f.ok("docker", "start", name)
+	f.OK("docker", "create", name, "--image", e2eImage, "--", "sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done")
+	f.OK("docker", "start", name)
 
-	nc, err := nats.Connect(f.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cons, err := js.OrderedConsumer(ctx, messages.EventsStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{messages.EventSubject("docker", f.host, name, "*")},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen := map[string]drivers.Event{}
-	waitFor := func(typ drivers.EventType) drivers.Event {
-		t.Helper()
-		testenv.Eventually(t, 20*time.Second, func() error {
-			batch, err := cons.FetchNoWait(100)
-			if err != nil {
-				return err
-			}
-			for m := range batch.Messages() {
-				var ce messages.CloudEvent
-				if err := json.Unmarshal(m.Data(), &ce); err == nil && ce.Data.Source == drivers.SourceNative {
-					seen[string(ce.Data.Type)] = ce.Data
-				}
-			}
-			if _, ok := seen[string(typ)]; !ok {
-				return fmt.Errorf("no native %s event for %s yet (have %v)", typ, name, keys(seen))
-			}
-			return nil
-		})
-		return seen[string(typ)]
-	}
+	events := f.WatchEvents("docker", name)
 	out, err := exec.Command("docker", "stop", "-t", "5", name).CombinedOutput()
 	if err != nil {
 		t.Fatalf("docker stop: %v %s", err, out)
 	}
-	if ev := waitFor(drivers.EventStopped); ev.Host != f.host || ev.Driver != "docker" || ev.State != drivers.StateStopped {
+	if ev := events.WaitNative(t, drivers.EventStopped, 20*time.Second); ev.Host != f.Host || ev.Driver != "docker" || ev.State != drivers.StateStopped {
 		t.Errorf("stopped event %+v", ev)
 	}
 	out, err = exec.Command("docker", "rm", name).CombinedOutput()
 	if err != nil {
 		t.Fatalf("docker rm: %v %s", err, out)
 	}
-	waitFor(drivers.EventVanished)
-}
-
-func keys(m map[string]drivers.Event) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
-	}
-	return out
+	events.WaitNative(t, drivers.EventVanished, 20*time.Second)
 }

@@ -1,10 +1,7 @@
 package supervisor_test
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -14,18 +11,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-	"github.com/rs/zerolog"
-
 	"github.com/subbus/subbus/internal/cli"
+	"github.com/subbus/subbus/internal/cli/clitest"
 	"github.com/subbus/subbus/internal/config"
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/drivers/supervisor"
 	"github.com/subbus/subbus/internal/manager"
-	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/testenv"
-	"github.com/subbus/subbus/internal/worker"
 )
 
 // e2eDir is the test supervisord's directory (scripts/setup/supervisor.sh).
@@ -49,15 +41,9 @@ func e2eOptions() supervisor.Options {
 	return o
 }
 
-// e2e is a worker serving the supervisor driver on an embedded
-// nats-server, and the subbus CLI run in-process against it.
-type e2e struct {
-	t    *testing.T
-	url  string
-	host string
-}
-
-func startWorker(t *testing.T) *e2e {
+// startWorker skips (fails in CI) without the test supervisord, then
+// starts a worker serving the supervisor driver and the CLI pointed at it.
+func startWorker(t *testing.T) *clitest.Fleet {
 	t.Helper()
 	d, err := supervisor.New(e2eOptions())
 	if err != nil {
@@ -67,78 +53,8 @@ func startWorker(t *testing.T) *e2e {
 	defer cancel()
 	testenv.Require(t, "supervisord", d.Connect(probe), "bash scripts/setup/supervisor.sh")
 
-	host := "e2e" + hexID()
-	w, err := worker.New(context.Background(), worker.Options{
-		Host:          host,
-		Managers:      []*manager.Manager{manager.New(d, manager.Options{Host: host, CacheTTL: -1})},
-		ManageStreams: true,
-		Embedded:      worker.EmbeddedOptions{Listen: "127.0.0.1:-1", DataDir: t.TempDir()},
-		Logger:        zerolog.Nop(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		stop()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Error("worker did not stop")
-		}
-	})
-	select {
-	case <-w.Ready():
-	case err := <-done:
-		t.Fatalf("worker stopped: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("worker not ready")
-	}
-	return &e2e{t: t, url: w.ClientURL(), host: host}
-}
-
-// run runs `subbus args…` in-process (the server flag goes before "--").
-func (f *e2e) run(args ...string) (string, string, int) {
-	f.t.Helper()
-	i := len(args)
-	for j, a := range args {
-		if a == "--" {
-			i = j
-			break
-		}
-	}
-	full := append(append(append([]string{}, args[:i]...), "--server", f.url), args[i:]...)
-	var out, errb bytes.Buffer
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	st := cli.Run(ctx, full, &out, &errb)
-	return out.String(), errb.String(), st
-}
-
-func (f *e2e) ok(args ...string) string {
-	f.t.Helper()
-	out, errs, st := f.run(args...)
-	if st != 0 {
-		f.t.Fatalf("subbus %s: exit %d: %s%s", strings.Join(args, " "), st, errs, out)
-	}
-	return out
-}
-
-func (f *e2e) want(code int, args ...string) string {
-	f.t.Helper()
-	out, errs, st := f.run(args...)
-	if st != code {
-		f.t.Errorf("subbus %s: exit %d (%s%s), want %d", strings.Join(args, " "), st, errs, out, code)
-	}
-	return errs
-}
-
-func hexID() string {
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
+	host := clitest.Unique("e2e")
+	return clitest.StartFleet(t, host, 60*time.Second, manager.New(d, manager.Options{Host: host, CacheTTL: -1}))
 }
 
 // removeAfter deletes programs with a fresh driver when the test ends,
@@ -163,73 +79,73 @@ const e2eScript = `trap 'exit 0' TERM; echo "greeting=$GREETING"; while :; do ec
 // supervisor commands, as a user would type them.
 func TestEndToEndCLI(t *testing.T) {
 	f := startWorker(t)
-	name, clone := "sbsv-e2e-"+hexID(), "sbsv-e2e-clone-"+hexID()
+	name, clone := clitest.Unique("sbsv-e2e"), clitest.Unique("sbsv-e2e-clone")
 	removeAfter(t, name, clone)
 
-	f.ok("supervisor", "create", name, "--image", "/bin/sh", "--env", "GREETING=hi there", "--label", "team=e2e",
+	f.OK("supervisor", "create", name, "--image", "/bin/sh", "--env", "GREETING=hi there", "--label", "team=e2e",
 		"--workdir", "/tmp", "--", "/bin/sh", "-c", e2eScript)
 	var inst drivers.Instance
-	if err := json.Unmarshal([]byte(f.ok("supervisor", "get", name, "--json")), &inst); err != nil {
+	if err := json.Unmarshal([]byte(f.OK("supervisor", "get", name, "--json")), &inst); err != nil {
 		t.Fatalf("get --json: %v", err)
 	}
 	if inst.State != drivers.StateStopped || !inst.Managed || inst.Image != "/bin/sh" || inst.Metadata["team"] != "e2e" || inst.NativeState != "STOPPED" {
 		t.Errorf("created program %+v", inst)
 	}
-	f.want(cli.ExitAlreadyExists, "supervisor", "create", name, "--image", "/bin/sh")
-	if errs := f.want(cli.ExitNotFound, "supervisor", "create", "sbsv-e2e-nocmd-"+hexID(), "--image", "/nonexistent/cmd"); !strings.Contains(errs, "/nonexistent/cmd") {
+	f.Expect(cli.ExitAlreadyExists, "supervisor", "create", name, "--image", "/bin/sh")
+	if errs := f.Expect(cli.ExitNotFound, "supervisor", "create", clitest.Unique("sbsv-e2e-nocmd"), "--image", "/nonexistent/cmd").Stderr; !strings.Contains(errs, "/nonexistent/cmd") {
 		t.Errorf("create with a missing command does not name it: %s", errs)
 	}
-	f.want(cli.ExitInvalidArgument, "supervisor", "create", "sbsv-e2e-bad-"+hexID(), "--image", "/bin/sh", "--env", "X=a\n[program:evil]")
-	f.want(cli.ExitUnsupported, "supervisor", "create", "sbsv-e2e-lim-"+hexID(), "--image", "/bin/sh", "--memory", "64")
+	f.Expect(cli.ExitInvalidArgument, "supervisor", "create", clitest.Unique("sbsv-e2e-bad"), "--image", "/bin/sh", "--env", "X=a\n[program:evil]")
+	f.Expect(cli.ExitUnsupported, "supervisor", "create", clitest.Unique("sbsv-e2e-lim"), "--image", "/bin/sh", "--memory", "64")
 
-	f.ok("supervisor", "start", name)
+	f.OK("supervisor", "start", name)
 	testenv.Eventually(t, 20*time.Second, func() error {
-		if out := f.ok("supervisor", "logs", name, "--lines", "50"); !strings.Contains(out, "greeting=hi there") {
+		if out := f.OK("supervisor", "logs", name, "--lines", "50"); !strings.Contains(out, "greeting=hi there") {
 			return fmt.Errorf("logs: %q", out)
 		}
 		return nil
 	})
 	var u drivers.ResourceUsage
-	if err := json.Unmarshal([]byte(f.ok("supervisor", "metrics", name, "--json")), &u); err != nil {
+	if err := json.Unmarshal([]byte(f.OK("supervisor", "metrics", name, "--json")), &u); err != nil {
 		t.Fatalf("metrics --json: %v", err)
 	}
 	if u.MemoryMB <= 0 || !u.Measured.Has(drivers.MeasureCPU|drivers.MeasureMemory) || u.Measured.Has(drivers.MeasureNetwork) {
 		t.Errorf("metrics %+v", u)
 	}
 	// exec exits 125 when the command could not be run at all (docs/cli.md).
-	if errs := f.want(cli.ExitExecFailed, "supervisor", "exec", name, "--", "true"); !strings.Contains(errs, "unsupported") {
+	if errs := f.Expect(cli.ExitExecFailed, "supervisor", "exec", name, "--", "true").Stderr; !strings.Contains(errs, "unsupported") {
 		t.Errorf("exec does not say unsupported: %s", errs)
 	}
-	f.want(cli.ExitUnsupported, "supervisor", "snapshot", "create", name, "s1")
+	f.Expect(cli.ExitUnsupported, "supervisor", "snapshot", "create", name, "s1")
 
-	f.ok("supervisor", "clone", name, clone)
-	out := f.ok("supervisor", "list")
+	f.OK("supervisor", "clone", name, clone)
+	out := f.OK("supervisor", "list")
 	for _, n := range []string{name, clone, "subbus-native"} {
 		if !strings.Contains(out, n) {
 			t.Errorf("list lacks %s: %q", n, out)
 		}
 	}
-	f.ok("supervisor", "restart", name, "--timeout", "5s")
-	f.want(cli.ExitConflict, "supervisor", "delete", name)
-	f.ok("supervisor", "stop", name, "--timeout", "5s")
-	if err := json.Unmarshal([]byte(f.ok("supervisor", "get", name, "--json")), &inst); err != nil || inst.State != drivers.StateStopped {
+	f.OK("supervisor", "restart", name, "--timeout", "5s")
+	f.Expect(cli.ExitConflict, "supervisor", "delete", name)
+	f.OK("supervisor", "stop", name, "--timeout", "5s")
+	if err := json.Unmarshal([]byte(f.OK("supervisor", "get", name, "--json")), &inst); err != nil || inst.State != drivers.StateStopped {
 		t.Errorf("after stop: %+v (%v)", inst, err)
 	}
-	f.ok("supervisor", "delete", name)
-	f.want(cli.ExitNotFound, "supervisor", "get", name)
+	f.OK("supervisor", "delete", name)
+	f.Expect(cli.ExitNotFound, "supervisor", "get", name)
 
-	f.ok("supervisor", "start", clone)
+	f.OK("supervisor", "start", clone)
 	testenv.Eventually(t, 20*time.Second, func() error {
-		if out := f.ok("supervisor", "logs", clone, "--lines", "50"); !strings.Contains(out, "greeting=hi there") {
+		if out := f.OK("supervisor", "logs", clone, "--lines", "50"); !strings.Contains(out, "greeting=hi there") {
 			return fmt.Errorf("clone logs: %q", out)
 		}
 		return nil
 	})
-	f.ok("supervisor", "delete", clone, "--force")
-	if errs := f.want(cli.ExitConflict, "supervisor", "delete", "subbus-native", "--force"); !strings.Contains(errs, "not created by subbus") {
+	f.OK("supervisor", "delete", clone, "--force")
+	if errs := f.Expect(cli.ExitConflict, "supervisor", "delete", "subbus-native", "--force").Stderr; !strings.Contains(errs, "not created by subbus") {
 		t.Errorf("delete of subbus-native does not say why: %s", errs)
 	}
-	if out := f.ok("supervisor", "health"); !strings.Contains(out, "4.2") {
+	if out := f.OK("supervisor", "health"); !strings.Contains(out, "4.2") {
 		t.Errorf("health output: %s", out)
 	}
 }
@@ -238,49 +154,12 @@ func TestEndToEndCLI(t *testing.T) {
 // program removed by hand, reach SUBSTRATE_EVENTS through a running worker.
 func TestOutOfBandEventsInStream(t *testing.T) {
 	f := startWorker(t)
-	name := "sbsv-e2e-oob-" + hexID()
+	name := clitest.Unique("sbsv-e2e-oob")
 	removeAfter(t, name)
-	f.ok("supervisor", "create", name, "--image", "/bin/sh", "--", "/bin/sh", "-c", e2eScript)
-	f.ok("supervisor", "start", name)
+	f.OK("supervisor", "create", name, "--image", "/bin/sh", "--", "/bin/sh", "-c", e2eScript)
+	f.OK("supervisor", "start", name)
 
-	nc, err := nats.Connect(f.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cons, err := js.OrderedConsumer(ctx, messages.EventsStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{messages.EventSubject("supervisor", f.host, name, "*")},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen := map[drivers.EventType]drivers.Event{}
-	waitFor := func(typ drivers.EventType) drivers.Event {
-		t.Helper()
-		testenv.Eventually(t, 30*time.Second, func() error {
-			batch, err := cons.FetchNoWait(100)
-			if err != nil {
-				return err
-			}
-			for m := range batch.Messages() {
-				var ce messages.CloudEvent
-				if err := json.Unmarshal(m.Data(), &ce); err == nil && ce.Data.Source == drivers.SourceNative {
-					seen[ce.Data.Type] = ce.Data
-				}
-			}
-			if _, ok := seen[typ]; !ok {
-				return fmt.Errorf("no native %s event for %s yet (have %v)", typ, name, seen)
-			}
-			return nil
-		})
-		return seen[typ]
-	}
+	events := f.WatchEvents("supervisor", name)
 	ctl := func(args ...string) {
 		t.Helper()
 		conf := filepath.Join(e2eDir(), "supervisord.conf")
@@ -289,9 +168,9 @@ func TestOutOfBandEventsInStream(t *testing.T) {
 		}
 	}
 	ctl("stop", name)
-	if ev := waitFor(drivers.EventStopped); ev.Host != f.host || ev.Driver != "supervisor" || ev.State != drivers.StateStopped {
+	if ev := events.WaitNative(t, drivers.EventStopped, 30*time.Second); ev.Host != f.Host || ev.Driver != "supervisor" || ev.State != drivers.StateStopped {
 		t.Errorf("stopped event %+v", ev)
 	}
 	ctl("remove", name)
-	waitFor(drivers.EventVanished)
+	events.WaitNative(t, drivers.EventVanished, 30*time.Second)
 }
