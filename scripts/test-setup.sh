@@ -12,10 +12,12 @@ mkdir -p "$SUBBUS_SETUP_DIR"
 
 log() { echo "[setup] $*"; }
 
+# A package is needed when it is not installed. (Checking for a command
+# is not enough: Debian's dynamically linked busybox provides `busybox`
+# too, and cannot run inside the test images; busybox-static replaces it.)
 need=()
-for p in docker.io:dockerd lxd:lxd supervisor:supervisord busybox-static:busybox; do
-	pkg=${p%%:*}; bin=${p##*:}
-	command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
+for pkg in docker.io lxd supervisor busybox-static; do
+	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
 	log "installing ${need[*]}"

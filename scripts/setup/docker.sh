@@ -53,7 +53,8 @@ if [ -z "$BUSYBOX" ]; then
 	exit 1
 fi
 if ldd "$BUSYBOX" >/dev/null 2>&1; then
-	log "warning: $BUSYBOX is dynamically linked; the image needs busybox-static"
+	log "$BUSYBOX is dynamically linked and cannot run in the image: install busybox-static"
+	exit 1
 fi
 
 work=$(mktemp -d "$SETUP_DIR/rootfs.XXXXXX")

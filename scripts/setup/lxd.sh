@@ -16,6 +16,10 @@ log() { echo "[setup lxd] $*"; }
 
 command -v lxd >/dev/null || { log "lxd is not installed (apt-get install lxd)"; exit 1; }
 command -v busybox >/dev/null || { log "busybox is not installed (apt-get install busybox-static)"; exit 1; }
+if ldd "$(readlink -f "$(command -v busybox)")" >/dev/null 2>&1; then
+	log "$(command -v busybox) is dynamically linked and cannot run in the image: install busybox-static"
+	exit 1
+fi
 
 # 1. The daemon.
 if ! timeout 5 lxc query /1.0 >/dev/null 2>&1; then
