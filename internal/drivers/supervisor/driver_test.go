@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/procfs"
 	"github.com/subbus/subbus/internal/testenv"
 )
 
@@ -367,9 +369,9 @@ files = %[1]s/programs/*.conf
 		}
 	}
 	s.cmd = exec.Command("supervisord", "-n", "-c", s.conf)
-	if err := s.cmd.Start(); err != nil {
-		t.Skipf("cannot start supervisord: %v", err)
-	}
+	// Only a missing supervisord binary gets here (testOptions already
+	// found the test daemon): a skip, and a failure in CI.
+	testenv.Require(t, "the supervisord binary", s.cmd.Start(), howToStart)
 	t.Cleanup(s.stop)
 	return s
 }
@@ -522,4 +524,79 @@ func TestLogsWithControlAndMultibyteCharacters(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Errorf("Logs(Follow): %v", err)
 	}
+}
+
+// Stop escalates to SIGKILL by itself: a program that ignores SIGTERM,
+// with supervisord's own escalation (stopwaitsecs) far away, is stopped
+// within the stop timeout, or at once with Force, and its processes are
+// gone, children included.
+func TestStopEscalatesToKill(t *testing.T) {
+	o := testOptions(t)
+	o.StopWaitSecs = 30 // supervisord would wait 30 s before its own SIGKILL
+	d, ctx := newDriver(t, o)
+	// The child sleep ignores TERM too (an ignored signal stays ignored
+	// across exec) and outlives the shell unless its group is killed.
+	const script = `trap '' TERM; sleep 600 & while :; do sleep 1; done`
+	for _, c := range []struct {
+		name   string
+		opts   drivers.StopOptions
+		within time.Duration
+	}{
+		{"timeout", drivers.StopOptions{Timeout: time.Second}, 3 * time.Second},
+		{"force", drivers.StopOptions{Force: true, Timeout: 20 * time.Second}, 1500 * time.Millisecond},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			name := uniqueName("sbsv-noterm")
+			cleanupDelete(t, d, name)
+			if _, err := d.Create(ctx, drivers.InstanceTemplate{Name: name, Command: []string{"/bin/sh", "-c", script}}); err != nil {
+				t.Fatalf("Create: %v", err)
+			}
+			if _, err := d.Start(ctx, name); err != nil {
+				t.Fatalf("Start: %v", err)
+			}
+			p, err := d.rpc.getProcessInfo(ctx, name)
+			if err != nil || p.PID <= 0 {
+				t.Fatalf("process info %+v, %v", p, err)
+			}
+			var group []int
+			testenv.Eventually(t, 5*time.Second, func() error {
+				if group = processGroup(p.PID); len(group) < 3 {
+					return fmt.Errorf("process group %d is %v, want the shell and two sleeps", p.PID, group)
+				}
+				return nil
+			})
+			begin := time.Now()
+			changed, err := d.Stop(ctx, name, c.opts)
+			took := time.Since(begin)
+			if err != nil || !changed {
+				t.Fatalf("Stop: changed=%v err=%v", changed, err)
+			}
+			if took > c.within {
+				t.Errorf("Stop took %v, want under %v", took, c.within)
+			}
+			inst, err := d.Get(ctx, name)
+			if err != nil || inst.State != drivers.StateStopped {
+				t.Errorf("after Stop: %+v, %v", inst, err)
+			}
+			if left := processGroup(p.PID); len(left) > 0 {
+				t.Errorf("processes %v of the program are still there after Stop", left)
+			}
+		})
+	}
+}
+
+// processGroup lists the live (not zombie) processes of process group pgid.
+func processGroup(pgid int) []int {
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	var pids []int
+	for _, dir := range dirs {
+		pid, err := strconv.Atoi(filepath.Base(dir))
+		if err != nil {
+			continue
+		}
+		if s, err := procfs.ReadStat(pid); err == nil && s.PGrp == pgid && s.State != 'Z' {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }

@@ -2,10 +2,13 @@ package supervisor
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"syscall"
 	"time"
 
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/procfs"
 )
 
 // pollEvery is how often start and stop poll the process state. They never
@@ -141,11 +144,45 @@ func (d *Driver) Stop(ctx context.Context, name string, opts drivers.StopOptions
 	return true, nil
 }
 
-// kill sends SIGKILL; a process already gone is fine.
+// kill sends SIGKILL to the program's process through supervisord; a
+// process already gone is fine. supervisord's signalProcess reaches only
+// the main process, not the rest of its process group (killasgroup covers
+// supervisord's own escalation only), so children that ignore the stop
+// signal would outlive a killed shell. When the program's process is
+// visible in this host's /proc as a group leader whose parent is
+// supervisord (so the pid is not another host's or namespace's), the
+// whole group is killed as well.
 func (d *Driver) kill(ctx context.Context, name string) error {
+	group := d.localGroup(ctx, name)
 	err := d.rpc.call(ctx, "supervisor.signalProcess", nil, name, "KILL")
 	if isFault(err, faultNotRunning) {
-		return nil
+		err = nil
+	}
+	if group > 0 {
+		// The group id stays reserved while any member lives, so it cannot
+		// name another group even after supervisord reaped the leader.
+		if kerr := syscall.Kill(-group, syscall.SIGKILL); kerr != nil && !errors.Is(kerr, syscall.ESRCH) && err == nil {
+			err = drivers.Errorf(drivers.Internal, "killing the process group of program %q: %v", name, kerr)
+		}
 	}
 	return err
+}
+
+// localGroup returns the process group of name's process when it is a
+// child of supervisord on this host leading its own group (supervisord
+// starts every program in a new group), and 0 otherwise.
+func (d *Driver) localGroup(ctx context.Context, name string) int {
+	p, err := d.rpc.getProcessInfo(ctx, name)
+	if err != nil || p.PID <= 0 {
+		return 0
+	}
+	var daemon int
+	if err := d.rpc.call(ctx, "supervisor.getPID", &daemon); err != nil || daemon <= 0 {
+		return 0
+	}
+	s, err := procfs.ReadStat(p.PID)
+	if err != nil || s.PPid != daemon || s.PGrp != p.PID {
+		return 0
+	}
+	return p.PID
 }
