@@ -8,14 +8,22 @@ import (
 	"github.com/subbus/subbus/internal/drivers/driverstest"
 )
 
-type harness struct{ network string }
+// harness creates the suite's instances on the internal home network and
+// offers the internal attach network for the Networks checks.
+type harness struct{ home, network string }
 
 func (h *harness) MakeDriver(ctx context.Context) (drivers.Driver, error) {
 	return New(Options{HostID: "conformance"}), nil
 }
 
 func (h *harness) Template(name string) drivers.InstanceTemplate {
-	return busybox(name, driverstest.ConformanceScript(name))
+	return drivers.InstanceTemplate{
+		Name:        name,
+		BaseImage:   TestImage,
+		Command:     []string{"sh", "-c", driverstest.ConformanceScript(name)},
+		Environment: map[string]string{"SUBBUS_CONFORMANCE": "1"},
+		Networks:    []drivers.NetworkConfig{{NetworkName: h.home}},
+	}
 }
 
 func (h *harness) Network() string { return h.network }
@@ -25,10 +33,10 @@ func (h *harness) Close() {}
 // TestConformance runs the shared suite against the real dockerd.
 func TestConformance(t *testing.T) {
 	requireDocker(t)
-	net := sharedNetwork(t)
+	home, net := homeNetwork(t), sharedNetwork(t)
 	driverstest.RunConformanceTests(t,
 		func(ctx context.Context, t *testing.T) (driverstest.Harness, error) {
-			return &harness{network: net}, nil
+			return &harness{home: home, network: net}, nil
 		},
 		driverstest.WithNamePrefix(testPrefix+"-ct"),
 		driverstest.WithCapabilities(drivers.Capabilities{Exec: true, Logs: true, Limits: true, Snapshots: true, Clone: true, Networks: true, Events: true}),

@@ -143,7 +143,7 @@ func TestCreateFromTemplate(t *testing.T) {
 		t.Fatal(err)
 	}
 	name := uniqueName("tmpl")
-	tmpl := busybox(name, "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done")
+	tmpl := busybox(t, name, "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done")
 	tmpl.Environment["GREETING"] = "hi there"
 	tmpl.WorkDir = "/tmp"
 	tmpl.Resources = drivers.ResourceLimits{CPUCores: 0.5, MemoryMB: 64, PIDs: 50}
@@ -156,6 +156,7 @@ func TestCreateFromTemplate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	requireInternal(t, name)
 	if !inst.Managed || inst.Metadata["team"] != "infra" || inst.Limits != tmpl.Resources || inst.Image != TestImage {
 		t.Errorf("created instance %+v", inst)
 	}
@@ -195,7 +196,7 @@ func TestDefaultResources(t *testing.T) {
 	}
 	t.Cleanup(func() { d.Close() })
 	name := uniqueName("defres")
-	createT(t, d, busybox(name, "sleep 60"))
+	createT(t, d, busybox(t, name, "sleep 60"))
 	got, err := d.GetLimits(testCtx(t, 10*time.Second), name)
 	if err != nil || got != (drivers.ResourceLimits{MemoryMB: 32, PIDs: 20}) {
 		t.Fatalf("limits %+v (%v), want the configured defaults", got, err)
@@ -206,7 +207,7 @@ func TestMissingImage(t *testing.T) {
 	d := connected(t)
 	name := uniqueName("noimg")
 	t.Cleanup(func() { forceRemove(name) })
-	tmpl := busybox(name, "true")
+	tmpl := busybox(t, name, "true")
 	tmpl.BaseImage = "subbus-test/does-not-exist:1"
 	_, err := d.Create(testCtx(t, 10*time.Second), tmpl)
 	if !errors.Is(err, drivers.ErrNotFound) || !strings.Contains(err.Error(), "subbus-test/does-not-exist:1") {
@@ -223,8 +224,8 @@ func TestRetriedCreate(t *testing.T) {
 	d := connected(t)
 	net := sharedNetwork(t)
 	name := uniqueName("retry")
-	tmpl := busybox(name, "sleep 60")
-	tmpl.Networks = []drivers.NetworkConfig{{NetworkName: "bridge"}, {NetworkName: net}}
+	tmpl := busybox(t, name, "sleep 60")
+	tmpl.Networks = []drivers.NetworkConfig{{NetworkName: homeNetwork(t)}, {NetworkName: net}}
 	ctx := manager.WithRequestID(testCtx(t, 60*time.Second), "req-"+name)
 	first := createT(t, d, tmpl)
 	// Simulate a create that timed out before its second network was
@@ -256,6 +257,7 @@ func TestRetriedCreate(t *testing.T) {
 	if err != nil {
 		t.Fatalf("retried create with the same request id: %v", err)
 	}
+	requireInternal(t, name2)
 	if again.ID != made.ID || len(again.Networks) != 2 {
 		t.Errorf("retry returned %+v, want the same container (%s) with both networks again", again, made.ID)
 	}
@@ -270,7 +272,7 @@ func TestRetriedCreate(t *testing.T) {
 func TestListMarksManaged(t *testing.T) {
 	d := connected(t)
 	managed := uniqueName("mgd")
-	createT(t, d, busybox(managed, "sleep 60"))
+	createT(t, d, busybox(t, managed, "sleep 60"))
 	foreign := uniqueName("foreign")
 	t.Cleanup(func() { forceRemove(foreign) })
 	dockerCLI(t, "create", "--name", foreign, "--network", "none", TestImage, "sleep", "60")
@@ -362,7 +364,7 @@ func stopWatch(t *testing.T, cancel func(), done chan error) {
 func TestOutOfBandEvents(t *testing.T) {
 	d := connected(t)
 	name := uniqueName("oob")
-	createT(t, d, busybox(name, "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done"))
+	createT(t, d, busybox(t, name, "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done"))
 	rec, _ := watch(t, d)
 	dockerCLI(t, "start", name)
 	is := func(typ drivers.EventType) func(drivers.Event) bool {
@@ -386,7 +388,7 @@ func TestOutOfBandEvents(t *testing.T) {
 func TestWatchResync(t *testing.T) {
 	d := connected(t)
 	gone := uniqueName("gone")
-	createT(t, d, busybox(gone, "sleep 60"))
+	createT(t, d, busybox(t, gone, "sleep 60"))
 	_, stop := watch(t, d)
 	// Let the watcher see the container, then stop watching.
 	time.Sleep(200 * time.Millisecond)
@@ -412,7 +414,7 @@ func TestWatchResync(t *testing.T) {
 func TestOOMKilled(t *testing.T) {
 	d := connected(t)
 	name := uniqueName("oom")
-	tmpl := busybox(name, "sleep 1; exec dd if=/dev/zero of=/dev/null bs=256M count=1")
+	tmpl := busybox(t, name, "sleep 1; exec dd if=/dev/zero of=/dev/null bs=256M count=1")
 	tmpl.Resources = drivers.ResourceLimits{MemoryMB: 16}
 	createT(t, d, tmpl)
 	rec, _ := watch(t, d)
@@ -456,7 +458,7 @@ func testCPUPercent(t *testing.T, source string) {
 	}
 	t.Cleanup(func() { d.Close() })
 	name := uniqueName("busy")
-	tmpl := busybox(name, "while :; do :; done")
+	tmpl := busybox(t, name, "while :; do :; done")
 	tmpl.Resources = drivers.ResourceLimits{CPUCores: 0.5}
 	createT(t, d, tmpl)
 	ctx := testCtx(t, 60*time.Second)
@@ -497,7 +499,7 @@ func testCPUPercent(t *testing.T, source string) {
 func TestSnapshotRestoreKeepsConfig(t *testing.T) {
 	d := connected(t)
 	name := uniqueName("snap")
-	tmpl := busybox(name, "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done")
+	tmpl := busybox(t, name, "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done")
 	tmpl.Resources = drivers.ResourceLimits{MemoryMB: 48}
 	tmpl.Metadata = map[string]string{"tier": "gold"}
 	createT(t, d, tmpl)
@@ -546,7 +548,7 @@ func TestSnapshotRestoreKeepsConfig(t *testing.T) {
 func TestCloneImageRemovedWithClone(t *testing.T) {
 	d := connected(t)
 	src := uniqueName("csrc")
-	createT(t, d, busybox(src, "sleep 60"))
+	createT(t, d, busybox(t, src, "sleep 60"))
 	dst := uniqueName("cdst")
 	t.Cleanup(func() { forceRemove(dst) })
 	ctx := testCtx(t, 60*time.Second)
@@ -598,7 +600,7 @@ func TestMetricsMany(t *testing.T) {
 	ctx := testCtx(t, 60*time.Second)
 	for i := 0; i < 3; i++ {
 		n := uniqueName("many")
-		createT(t, d, busybox(n, "sleep 60"))
+		createT(t, d, busybox(t, n, "sleep 60"))
 		if _, err := d.Start(ctx, n); err != nil {
 			t.Fatal(err)
 		}
@@ -621,9 +623,11 @@ func TestMetricsMany(t *testing.T) {
 // lies between them.
 func TestLocalStatsMatchAPI(t *testing.T) {
 	local := connected(t)
+	var off error
 	if local.cgroups == nil {
-		t.Skip("the local cgroup stats source is off (remote daemon)")
+		off = fmt.Errorf("the driver's daemon %q is not a local socket", local.opts.Host)
 	}
+	testenv.Require(t, "the local cgroup stats source", off, "run these tests against the local dockerd (unset DOCKER_HOST)")
 	api := New(Options{HostID: "test-host", StatsSource: StatsAPI})
 	ctx := testCtx(t, 60*time.Second)
 	if err := api.Connect(ctx); err != nil {
@@ -631,7 +635,7 @@ func TestLocalStatsMatchAPI(t *testing.T) {
 	}
 	t.Cleanup(func() { api.Close() })
 	name := uniqueName("stats")
-	createT(t, local, busybox(name, "while :; do dd if=/dev/zero of=/tmp/f bs=64k count=16 2>/dev/null; sleep 0.2; done"))
+	createT(t, local, busybox(t, name, "while :; do dd if=/dev/zero of=/tmp/f bs=64k count=16 2>/dev/null; sleep 0.2; done"))
 	if _, err := local.Start(ctx, name); err != nil {
 		t.Fatal(err)
 	}
@@ -680,7 +684,7 @@ func TestLocalStatsMatchAPI(t *testing.T) {
 func TestLimitsMemoryAndSwap(t *testing.T) {
 	d := connected(t)
 	name := uniqueName("lim")
-	tmpl := busybox(name, "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done")
+	tmpl := busybox(t, name, "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done")
 	tmpl.Resources = drivers.ResourceLimits{MemoryMB: 32}
 	createT(t, d, tmpl)
 	ctx := testCtx(t, 30*time.Second)
@@ -734,7 +738,7 @@ func TestAttachStaticIP(t *testing.T) {
 	t.Cleanup(func() { _ = exec.Command("docker", "network", "rm", net).Run() })
 	ip := strings.TrimSuffix(subnet, "0/24") + "42"
 	name := uniqueName("ip")
-	createT(t, d, busybox(name, "sleep 60"))
+	createT(t, d, busybox(t, name, "sleep 60"))
 	ctx := testCtx(t, 30*time.Second)
 	if err := d.AttachNetwork(ctx, name, drivers.NetworkConfig{NetworkName: net, IPAddress: ip}); err != nil {
 		t.Fatal(err)
@@ -872,7 +876,7 @@ func TestWatchReconnectMissesNothing(t *testing.T) {
 	}
 	t.Cleanup(func() { d.Close() })
 	name := uniqueName("recon")
-	createT(t, d, busybox(name, "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done"))
+	createT(t, d, busybox(t, name, "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done"))
 
 	rec := &recorder{}
 	done := make(chan error, 1)
@@ -914,7 +918,7 @@ func TestCreateDeadlineLeavesNothing(t *testing.T) {
 	t.Cleanup(func() { forceRemove(name) })
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
-	_, err := d.Create(ctx, busybox(name, "sleep 60"))
+	_, err := d.Create(ctx, busybox(t, name, "sleep 60"))
 	if !errors.Is(err, drivers.ErrTimeout) {
 		t.Fatalf("Create past its deadline: %v (code %s), want timeout", err, drivers.CodeOf(err))
 	}

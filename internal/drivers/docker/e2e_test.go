@@ -4,16 +4,24 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"os"
 	"os/exec"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/subbus/subbus/internal/cli"
 	"github.com/subbus/subbus/internal/cli/clitest"
+	"github.com/subbus/subbus/internal/client"
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/drivers/docker"
 	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/testenv"
 )
 
@@ -71,15 +79,110 @@ func cleanup(t *testing.T, names ...string) {
 	})
 }
 
-// TestEndToEndCLI drives the docker driver through a worker with the
-// subbus commands a user would type.
+// internalNetwork creates an internal network (no NAT, no route out) for
+// one test, removed at its end (after the containers the test removes in
+// cleanups registered later).
+func internalNetwork(t testing.TB) string {
+	t.Helper()
+	name := clitest.Unique("sbdk-e2e-net")
+	if out, err := exec.Command("docker", "network", "create", "--internal", "--label", "io.subbus.test=true", name).CombinedOutput(); err != nil {
+		t.Fatalf("docker network create --internal %s: %v %s", name, err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("docker", "network", "rm", name).Run() })
+	return name
+}
+
+// networksOf is what `docker inspect` says container name is attached to.
+func networksOf(t testing.TB, name string) []string {
+	t.Helper()
+	out, err := exec.Command("docker", "inspect", "-f", "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}", name).CombinedOutput()
+	if err != nil {
+		t.Fatalf("docker inspect %s: %v %s", name, err, out)
+	}
+	return strings.Fields(string(out))
+}
+
+// untilWriter collects what a run prints and cancels the run once done
+// holds for everything collected so far.
+type untilWriter struct {
+	mu     sync.Mutex
+	buf    strings.Builder
+	done   func(string) bool
+	cancel context.CancelFunc
+	met    bool
+}
+
+func (w *untilWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	if !w.met && w.done(w.buf.String()) {
+		w.met = true
+		w.cancel()
+	}
+	return len(p), nil
+}
+
+// runUntil runs a subbus command that does not end by itself (--follow,
+// --watch) until its output satisfies done, then interrupts it as a user
+// would; it fails t unless done was met within limit and the command then
+// exited 0. It returns the output.
+func runUntil(t *testing.T, f fleet, limit time.Duration, done func(string) bool, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	timer := time.AfterFunc(limit, cancel)
+	defer timer.Stop()
+	out := &untilWriter{done: done, cancel: cancel}
+	var errOut strings.Builder
+	code := cli.Run(ctx, append([]string{"--server", f.url}, args...), out, &errOut)
+	out.mu.Lock()
+	defer out.mu.Unlock()
+	if !out.met {
+		t.Fatalf("subbus %s: within %v printed %q (stderr %q), not what the test waits for", strings.Join(args, " "), limit, out.buf.String(), errOut.String())
+	}
+	if code != 0 {
+		t.Errorf("subbus %s: interrupted, exited %d, want 0 (stderr %q)", strings.Join(args, " "), code, errOut.String())
+	}
+	return out.buf.String()
+}
+
+// withStdin runs fn with os.Stdin reading input (the CLI's exec -i reads
+// os.Stdin), then puts the real one back. Tests using it must not be
+// parallel.
+func withStdin(t *testing.T, input string, fn func()) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_, _ = io.WriteString(w, input)
+		_ = w.Close()
+	}()
+	saved := os.Stdin
+	os.Stdin = r
+	defer func() {
+		os.Stdin = saved
+		_ = r.Close()
+	}()
+	fn()
+}
+
+// TestEndToEndCLI drives the docker driver through a worker with every
+// `subbus docker` command docs/docker.md lists, as a user would type them.
 func TestEndToEndCLI(t *testing.T) {
 	f := startFleet(t)
+	home, extra := internalNetwork(t), internalNetwork(t)
 	name, clone := clitest.Unique("sbdk-e2e"), clitest.Unique("sbdk-e2e-clone")
 	cleanup(t, name, clone)
-	script := `trap 'exit 0' TERM; echo "hello from ` + name + `"; while :; do sleep 1 & wait $!; done`
+	script := `trap 'exit 0' TERM; echo "hello from ` + name + `"; while :; do echo tick; sleep 1 & wait $!; done`
 
-	f.OK("docker", "create", name, "--image", e2eImage, "--memory", "64", "--env", "GREETING=hi", "--label", "team=e2e", "--", "sh", "-c", script)
+	f.OK("docker", "create", name, "--image", e2eImage, "--memory", "64", "--env", "GREETING=hi", "--label", "team=e2e",
+		"--network", home, "--", "sh", "-c", script)
+	if nets := networksOf(t, name); len(nets) != 1 || nets[0] != home {
+		t.Fatalf("created on networks %v, want only the internal %s", nets, home)
+	}
 	var inst drivers.Instance
 	if err := json.Unmarshal([]byte(f.OK("docker", "get", name, "--json")), &inst); err != nil {
 		t.Fatalf("get --json: %v", err)
@@ -87,8 +190,8 @@ func TestEndToEndCLI(t *testing.T) {
 	if inst.State != drivers.StateStopped || !inst.Managed || inst.Limits.MemoryMB != 64 || inst.Metadata["team"] != "e2e" {
 		t.Errorf("created instance %+v", inst)
 	}
-	f.Expect(cli.ExitAlreadyExists, "docker", "create", name, "--image", e2eImage)
-	if r := f.Run("docker", "create", clitest.Unique("sbdk-e2e-noimg"), "--image", "subbus-test/nope:1"); r.Code != cli.ExitNotFound || !strings.Contains(r.Stderr, "subbus-test/nope:1") {
+	f.Expect(cli.ExitAlreadyExists, "docker", "create", name, "--image", e2eImage, "--network", home)
+	if r := f.Run("docker", "create", clitest.Unique("sbdk-e2e-noimg"), "--image", "subbus-test/nope:1", "--network", home); r.Code != cli.ExitNotFound || !strings.Contains(r.Stderr, "subbus-test/nope:1") {
 		t.Errorf("create with a missing image exited %d (%s), want not_found naming the image", r.Code, r.Stderr)
 	}
 	f.OK("docker", "start", name)
@@ -96,12 +199,22 @@ func TestEndToEndCLI(t *testing.T) {
 	if r := f.Run("docker", "exec", name, "--", "sh", "-c", `echo "$GREETING"; echo oops >&2; exit 3`); r.Code != 3 || r.Stdout != "hi\n" || r.Stderr != "oops\n" {
 		t.Errorf("exec: exit %d stdout %q stderr %q, want 3, \"hi\\n\", \"oops\\n\"", r.Code, r.Stdout, r.Stderr)
 	}
+	withStdin(t, "line one\nline two\n", func() {
+		if r := f.Run("docker", "exec", name, "-i", "--", "sh", "-c", "wc -l; exit 5"); r.Code != 5 || strings.TrimSpace(r.Stdout) != "2" {
+			t.Errorf("exec -i: exit %d stdout %q stderr %q, want 5 and the 2 lines of stdin counted", r.Code, r.Stdout, r.Stderr)
+		}
+	})
 	testenv.Eventually(t, 10*time.Second, func() error {
-		if out := f.OK("docker", "logs", name, "--lines", "5"); !strings.Contains(out, "hello from "+name) {
+		if out := f.OK("docker", "logs", name, "--lines", "5"); !strings.Contains(out, "tick") {
 			return fmt.Errorf("logs: %q", out)
 		}
 		return nil
 	})
+	// --follow --lines 1: three ticks means at least two arrived after
+	// the command started, so it follows rather than only printing history.
+	runUntil(t, f, 20*time.Second, func(out string) bool { return strings.Count(out, "tick\n") >= 3 },
+		"docker", "logs", name, "--lines", "1", "--follow")
+
 	var u drivers.ResourceUsage
 	if err := json.Unmarshal([]byte(f.OK("docker", "metrics", name, "--json")), &u); err != nil {
 		t.Fatalf("metrics --json: %v", err)
@@ -109,12 +222,62 @@ func TestEndToEndCLI(t *testing.T) {
 	if u.MemoryMB <= 0 || !u.Measured.Has(drivers.MeasureCPU|drivers.MeasureMemory) {
 		t.Errorf("metrics %+v", u)
 	}
+	// --watch: the header and two samples, then interrupted.
+	runUntil(t, f, 20*time.Second, func(out string) bool { return strings.Count(out, "\n") >= 3 },
+		"docker", "metrics", name, "--watch", "--interval", "200ms")
+
+	var lim drivers.ResourceLimits
+	if err := json.Unmarshal([]byte(f.OK("docker", "limits", "get", name, "--json")), &lim); err != nil || lim != (drivers.ResourceLimits{MemoryMB: 64}) {
+		t.Errorf("limits get: %+v (%v), want memory 64", lim, err)
+	}
+	if out := f.OK("docker", "limits", "set", name, "--memory", "96", "--pids", "40"); !strings.Contains(out, "96") {
+		t.Errorf("limits set printed %q", out)
+	}
+	if got := dockerInspect(t, name, "{{.HostConfig.Memory}} {{.HostConfig.PidsLimit}}"); got != fmt.Sprintf("%d 40", 96<<20) {
+		t.Errorf("after limits set, docker says memory/pids %q", got)
+	}
+	if err := json.Unmarshal([]byte(f.OK("docker", "limits", "get", name, "--json")), &lim); err != nil || lim != (drivers.ResourceLimits{MemoryMB: 96, PIDs: 40}) {
+		t.Errorf("limits get after set: %+v (%v)", lim, err)
+	}
+	f.Expect(cli.ExitUsage, "docker", "limits", "set", name)
+
+	var nets []drivers.Network
+	if err := json.Unmarshal([]byte(f.OK("docker", "network", "list", "--json")), &nets); err != nil {
+		t.Fatalf("network list --json: %v", err)
+	}
+	if !slices.ContainsFunc(nets, func(n drivers.Network) bool { return n.Name == extra && n.Internal }) {
+		t.Errorf("network list lacks the internal %s: %+v", extra, nets)
+	}
+	f.OK("docker", "network", "attach", name, extra)
+	if got := networksOf(t, name); !slices.Contains(got, extra) || !slices.Contains(got, home) {
+		t.Errorf("after attach: networks %v, want %s and %s", got, home, extra)
+	}
+	f.OK("docker", "network", "detach", name, extra)
+	if got := networksOf(t, name); slices.Contains(got, extra) {
+		t.Errorf("after detach: networks %v still have %s", got, extra)
+	}
+	f.Expect(cli.ExitNotFound, "docker", "network", "detach", name, extra)
+
+	// restart runs the command again: a second greeting in the logs.
+	f.OK("docker", "restart", name, "--timeout", "5s")
+	testenv.Eventually(t, 15*time.Second, func() error {
+		if out := f.OK("docker", "logs", name, "--lines", "1000"); strings.Count(out, "hello from "+name) != 2 {
+			return fmt.Errorf("logs after restart: %q, want two greetings", out)
+		}
+		return nil
+	})
+	if err := json.Unmarshal([]byte(f.OK("docker", "get", name, "--json")), &inst); err != nil || inst.State != drivers.StateRunning {
+		t.Errorf("after restart: %+v (%v), want running", inst, err)
+	}
 
 	f.OK("docker", "snapshot", "create", name, "s1")
 	if out := f.OK("docker", "snapshot", "list", name); !strings.Contains(out, "s1") {
 		t.Errorf("snapshot list: %q", out)
 	}
 	f.OK("docker", "clone", name, clone)
+	if got := networksOf(t, clone); len(got) != 1 || got[0] != home {
+		t.Errorf("clone on networks %v, want only the internal %s", got, home)
+	}
 	if out := f.OK("docker", "list"); !strings.Contains(out, name) || !strings.Contains(out, clone) {
 		t.Errorf("list lacks %s or %s: %q", name, clone, out)
 	}
@@ -127,9 +290,79 @@ func TestEndToEndCLI(t *testing.T) {
 	f.OK("docker", "delete", name)
 	f.OK("docker", "delete", clone, "--force")
 	f.Expect(cli.ExitNotFound, "docker", "get", name)
-	if out := f.OK("docker", "health"); !strings.Contains(out, "20.10") && !strings.Contains(out, "1.4") {
-		t.Logf("health output: %s", out)
+	want := dockerInspectVersion(t)
+	if out := f.OK("docker", "health"); !strings.Contains(out, want) {
+		t.Errorf("health output lacks the engine version %s: %s", want, out)
 	}
+}
+
+// TestStreamedExecThroughBus: exec output crosses the bus as it is
+// produced, not when the command ends: the chunk with "a" arrives well
+// before the final chunk of `echo a; sleep 3; echo b`.
+func TestStreamedExecThroughBus(t *testing.T) {
+	f := startFleet(t)
+	home := internalNetwork(t)
+	name := clitest.Unique("sbdk-e2e-stream")
+	cleanup(t, name)
+	f.OK("docker", "create", name, "--image", e2eImage, "--network", home, "--", "sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done")
+	f.OK("docker", "start", name)
+
+	nc, err := nats.Connect(f.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	cl := client.New(nc, 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var gotA, gotB, final time.Time
+	var exit *int
+	req := messages.ExecRequest{Name: name, Stream: true, ExecRequest: drivers.ExecRequest{Command: []string{"sh", "-c", "echo a; sleep 3; echo b"}}}
+	err = cl.Stream(ctx, "docker", f.Host, messages.OpExec, req, func(ch messages.Chunk) error {
+		now := time.Now()
+		switch {
+		case ch.Final:
+			final, exit = now, ch.ExitCode
+		case strings.Contains(string(ch.Data), "a") && gotA.IsZero():
+			gotA = now
+			if strings.Contains(string(ch.Data), "b") {
+				gotB = now
+			}
+		case strings.Contains(string(ch.Data), "b"):
+			gotB = now
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("streamed exec: %v", err)
+	}
+	if gotA.IsZero() || gotB.IsZero() || final.IsZero() || exit == nil || *exit != 0 {
+		t.Fatalf("chunks: a at %v, b at %v, final at %v, exit %v", gotA, gotB, final, exit)
+	}
+	if lead := final.Sub(gotA); lead < 2*time.Second {
+		t.Errorf("the chunk with a arrived only %v before the final chunk, want > 2s (output is buffered, not streamed)", lead)
+	}
+	if gotB.Before(gotA) {
+		t.Errorf("b (%v) arrived before a (%v)", gotB, gotA)
+	}
+}
+
+func dockerInspect(t testing.TB, name, format string) string {
+	t.Helper()
+	out, err := exec.Command("docker", "inspect", "-f", format, name).CombinedOutput()
+	if err != nil {
+		t.Fatalf("docker inspect %s: %v %s", name, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func dockerInspectVersion(t testing.TB) string {
+	t.Helper()
+	out, err := exec.Command("docker", "version", "-f", "{{.Server.Version}}").CombinedOutput()
+	if err != nil {
+		t.Fatalf("docker version: %v %s", err, out)
+	}
+	return strings.TrimSpace(string(out))
 }
 
 // TestOutOfBandEventsInStream: docker stop and docker rm made with the
@@ -138,7 +371,7 @@ func TestOutOfBandEventsInStream(t *testing.T) {
 	f := startFleet(t)
 	name := clitest.Unique("sbdk-e2e-oob")
 	cleanup(t, name)
-	f.OK("docker", "create", name, "--image", e2eImage, "--", "sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done")
+	f.OK("docker", "create", name, "--image", e2eImage, "--network", internalNetwork(t), "--", "sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done")
 	f.OK("docker", "start", name)
 
 	events := f.WatchEvents("docker", name)

@@ -78,13 +78,16 @@ func testCtx(t testing.TB, d time.Duration) context.Context {
 	return ctx
 }
 
-// busybox returns a template running script under sh.
-func busybox(name, script string) drivers.InstanceTemplate {
+// busybox returns a template running script under sh, on the package's
+// internal home network (never Docker's NAT'd default bridge).
+func busybox(t testing.TB, name, script string) drivers.InstanceTemplate {
+	t.Helper()
 	return drivers.InstanceTemplate{
 		Name:        name,
 		BaseImage:   TestImage,
 		Command:     []string{"sh", "-c", script},
 		Environment: map[string]string{"SUBBUS_CONFORMANCE": "1"},
+		Networks:    []drivers.NetworkConfig{{NetworkName: homeNetwork(t)}},
 	}
 }
 
@@ -97,7 +100,26 @@ func createT(t testing.TB, d *Driver, tmpl drivers.InstanceTemplate) drivers.Ins
 	if err != nil {
 		t.Fatalf("Create %s: %v", tmpl.Name, err)
 	}
+	requireInternal(t, tmpl.Name)
 	return inst
+}
+
+// requireInternal fails t unless every network container name is on is
+// internal (or none): nothing a test creates may reach out through NAT.
+func requireInternal(t testing.TB, name string) {
+	t.Helper()
+	nets := strings.Fields(dockerCLI(t, "inspect", "-f", "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}", name))
+	if len(nets) == 0 {
+		t.Fatalf("container %s is on no network, want an internal one", name)
+	}
+	for _, n := range nets {
+		if n == "none" {
+			continue
+		}
+		if internal := dockerCLI(t, "network", "inspect", "-f", "{{.Internal}}", n); internal != "true" {
+			t.Errorf("container %s is on network %s (internal=%s): tests may only use internal networks", name, n, internal)
+		}
+	}
 }
 
 // forceRemove removes a container and any images named for it, with the
@@ -122,34 +144,51 @@ func dockerCLI(t testing.TB, args ...string) string {
 	return strings.TrimSpace(string(out))
 }
 
-// testNetwork is an internal network shared by the package's tests.
-var testNetwork struct {
+// testNet is an internal (no NAT, no route out) network shared by the
+// package's tests, created on first use and removed by TestMain.
+type testNet struct {
+	tag  string
 	once sync.Once
 	name string
 	err  error
 }
 
-func sharedNetwork(t testing.TB) string {
+var (
+	// home is the network every busybox template starts on.
+	home = &testNet{tag: "home"}
+	// attach is the network tests attach and detach.
+	attach = &testNet{tag: "net"}
+)
+
+func (n *testNet) get(t testing.TB) string {
 	t.Helper()
-	testNetwork.once.Do(func() {
-		name := uniqueName("net")
+	n.once.Do(func() {
+		name := uniqueName(n.tag)
 		out, err := exec.Command("docker", "network", "create", "--internal", "--label", "io.subbus.test=true", name).CombinedOutput()
 		if err != nil {
-			testNetwork.err = fmt.Errorf("docker network create: %v: %s", err, out)
+			n.err = fmt.Errorf("docker network create --internal %s: %v: %s", name, err, out)
 			return
 		}
-		testNetwork.name = name
+		n.name = name
 	})
-	if testNetwork.err != nil {
-		t.Fatal(testNetwork.err)
+	if n.err != nil {
+		t.Fatal(n.err)
 	}
-	return testNetwork.name
+	return n.name
 }
+
+// homeNetwork is the internal network test containers are created on.
+func homeNetwork(t testing.TB) string { return home.get(t) }
+
+// sharedNetwork is a second internal network, for attach/detach tests.
+func sharedNetwork(t testing.TB) string { return attach.get(t) }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if testNetwork.name != "" {
-		_ = exec.Command("docker", "network", "rm", testNetwork.name).Run()
+	for _, n := range []*testNet{home, attach} {
+		if n.name != "" {
+			_ = exec.Command("docker", "network", "rm", n.name).Run()
+		}
 	}
 	os.Exit(code)
 }

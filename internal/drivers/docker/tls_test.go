@@ -130,7 +130,7 @@ func TestTLSEndpoint(t *testing.T) {
 		t.Fatalf("Health over TLS: %+v %v", h, err)
 	}
 	name := uniqueName("tls")
-	createT(t, d, busybox(name, "sleep 60"))
+	createT(t, d, busybox(t, name, "sleep 60"))
 	if _, err := d.Start(ctx, name); err != nil {
 		t.Fatal(err)
 	}
