@@ -3,6 +3,7 @@ package docker
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -309,6 +310,39 @@ func TestHealth(t *testing.T) {
 	if fmt.Sprint(total) != h.Details["containers"] || h.Details["images"] == "" {
 		t.Errorf("health counts %v details %v", h.Instances, h.Details)
 	}
+	// Every warning `docker info` shows is a health issue (this daemon
+	// may have none; TestHealthIssues covers the mapping itself).
+	var warnings []string
+	if err := json.Unmarshal([]byte(dockerCLI(t, "info", "-f", "{{json .Warnings}}")), &warnings); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range warnings {
+		if !slices.Contains(h.Issues, strings.TrimSpace(w)) {
+			t.Errorf("daemon warning %q is not among the health issues %q", w, h.Issues)
+		}
+	}
+}
+
+func TestHealthIssues(t *testing.T) {
+	leftover := "container c1: its create did not finish (networks missing); retry the create with the same request id or delete it"
+	for _, c := range []struct {
+		name                string
+		warnings, leftovers []string
+		want                []string
+	}{
+		{"none", nil, nil, nil},
+		{"warnings kept in order, trimmed, blanks dropped",
+			[]string{"WARNING: No swap limit support", "  ", "WARNING: bridge-nf-call-iptables is disabled\n"}, nil,
+			[]string{"WARNING: No swap limit support", "WARNING: bridge-nf-call-iptables is disabled"}},
+		{"leftovers after warnings", []string{"WARNING: x"}, []string{"c1"}, []string{"WARNING: x", leftover}},
+		{"leftovers only", nil, []string{"c1"}, []string{leftover}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := healthIssues(c.warnings, c.leftovers); !slices.Equal(got, c.want) {
+				t.Errorf("healthIssues(%q, %q) = %q, want %q", c.warnings, c.leftovers, got, c.want)
+			}
+		})
+	}
 }
 
 // recorder records the events a Watch emits.
@@ -590,6 +624,45 @@ func TestTTYLogs(t *testing.T) {
 		if lines[i].Line != want || lines[i].Stream != "console" || lines[i].Time.IsZero() {
 			t.Errorf("line %d = %+v, want %q on console with a time", i, lines[i], want)
 		}
+	}
+}
+
+// TestTTYLogsFollow: following a TTY container delivers lines written
+// after the call began, on the console stream, without carriage returns.
+func TestTTYLogsFollow(t *testing.T) {
+	d := connected(t)
+	name := uniqueName("ttyf")
+	t.Cleanup(func() { forceRemove(name) })
+	dockerCLI(t, "run", "-d", "-t", "--name", name, "--network", "none", TestImage,
+		"sh", "-c", "i=0; while :; do i=$((i+1)); echo tick$i; sleep 0.3; done")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	started := time.Now()
+	var lines []drivers.LogLine
+	err := d.Logs(ctx, name, drivers.LogOptions{Lines: 1, Follow: true}, func(l drivers.LogLine) error {
+		lines = append(lines, l)
+		if len(lines) == 4 {
+			cancel()
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("Logs --follow: %v", err)
+	}
+	if len(lines) < 4 {
+		t.Fatalf("followed %d lines before the deadline: %+v, want 4", len(lines), lines)
+	}
+	for i, l := range lines[:4] {
+		if l.Stream != "console" || !strings.HasPrefix(l.Line, "tick") || strings.Contains(l.Line, "\r") || l.Time.IsZero() {
+			t.Errorf("line %d = %+v, want tickN on console with a time", i, l)
+		}
+		if i > 0 && l.Line == lines[i-1].Line {
+			t.Errorf("line %d repeats %q", i, l.Line)
+		}
+	}
+	// Lines 2..4 were written after the call began: they were followed.
+	if last := lines[3].Time; !last.After(started) {
+		t.Errorf("the 4th line is from %v, before the call at %v: not followed", last, started)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/moby/moby/api/types/container"
@@ -223,7 +224,7 @@ func (d *Driver) Health(ctx context.Context) (drivers.Health, error) {
 		Healthy:    true,
 		Version:    in.ServerVersion,
 		APIVersion: c.ClientVersion(),
-		Issues:     append([]string(nil), in.Warnings...),
+		Issues:     healthIssues(in.Warnings, d.LastReconciliation().Leftovers),
 		Details: map[string]string{
 			"host":           c.DaemonHost(),
 			"images":         fmt.Sprint(in.Images),
@@ -238,7 +239,6 @@ func (d *Driver) Health(ctx context.Context) (drivers.Health, error) {
 		},
 	}
 	h.CountStates(list)
-	rep := d.LastReconciliation()
 	managed := 0
 	for _, i := range list {
 		if i.Managed {
@@ -246,8 +246,21 @@ func (d *Driver) Health(ctx context.Context) (drivers.Health, error) {
 		}
 	}
 	h.Details["managed"] = fmt.Sprint(managed)
-	for _, l := range rep.Leftovers {
-		h.Issues = append(h.Issues, fmt.Sprintf("container %s: its create did not finish (networks missing); retry the create with the same request id or delete it", l))
-	}
 	return h, nil
+}
+
+// healthIssues are the daemon's warnings (each one issue, as the daemon
+// words it, blank ones dropped) followed by one issue per leftover of an
+// unfinished create.
+func healthIssues(warnings, leftovers []string) []string {
+	var issues []string
+	for _, w := range warnings {
+		if w = strings.TrimSpace(w); w != "" {
+			issues = append(issues, w)
+		}
+	}
+	for _, l := range leftovers {
+		issues = append(issues, fmt.Sprintf("container %s: its create did not finish (networks missing); retry the create with the same request id or delete it", l))
+	}
+	return issues
 }
