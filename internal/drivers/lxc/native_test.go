@@ -82,22 +82,41 @@ func lxcCLI(t *testing.T, args ...string) {
 // up in the native feed.
 func TestManualStopIsAnEvent(t *testing.T) {
 	d := requireLXD(t)
-	if _, err := exec.LookPath("lxc"); err != nil {
-		t.Skip("the lxc CLI is not installed")
+	cases := []struct {
+		name string
+		args []string
+	}{
+		{"Forced", []string{"stop", "--force"}},
+		// A graceful stop: LXD asks init to halt and reports the shutdown.
+		{"Graceful", []string{"stop", "--timeout", "30"}},
 	}
-	var evs events
-	watch(t, d, &evs)
-	name := launch(t, d, nil)
-	evs.wait(t, "started", func(ev drivers.Event) bool {
-		return ev.Instance == name && ev.Type == drivers.EventStarted && ev.State == drivers.StateRunning
-	})
-	lxcCLI(t, "stop", "--force", name)
-	ev := evs.wait(t, "stopped", func(ev drivers.Event) bool {
-		return ev.Instance == name && ev.Type == drivers.EventStopped
-	})
-	if ev.Source != drivers.SourceNative || ev.State != drivers.StateStopped || ev.Time.IsZero() || ev.Details["action"] == "" {
-		t.Errorf("stop event %+v: want source native, state stopped, a time and the LXD action", ev)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var evs events
+			watch(t, d, &evs)
+			name := launch(t, d, nil)
+			evs.wait(t, "started", func(ev drivers.Event) bool {
+				return ev.Instance == name && ev.Type == drivers.EventStarted && ev.State == drivers.StateRunning
+			})
+			waitConsole(t, d, name, "subbus-conformance "+name) // init has set its traps
+			lxcCLI(t, append(c.args, name)...)
+			ev := evs.wait(t, "stopped", func(ev drivers.Event) bool {
+				return ev.Instance == name && ev.Type == drivers.EventStopped
+			})
+			if ev.Source != drivers.SourceNative || ev.State != drivers.StateStopped || ev.Time.IsZero() || ev.Details["action"] == "" {
+				t.Errorf("stop event %+v: want source native, state stopped, a time and the LXD action", ev)
+			}
+			t.Logf("lxc %s: LXD action %s", strings.Join(c.args, " "), ev.Details["action"])
+		})
 	}
+}
+
+// requireCLI skips (fails in CI) without the lxc command, which the lxd
+// package ships alongside the daemon.
+func requireCLI(t *testing.T) {
+	t.Helper()
+	_, err := exec.LookPath("lxc")
+	testenv.Require(t, "the lxc command", err, "apt-get install lxd (it ships the lxc client)")
 }
 
 // TestRenameOutside: `lxc rename` is the old name vanishing and the new
