@@ -16,6 +16,8 @@ log() { echo "[setup lxd] $*"; }
 
 command -v lxd >/dev/null || { log "lxd is not installed (apt-get install lxd)"; exit 1; }
 command -v busybox >/dev/null || { log "busybox is not installed (apt-get install busybox-static)"; exit 1; }
+# openssl (in Debian's base system) makes the HTTPS client certificate.
+command -v openssl >/dev/null || { log "openssl is not installed (apt-get install openssl)"; exit 1; }
 if ldd "$(readlink -f "$(command -v busybox)")" >/dev/null 2>&1; then
 	log "$(command -v busybox) is dynamically linked and cannot run in the image: install busybox-static"
 	exit 1
@@ -56,15 +58,14 @@ https_addr="${SUBBUS_LXD_HTTPS:-127.0.0.1:8443}"
 if [ -z "$(lxc config get core.https_address 2>/dev/null)" ]; then
 	lxc config set core.https_address "$https_addr"
 fi
-if [ ! -s "$state/client.crt" ] && command -v openssl >/dev/null; then
+if [ ! -s "$state/client.crt" ] || [ ! -s "$state/client.key" ]; then
+	log "making the HTTPS client certificate $state/client.crt"
 	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:secp384r1 -nodes -days 3650 \
 		-subj "/CN=subbus-test" -keyout "$state/client.key" -out "$state/client.crt" >/dev/null 2>&1
 fi
-if [ -s "$state/client.crt" ]; then
-	fp=$(openssl x509 -in "$state/client.crt" -noout -fingerprint -sha256 | cut -d= -f2 | tr -d : | tr 'A-F' 'a-f')
-	if ! lxc query "/1.0/certificates/$fp" >/dev/null 2>&1; then
-		lxc config trust add "$state/client.crt" >/dev/null
-	fi
+fp=$(openssl x509 -in "$state/client.crt" -noout -fingerprint -sha256 | cut -d= -f2 | tr -d : | tr 'A-F' 'a-f')
+if ! lxc query "/1.0/certificates/$fp" >/dev/null 2>&1; then
+	lxc config trust add "$state/client.crt" >/dev/null
 fi
 
 # 4. The test image: a busybox rootfs whose init is a shell script that

@@ -2,14 +2,21 @@ package lxc
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/subbus/subbus/internal/config"
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/testenv"
 )
 
 // remoteOptions are the HTTPS options scripts/setup/lxd.sh prepares: LXD
@@ -26,12 +33,13 @@ func remoteOptions(t *testing.T) Options {
 	o.TLSClientCert = filepath.Join(dir, "lxd", "client.crt")
 	o.TLSClientKey = filepath.Join(dir, "lxd", "client.key")
 	o.ServerCert = "/var/lib/lxd/server.crt"
+	var missing error
 	for _, f := range []string{o.TLSClientCert, o.TLSClientKey, o.ServerCert} {
-		if _, err := os.Stat(f); err != nil {
-			requireLXD(t)
-			t.Skipf("no HTTPS test setup (%v); run scripts/setup/lxd.sh", err)
+		if _, err := os.Stat(f); err != nil && missing == nil {
+			missing = err
 		}
 	}
+	testenv.Require(t, "LXD's HTTPS test setup (loopback listener, trusted client certificate)", missing, howToStart)
 	return o
 }
 
@@ -73,9 +81,7 @@ func TestRemoteHTTPS(t *testing.T) {
 	t.Run("UntrustedClient", func(t *testing.T) {
 		dir := t.TempDir()
 		crt, key := filepath.Join(dir, "c.crt"), filepath.Join(dir, "c.key")
-		if out, err := runOpenSSL(crt, key); err != nil {
-			t.Skipf("openssl: %v %s", err, out)
-		}
+		writeSelfSigned(t, crt, key)
 		bad := o
 		bad.TLSClientCert, bad.TLSClientKey = crt, key
 		err := New(bad).Connect(ctx)
@@ -104,9 +110,36 @@ func TestOptionsFromConfig(t *testing.T) {
 	}
 }
 
-func runOpenSSL(crt, key string) ([]byte, error) {
-	return exec.Command("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp384r1", "-nodes",
-		"-days", "1", "-subj", "/CN=subbus-untrusted", "-keyout", key, "-out", crt).CombinedOutput()
+// writeSelfSigned writes a fresh self-signed client certificate and its
+// key, PEM-encoded, that no server trusts.
+func writeSelfSigned(t *testing.T, crtPath, keyPath string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: "subbus-untrusted"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(crtPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestDetect(t *testing.T) {
