@@ -1,11 +1,16 @@
 package lxc_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
+	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,7 +28,8 @@ const e2eImage = "subbus-busybox"
 // starts a worker serving the lxc driver and the CLI pointed at it.
 func startWorker(t *testing.T) *clitest.Fleet {
 	t.Helper()
-	probe, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// A generous probe: a busy LXD under CI load is slow, not absent.
+	probe, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	d := lxc.New(lxc.DefaultOptions())
 	err := d.Connect(probe)
@@ -149,4 +155,157 @@ func TestOutOfBandEventsInStream(t *testing.T) {
 		t.Fatalf("lxc delete: %v %s", err, out)
 	}
 	events.WaitNative(t, drivers.EventVanished, 30*time.Second)
+}
+
+// lockedBuffer is a bytes.Buffer the CLI writes to while the test reads.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// runUntil runs a streaming subbus command (logs --follow, metrics
+// --watch) until its output satisfies enough, then interrupts it as a
+// user's Ctrl-C would (its context ends) and returns what it printed and
+// its exit status. The command must stop promptly once interrupted.
+func runUntil(t *testing.T, f *clitest.Fleet, enough func(stdout string) error, args ...string) clitest.Result {
+	t.Helper()
+	var out, errOut lockedBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan int, 1)
+	go func() { done <- cli.Run(ctx, append([]string{"--server", f.URL}, args...), &out, &errOut) }()
+	testenv.Eventually(t, 60*time.Second, func() error {
+		select {
+		case code := <-done:
+			done <- code
+			t.Fatalf("subbus %s ended by itself (exit %d): %s", strings.Join(args, " "), code, errOut.String())
+		default:
+		}
+		return enough(out.String())
+	})
+	cancel()
+	select {
+	case code := <-done:
+		return clitest.Result{Stdout: out.String(), Stderr: errOut.String(), Code: code}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("subbus %s did not stop within 15s of being interrupted", strings.Join(args, " "))
+		return clitest.Result{}
+	}
+}
+
+var tickLine = regexp.MustCompile(`(?m)^subbus-conformance tick (\d+)$`)
+
+// ticks are the numbers of the test image's per-second console lines.
+func ticks(out string) []int {
+	var n []int
+	for _, m := range tickLine.FindAllStringSubmatch(out, -1) {
+		i, _ := strconv.Atoi(m[1])
+		n = append(n, i)
+	}
+	return n
+}
+
+// TestEndToEndStreams: the streaming and stdin forms of the lxc commands,
+// through a worker: logs --follow prints the console as it grows and ends
+// cleanly when interrupted, metrics --watch samples repeatedly, and exec
+// -i feeds standard input to the command.
+func TestEndToEndStreams(t *testing.T) {
+	f := startWorker(t)
+	name := clitest.Unique("sbe2e-stream")
+	removeAfter(t, name)
+	f.OK("lxc", "create", name, "--image", e2eImage)
+	f.OK("lxc", "start", name)
+	var last int
+	testenv.Eventually(t, 30*time.Second, func() error {
+		n := ticks(f.OK("lxc", "logs", name, "--lines", "20"))
+		if len(n) == 0 {
+			return fmt.Errorf("no tick lines in the console of %s yet", name)
+		}
+		last = n[len(n)-1]
+		return nil
+	})
+
+	t.Run("LogsFollow", func(t *testing.T) {
+		r := runUntil(t, f, func(out string) error {
+			n := ticks(out)
+			if len(n) < 2 || n[len(n)-1] < last+2 {
+				return fmt.Errorf("followed ticks %v; want new ones past %d", n, last+1)
+			}
+			return nil
+		}, "lxc", "logs", name, "--lines", "1", "--follow")
+		if r.Code != 0 {
+			t.Errorf("logs --follow interrupted: exit %d, want 0 (stderr %s)", r.Code, r.Stderr)
+		}
+		n := ticks(r.Stdout)
+		for i := 1; i < len(n); i++ {
+			if n[i] != n[i-1]+1 {
+				t.Errorf("followed ticks %v: a line lost or repeated", n)
+				break
+			}
+		}
+	})
+
+	t.Run("MetricsWatch", func(t *testing.T) {
+		samples := func(out string) []drivers.ResourceUsage {
+			var us []drivers.ResourceUsage
+			for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+				var u drivers.ResourceUsage
+				if json.Unmarshal([]byte(l), &u) == nil {
+					us = append(us, u)
+				}
+			}
+			return us
+		}
+		r := runUntil(t, f, func(out string) error {
+			if n := len(samples(out)); n < 2 {
+				return fmt.Errorf("%d samples so far: %q", n, out)
+			}
+			return nil
+		}, "lxc", "metrics", name, "--watch", "--interval", "300ms", "--json")
+		if r.Code != 0 {
+			t.Errorf("metrics --watch interrupted: exit %d, want 0 (stderr %s)", r.Code, r.Stderr)
+		}
+		us := samples(r.Stdout)
+		for _, u := range us {
+			if u.MemoryMB <= 0 || !u.Measured.Has(drivers.MeasureCPU|drivers.MeasureMemory) {
+				t.Errorf("sample %+v", u)
+			}
+		}
+		if len(us) >= 2 && !us[1].Time.After(us[0].Time) {
+			t.Errorf("samples at %v then %v: not two samples", us[0].Time, us[1].Time)
+		}
+	})
+
+	t.Run("ExecStdin", func(t *testing.T) {
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		input := "first line\nsecond line\n"
+		go func() { _, _ = w.WriteString(input); _ = w.Close() }()
+		saved := os.Stdin
+		os.Stdin = r // the CLI reads the process's standard input
+		t.Cleanup(func() { os.Stdin = saved; _ = r.Close() })
+		res := f.Run("lxc", "exec", name, "-i", "--", "sh", "-c", "tr a-z A-Z; echo done >&2")
+		if res.Code != 0 || res.Stdout != strings.ToUpper(input) || res.Stderr != "done\n" {
+			t.Errorf("exec -i: exit %d stdout %q stderr %q, want 0, %q, \"done\\n\"", res.Code, res.Stdout, res.Stderr, strings.ToUpper(input))
+		}
+		os.Stdin = saved
+		// Without -i the command gets no input (cat ends at once).
+		if res := f.Run("lxc", "exec", name, "--", "cat"); res.Code != 0 || res.Stdout != "" {
+			t.Errorf("exec without -i: exit %d stdout %q, want 0 and nothing", res.Code, res.Stdout)
+		}
+	})
 }
