@@ -1,13 +1,16 @@
 package supervisor_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +20,7 @@ import (
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/drivers/supervisor"
 	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/testenv"
 )
 
@@ -96,8 +100,23 @@ func TestEndToEndCLI(t *testing.T) {
 		t.Errorf("create with a missing command does not name it: %s", errs)
 	}
 	f.Expect(cli.ExitInvalidArgument, "supervisor", "create", clitest.Unique("sbsv-e2e-bad"), "--image", "/bin/sh", "--env", "X=a\n[program:evil]")
-	f.Expect(cli.ExitUnsupported, "supervisor", "create", clitest.Unique("sbsv-e2e-lim"), "--image", "/bin/sh", "--memory", "64")
-
+	// Every create flag docs/supervisor.md calls unsupported is refused,
+	// and nothing is created.
+	for _, flag := range [][]string{{"--cpu", "1"}, {"--memory", "64"}, {"--disk", "1"}, {"--volume", "/tmp:/mnt"}, {"--network", "net0"}} {
+		n := clitest.Unique("sbsv-e2e-uns")
+		f.Expect(cli.ExitUnsupported, append([]string{"supervisor", "create", n, "--image", "/bin/sh"}, flag...)...)
+		f.Expect(cli.ExitNotFound, "supervisor", "get", n)
+	}
+	var caps messages.CapabilitiesResult
+	if err := json.Unmarshal([]byte(f.OK("supervisor", "capabilities", "--json")), &caps); err != nil {
+		t.Fatalf("capabilities --json: %v", err)
+	}
+	if want := (drivers.Capabilities{Logs: true, Clone: true, Events: true}); caps.Driver != "supervisor" || caps.Capabilities != want {
+		t.Errorf("capabilities %+v, want %+v", caps, want)
+	}
+	if out := f.OK("supervisor", "capabilities"); !strings.Contains(out, "Ops:") || !strings.Contains(out, "clone") {
+		t.Errorf("capabilities output: %s", out)
+	}
 	f.OK("supervisor", "start", name)
 	testenv.Eventually(t, 20*time.Second, func() error {
 		if out := f.OK("supervisor", "logs", name, "--lines", "50"); !strings.Contains(out, "greeting=hi there") {
@@ -117,6 +136,8 @@ func TestEndToEndCLI(t *testing.T) {
 		t.Errorf("exec does not say unsupported: %s", errs)
 	}
 	f.Expect(cli.ExitUnsupported, "supervisor", "snapshot", "create", name, "s1")
+	f.Expect(cli.ExitUnsupported, "supervisor", "limits", "get", name)
+	f.Expect(cli.ExitUnsupported, "supervisor", "network", "list")
 
 	f.OK("supervisor", "clone", name, clone)
 	out := f.OK("supervisor", "list")
@@ -173,4 +194,162 @@ func TestOutOfBandEventsInStream(t *testing.T) {
 	}
 	ctl("remove", name)
 	events.WaitNative(t, drivers.EventVanished, 30*time.Second)
+}
+
+// syncBuffer is a bytes.Buffer safe to read while a run writes to it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// background runs `subbus args...` against the fleet until interrupt is
+// called, as a user pressing ^C; interrupt returns its exit status.
+func background(t *testing.T, f *clitest.Fleet, args ...string) (out *syncBuffer, interrupt func() clitest.Result) {
+	t.Helper()
+	out = new(syncBuffer)
+	var errOut syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	go func() { done <- cli.Run(ctx, append([]string{"--server", f.URL}, args...), out, &errOut) }()
+	var once sync.Once
+	var res clitest.Result
+	interrupt = func() clitest.Result {
+		once.Do(func() {
+			cancel()
+			res.Code = -1
+			select {
+			case res.Code = <-done:
+			case <-time.After(30 * time.Second):
+				t.Errorf("subbus %s did not end within 30s of the interrupt", strings.Join(args, " "))
+			}
+			res.Stdout, res.Stderr = out.String(), errOut.String()
+		})
+		return res
+	}
+	t.Cleanup(func() { interrupt() })
+	return out, interrupt
+}
+
+// TestEndToEndFollowAndWatch: `logs --follow` streams each new line once,
+// in order, until interrupted; `metrics --watch` prints a sample every
+// interval until interrupted.
+func TestEndToEndFollowAndWatch(t *testing.T) {
+	f := startWorker(t)
+	name := clitest.Unique("sbsv-e2e-follow")
+	removeAfter(t, name)
+	f.OK("supervisor", "create", name, "--image", "/bin/sh", "--", "/bin/sh", "-c",
+		`trap 'exit 0' TERM; i=0; while :; do echo "line $i"; i=$((i+1)); sleep 0.2 & wait $!; done`)
+	f.OK("supervisor", "start", name)
+
+	out, interrupt := background(t, f, "supervisor", "logs", name, "--follow", "--lines", "1")
+	var first int
+	testenv.Eventually(t, 20*time.Second, func() error {
+		lines := strings.Fields(strings.ReplaceAll(out.String(), "line ", ""))
+		if len(lines) < 6 {
+			return fmt.Errorf("%d lines followed so far: %q", len(lines), out.String())
+		}
+		// Consecutive numbers: no line skipped or printed twice between
+		// the tail and the followed part.
+		for i, l := range lines {
+			n, err := strconv.Atoi(l)
+			if err != nil {
+				return fmt.Errorf("followed %q, not a line of the program", out.String())
+			}
+			if i == 0 {
+				first = n
+			} else if n != first+i {
+				return fmt.Errorf("line %d is %d, want %d: %q", i, n, first+i, out.String())
+			}
+		}
+		return nil
+	})
+	if r := interrupt(); r.Code != 0 {
+		t.Fatalf("logs --follow ended with %d: %s", r.Code, r.Stderr)
+	}
+	if first == 0 {
+		t.Errorf("logs --follow --lines 1 began with the program's first line, not its last")
+	}
+
+	out, interrupt = background(t, f, "supervisor", "metrics", name, "--watch", "--interval", "300ms", "--json")
+	testenv.Eventually(t, 20*time.Second, func() error {
+		if n := strings.Count(out.String(), "\n"); n < 3 {
+			return fmt.Errorf("%d samples so far", n)
+		}
+		return nil
+	})
+	r := interrupt()
+	if r.Code != 0 {
+		t.Fatalf("metrics --watch ended with %d: %s", r.Code, r.Stderr)
+	}
+	var prev drivers.ResourceUsage
+	for i, line := range strings.Split(strings.TrimSpace(r.Stdout), "\n") {
+		var u drivers.ResourceUsage
+		if err := json.Unmarshal([]byte(line), &u); err != nil {
+			t.Fatalf("sample %d %q: %v", i, line, err)
+		}
+		if u.MemoryMB <= 0 || !u.Measured.Has(drivers.MeasureCPU|drivers.MeasureMemory) || u.Counters.CPUTimeNs == 0 {
+			t.Errorf("sample %d: %+v", i, u)
+		}
+		if i > 0 && (!u.Time.After(prev.Time) || u.Counters.CPUTimeNs < prev.Counters.CPUTimeNs) {
+			t.Errorf("sample %d (%v, cpu %d ns) does not follow sample %d (%v, cpu %d ns)",
+				i, u.Time, u.Counters.CPUTimeNs, i-1, prev.Time, prev.Counters.CPUTimeNs)
+		}
+		prev = u
+	}
+}
+
+// TestEndToEndForceStopAndRunAs: a program that ignores SIGTERM, with
+// supervisord's own SIGKILL 30 s away, is stopped by `stop --timeout 1s`
+// and by `stop --force` within seconds; `create --run-as` runs the
+// program as that user.
+func TestEndToEndForceStopAndRunAs(t *testing.T) {
+	o := e2eOptions()
+	o.StopWaitSecs = 30
+	d, err := supervisor.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	testenv.Require(t, "supervisord", d.Connect(probe), "bash scripts/setup/supervisor.sh")
+	host := clitest.Unique("e2e")
+	f := clitest.StartFleet(t, host, 60*time.Second, manager.New(d, manager.Options{Host: host, CacheTTL: -1}))
+
+	name := clitest.Unique("sbsv-e2e-noterm")
+	removeAfter(t, name)
+	f.OK("supervisor", "create", name, "--image", "/bin/sh", "--run-as", "nobody", "--",
+		"/bin/sh", "-c", `trap '' TERM; echo "user=$(id -un)"; while :; do sleep 1; done`)
+	for _, c := range []struct {
+		flags  []string
+		within time.Duration
+	}{
+		{[]string{"--timeout", "1s"}, 4 * time.Second},
+		{[]string{"--force"}, 2 * time.Second},
+	} {
+		f.OK("supervisor", "start", name)
+		begin := time.Now()
+		f.OK(append([]string{"supervisor", "stop", name}, c.flags...)...)
+		if took := time.Since(begin); took > c.within {
+			t.Errorf("stop %v of a program ignoring SIGTERM took %v, want under %v", c.flags, took, c.within)
+		}
+		var inst drivers.Instance
+		if err := json.Unmarshal([]byte(f.OK("supervisor", "get", name, "--json")), &inst); err != nil || inst.State != drivers.StateStopped {
+			t.Errorf("after stop %v: %+v (%v)", c.flags, inst, err)
+		}
+	}
+	if out := f.OK("supervisor", "logs", name, "--lines", "10"); !strings.Contains(out, "user=nobody") {
+		t.Errorf("create --run-as nobody: the program printed %q", out)
+	}
 }
