@@ -11,8 +11,10 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -39,12 +41,37 @@ var testNet struct {
 	err  error
 }
 
+// TestMain runs the package's tests holding an exclusive lock on this
+// machine, so that two test processes (a second `go test` of this package,
+// an engineer's run beside CI's) never drive LXD at once: LXD 5.0 can stall
+// for minutes when one creates bridges while another starts containers, and
+// the start's pre-start hook then times out (docs/lxc.md, "Tests").
 func TestMain(m *testing.M) {
+	unlock := lockLXDTests()
 	code := m.Run()
+	unlock()
 	if testNet.name != "" {
 		_ = exec.Command("lxc", "network", "delete", testNet.name).Run()
 	}
 	os.Exit(code)
+}
+
+// lockLXDTests takes the machine-wide lock of the LXD tests, waiting
+// while another process holds it. Without a lock file it runs unlocked.
+func lockLXDTests() (unlock func()) {
+	path := filepath.Join(os.TempDir(), "subbus-lxd-tests.lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o666)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "lxc tests: no lock file %s (%v); running unlocked\n", path, err)
+		return func() {}
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		fmt.Fprintf(os.Stderr, "lxc tests: another process is testing against LXD; waiting for %s\n", path)
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+			fmt.Fprintf(os.Stderr, "lxc tests: lock %s: %v; running unlocked\n", path, err)
+		}
+	}
+	return func() { _ = f.Close() }
 }
 
 // requireLXD returns a connected driver, or skips (fails in CI) when LXD or
