@@ -224,11 +224,11 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 
 	unsubs := w.subscribeEvents() // before Connect: its events count too
 	for _, m := range w.managers {
-		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		if err := m.Connect(cctx); err != nil {
-			w.log.Warn().Str("driver", m.Driver()).Err(err).Msg("driver not connected yet; requests will report it")
+		// Bounded by the manager's connection_timeout; keepConnected
+		// retries a driver that is not connected yet.
+		if err := m.Connect(ctx); err != nil {
+			w.log.Warn().Str("driver", m.Driver()).Err(err).Msg("driver not connected yet; retrying in the background, requests report it meanwhile")
 		}
-		cancel()
 	}
 
 	if err := w.addService(); err != nil {
@@ -249,6 +249,10 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	if w.opts.EnableMetrics {
 		bgWG.Add(1)
 		go func() { defer bgWG.Done(); w.metricsLoop(bg) }()
+	}
+	for _, m := range w.managers {
+		bgWG.Add(1)
+		go func() { defer bgWG.Done(); w.keepConnected(bg, m) }()
 	}
 	w.log.Info().Strs("drivers", w.driverNames()).Str("version", w.opts.Version).Str("nats", w.nc.ConnectedUrlRedacted()).
 		Msg("worker serving")
@@ -548,6 +552,49 @@ func (w *Worker) metricsLoop(ctx context.Context) {
 		}
 		for _, m := range w.managers {
 			w.sampleMetrics(ctx, m)
+		}
+	}
+}
+
+// reconnectMin and reconnectMax bound the backoff between reconnection
+// attempts of a driver whose substrate is unreachable.
+var (
+	reconnectMin = time.Second
+	reconnectMax = 30 * time.Second
+)
+
+// keepConnected is the manager's ensure_connected loop: while a driver is
+// disconnected it reconnects with exponential backoff (reconnectMin up to
+// reconnectMax); while connected it re-checks the substrate's health every
+// health_check_interval, reconnecting when that check finds it down. A
+// substrate that was down when the worker started is therefore served as
+// soon as it answers, its native event feed included.
+func (w *Worker) keepConnected(ctx context.Context, m *manager.Manager) {
+	opts := m.Options()
+	backoff := reconnectMin
+	for {
+		wait := opts.HealthCheckInterval
+		if !m.IsConnected() {
+			wait = backoff
+			backoff = min(2*backoff, reconnectMax)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		was := m.IsConnected()
+		cctx, cancel := context.WithTimeout(ctx, opts.ConnectionTimeout)
+		err := m.EnsureConnected(cctx)
+		cancel()
+		switch {
+		case err == nil && !was:
+			backoff = reconnectMin
+			w.log.Info().Str("driver", m.Driver()).Msg("driver connected")
+		case err != nil && ctx.Err() == nil:
+			w.log.Debug().Str("driver", m.Driver()).Err(err).Dur("retry_in", backoff).Msg("driver still not connected")
 		}
 	}
 }
