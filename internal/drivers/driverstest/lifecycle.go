@@ -22,6 +22,8 @@ func (su *suite) tests() []namedTest {
 		{"Missing", testMissing},
 		{"Idempotent", testIdempotent},
 		{"ForceStop", testForceStop},
+		{"StopDeadline", testStopDeadline},
+		{"Unreachable", testUnreachable},
 		{"ForceDeleteRunning", testForceDeleteRunning},
 		{"DeleteRunningConflict", testDeleteRunningConflict},
 		{"InvalidNames", testInvalidNames},
@@ -130,6 +132,7 @@ func testHealth(t *testing.T, e *env) {
 	if !h.Healthy {
 		t.Errorf("Health: not healthy on a working substrate: %+v", h)
 	}
+	checkHealthUsage(t, h)
 	if h.Instances != nil && h.Instances[drivers.StateRunning] < 1 {
 		t.Errorf("Health counts %v, but %s is running", h.Instances, name)
 	}

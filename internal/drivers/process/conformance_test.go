@@ -36,7 +36,19 @@ func (h *harness) Template(name string) drivers.InstanceTemplate {
 	}
 }
 
+// StubbornTemplate is Template with a script that ignores SIGTERM.
+func (h *harness) StubbornTemplate(name string) drivers.InstanceTemplate {
+	t := h.Template(name)
+	t.Command = []string{"sh", "-c", driverstest.StubbornScript(name)}
+	return t
+}
+
 func (h *harness) Close() {}
+
+var _ driverstest.StubbornHarness = (*harness)(nil)
+
+// noEndpoint is the reason the Unreachable case does not apply.
+const noEndpoint = "the process driver has no daemon or endpoint to be unreachable"
 
 // testOptions are quick-polling options for tests.
 func testOptions(dir string) Options {
@@ -59,6 +71,7 @@ func TestConformance(t *testing.T) {
 		driverstest.WithCapabilities(caps),
 		driverstest.WithManagerOptions(manager.Options{Host: "test", StopTimeout: 5 * time.Second}),
 		driverstest.WithStopTimeout(5*time.Second),
+		driverstest.WithSkip("Unreachable", noEndpoint),
 	)
 }
 
@@ -72,5 +85,6 @@ func TestConformanceWithoutCgroups(t *testing.T) {
 		driverstest.WithCapabilities(drivers.Capabilities{Exec: true, Logs: true, Clone: true, Events: true}),
 		driverstest.WithManagerOptions(manager.Options{Host: "test", StopTimeout: 5 * time.Second}),
 		driverstest.WithStopTimeout(5*time.Second),
+		driverstest.WithSkip("Unreachable", noEndpoint),
 	)
 }

@@ -142,6 +142,7 @@ type Driver struct {
 	bgCancel  context.CancelFunc
 	bgWG      sync.WaitGroup
 	boot      string
+	hostPrev  *procfs.HostCPU // host CPU reading of the previous Health
 
 	events watchers
 }
@@ -300,7 +301,8 @@ func (d *Driver) unlockStateDir() {
 	}
 }
 
-// Health reports the state directory, cgroup support and instance counts.
+// Health reports the state directory, cgroup support, instance counts and
+// the host's CPU and memory usage (Usage).
 func (d *Driver) Health(ctx context.Context) (drivers.Health, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -324,7 +326,27 @@ func (d *Driver) Health(ctx context.Context) (drivers.Health, error) {
 		list = append(list, d.instanceOf(in))
 	}
 	h.CountStates(list)
+	h.Usage = d.hostUsage(&h)
 	return h, nil
+}
+
+// hostUsage samples the host's CPU (% since the previous Health call,
+// since boot on the first) and memory in use; d.mu must be held. A /proc
+// read error leaves Usage nil and is added to h.Issues.
+func (d *Driver) hostUsage(h *drivers.Health) *drivers.ResourceUsage {
+	cpu, err := procfs.ReadHostCPU()
+	if err != nil {
+		h.Issues = append(h.Issues, "host usage: "+err.Error())
+		return nil
+	}
+	mem, err := procfs.HostMemoryUsed()
+	if err != nil {
+		h.Issues = append(h.Issues, "host usage: "+err.Error())
+		return nil
+	}
+	u := procfs.HostUsage(cpu, d.hostPrev, mem)
+	d.hostPrev = &cpu
+	return &u
 }
 
 // lookup returns the instance called name; d.mu must be held.

@@ -324,7 +324,16 @@ func (d *Driver) Stop(ctx context.Context, name string, opts drivers.StopOptions
 	case <-timer.C:
 		d.signalGroup(pid, ticks, syscall.SIGKILL)
 	case <-ctx.Done():
-		d.signalGroup(pid, ticks, syscall.SIGKILL)
+		// The caller gave up before the graceful timeout: do not escalate
+		// on its behalf; the process keeps running (it got SIGTERM).
+		if !opts.Force {
+			d.mu.Lock()
+			if in.done == done {
+				in.stopping = false
+			}
+			d.mu.Unlock()
+			return false, drivers.Errorf(drivers.Timeout, "stop %q: caller's deadline ended before the process exited (SIGTERM sent, still running): %v", name, ctx.Err())
+		}
 	}
 	select {
 	case <-done:
