@@ -212,7 +212,9 @@ func (m *Manager) mutate(ctx context.Context, op string, names []string, fn func
 		return err
 	}
 	fl := &flight{}
+	m.echo.begin(op, names)
 	defer fl.release(func() {
+		m.echo.end(op, names, m.now())
 		m.cache.invalidate(names...)
 		unlock()
 	})

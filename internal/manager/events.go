@@ -241,6 +241,10 @@ func (m *Manager) native(ev drivers.Event) {
 	} else {
 		m.cache.invalidate()
 	}
+	if m.echo.isEcho(ev, m.now()) {
+		m.stats.echo()
+		return
+	}
 	ev.ID = ""
 	ev.Source = drivers.SourceNative
 	ev.RequestID = ""

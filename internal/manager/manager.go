@@ -74,6 +74,12 @@ type Options struct {
 	// LockWait is how long a mutation waits for another mutation of the
 	// same instance before failing with Conflict (default 0: fail at once).
 	LockWait time.Duration
+	// EchoWindow: a native-feed event about an instance that a mutation
+	// of this manager is changing, or changed less than EchoWindow ago,
+	// is that mutation's echo and is not re-emitted (the manager already
+	// emitted it, with the request id). Native failed events always pass.
+	// 0 takes the default (3s); negative re-emits every native event.
+	EchoWindow time.Duration
 	// DisableEvents turns the event system off (global.enable_events=false).
 	DisableEvents bool
 	Logger        zerolog.Logger
@@ -93,6 +99,7 @@ type Manager struct {
 	bpending []breakerChange
 
 	locks keyedLock
+	echo  echoFilter
 	cache cache
 	stats opRecorder
 	bus   bus
@@ -112,6 +119,7 @@ func New(d drivers.Driver, opts Options) *Manager {
 	opts = opts.withDefaults()
 	m := &Manager{d: d, opts: opts, caps: drivers.CapabilitiesOf(d), log: opts.Logger, now: time.Now}
 	m.cache = cache{ttl: opts.CacheTTL, now: func() time.Time { return m.now() }}
+	m.echo = echoFilter{window: opts.EchoWindow}
 	m.stats.since = time.Now().UTC()
 	m.breaker = resilience.NewBreaker(resilience.BreakerSettings{
 		Name:          d.Name(),

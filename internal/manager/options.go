@@ -14,6 +14,7 @@ import (
 // Defaults for zero Options fields.
 const (
 	DefaultConnectionTimeout   = 30 * time.Second
+	DefaultEchoWindow          = 3 * time.Second
 	DefaultOperationTimeout    = 300 * time.Second
 	DefaultHealthCheckInterval = 60 * time.Second
 	DefaultStopTimeout         = 10 * time.Second
@@ -27,6 +28,9 @@ const (
 func (o Options) withDefaults() Options {
 	if o.ConnectionTimeout <= 0 {
 		o.ConnectionTimeout = DefaultConnectionTimeout
+	}
+	if o.EchoWindow == 0 {
+		o.EchoWindow = DefaultEchoWindow
 	}
 	if o.OperationTimeout <= 0 {
 		o.OperationTimeout = DefaultOperationTimeout

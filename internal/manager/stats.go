@@ -162,3 +162,14 @@ func (r *opRecorder) hit(op string) {
 	r.ops[op].cacheHits++
 	r.mu.Unlock()
 }
+
+// echo counts a native event dropped as the echo of a mutation, under the
+// events key "native_echo_suppressed".
+func (r *opRecorder) echo() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.events == nil {
+		r.events = map[string]int64{}
+	}
+	r.events["native_echo_suppressed"]++
+}
