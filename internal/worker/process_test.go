@@ -21,10 +21,17 @@ import (
 // through the registry as cmd/worker does, with its state in a temp dir.
 func startProcessWorker(t *testing.T, mutate func(*Options)) (*runningWorker, *nats.Conn) {
 	t.Helper()
+	return startProcessWorkerCgroups(t, "off", mutate)
+}
+
+// startProcessWorkerCgroups is startProcessWorker with the driver's
+// cgroups option ("auto" or "off").
+func startProcessWorkerCgroups(t *testing.T, cgroups string, mutate func(*Options)) (*runningWorker, *nats.Conn) {
+	t.Helper()
 	if _, ok := registry.Lookup("process"); !ok {
 		testenv.Require(t, "the process driver in the registry", errors.New("not registered"), "register it in internal/registry/builtin.go")
 	}
-	cfg, err := config.Parse([]byte(fmt.Sprintf("process:\n  state_dir: %s\n  cgroups: \"off\"\n", t.TempDir())))
+	cfg, err := config.Parse([]byte(fmt.Sprintf("process:\n  state_dir: %s\n  cgroups: %q\n", t.TempDir(), cgroups)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,4 +265,112 @@ func TestProcessIdempotencyAndStreamCancel(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, idle)
 	streamCall(t, nc, subj("process", messages.OpLogs), messages.LogsRequest{Name: name, Follow: true}, 1)
 	testenv.Eventually(t, 10*time.Second, idle)
+}
+
+// TestProcessEveryOp sends every op of messages.Ops() through the bus to
+// the real process driver, with cgroups off and on (auto: limits are
+// declared only when the cgroup file system is writable), and checks each
+// succeeds when the driver declares the capability it needs and answers
+// unsupported otherwise.
+func TestProcessEveryOp(t *testing.T) {
+	for _, cg := range []string{"off", "auto"} {
+		t.Run("cgroups="+cg, func(t *testing.T) { testEveryOp(t, cg) })
+	}
+}
+
+func testEveryOp(t *testing.T, cgroups string) {
+	_, nc := startProcessWorkerCgroups(t, cgroups, nil)
+	name := uniqueName("every")
+	clone := name + "-c"
+	for _, n := range []string{name, clone} {
+		t.Cleanup(func() {
+			_, _ = callErr(nc, subj("process", messages.OpDelete), messages.DeleteRequest{Name: n, Force: true}, nil, 10*time.Second)
+		})
+	}
+	var cr messages.CapabilitiesResult
+	okSchema(t, nc, subj("process", messages.OpCapabilities), nil, &cr)
+	c := cr.Capabilities
+	if cgroups == "off" && c.Limits {
+		t.Fatal("limits declared with cgroups off")
+	}
+	if c.Snapshots || c.Networks || !c.Exec || !c.Logs || !c.Clone {
+		t.Fatalf("process capabilities %+v: want exec, logs, clone, no snapshots, no networks", c)
+	}
+	t.Logf("capabilities %+v", c)
+
+	limits := drivers.ResourceLimits{MemoryMB: 96, PIDs: 64}
+	const snap = "s1"
+	// Cases in the order they run; need is the capability an op requires
+	// (nil: every driver serves it); check inspects a successful result.
+	cases := []struct {
+		op    messages.Op
+		body  any
+		need  func() bool
+		check func(t *testing.T, r messages.Reply)
+	}{
+		{op: messages.OpCapabilities},
+		{op: messages.OpHealth},
+		{op: messages.OpList},
+		{op: messages.OpCreate, body: messages.CreateRequest{Template: drivers.InstanceTemplate{Name: name, BaseImage: "/bin/sh",
+			Command: []string{"/bin/sh", "-c", `echo started; while :; do sleep 0.2; done`}}}},
+		{op: messages.OpGet, body: messages.NameRequest{Name: name}},
+		{op: messages.OpStart, body: messages.NameRequest{Name: name}, check: wantChanged(true, drivers.StateRunning)},
+		{op: messages.OpMetrics, body: messages.NameRequest{Name: name}},
+		{op: messages.OpExec, body: map[string]any{"name": name, "command": []string{"/bin/true"}}, need: func() bool { return c.Exec }},
+		{op: messages.OpLogs, body: messages.LogsRequest{Name: name, Lines: 5}, need: func() bool { return c.Logs }},
+		{op: messages.OpLimitsSet, body: messages.LimitsSetRequest{Name: name, Limits: limits}, need: func() bool { return c.Limits }},
+		{op: messages.OpLimitsGet, body: messages.NameRequest{Name: name}, need: func() bool { return c.Limits },
+			check: func(t *testing.T, r messages.Reply) {
+				var got drivers.ResourceLimits
+				if err := jsonUnmarshal(r.Result, &got); err != nil || got.MemoryMB != limits.MemoryMB || got.PIDs != limits.PIDs {
+					t.Errorf("limits-get after limits-set = %+v (%v), want %+v", got, err, limits)
+				}
+			}},
+		{op: messages.OpSnapshotCreate, body: messages.SnapshotRequest{Name: name, Snapshot: snap}, need: func() bool { return c.Snapshots }},
+		{op: messages.OpSnapshotList, body: messages.NameRequest{Name: name}, need: func() bool { return c.Snapshots }},
+		{op: messages.OpSnapshotRestore, body: messages.SnapshotRequest{Name: name, Snapshot: snap}, need: func() bool { return c.Snapshots }},
+		{op: messages.OpSnapshotDelete, body: messages.SnapshotRequest{Name: name, Snapshot: snap}, need: func() bool { return c.Snapshots }},
+		{op: messages.OpNetworkList, need: func() bool { return c.Networks }},
+		{op: messages.OpNetworkAttach, body: messages.NetworkAttachRequest{Name: name, Network: drivers.NetworkConfig{NetworkName: "sbnet"}}, need: func() bool { return c.Networks }},
+		{op: messages.OpNetworkDetach, body: messages.NetworkDetachRequest{Name: name, Network: "sbnet"}, need: func() bool { return c.Networks }},
+		{op: messages.OpRestart, body: messages.StopRequest{Name: name, Timeout: "5s"}, check: wantChanged(true, drivers.StateRunning)},
+		{op: messages.OpStop, body: messages.StopRequest{Name: name, Timeout: "5s"}, check: wantChanged(true, drivers.StateStopped)},
+		{op: messages.OpClone, body: messages.CloneRequest{Source: name, Target: clone}, need: func() bool { return c.Clone }},
+		{op: messages.OpDelete, body: messages.DeleteRequest{Name: name}, check: wantChanged(true, "")},
+	}
+	covered := map[messages.Op]bool{}
+	for _, tc := range cases {
+		covered[tc.op] = true
+	}
+	for _, op := range messages.Ops() {
+		if !covered[op] {
+			t.Fatalf("op %s has no case: add it", op)
+		}
+	}
+	for _, tc := range cases {
+		supported := tc.need == nil || tc.need()
+		if !supported {
+			wantErr(t, nc, subj("process", tc.op), tc.body, nil, drivers.Unsupported)
+			continue
+		}
+		r := okSchema(t, nc, subj("process", tc.op), tc.body, nil)
+		if tc.check != nil {
+			t.Run(string(tc.op), func(t *testing.T) { tc.check(t, r) })
+		}
+	}
+	wantErr(t, nc, subj("process", messages.OpGet), messages.NameRequest{Name: name}, nil, drivers.NotFound)
+}
+
+// wantChanged checks a ChangedResult; state "" means no instance expected
+// to be checked (delete).
+func wantChanged(changed bool, state drivers.State) func(t *testing.T, r messages.Reply) {
+	return func(t *testing.T, r messages.Reply) {
+		var ch messages.ChangedResult
+		if err := jsonUnmarshal(r.Result, &ch); err != nil {
+			t.Fatal(err)
+		}
+		if ch.Changed != changed || (state != "" && (ch.Instance == nil || ch.Instance.State != state)) {
+			t.Errorf("got %+v (instance %+v), want changed=%v state %s", ch, ch.Instance, changed, state)
+		}
+	}
 }
