@@ -77,6 +77,10 @@ type Stats struct {
 	EventsDropped  uint64 `json:"events_dropped"`
 	MetricsPending int    `json:"metrics_pending"`
 	MetricsDropped uint64 `json:"metrics_dropped"`
+	// Substrates holds each driver's operation metrics (the seed's
+	// get_substrate_metrics): counts, errors by code, retries, cache hits,
+	// durations, breaker state and events by type.
+	Substrates map[string]manager.OpStats `json:"substrates"`
 }
 
 func (w *Worker) stats() Stats {
@@ -89,7 +93,16 @@ func (w *Worker) stats() Stats {
 		EventsDropped:  w.events.dropped.Load(),
 		MetricsPending: w.metrics.len(),
 		MetricsDropped: w.metrics.dropped.Load(),
+		Substrates:     w.substrateStats(),
 	}
+}
+
+func (w *Worker) substrateStats() map[string]manager.OpStats {
+	out := make(map[string]manager.OpStats, len(w.managers))
+	for _, m := range w.managers {
+		out[m.Driver()] = m.Stats()
+	}
+	return out
 }
 
 // handler hands each request to a goroutine (at most MaxConcurrent at

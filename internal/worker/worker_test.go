@@ -164,6 +164,9 @@ func TestToyOpsAndDiscovery(t *testing.T) {
 	if err := json.Unmarshal(stats.Endpoints[0].Data, &data); err != nil {
 		t.Fatalf("stats data %s: %v", stats.Endpoints[0].Data, err)
 	}
+	if op := data.Substrates["toy"].Ops["start"]; op.Count < 1 || data.Substrates["toy"].Breaker != "closed" {
+		t.Fatalf("substrate op metrics in stats data: %+v", data.Substrates["toy"])
+	}
 	testenv.Eventually(t, 10*time.Second, func() error {
 		if w.stats().EventsStored == 0 {
 			return errors.New("no event stored yet")
