@@ -61,7 +61,14 @@ func startNATS(t *testing.T) *server.Server {
 // startWorker runs a real worker for host serving the process driver.
 func startWorker(t *testing.T, url, host string) {
 	t.Helper()
-	d := process.New(process.Options{StateDir: t.TempDir(), Cgroups: "off"})
+	startWorkerCgroups(t, url, host, "off")
+}
+
+// startWorkerCgroups is startWorker with the process driver's cgroups
+// option ("auto": limits are served when the cgroup tree is writable).
+func startWorkerCgroups(t *testing.T, url, host, cgroups string) {
+	t.Helper()
+	d := process.New(process.Options{StateDir: t.TempDir(), Cgroups: cgroups})
 	m := manager.New(d, manager.Options{Host: host})
 	w, err := worker.New(context.Background(), worker.Options{
 		Host:          host,
@@ -136,7 +143,7 @@ func TestEndToEndProcess(t *testing.T) {
 	isolateEnv(t)
 	s := startNATS(t)
 	url := s.ClientURL()
-	startWorker(t, url, "h1")
+	startWorkerCgroups(t, url, "h1", "auto")
 	name := unique("e2e")
 	t.Cleanup(func() { subbus(t, url, "process", "delete", name, "--force") })
 
@@ -210,9 +217,30 @@ func TestEndToEndProcess(t *testing.T) {
 	}
 	subbus(t, url, "process", "health").want(t, 0, "health")
 	r = subbus(t, url, "process", "capabilities", "--json").want(t, 0, "capabilities")
-	if c := decode[messages.CapabilitiesResult](t, r.stdout); !c.Capabilities.Exec || c.Host != "h1" {
-		t.Fatalf("capabilities: %+v", c)
+	caps := decode[messages.CapabilitiesResult](t, r.stdout)
+	if !caps.Capabilities.Exec || caps.Host != "h1" {
+		t.Fatalf("capabilities: %+v", caps)
 	}
+
+	// restart: a new process, so the start line is logged a second time.
+	r = subbus(t, url, "process", "restart", name, "--timeout", "5s").want(t, 0, "restart")
+	if !strings.Contains(r.stdout, name+": restarted") {
+		t.Fatalf("restart said %q", r.stdout)
+	}
+	r = subbus(t, url, "process", "restart", name, "--timeout", "5s", "--json").want(t, 0, "restart --json")
+	if res := decode[messages.ChangedResult](t, r.stdout); res.Instance == nil || res.Instance.State != drivers.StateRunning {
+		t.Fatalf("restart --json: %+v", res)
+	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		r := subbus(t, url, "process", "logs", name, "--lines", "50")
+		if n := strings.Count(r.stdout, "hello from the instance"); r.code != 0 || n != 3 {
+			return fmt.Errorf("logs after two restarts: exit %d, %d start lines, want 3:\n%s", r.code, n, r.stdout)
+		}
+		return nil
+	})
+
+	// limits get|set, when the driver can (cgroups writable here).
+	checkLimitsCLI(t, url, name, caps.Capabilities.Limits)
 
 	// stop, delete; errors afterwards.
 	r = subbus(t, url, "process", "stop", name, "--timeout", "5s").want(t, 0, "stop")
@@ -614,4 +642,46 @@ func TestProgressOnlyOnATerminal(t *testing.T) {
 	if !strings.HasSuffix(term.String(), "\r\033[K") {
 		t.Fatalf("the progress line is not cleared: %q", term.String())
 	}
+}
+
+// checkLimitsCLI runs `limits set` and `limits get` on name: they work
+// when the driver declares limits, else exit with ExitUnsupported.
+func checkLimitsCLI(t *testing.T, url, name string, supported bool) {
+	t.Helper()
+	set := []string{"process", "limits", "set", name, "--memory", "128", "--pids", "100"}
+	if !supported {
+		t.Log("limits not declared: checking they answer unsupported")
+		r := subbus(t, url, set...).want(t, ExitUnsupported, "limits set (unsupported)")
+		if !strings.HasPrefix(r.stderr, "error: unsupported: ") {
+			t.Fatalf("limits set (unsupported): %q", r.stderr)
+		}
+		subbus(t, url, "process", "limits", "get", name).want(t, ExitUnsupported, "limits get (unsupported)")
+		return
+	}
+	subbus(t, url, set...).want(t, 0, "limits set")
+	r := subbus(t, url, "process", "limits", "get", name, "--json").want(t, 0, "limits get --json")
+	if l := decode[drivers.ResourceLimits](t, r.stdout); l.MemoryMB != 128 || l.PIDs != 100 {
+		t.Fatalf("limits get after set: %+v", l)
+	}
+	r = subbus(t, url, "process", "limits", "get", name).want(t, 0, "limits get")
+	if !strings.Contains(r.stdout, "128") {
+		t.Fatalf("limits get table:\n%s", r.stdout)
+	}
+}
+
+// TestEndToEndProcessLimitsUnsupported: with cgroups off the process
+// driver does not declare limits, and the CLI exits with ExitUnsupported.
+func TestEndToEndProcessLimitsUnsupported(t *testing.T) {
+	isolateEnv(t)
+	s := startNATS(t)
+	url := s.ClientURL()
+	startWorker(t, url, "h1")
+	name := unique("nolim")
+	t.Cleanup(func() { subbus(t, url, "process", "delete", name, "--force") })
+	subbus(t, url, "process", "create", name, "--image", "/bin/sleep", "--", "300").want(t, 0, "create")
+	r := subbus(t, url, "process", "capabilities", "--json").want(t, 0, "capabilities")
+	if c := decode[messages.CapabilitiesResult](t, r.stdout); c.Capabilities.Limits {
+		t.Fatalf("limits declared with cgroups off: %+v", c)
+	}
+	checkLimitsCLI(t, url, name, false)
 }
