@@ -4,7 +4,10 @@
 // internal/drivers: lifecycle round trips, idempotency, each error code
 // the contract promises, force stop and delete, exec, logs, metrics and
 // its measured mask, every capability the driver declares, and
-// `unsupported` for every one it does not.
+// `unsupported` for every one it does not. Two cases run only for
+// harnesses that implement an optional hook: StopDeadline (Timeout when
+// the caller's ctx ends during a graceful stop; StubbornHarness) and
+// Unreachable (Unavailable from a dead endpoint; UnreachableHarness).
 //
 // A driver package uses it from a test:
 //

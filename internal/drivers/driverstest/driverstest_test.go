@@ -2,6 +2,7 @@ package driverstest_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"regexp"
@@ -50,7 +51,43 @@ func (b broken) Metrics(ctx context.Context, name string) (drivers.ResourceUsage
 	return u, err
 }
 
+// Stop turns a graceful stop into a kill, so it "succeeds" at once on an
+// instance that ignores SIGTERM instead of giving up at the caller's deadline.
+func (b broken) Stop(ctx context.Context, name string, opts drivers.StopOptions) (bool, error) {
+	opts.Force = true
+	return b.Driver.Stop(ctx, name, opts)
+}
+
+// Health reports a usage without saying what it measured.
+func (b broken) Health(ctx context.Context) (drivers.Health, error) {
+	h, err := b.Driver.Health(ctx)
+	h.Usage = &drivers.ResourceUsage{MemoryMB: 1}
+	return h, err
+}
+
+// deadEndpoint is a driver whose endpoint cannot be reached, but which
+// does not classify the failure.
+type deadEndpoint struct{ *process.Driver }
+
+func (deadEndpoint) Connect(ctx context.Context) error {
+	return errors.New("dial unix /nonexistent.sock: connect: no such file or directory")
+}
+
+func (deadEndpoint) List(ctx context.Context) ([]drivers.Instance, error) {
+	return nil, errors.New("not connected")
+}
+
 type brokenHarness struct{ dir string }
+
+func (h brokenHarness) StubbornTemplate(name string) drivers.InstanceTemplate {
+	t := h.Template(name)
+	t.Command = []string{"sh", "-c", driverstest.StubbornScript(name)}
+	return t
+}
+
+func (h brokenHarness) Unreachable(ctx context.Context) (drivers.Driver, error) {
+	return deadEndpoint{process.New(process.Options{StateDir: h.dir})}, nil
+}
 
 func (h brokenHarness) MakeDriver(ctx context.Context) (drivers.Driver, error) {
 	return broken{process.New(process.Options{StateDir: h.dir, PollInterval: config.Duration(50 * time.Millisecond)})}, nil
@@ -87,7 +124,7 @@ func TestSuiteCatchesViolations(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a part of the suite in a child process")
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestBrokenDriverHelper$/^(RoundTrip|Idempotent|Missing|Exec|Metrics)$", "-test.v", "-test.count=1")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestBrokenDriverHelper$/^(RoundTrip|Idempotent|Missing|Exec|Metrics|Health|StopDeadline|Unreachable)$", "-test.v", "-test.count=1")
 	cmd.Env = append(os.Environ(), helperEnv+"=1")
 	out, err := cmd.CombinedOutput()
 	if err == nil {
@@ -99,7 +136,7 @@ func TestSuiteCatchesViolations(t *testing.T) {
 	}
 	// RoundTrip fails too: its cleanup force-deletes an instance it
 	// already deleted, which the broken Delete refuses.
-	want := []string{"Exec", "Exec/RequestEnv", "Idempotent", "Metrics", "Metrics/Stopped", "Missing", "Missing/ForceDelete", "RoundTrip"}
+	want := []string{"Exec", "Exec/RequestEnv", "Health", "Idempotent", "Metrics", "Metrics/Stopped", "Missing", "Missing/ForceDelete", "RoundTrip", "StopDeadline", "Unreachable"}
 	var got []string
 	for k := range failed {
 		got = append(got, k)
