@@ -28,6 +28,18 @@ func (h *harness) Template(name string) drivers.InstanceTemplate {
 
 func (h *harness) Network() string { return h.network }
 
+// StubbornTemplate: the container's shell ignores SIGTERM, so only a kill ends it.
+func (h *harness) StubbornTemplate(name string) drivers.InstanceTemplate {
+	t := h.Template(name)
+	t.Command = []string{"sh", "-c", driverstest.StubbornScript(name)}
+	return t
+}
+
+// Unreachable points the driver at a socket where no daemon listens.
+func (h *harness) Unreachable(ctx context.Context) (drivers.Driver, error) {
+	return New(Options{Host: "unix:///nonexistent/subbus-test/docker.sock", HostID: "conformance"}), nil
+}
+
 func (h *harness) Close() {}
 
 // TestConformance runs the shared suite against the real dockerd.

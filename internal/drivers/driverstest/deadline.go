@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/manager"
 	"github.com/subbus/subbus/internal/testenv"
 )
 
@@ -107,14 +108,17 @@ func testUnreachable(t *testing.T, e *env) {
 	}
 	d, err := uh.Unreachable(e.ctx())
 	e.must("Unreachable", err)
-	defer func() { _ = d.Close() }()
+	// Through a manager, as every caller sees it: the driver's raw error
+	// is classified by its ErrorCode.
+	m := manager.New(d, manager.Options{RetryAttempts: 1, CacheTTL: -1})
+	defer func() { _ = m.Close() }()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	if err := d.Connect(ctx); err != nil {
+	if err := m.Connect(ctx); err != nil {
 		e.wantCode("Connect to a dead endpoint", err, drivers.Unavailable)
 		return
 	}
-	_, err = d.List(ctx)
+	_, err = m.List(ctx)
 	e.wantCode("List through a dead endpoint (Connect succeeded)", err, drivers.Unavailable)
 }
 

@@ -86,6 +86,20 @@ func (h harness) Template(name string) drivers.InstanceTemplate {
 
 func (h harness) Close() {}
 
+// StubbornTemplate: the program's shell ignores SIGTERM, so only a kill ends it.
+func (h harness) StubbornTemplate(name string) drivers.InstanceTemplate {
+	t := h.Template(name)
+	t.Command = []string{"/bin/sh", "-c", driverstest.StubbornScript(name)}
+	return t
+}
+
+// Unreachable points the driver at a socket where no supervisord listens.
+func (h harness) Unreachable(context.Context) (drivers.Driver, error) {
+	o := h.opts
+	o.URL = "unix:///nonexistent/subbus-test/supervisor.sock"
+	return New(o)
+}
+
 func TestConformance(t *testing.T) {
 	o := testOptions(t)
 	driverstest.RunConformanceTests(t,
