@@ -139,12 +139,20 @@ func newClient(o Options) (*client, error) {
 		}
 	}
 	d := net.Dialer{Timeout: 5 * time.Second}
+	// No keep-alive on the unix socket: LXD 5.0 peeks at the first bytes
+	// of each new connection inside its accept loop, so a connection that
+	// is open but has sent nothing stops LXD from accepting any other
+	// until it closes. Go's transport makes exactly such connections when
+	// it dials for a request that is then served by another connection or
+	// cancelled: it parks the fresh connection in its idle pool (for
+	// IdleConnTimeout, 90s). Without keep-alives every connection carries
+	// its request at once and is closed after it; over a local socket a
+	// dial per request costs little. See docs/lxc.md, "Tests".
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return d.DialContext(ctx, "unix", sock)
 		},
-		IdleConnTimeout:   90 * time.Second,
-		DisableKeepAlives: false,
+		DisableKeepAlives: true,
 	}
 	return &client{http: &http.Client{Transport: tr}, base: "http://unix.socket", project: o.Project}, nil
 }

@@ -42,7 +42,7 @@ func startHoldingProxy(t *testing.T) *holdingProxy {
 	var dialer net.Dialer
 	upstream := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return dialer.DialContext(ctx, "unix", real)
-	}}
+	}, DisableKeepAlives: true} // as the driver's: see newClient
 	t.Cleanup(upstream.CloseIdleConnections)
 	direct := &http.Client{Transport: upstream, Timeout: 30 * time.Second}
 	rp := &httputil.ReverseProxy{
