@@ -132,6 +132,19 @@ func (h *harness) Template(name string) drivers.InstanceTemplate {
 	}
 }
 
+// StubbornTemplate: the test image's init ignores the stop signals with
+// SUBBUS_IGNORE_STOP=1 (scripts/setup/lxd.sh).
+func (h *harness) StubbornTemplate(name string) drivers.InstanceTemplate {
+	t := h.Template(name)
+	t.Environment["SUBBUS_IGNORE_STOP"] = "1"
+	return t
+}
+
+// Unreachable is a driver pointed at a socket path where nothing listens.
+func (h *harness) Unreachable(ctx context.Context) (drivers.Driver, error) {
+	return New(Options{Socket: filepath.Join(h.t.TempDir(), "none.socket")}), nil
+}
+
 func (h *harness) Network() string { return testNetwork(h.t) }
 func (h *harness) Close()          {}
 
