@@ -583,19 +583,8 @@ func (m *Manager) RestoreSnapshot(ctx context.Context, name, snapshot string) er
 	if err != nil {
 		return err
 	}
-	err = m.mutate(ctx, op, []string{name}, func(ctx context.Context, fl *flight) error {
-		_, err := run(m, ctx, call{op: op, flight: fl}, func(ctx context.Context) (struct{}, error) {
-			return struct{}{}, s.RestoreSnapshot(ctx, name, snapshot)
-		})
-		return err
-	})
-	details := map[string]string{"snapshot": snapshot}
-	if err != nil {
-		m.emitFailed(ctx, op, name, details, err)
-		return err
-	}
-	m.emitState(ctx, drivers.EventSnapshotRestored, name, "", details)
-	return nil
+	return m.mutateOne(ctx, op, name, drivers.EventSnapshotRestored, map[string]string{"snapshot": snapshot},
+		func(ctx context.Context) error { return s.RestoreSnapshot(ctx, name, snapshot) })
 }
 
 // ListSnapshots lists an instance's snapshots.
@@ -623,19 +612,8 @@ func (m *Manager) DeleteSnapshot(ctx context.Context, name, snapshot string) err
 	if err != nil {
 		return err
 	}
-	err = m.mutate(ctx, op, []string{name}, func(ctx context.Context, fl *flight) error {
-		_, err := run(m, ctx, call{op: op, flight: fl}, func(ctx context.Context) (struct{}, error) {
-			return struct{}{}, s.DeleteSnapshot(ctx, name, snapshot)
-		})
-		return err
-	})
-	details := map[string]string{"snapshot": snapshot}
-	if err != nil {
-		m.emitFailed(ctx, op, name, details, err)
-		return err
-	}
-	m.emitState(ctx, drivers.EventSnapshotDeleted, name, "", details)
-	return nil
+	return m.mutateOne(ctx, op, name, drivers.EventSnapshotDeleted, map[string]string{"snapshot": snapshot},
+		func(ctx context.Context) error { return s.DeleteSnapshot(ctx, name, snapshot) })
 }
 
 // Clone copies source to a new, stopped instance target, holding the
@@ -700,22 +678,12 @@ func (m *Manager) AttachNetwork(ctx context.Context, name string, cfg drivers.Ne
 	if err != nil {
 		return err
 	}
-	err = m.mutate(ctx, op, []string{name}, func(ctx context.Context, fl *flight) error {
-		_, err := run(m, ctx, call{op: op, flight: fl}, func(ctx context.Context) (struct{}, error) {
-			return struct{}{}, n.AttachNetwork(ctx, name, cfg)
-		})
-		return err
-	})
 	details := map[string]string{"network": cfg.NetworkName}
 	if cfg.IPAddress != "" {
 		details["ip_address"] = cfg.IPAddress
 	}
-	if err != nil {
-		m.emitFailed(ctx, op, name, details, err)
-		return err
-	}
-	m.emitState(ctx, drivers.EventNetworkAttached, name, "", details)
-	return nil
+	return m.mutateOne(ctx, op, name, drivers.EventNetworkAttached, details,
+		func(ctx context.Context) error { return n.AttachNetwork(ctx, name, cfg) })
 }
 
 // DetachNetwork detaches an instance from a network; emits network_detached.
@@ -728,17 +696,24 @@ func (m *Manager) DetachNetwork(ctx context.Context, name, network string) error
 	if err != nil {
 		return err
 	}
-	err = m.mutate(ctx, op, []string{name}, func(ctx context.Context, fl *flight) error {
+	return m.mutateOne(ctx, op, name, drivers.EventNetworkDetached, map[string]string{"network": network},
+		func(ctx context.Context) error { return n.DetachNetwork(ctx, name, network) })
+}
+
+// mutateOne runs a mutation of one instance that returns only an error:
+// under the instance's lock, through run (breaker, timeouts; no retries),
+// then emits ev with details, or failed with the error.
+func (m *Manager) mutateOne(ctx context.Context, op, name string, ev drivers.EventType, details map[string]string, fn func(ctx context.Context) error) error {
+	err := m.mutate(ctx, op, []string{name}, func(ctx context.Context, fl *flight) error {
 		_, err := run(m, ctx, call{op: op, flight: fl}, func(ctx context.Context) (struct{}, error) {
-			return struct{}{}, n.DetachNetwork(ctx, name, network)
+			return struct{}{}, fn(ctx)
 		})
 		return err
 	})
-	details := map[string]string{"network": network}
 	if err != nil {
 		m.emitFailed(ctx, op, name, details, err)
 		return err
 	}
-	m.emitState(ctx, drivers.EventNetworkDetached, name, "", details)
+	m.emitState(ctx, ev, name, "", details)
 	return nil
 }
