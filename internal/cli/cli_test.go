@@ -15,10 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
-	"github.com/rs/zerolog"
 
 	"github.com/subbus/subbus/internal/client"
 	"github.com/subbus/subbus/internal/drivers"
@@ -26,37 +24,12 @@ import (
 	"github.com/subbus/subbus/internal/manager"
 	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/testenv"
-	"github.com/subbus/subbus/internal/worker"
+	"github.com/subbus/subbus/internal/worker/workertest"
 )
 
 // These end-to-end tests start a real nats-server (embedded, on a random
 // loopback port) and a real worker serving the real process driver, then
 // run subbus in-process exactly as a user would.
-
-// isolateEnv keeps the user's NATS environment and contexts out of the test.
-func isolateEnv(t *testing.T) {
-	t.Helper()
-	t.Setenv("XDG_CONFIG_HOME", t.TempDir())
-	for _, k := range []string{"NATS_URL", "NATS_CREDS", "NATS_NKEY", "NATS_USER", "NATS_PASSWORD", "NATS_TOKEN",
-		"NATS_CERT", "NATS_KEY", "NATS_CA", "NATS_CONTEXT", "NATS_INBOX_PREFIX"} {
-		t.Setenv(k, "")
-	}
-}
-
-func startNATS(t *testing.T) *server.Server {
-	t.Helper()
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
-		JetStreamMaxMemory: 64 << 20, JetStreamMaxStore: 1 << 30, NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	return s
-}
 
 // startWorker runs a real worker for host serving the process driver.
 func startWorker(t *testing.T, url, host string) {
@@ -69,36 +42,7 @@ func startWorker(t *testing.T, url, host string) {
 func startWorkerCgroups(t *testing.T, url, host, cgroups string) {
 	t.Helper()
 	d := process.New(process.Options{StateDir: t.TempDir(), Cgroups: cgroups})
-	m := manager.New(d, manager.Options{Host: host})
-	w, err := worker.New(context.Background(), worker.Options{
-		Host:          host,
-		Managers:      []*manager.Manager{m},
-		ManageStreams: true,
-		Connect:       func(extra ...nats.Option) (*nats.Conn, error) { return nats.Connect(url, extra...) },
-		Logger:        zerolog.Nop(),
-		Version:       "0.0.1-test",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	select {
-	case <-w.Ready():
-	case err := <-done:
-		t.Fatalf("worker stopped: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("worker not ready")
-	}
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(60 * time.Second):
-			t.Error("worker did not stop")
-		}
-	})
+	workertest.StartWorker(t, url, host, manager.New(d, manager.Options{Host: host}))
 }
 
 type result struct {
@@ -140,9 +84,8 @@ func decode[T any](t *testing.T, s string) T {
 }
 
 func TestEndToEndProcess(t *testing.T) {
-	isolateEnv(t)
-	s := startNATS(t)
-	url := s.ClientURL()
+	workertest.Isolate(t)
+	url := workertest.StartNATS(t)
 	startWorkerCgroups(t, url, "h1", "auto")
 	name := unique("e2e")
 	t.Cleanup(func() { subbus(t, url, "process", "delete", name, "--force") })
@@ -293,9 +236,8 @@ func TestEndToEndProcess(t *testing.T) {
 }
 
 func TestCreateFromTemplate(t *testing.T) {
-	isolateEnv(t)
-	s := startNATS(t)
-	url := s.ClientURL()
+	workertest.Isolate(t)
+	url := workertest.StartNATS(t)
 	startWorker(t, url, "h1")
 	name := unique("tpl")
 	t.Cleanup(func() { subbus(t, url, "process", "delete", name, "--force") })
@@ -321,9 +263,8 @@ func TestCreateFromTemplate(t *testing.T) {
 // TestErrors checks exit statuses and messages of the error paths that need
 // no instance.
 func TestErrors(t *testing.T) {
-	isolateEnv(t)
-	s := startNATS(t)
-	url := s.ClientURL()
+	workertest.Isolate(t)
+	url := workertest.StartNATS(t)
 	startWorker(t, url, "h1")
 	cases := []struct {
 		name string
@@ -415,9 +356,8 @@ func silentHost(t *testing.T, url, host string) {
 }
 
 func TestAllHostsAndWorkers(t *testing.T) {
-	isolateEnv(t)
-	s := startNATS(t)
-	url := s.ClientURL()
+	workertest.Isolate(t)
+	url := workertest.StartNATS(t)
 	startWorker(t, url, "h1")
 	brokenHost(t, url, "h2")
 	name := unique("multi")
@@ -449,13 +389,13 @@ func TestAllHostsAndWorkers(t *testing.T) {
 }
 
 func TestNoWorkersAtAll(t *testing.T) {
-	isolateEnv(t)
-	s := startNATS(t)
-	r := subbus(t, s.ClientURL(), "workers")
+	workertest.Isolate(t)
+	url := workertest.StartNATS(t)
+	r := subbus(t, url, "workers")
 	if r.code != ExitNoWorker {
 		t.Fatalf("workers with none: exit %d %q", r.code, r.stderr)
 	}
-	r = subbus(t, s.ClientURL(), "process", "list", "--all-hosts")
+	r = subbus(t, url, "process", "list", "--all-hosts")
 	if r.code != ExitNoWorker || !strings.Contains(r.stderr, "no worker serves process") {
 		t.Fatalf("all hosts with none: exit %d %q", r.code, r.stderr)
 	}
@@ -548,9 +488,8 @@ func running(marker string) bool {
 }
 
 func TestStreamsWatchAndClone(t *testing.T) {
-	isolateEnv(t)
-	s := startNATS(t)
-	url := s.ClientURL()
+	workertest.Isolate(t)
+	url := workertest.StartNATS(t)
 	startWorker(t, url, "h1")
 	name, clone := unique("stream"), unique("clone")
 	t.Cleanup(func() {
@@ -672,9 +611,8 @@ func checkLimitsCLI(t *testing.T, url, name string, supported bool) {
 // TestEndToEndProcessLimitsUnsupported: with cgroups off the process
 // driver does not declare limits, and the CLI exits with ExitUnsupported.
 func TestEndToEndProcessLimitsUnsupported(t *testing.T) {
-	isolateEnv(t)
-	s := startNATS(t)
-	url := s.ClientURL()
+	workertest.Isolate(t)
+	url := workertest.StartNATS(t)
 	startWorker(t, url, "h1")
 	name := unique("nolim")
 	t.Cleanup(func() { subbus(t, url, "process", "delete", name, "--force") })
