@@ -15,7 +15,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/subbus/subbus/internal/registry"
 	"github.com/subbus/subbus/internal/testenv"
 )
 
@@ -85,42 +84,47 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// TestWorkerEmbeddedServerAndSignal runs the binary with no NATS settings:
-// it starts the embedded server, answers requests, and exits 0 after
-// SIGTERM, stopping the embedded server.
-func TestWorkerEmbeddedServerAndSignal(t *testing.T) {
-	if _, ok := registry.Lookup("process"); !ok {
-		testenv.Require(t, "the process driver in the registry", errors.New("not registered"), "register it in internal/registry/builtin.go")
-	}
+// runningBinary is the worker binary running with the embedded server.
+type runningBinary struct {
+	cmd  *exec.Cmd
+	done chan error // Wait's result
+	logs *bytes.Buffer
+	nc   *nats.Conn // connected to the embedded server once it answers
+}
+
+// startBinary runs the worker binary for host with the process driver and
+// the embedded server on a free port (extra is appended to the config), and
+// returns once its list endpoint answers. The process is killed at cleanup
+// if the test did not end it.
+func startBinary(t *testing.T, host, extra string) *runningBinary {
+	t.Helper()
 	bin := buildWorker(t)
 	port := freePort(t)
 	cfg := writeConfig(t, fmt.Sprintf("nats:\n  listen: 127.0.0.1:%d\n  data_dir: %s\nprocess:\n  state_dir: %s\n  cgroups: \"off\"\n",
-		port, t.TempDir(), t.TempDir()))
-	var logs bytes.Buffer
-	cmd := exec.Command(bin, "--config", cfg, "--host", "cmdtest", "--drivers", "process", "--log-format", "json")
-	cmd.Env = isolatedEnv(t)
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
+		port, t.TempDir(), t.TempDir())+extra)
+	r := &runningBinary{done: make(chan error, 1), logs: &bytes.Buffer{}}
+	r.cmd = exec.Command(bin, "--config", cfg, "--host", host, "--drivers", "process", "--log-format", "json")
+	r.cmd.Env = isolatedEnv(t)
+	r.cmd.Stderr = r.logs
+	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	go func() { r.done <- r.cmd.Wait() }()
 	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			<-done
+		if r.cmd.ProcessState == nil {
+			_ = r.cmd.Process.Kill()
+			<-r.done
 		}
 	})
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	var nc *nats.Conn
 	testenv.Eventually(t, 30*time.Second, func() error {
 		var err error
-		if nc == nil {
-			if nc, err = nats.Connect(url); err != nil {
+		if r.nc == nil {
+			if r.nc, err = nats.Connect(url); err != nil {
 				return err
 			}
 		}
-		msg, err := nc.Request("substrate.process.cmdtest.list", nil, 2*time.Second)
+		msg, err := r.nc.Request("substrate.process."+host+".list", nil, 2*time.Second)
 		if err != nil {
 			return err
 		}
@@ -129,7 +133,16 @@ func TestWorkerEmbeddedServerAndSignal(t *testing.T) {
 		}
 		return nil
 	})
-	defer nc.Close()
+	t.Cleanup(r.nc.Close)
+	return r
+}
+
+// TestWorkerEmbeddedServerAndSignal runs the binary with no NATS settings:
+// it starts the embedded server, answers requests, and exits 0 after
+// SIGTERM, stopping the embedded server.
+func TestWorkerEmbeddedServerAndSignal(t *testing.T) {
+	r := startBinary(t, "cmdtest", "")
+	cmd, done, logs := r.cmd, r.done, r.logs
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -151,30 +164,8 @@ func TestWorkerEmbeddedServerAndSignal(t *testing.T) {
 // TestSecondSignalForcesExit: with a request in flight the first SIGTERM
 // waits for it (grace period); a second one exits at once with 130.
 func TestSecondSignalForcesExit(t *testing.T) {
-	if _, ok := registry.Lookup("process"); !ok {
-		testenv.Require(t, "the process driver in the registry", errors.New("not registered"), "register it in internal/registry/builtin.go")
-	}
-	bin := buildWorker(t)
-	port := freePort(t)
-	cfg := writeConfig(t, fmt.Sprintf("nats:\n  listen: 127.0.0.1:%d\n  data_dir: %s\nprocess:\n  state_dir: %s\n  cgroups: \"off\"\nworker:\n  grace_period: 60s\n",
-		port, t.TempDir(), t.TempDir()))
-	var logs bytes.Buffer
-	cmd := exec.Command(bin, "--config", cfg, "--host", "sigtest", "--drivers", "process", "--log-format", "json")
-	cmd.Env = isolatedEnv(t)
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	})
-	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	var nc *nats.Conn
+	r := startBinary(t, "sigtest", "worker:\n  grace_period: 60s\n")
+	cmd, done, logs, nc := r.cmd, r.done, r.logs, r.nc
 	req := func(op, body string) error {
 		msg, err := nc.Request("substrate.process.sigtest."+op, []byte(body), 10*time.Second)
 		if err != nil {
@@ -185,16 +176,6 @@ func TestSecondSignalForcesExit(t *testing.T) {
 		}
 		return nil
 	}
-	testenv.Eventually(t, 30*time.Second, func() error {
-		var err error
-		if nc == nil {
-			if nc, err = nats.Connect(url); err != nil {
-				return err
-			}
-		}
-		return req("list", "")
-	})
-	defer nc.Close()
 	name := fmt.Sprintf("sig-%d", time.Now().UnixNano())
 	for _, step := range []struct{ op, body string }{
 		{"create", fmt.Sprintf(`{"template":{"name":%q,"base_image":"/bin/sleep","command":["/bin/sleep","20"]}}`, name)},
