@@ -15,11 +15,14 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/subbus/subbus/internal/cli"
 	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/testenv"
 	"github.com/subbus/subbus/internal/worker"
 	"github.com/subbus/subbus/internal/worker/workertest"
 )
@@ -90,4 +93,55 @@ func Unique(prefix string) string {
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	return prefix + "-" + hex.EncodeToString(b)
+}
+
+// RunUntil runs a subbus command that does not end by itself (logs
+// --follow, metrics --watch) until enough(stdout) returns nil — polled,
+// for at most limit — then interrupts it as a user's Ctrl-C would (its
+// context ends) and returns what it printed and its exit status. It fails
+// t when the command ends by itself first, when enough is not met within
+// limit (with enough's last error), or when the command does not stop
+// within 15 s of the interrupt.
+func RunUntil(t testing.TB, url string, limit time.Duration, enough func(stdout string) error, args ...string) Result {
+	t.Helper()
+	var out, errOut lockedBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan int, 1)
+	go func() { done <- cli.Run(ctx, append([]string{"--server", url}, args...), &out, &errOut) }()
+	testenv.Eventually(t, limit, func() error {
+		select {
+		case code := <-done:
+			done <- code
+			t.Fatalf("subbus %s ended by itself (exit %d): %s", strings.Join(args, " "), code, errOut.String())
+		default:
+		}
+		return enough(out.String())
+	})
+	cancel()
+	select {
+	case code := <-done:
+		return Result{Stdout: out.String(), Stderr: errOut.String(), Code: code}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("subbus %s did not stop within 15s of being interrupted", strings.Join(args, " "))
+		return Result{}
+	}
+}
+
+// lockedBuffer is a bytes.Buffer the CLI writes to while the test reads.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -102,51 +101,6 @@ func networksOf(t testing.TB, name string) []string {
 	return strings.Fields(string(out))
 }
 
-// untilWriter collects what a run prints and cancels the run once done
-// holds for everything collected so far.
-type untilWriter struct {
-	mu     sync.Mutex
-	buf    strings.Builder
-	done   func(string) bool
-	cancel context.CancelFunc
-	met    bool
-}
-
-func (w *untilWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buf.Write(p)
-	if !w.met && w.done(w.buf.String()) {
-		w.met = true
-		w.cancel()
-	}
-	return len(p), nil
-}
-
-// runUntil runs a subbus command that does not end by itself (--follow,
-// --watch) until its output satisfies done, then interrupts it as a user
-// would; it fails t unless done was met within limit and the command then
-// exited 0. It returns the output.
-func runUntil(t *testing.T, f fleet, limit time.Duration, done func(string) bool, args ...string) string {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	timer := time.AfterFunc(limit, cancel)
-	defer timer.Stop()
-	out := &untilWriter{done: done, cancel: cancel}
-	var errOut strings.Builder
-	code := cli.Run(ctx, append([]string{"--server", f.url}, args...), out, &errOut)
-	out.mu.Lock()
-	defer out.mu.Unlock()
-	if !out.met {
-		t.Fatalf("subbus %s: within %v printed %q (stderr %q), not what the test waits for", strings.Join(args, " "), limit, out.buf.String(), errOut.String())
-	}
-	if code != 0 {
-		t.Errorf("subbus %s: interrupted, exited %d, want 0 (stderr %q)", strings.Join(args, " "), code, errOut.String())
-	}
-	return out.buf.String()
-}
-
 // withStdin runs fn with os.Stdin reading input (the CLI's exec -i reads
 // os.Stdin), then puts the real one back. Tests using it must not be
 // parallel.
@@ -212,8 +166,12 @@ func TestEndToEndCLI(t *testing.T) {
 	})
 	// --follow --lines 1: three ticks means at least two arrived after
 	// the command started, so it follows rather than only printing history.
-	runUntil(t, f, 20*time.Second, func(out string) bool { return strings.Count(out, "tick\n") >= 3 },
-		"docker", "logs", name, "--lines", "1", "--follow")
+	clitest.RunUntil(t, f.url, 20*time.Second, func(out string) error {
+		if strings.Count(out, "tick\n") < 3 {
+			return fmt.Errorf("followed so far: %q", out)
+		}
+		return nil
+	}, "docker", "logs", name, "--lines", "1", "--follow").Want(t, 0, "logs --follow, interrupted")
 
 	var u drivers.ResourceUsage
 	if err := json.Unmarshal([]byte(f.OK("docker", "metrics", name, "--json")), &u); err != nil {
@@ -223,8 +181,12 @@ func TestEndToEndCLI(t *testing.T) {
 		t.Errorf("metrics %+v", u)
 	}
 	// --watch: the header and two samples, then interrupted.
-	runUntil(t, f, 20*time.Second, func(out string) bool { return strings.Count(out, "\n") >= 3 },
-		"docker", "metrics", name, "--watch", "--interval", "200ms")
+	clitest.RunUntil(t, f.url, 20*time.Second, func(out string) error {
+		if strings.Count(out, "\n") < 3 {
+			return fmt.Errorf("watched so far: %q", out)
+		}
+		return nil
+	}, "docker", "metrics", name, "--watch", "--interval", "200ms").Want(t, 0, "metrics --watch, interrupted")
 
 	var lim drivers.ResourceLimits
 	if err := json.Unmarshal([]byte(f.OK("docker", "limits", "get", name, "--json")), &lim); err != nil || lim != (drivers.ResourceLimits{MemoryMB: 64}) {

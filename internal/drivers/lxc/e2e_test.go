@@ -1,7 +1,6 @@
 package lxc_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -157,54 +155,6 @@ func TestOutOfBandEventsInStream(t *testing.T) {
 	events.WaitNative(t, drivers.EventVanished, 30*time.Second)
 }
 
-// lockedBuffer is a bytes.Buffer the CLI writes to while the test reads.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// runUntil runs a streaming subbus command (logs --follow, metrics
-// --watch) until its output satisfies enough, then interrupts it as a
-// user's Ctrl-C would (its context ends) and returns what it printed and
-// its exit status. The command must stop promptly once interrupted.
-func runUntil(t *testing.T, f *clitest.Fleet, enough func(stdout string) error, args ...string) clitest.Result {
-	t.Helper()
-	var out, errOut lockedBuffer
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan int, 1)
-	go func() { done <- cli.Run(ctx, append([]string{"--server", f.URL}, args...), &out, &errOut) }()
-	testenv.Eventually(t, 60*time.Second, func() error {
-		select {
-		case code := <-done:
-			done <- code
-			t.Fatalf("subbus %s ended by itself (exit %d): %s", strings.Join(args, " "), code, errOut.String())
-		default:
-		}
-		return enough(out.String())
-	})
-	cancel()
-	select {
-	case code := <-done:
-		return clitest.Result{Stdout: out.String(), Stderr: errOut.String(), Code: code}
-	case <-time.After(15 * time.Second):
-		t.Fatalf("subbus %s did not stop within 15s of being interrupted", strings.Join(args, " "))
-		return clitest.Result{}
-	}
-}
-
 var tickLine = regexp.MustCompile(`(?m)^subbus-conformance tick (\d+)$`)
 
 // ticks are the numbers of the test image's per-second console lines.
@@ -238,7 +188,7 @@ func TestEndToEndStreams(t *testing.T) {
 	})
 
 	t.Run("LogsFollow", func(t *testing.T) {
-		r := runUntil(t, f, func(out string) error {
+		r := clitest.RunUntil(t, f.URL, 60*time.Second, func(out string) error {
 			n := ticks(out)
 			if len(n) < 2 || n[len(n)-1] < last+2 {
 				return fmt.Errorf("followed ticks %v; want new ones past %d", n, last+1)
@@ -268,7 +218,7 @@ func TestEndToEndStreams(t *testing.T) {
 			}
 			return us
 		}
-		r := runUntil(t, f, func(out string) error {
+		r := clitest.RunUntil(t, f.URL, 60*time.Second, func(out string) error {
 			if n := len(samples(out)); n < 2 {
 				return fmt.Errorf("%d samples so far: %q", n, out)
 			}

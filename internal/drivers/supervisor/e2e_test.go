@@ -1,7 +1,6 @@
 package supervisor_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -196,52 +194,6 @@ func TestOutOfBandEventsInStream(t *testing.T) {
 	events.WaitNative(t, drivers.EventVanished, 30*time.Second)
 }
 
-// syncBuffer is a bytes.Buffer safe to read while a run writes to it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// background runs `subbus args...` against the fleet until interrupt is
-// called, as a user pressing ^C; interrupt returns its exit status.
-func background(t *testing.T, f *clitest.Fleet, args ...string) (out *syncBuffer, interrupt func() clitest.Result) {
-	t.Helper()
-	out = new(syncBuffer)
-	var errOut syncBuffer
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan int, 1)
-	go func() { done <- cli.Run(ctx, append([]string{"--server", f.URL}, args...), out, &errOut) }()
-	var once sync.Once
-	var res clitest.Result
-	interrupt = func() clitest.Result {
-		once.Do(func() {
-			cancel()
-			res.Code = -1
-			select {
-			case res.Code = <-done:
-			case <-time.After(30 * time.Second):
-				t.Errorf("subbus %s did not end within 30s of the interrupt", strings.Join(args, " "))
-			}
-			res.Stdout, res.Stderr = out.String(), errOut.String()
-		})
-		return res
-	}
-	t.Cleanup(func() { interrupt() })
-	return out, interrupt
-}
-
 // TestEndToEndFollowAndWatch: `logs --follow` streams each new line once,
 // in order, until interrupted; `metrics --watch` prints a sample every
 // interval until interrupted.
@@ -253,43 +205,40 @@ func TestEndToEndFollowAndWatch(t *testing.T) {
 		`trap 'exit 0' TERM; i=0; while :; do echo "line $i"; i=$((i+1)); sleep 0.2 & wait $!; done`)
 	f.OK("supervisor", "start", name)
 
-	out, interrupt := background(t, f, "supervisor", "logs", name, "--follow", "--lines", "1")
 	var first int
-	testenv.Eventually(t, 20*time.Second, func() error {
-		lines := strings.Fields(strings.ReplaceAll(out.String(), "line ", ""))
+	r := clitest.RunUntil(t, f.URL, 20*time.Second, func(out string) error {
+		lines := strings.Fields(strings.ReplaceAll(out, "line ", ""))
 		if len(lines) < 6 {
-			return fmt.Errorf("%d lines followed so far: %q", len(lines), out.String())
+			return fmt.Errorf("%d lines followed so far: %q", len(lines), out)
 		}
 		// Consecutive numbers: no line skipped or printed twice between
 		// the tail and the followed part.
 		for i, l := range lines {
 			n, err := strconv.Atoi(l)
 			if err != nil {
-				return fmt.Errorf("followed %q, not a line of the program", out.String())
+				return fmt.Errorf("followed %q, not a line of the program", out)
 			}
 			if i == 0 {
 				first = n
 			} else if n != first+i {
-				return fmt.Errorf("line %d is %d, want %d: %q", i, n, first+i, out.String())
+				return fmt.Errorf("line %d is %d, want %d: %q", i, n, first+i, out)
 			}
 		}
 		return nil
-	})
-	if r := interrupt(); r.Code != 0 {
+	}, "supervisor", "logs", name, "--follow", "--lines", "1")
+	if r.Code != 0 {
 		t.Fatalf("logs --follow ended with %d: %s", r.Code, r.Stderr)
 	}
 	if first == 0 {
 		t.Errorf("logs --follow --lines 1 began with the program's first line, not its last")
 	}
 
-	out, interrupt = background(t, f, "supervisor", "metrics", name, "--watch", "--interval", "300ms", "--json")
-	testenv.Eventually(t, 20*time.Second, func() error {
-		if n := strings.Count(out.String(), "\n"); n < 3 {
+	r = clitest.RunUntil(t, f.URL, 20*time.Second, func(out string) error {
+		if n := strings.Count(out, "\n"); n < 3 {
 			return fmt.Errorf("%d samples so far", n)
 		}
 		return nil
-	})
-	r := interrupt()
+	}, "supervisor", "metrics", name, "--watch", "--interval", "300ms", "--json")
 	if r.Code != 0 {
 		t.Fatalf("metrics --watch ended with %d: %s", r.Code, r.Stderr)
 	}
