@@ -4,6 +4,7 @@ import (
 	"github.com/subbus/subbus/internal/drivers/docker"
 	"github.com/subbus/subbus/internal/drivers/lxc"
 	"github.com/subbus/subbus/internal/drivers/process"
+	"github.com/subbus/subbus/internal/drivers/proxmox"
 	"github.com/subbus/subbus/internal/drivers/supervisor"
 )
 
@@ -16,5 +17,6 @@ func Builtin() []Factory {
 		{Name: "lxc", New: lxc.NewFromConfig, Detect: lxc.Detect},
 		{Name: "docker", New: docker.NewFromConfig, Detect: docker.Detect},
 		{Name: supervisor.Name, New: supervisor.FromConfig, Detect: supervisor.Detect},
+		{Name: proxmox.Name, New: proxmox.NewFromConfig, Detect: proxmox.Detect},
 	})
 }
