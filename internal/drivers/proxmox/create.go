@@ -151,11 +151,12 @@ func (d *Driver) Create(ctx context.Context, t drivers.InstanceTemplate) (driver
 	if err != nil {
 		return drivers.Instance{}, err
 	}
-	cfg, err := d.config(ctx, r)
-	if err != nil {
-		return drivers.Instance{}, err
-	}
-	return d.instance(r, cfg), nil
+	return d.getVMID(ctx, r.vmid())
+}
+
+// getVMID returns the guest with this VMID as Get does.
+func (d *Driver) getVMID(ctx context.Context, vmid int) (drivers.Instance, error) {
+	return d.Get(ctx, strconv.Itoa(vmid))
 }
 
 // createGuest allocates a VMID and makes the guest, retrying with a new

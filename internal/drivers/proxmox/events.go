@@ -44,15 +44,22 @@ var taskEvents = map[string]drivers.EventType{
 func (d *Driver) Watch(ctx context.Context, emit func(drivers.Event)) error {
 	tick := time.NewTicker(time.Duration(d.opts.EventPollInterval))
 	defer tick.Stop()
+	// Each Watch keeps its own previous poll, so concurrent watchers all
+	// see every change; it starts from the last poll of any earlier Watch.
+	d.watchMu.Lock()
+	prev := d.known
+	d.watchMu.Unlock()
 	var tasksSeen map[string]bool
 	for {
-		if err := d.pollResources(ctx, emit); err != nil {
+		cur, err := d.pollResources(ctx, prev, emit)
+		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return err
 		}
-		seen, err := d.pollTasks(ctx, tasksSeen, emit)
+		prev = cur
+		seen, err := d.pollTasks(ctx, cur, tasksSeen, emit)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -68,22 +75,23 @@ func (d *Driver) Watch(ctx context.Context, emit func(drivers.Event)) error {
 	}
 }
 
-// pollResources diffs the guests with the previous poll.
-func (d *Driver) pollResources(ctx context.Context, emit func(drivers.Event)) error {
+// pollResources lists the guests and emits their differences from prev
+// (nothing when prev is nil). It returns the guests by VMID and records
+// them for the next Watch.
+func (d *Driver) pollResources(ctx context.Context, prev map[int]resource, emit func(drivers.Event)) (map[int]resource, error) {
 	list, err := d.resources(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cur := make(map[int]resource, len(list))
 	for _, r := range list {
 		cur[r.vmid()] = r
 	}
 	d.watchMu.Lock()
-	prev := d.known
 	d.known = cur
 	d.watchMu.Unlock()
 	if prev == nil {
-		return nil
+		return cur, nil
 	}
 	now := time.Now()
 	ev := func(typ drivers.EventType, r resource, st drivers.State, details map[string]string) drivers.Event {
@@ -119,12 +127,12 @@ func (d *Driver) pollResources(ctx context.Context, emit func(drivers.Event)) er
 			emit(ev(drivers.EventVanished, r, "", nil))
 		}
 	}
-	return nil
+	return cur, nil
 }
 
 // pollTasks emits events for guest tasks that ended since the previous
 // poll; seen nil (the first poll) only records.
-func (d *Driver) pollTasks(ctx context.Context, seen map[string]bool, emit func(drivers.Event)) (map[string]bool, error) {
+func (d *Driver) pollTasks(ctx context.Context, known map[int]resource, seen map[string]bool, emit func(drivers.Event)) (map[string]bool, error) {
 	c, err := d.client()
 	if err != nil {
 		return nil, err
@@ -133,9 +141,6 @@ func (d *Driver) pollTasks(ctx context.Context, seen map[string]bool, emit func(
 	if err := c.Get(ctx, "/cluster/tasks", &tasks); err != nil {
 		return nil, err
 	}
-	d.watchMu.Lock()
-	known := d.known
-	d.watchMu.Unlock()
 	next := make(map[string]bool, len(tasks))
 	for _, t := range tasks {
 		if t.EndTime == 0 && t.Status == "" {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"slices"
 	"sort"
 	"time"
 
@@ -113,6 +114,9 @@ func (d *Driver) guestTasks(ctx context.Context, r resource) ([]taskEntry, error
 	if err := c.Get(ctx, path, &list); err != nil {
 		return nil, fmt.Errorf("proxmox: GET %s: %w", path, err)
 	}
+	// PVE lists the newest first; tasks started in the same second keep
+	// that order reversed.
+	slices.Reverse(list)
 	sort.SliceStable(list, func(i, j int) bool { return list[i].StartTime < list[j].StartTime })
 	return list, nil
 }
