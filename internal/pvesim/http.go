@@ -66,8 +66,9 @@ func (s *Sim) record(r Request) {
 
 // identity is the authenticated caller.
 type identity struct {
-	user  string // "root@pam" or "root@pam!token"
-	token bool
+	user       string // "root@pam" or "root@pam!token"
+	token      bool
+	restricted bool // a privilege-separated token without ACLs
 }
 
 type req struct {
@@ -284,6 +285,9 @@ func (s *Sim) serve(hr *http.Request, rel string, rec *Request) (int, any, map[s
 	if errs := ValidateParams(m, params); len(errs) > 0 {
 		return fail(paramError(errs))
 	}
+	if id.restricted && tpl != "/version" {
+		return fail(permError(hr.Method, tpl, binds))
+	}
 	r := &req{method: hr.Method, path: rel, template: tpl, params: params, binds: binds, id: id, m: m}
 	if node, ok := binds["node"]; ok {
 		if err := s.checkNode(node); err != nil {
@@ -457,10 +461,15 @@ func (s *Sim) authenticate(hr *http.Request) (identity, error) {
 			id, secret, ok = strings.Cut(rest, ":")
 		}
 		want, known := s.tokens[id]
+		restricted := false
+		if !known {
+			want, known = s.restricted[id]
+			restricted = true
+		}
 		if !ok || !known || !hmac.Equal([]byte(secret), []byte(want)) {
 			return identity{}, errAuthFailed
 		}
-		return identity{user: id, token: true}, nil
+		return identity{user: id, token: true, restricted: restricted}, nil
 	}
 	c, err := hr.Cookie("PVEAuthCookie")
 	if err != nil || c.Value == "" {
@@ -479,4 +488,39 @@ func (s *Sim) authenticate(hr *http.Request) (identity, error) {
 		}
 	}
 	return identity{user: user}, nil
+}
+
+// permError is the 403 a caller without privileges gets: PVE's
+// "Permission check failed (PATH, PRIVILEGE)".
+func permError(method, tpl string, binds map[string]string) *APIError {
+	path := "/"
+	priv := "Sys.Audit"
+	switch {
+	case binds["vmid"] != "":
+		path = "/vms/" + binds["vmid"]
+		switch {
+		case method == "GET":
+			priv = "VM.Audit"
+		case strings.Contains(tpl, "/status/"):
+			priv = "VM.PowerMgmt"
+		case strings.Contains(tpl, "/snapshot"):
+			priv = "VM.Snapshot"
+		case strings.HasSuffix(tpl, "/clone"):
+			priv = "VM.Clone"
+		case strings.Contains(tpl, "/agent"):
+			priv = "VM.GuestAgent.Unrestricted"
+		case method == "DELETE" && strings.HasSuffix(tpl, "{vmid}"):
+			priv = "VM.Allocate"
+		default:
+			priv = "VM.Config.Options"
+		}
+	case binds["storage"] != "":
+		path, priv = "/storage/"+binds["storage"], "Datastore.Audit"
+	case binds["node"] != "":
+		path = "/nodes/" + binds["node"]
+		if method == "POST" && (strings.HasSuffix(tpl, "/qemu") || strings.HasSuffix(tpl, "/lxc")) {
+			path, priv = "/vms", "VM.Allocate"
+		}
+	}
+	return &APIError{Status: 403, Message: fmt.Sprintf("Permission check failed (%s, %s)\n", path, priv)}
 }

@@ -36,6 +36,9 @@ type Options struct {
 	// Tokens are API tokens "user@realm!name=SECRET" with root's
 	// privileges (privilege separation off).
 	Tokens []string
+	// RestrictedTokens are tokens with privilege separation and no ACLs:
+	// every call but GET /version answers 403 "Permission check failed".
+	RestrictedTokens []string
 	// Schema validates every request (nil: the builtin route table).
 	Schema *Schema
 	// Seed is the starting inventory (nil: empty cluster).
@@ -108,21 +111,22 @@ func (d Delays) Scale(f float64) Delays {
 
 // Sim is the simulator's state. All methods are safe for concurrent use.
 type Sim struct {
-	mu      sync.Mutex
-	opts    Options
-	schema  *Schema
-	builtin *Schema
-	secret  []byte
-	tokens  map[string]string // "user@realm!name" -> secret
-	nodes   []*simNode
-	guests  map[int]*guest
-	tasks   []*task
-	taskIdx map[string]*task
-	pid     int
-	faults  []*Fault
-	hang    map[string]bool // task types that never finish ("" = all)
-	reqlog  []Request
-	started time.Time
+	mu         sync.Mutex
+	opts       Options
+	schema     *Schema
+	builtin    *Schema
+	secret     []byte
+	tokens     map[string]string // "user@realm!name" -> secret
+	restricted map[string]string
+	nodes      []*simNode
+	guests     map[int]*guest
+	tasks      []*task
+	taskIdx    map[string]*task
+	pid        int
+	faults     []*Fault
+	hang       map[string]bool // task types that never finish ("" = all)
+	reqlog     []Request
+	started    time.Time
 	// fingerprint is the serving certificate's (for /nodes).
 	fingerprint string
 }
@@ -168,26 +172,33 @@ func New(opts Options) (*Sim, error) {
 	}
 	opts.Delays = opts.Delays.withDefaults()
 	s := &Sim{
-		opts:    opts,
-		schema:  opts.Schema,
-		builtin: builtinSchema(),
-		tokens:  map[string]string{},
-		guests:  map[int]*guest{},
-		taskIdx: map[string]*task{},
-		pid:     0x1f00,
-		hang:    map[string]bool{},
-		started: time.Now(),
+		opts:       opts,
+		schema:     opts.Schema,
+		builtin:    builtinSchema(),
+		tokens:     map[string]string{},
+		restricted: map[string]string{},
+		guests:     map[int]*guest{},
+		taskIdx:    map[string]*task{},
+		pid:        0x1f00,
+		hang:       map[string]bool{},
+		started:    time.Now(),
 	}
 	s.secret = make([]byte, 32)
 	if _, err := rand.Read(s.secret); err != nil {
 		return nil, err
 	}
-	for _, t := range opts.Tokens {
-		id, secret, ok := strings.Cut(t, "=")
-		if !ok || !strings.Contains(id, "!") || !strings.Contains(id, "@") || secret == "" {
-			return nil, fmt.Errorf("token %q: want user@realm!name=SECRET", t)
+	for i, list := range [][]string{opts.Tokens, opts.RestrictedTokens} {
+		for _, t := range list {
+			id, secret, ok := strings.Cut(t, "=")
+			if !ok || !strings.Contains(id, "!") || !strings.Contains(id, "@") || secret == "" {
+				return nil, fmt.Errorf("token %q: want user@realm!name=SECRET", t)
+			}
+			if i == 0 {
+				s.tokens[id] = secret
+			} else {
+				s.restricted[id] = secret
+			}
 		}
-		s.tokens[id] = secret
 	}
 	seen := map[string]bool{}
 	for _, n := range opts.Nodes {
