@@ -209,3 +209,12 @@ func refSchema(t testing.TB, version string) *Schema {
 	schemaCache[version] = s
 	return s
 }
+
+func newTokenRequest(srv *Server, method, path string) (*http.Request, error) {
+	req, err := http.NewRequest(method, srv.APIURL()+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "PVEAPIToken="+testToken)
+	return req, nil
+}

@@ -351,7 +351,7 @@ func hClone(kind string) handlerFunc {
 		}
 		if !full {
 			for _, v := range g.volumes() {
-				if !strings.Contains(v, ":base-") {
+				if !isBaseVolume(v) {
 					if kind == "lxc" {
 						return nil, nil, errf("Linked clone feature for '%s' is not available", v)
 					}
@@ -514,4 +514,12 @@ func hRRDData(kind string) handlerFunc {
 		}
 		return out, nil, nil
 	}
+}
+
+// isBaseVolume reports whether a volid names a template's base volume
+// ("local-lvm:base-100-disk-0"; a linked clone's
+// "local-lvm:base-100-disk-0/vm-101-disk-0" is not one).
+func isBaseVolume(volid string) bool {
+	_, name, _ := strings.Cut(volid, ":")
+	return strings.HasPrefix(name[strings.LastIndexByte(name, '/')+1:], "base-")
 }
