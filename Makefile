@@ -10,6 +10,7 @@ all: build
 build:
 	$(GO) build -o bin/worker ./cmd/worker
 	$(GO) build -o bin/subbus ./cmd/subbus
+	$(GO) build -o bin/pvesim ./cmd/pvesim
 
 # make test: what .ci/run runs. Sets up the daemons, then vet, gofmt and
 # the whole suite with the race detector.
