@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -57,6 +58,9 @@ func (d *Driver) resolveSource(ctx context.Context, image, kind string) (source,
 		if kind != "" && kind != want {
 			return source{}, drivers.Errorf(drivers.InvalidArgument, "proxmox: metadata kind %s does not fit base_image %q (a %s volume)", kind, image, want)
 		}
+		if err := d.checkVolume(ctx, store, image, strings.TrimSuffix(strings.SplitN(vol, "/", 2)[0], "/")); err != nil {
+			return source{}, err
+		}
 		return source{kind: want, volume: image}, nil
 	}
 	r, err := d.find(ctx, image)
@@ -71,6 +75,35 @@ func (d *Driver) resolveSource(ctx context.Context, image, kind string) (source,
 		return source{}, drivers.Errorf(drivers.InvalidArgument, "proxmox: metadata kind %s does not fit base_image %q (a %s guest)", kind, image, r.Type)
 	}
 	return source{kind: r.Type, template: r}, nil
+}
+
+// errNoImage is a base_image volume the storage does not have.
+type errNoImage struct{ volume, node string }
+
+func (e *errNoImage) Error() string {
+	return fmt.Sprintf("proxmox: base_image %q: no such volume on node %s", e.volume, e.node)
+}
+
+// checkVolume makes sure the create node's storage has the volume (PVE
+// would only notice a missing ISO when the VM boots).
+func (d *Driver) checkVolume(ctx context.Context, store, volid, content string) error {
+	c, node, err := d.conn()
+	if err != nil {
+		return err
+	}
+	var list []struct {
+		VolID string `json:"volid"`
+	}
+	path := fmt.Sprintf("/nodes/%s/storage/%s/content?content=%s", url.PathEscape(node), url.PathEscape(store), url.QueryEscape(content))
+	if err := c.Get(ctx, path, &list); err != nil {
+		return fmt.Errorf("proxmox: base_image %q: %w", volid, err)
+	}
+	for _, v := range list {
+		if v.VolID == volid {
+			return nil
+		}
+	}
+	return &errNoImage{volume: volid, node: node}
 }
 
 // checkTemplate refuses what a PVE guest cannot take.

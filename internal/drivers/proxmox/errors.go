@@ -35,6 +35,7 @@ func errorCode(err error) drivers.Code {
 		taken     *errNameTaken
 		snapTaken *errSnapTaken
 		noNet     *errNoNetwork
+		noImage   *errNoImage
 		cert      *certError
 		tfe       *gp.TaskFailedError
 		apiErr    *gp.APIError
@@ -49,7 +50,7 @@ func errorCode(err error) drivers.Code {
 		return drivers.Conflict
 	case errors.As(err, &taken), errors.As(err, &snapTaken):
 		return drivers.AlreadyExists
-	case errors.As(err, &noNet):
+	case errors.As(err, &noNet), errors.As(err, &noImage):
 		return drivers.NotFound
 	case errors.As(err, &tfe):
 		if c, ok := messageCode(tfe.ExitStatus); ok {

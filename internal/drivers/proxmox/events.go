@@ -177,4 +177,3 @@ func (d *Driver) pollTasks(ctx context.Context, known map[int]resource, seen map
 	}
 	return next, nil
 }
-

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"io"
+	"log"
 	"net"
 	"net/http/httptest"
 	"os"
@@ -88,7 +90,9 @@ func startSim(t testing.TB, opts pvesim.Options) *simEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewTLSServer(sim.Handler())
+	srv := httptest.NewUnstartedServer(sim.Handler())
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are what TestCertificate wants
+	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	sum := sha256.Sum256(srv.Certificate().Raw)
 	return &simEnv{t: t, sim: sim, srv: srv, url: srv.URL, fp: formatFingerprint(sum[:])}
@@ -246,4 +250,3 @@ func runScript(script string, env map[string]string, dir, input string) pvesim.A
 	}
 	return res
 }
-
