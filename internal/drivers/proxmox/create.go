@@ -157,6 +157,11 @@ func (d *Driver) Create(ctx context.Context, t drivers.InstanceTemplate) (driver
 	if err := checkTemplate(t); err != nil {
 		return drivers.Instance{}, err
 	}
+	// A retry of a create that timed out finds the first attempt's guest
+	// until its reconciliation has removed it: wait for that.
+	if err := d.waitReconciled(ctx, t.Name); err != nil {
+		return drivers.Instance{}, err
+	}
 	list, err := d.resources(ctx)
 	if err != nil {
 		return drivers.Instance{}, err
@@ -432,7 +437,7 @@ func (d *Driver) removeHalfMade(ctx context.Context, r resource, createID string
 		d.reconcile(r, "", createID)
 		return
 	}
-	if err := d.destroyOwn(ctx, r, createID); err != nil {
+	if _, err := d.destroyOwn(ctx, r, createID); err != nil {
 		d.reconcile(r, "", createID)
 	}
 }
@@ -443,8 +448,23 @@ func (d *Driver) removeHalfMade(ctx context.Context, r resource, createID string
 // may or may not have reached PVE) it looks for the guest for a while.
 func (d *Driver) reconcile(r resource, upid gp.UPID, createID string) {
 	d.bg.Add(1)
+	done := make(chan struct{})
+	d.pendingMu.Lock()
+	if d.pending == nil {
+		d.pending = map[string]chan struct{}{}
+	}
+	d.pending[r.Name] = done
+	d.pendingMu.Unlock()
 	go func() {
 		defer d.bg.Done()
+		defer func() {
+			d.pendingMu.Lock()
+			if d.pending[r.Name] == done {
+				delete(d.pending, r.Name)
+			}
+			d.pendingMu.Unlock()
+			close(done)
+		}()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(d.opts.ReconcileTimeout))
 		defer cancel()
 		if upid != "" {
@@ -454,9 +474,11 @@ func (d *Driver) reconcile(r resource, upid gp.UPID, createID string) {
 		}
 		tick := time.NewTicker(time.Duration(d.opts.TaskPollInterval))
 		defer tick.Stop()
+		began := time.Now()
 		for {
-			err := d.destroyOwn(ctx, r, createID)
-			if err == nil {
+			found, err := d.destroyOwn(ctx, r, createID)
+			// Without a UPID the create may still arrive: keep looking a while.
+			if err == nil && (found || upid != "" || time.Since(began) > noUPIDGrace) {
 				return
 			}
 			select {
@@ -468,16 +490,37 @@ func (d *Driver) reconcile(r resource, upid gp.UPID, createID string) {
 	}()
 }
 
+// waitReconciled waits (under ctx) until no reconciliation of an
+// abandoned create of name is running.
+func (d *Driver) waitReconciled(ctx context.Context, name string) error {
+	d.pendingMu.Lock()
+	done := d.pending[name]
+	d.pendingMu.Unlock()
+	if done == nil {
+		return nil
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("proxmox: create %s: waiting for the removal of an earlier attempt's guest: %w", name, ctx.Err())
+	}
+}
+
+// noUPIDGrace is how long the reconciliation of a create whose request
+// got no answer looks for the guest it may have made.
+const noUPIDGrace = 15 * time.Second
+
 // errStillLocked is a guest whose create is still running.
 var errStillLocked = errors.New("the guest is still locked")
 
-// destroyOwn destroys VMID r if it is the guest createID made; a missing
-// guest is success. A locked guest (its create still running) is retried
-// by the caller.
-func (d *Driver) destroyOwn(ctx context.Context, r resource, createID string) error {
+// destroyOwn destroys VMID r if it is the guest createID made; found
+// says whether it existed. A locked guest (its create still running) is
+// errStillLocked, for the caller to retry.
+func (d *Driver) destroyOwn(ctx context.Context, r resource, createID string) (found bool, err error) {
 	list, err := d.resources(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	var cur *resource
 	for i := range list {
@@ -486,27 +529,27 @@ func (d *Driver) destroyOwn(ctx context.Context, r resource, createID string) er
 		}
 	}
 	if cur == nil {
-		return nil
+		return false, nil
 	}
 	if cur.Lock != "" {
-		return errStillLocked
+		return true, errStillLocked
 	}
 	cfg, err := d.config(ctx, *cur)
 	if err != nil {
 		if errorCode(err) == drivers.NotFound {
-			return nil
+			return false, nil
 		}
-		return err
+		return true, err
 	}
 	if m, ok := parseMarker(cfg.str("description")); !ok || m.CreateID != createID {
-		return nil // another client's guest took the VMID: not ours
+		return false, nil // another client's guest took the VMID: not ours
 	}
 	if cur.state() != drivers.StateStopped {
 		if err := d.async(ctx, "POST", cur.path()+"/status/stop", nil, "stop "+cur.displayName()); err != nil {
-			return err
+			return true, err
 		}
 	}
-	return d.destroy(ctx, *cur, true)
+	return true, d.destroy(ctx, *cur, true)
 }
 
 // destroy deletes a stopped guest; purge also removes it from backup

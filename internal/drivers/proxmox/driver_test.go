@@ -54,25 +54,33 @@ func TestCreateTimeoutLeavesNothing(t *testing.T) {
 			if took := time.Since(began); took > 2*time.Second {
 				t.Errorf("Create returned %v after its 400ms deadline", took)
 			}
-			// The guest exists while PVE's task runs …
-			if _, ok := env.guestByName(tmpl.Name); !ok {
-				t.Logf("the guest was not there yet when Create gave up")
-			}
-			// … and is gone once the task has ended.
-			testenv.Eventually(t, 10*time.Second, func() error {
-				if g, ok := env.guestByName(tmpl.Name); ok {
-					return fmt.Errorf("guest %d (%s) is still there, lock %q", g.VMID, g.Status, g.Lock)
-				}
-				return nil
-			})
-			// The name is free again: a retried create succeeds.
-			in, err := d.Create(ctxT(t, 10*time.Second), tmpl)
+			// A retry at once waits for the first attempt's guest to be
+			// removed, then creates the one guest of that name.
+			in, err := d.Create(ctxT(t, 15*time.Second), tmpl)
 			if err != nil {
 				t.Fatalf("retried Create: %v", err)
 			}
 			if in.Metadata[metaKind] != kind {
 				t.Errorf("retried Create made %+v, want kind %s", in.Metadata, kind)
 			}
+			n := 0
+			for _, g := range env.sim.Guests() {
+				if g.Name == tmpl.Name {
+					n++
+				}
+			}
+			if n != 1 {
+				t.Errorf("%d guests called %s after the retry, want 1", n, tmpl.Name)
+			}
+			// A create whose caller gives up is removed once PVE's task ends.
+			_, err = d.Create(ctxT(t, 400*time.Millisecond), drivers.InstanceTemplate{Name: "px-timeout2", BaseImage: tmpl.BaseImage})
+			wantCode(t, "second Create past its deadline", err, drivers.Timeout)
+			testenv.Eventually(t, 10*time.Second, func() error {
+				if g, ok := env.guestByName("px-timeout2"); ok {
+					return fmt.Errorf("guest %d (%s) is still there, lock %q", g.VMID, g.Status, g.Lock)
+				}
+				return nil
+			})
 			env.checkRequests(t)
 		})
 	}
