@@ -255,7 +255,7 @@ for r in json.load(sys.stdin):
 json.dump(out, sys.stdout)
 `
 	type pyResult struct {
-		Template *string          `json:"template"`
+		Template *string           `json:"template"`
 		Errors   map[string]string `json:"errors"`
 	}
 	in, _ := json.Marshal(tests)
