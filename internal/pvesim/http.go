@@ -475,7 +475,10 @@ func (s *Sim) authenticate(hr *http.Request) (identity, error) {
 	if err != nil || c.Value == "" {
 		return identity{}, errNoTicket
 	}
-	tk, _ := url.QueryUnescape(c.Value)
+	tk, err := url.PathUnescape(c.Value) // like PVE: %XX only, "+" stays
+	if err != nil {
+		tk = c.Value
+	}
 	user, ok := s.verifyTicket(tk)
 	if !ok {
 		return identity{}, errAuthFailed
