@@ -475,10 +475,7 @@ func (s *Sim) authenticate(hr *http.Request) (identity, error) {
 	if err != nil || c.Value == "" {
 		return identity{}, errNoTicket
 	}
-	tk, err := url.PathUnescape(c.Value) // like PVE: %XX only, "+" stays
-	if err != nil {
-		tk = c.Value
-	}
+	tk, _ := url.PathUnescape(c.Value) // PVE: uri_unescape, %XX only: a + in the base64 signature stays a +
 	user, ok := s.verifyTicket(tk)
 	if !ok {
 		return identity{}, errAuthFailed
