@@ -2,6 +2,7 @@ package pvesim
 
 import (
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -543,4 +544,36 @@ func TestFaults(t *testing.T) {
 		_ = srv.SetNodeOnline("pve3", true)
 		c.ok("GET", "/nodes/pve2/qemu/100/status/current", nil)
 	})
+}
+
+func TestControlAPI(t *testing.T) {
+	srv := startSim(t, Options{Control: true, Nodes: []string{"pve1", "pve2"}})
+	c := tokenClient(t, srv)
+	c.json = true
+	c.base = srv.URL + "/pvesim"
+	c.ok("POST", "/guests", map[string]any{"vmid": 150, "kind": "lxc", "node": "pve2", "name": "ui", "status": "running"})
+	c.ok("POST", "/guests/150/config", map[string]any{"key": "lock", "value": "backup"})
+	c.ok("POST", "/nodes/pve1/online", map[string]any{"online": false})
+	c.ok("POST", "/hang", map[string]any{"type": "vzstop", "hang": true})
+	if g, _ := srv.Guest(150); g.Kind != "lxc" || g.Node != "pve2" || g.Status != "running" || g.Lock != "backup" {
+		t.Fatalf("guest %+v", g)
+	}
+	c.ok("POST", "/guests/150/status", map[string]any{"status": "stopped"})
+	c.ok("DELETE", "/guests/150", nil)
+	if _, ok := srv.Guest(150); ok {
+		t.Fatal("control delete did nothing")
+	}
+	if r := c.do("POST", "/guests/150/status", map[string]any{"status": "running"}); r.Code != 400 {
+		t.Fatalf("missing guest: %d", r.Code)
+	}
+	if r := (&client{t: t, base: srv.URL + "/pvesim", header: http.Header{}}).do("DELETE", "/faults", nil); r.Code != 401 {
+		t.Fatalf("unauthenticated control call: %d", r.Code)
+	}
+	// Without Options.Control the prefix is an unknown path.
+	srv2 := startSim(t, Options{})
+	c2 := tokenClient(t, srv2)
+	c2.base = srv2.URL + "/pvesim"
+	if r := c2.do("DELETE", "/faults", nil); r.Code != 501 {
+		t.Fatalf("control API without Control: %d", r.Code)
+	}
 }
