@@ -48,7 +48,7 @@ func (s *Sim) guestSummary(g *guest, now time.Time) map[string]any {
 	}
 	e := map[string]any{"vmid": g.vmid, "name": g.name(), "status": st, "cpu": cpu, "cpus": g.cores(),
 		"template": b2i(g.template()),
-		"mem": mem, "maxmem": g.maxmem(), "disk": int64(0), "maxdisk": g.maxdisk(), "netin": netin, "netout": netout,
+		"mem":      mem, "maxmem": g.maxmem(), "disk": int64(0), "maxdisk": g.maxdisk(), "netin": netin, "netout": netout,
 		"diskread": dr, "diskwrite": dw, "uptime": up}
 	if g.kind == "lxc" {
 		e["type"] = "lxc"
