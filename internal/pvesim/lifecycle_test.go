@@ -3,6 +3,7 @@ package pvesim
 import (
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -575,5 +576,44 @@ func TestControlAPI(t *testing.T) {
 	c2.base = srv2.URL + "/pvesim"
 	if r := c2.do("DELETE", "/faults", nil); r.Code != 501 {
 		t.Fatalf("control API without Control: %d", r.Code)
+	}
+}
+
+func TestSeed(t *testing.T) {
+	seed, err := LoadSeed("testdata/seed.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := startSim(t, Options{Seed: seed, Nodes: seed.Nodes})
+	c := tokenClient(t, srv)
+	res := c.ok("GET", "/cluster/resources", map[string]any{"type": "vm"}).data().([]any)
+	if len(res) != 3 {
+		t.Fatalf("resources %v", res)
+	}
+	web := c.ok("GET", "/nodes/pve1/qemu/100/config", nil).data().(map[string]any)
+	if web["scsi0"] != "local-lvm:vm-100-disk-0,size=8G" || web["parent"] != "before-upgrade" || web["cores"] != float64(2) {
+		t.Fatalf("seeded VM %v", web)
+	}
+	if st := status(t, c, "qemu", 100); st["status"] != "running" {
+		t.Fatalf("seeded VM status %v", st)
+	}
+	if st := status(t, c, "qemu", 900); st["template"] != float64(1) {
+		t.Fatalf("seeded template %v", st)
+	}
+	iso := c.ok("GET", "/nodes/pve2/storage/local/content", map[string]any{"content": "iso"}).data().([]any)
+	if len(iso) != 2 {
+		t.Fatalf("isos on pve2: %v", iso)
+	}
+	// Unknown keys are errors.
+	bad := t.TempDir() + "/bad.yaml"
+	if err := os.WriteFile(bad, []byte("guests: [{vmid: 100, colour: red}]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadSeed(bad); err == nil {
+		t.Fatal("unknown seed key accepted")
+	}
+	// A seed with a taken vmid fails New.
+	if _, err := New(Options{Seed: &Seed{Guests: []GuestSpec{{VMID: 100}, {VMID: 100}}}}); err == nil {
+		t.Fatal("duplicate vmid accepted")
 	}
 }
