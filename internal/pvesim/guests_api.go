@@ -250,6 +250,10 @@ func hCreate(kind string) handlerFunc {
 		}
 		emsg := fmt.Sprintf("unable to create %s %d -", word, vmid)
 		if g := s.guests[vmid]; g != nil {
+			if kind == "lxc" {
+				// pve-container calls check_vmid_unused before its eval.
+				return nil, nil, errf("%s %d already exists on node '%s'", g.typeWord(), vmid, g.node)
+			}
 			return nil, nil, errf("%s %s %d already exists on node '%s'", emsg, g.typeWord(), vmid, g.node)
 		}
 		conf := configParams(r)

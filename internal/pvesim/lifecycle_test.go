@@ -190,6 +190,10 @@ func TestLXCLifecycle(t *testing.T) {
 		r.Reason != "Configuration file 'nodes/pve2/lxc/200.conf' does not exist" {
 		t.Fatalf("wrong node: %d %q", r.Code, r.Reason)
 	}
+	if r := c.do("POST", "/nodes/pve2/lxc", map[string]any{"vmid": 200, "ostemplate": tmpl}); r.Code != 500 ||
+		r.Reason != "CT 200 already exists on node 'pve1'" {
+		t.Fatalf("CT create over existing: %d %q", r.Code, r.Reason)
+	}
 	c.mustTaskOK("DELETE", "/nodes/pve1/lxc/200", map[string]any{"purge": 1})
 	res := c.ok("GET", "/cluster/resources", map[string]any{"type": "vm"}).data().([]any)
 	if len(res) != 1 || res[0].(map[string]any)["id"] != "lxc/201" {
