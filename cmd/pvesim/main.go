@@ -44,13 +44,15 @@ func run(args []string) error {
 	authDelay := fs.Duration("auth-failure-delay", 3*time.Second, "delay of 401 answers (PVE: 3s)")
 	delayFactor := fs.Float64("delay-factor", 1, "multiply the simulated operation durations")
 	hang := fs.String("hang-tasks", "", "comma-separated task types that never finish (e.g. qmcreate; \"all\" for every type)")
+	latency := fs.Duration("latency", 0, "extra delay before every answer")
+	control := fs.Bool("control", false, "serve the control API under /pvesim/ (state changes as if made in the PVE UI)")
 	verbose := fs.Bool("v", false, "log every request")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	logger := log.New(os.Stderr, "pvesim: ", log.LstdFlags)
 	opts := pvesim.Options{Password: *password, Tokens: tokens, AuthFailureDelay: *authDelay,
-		Delays: pvesim.DefaultDelays.Scale(*delayFactor)}
+		Delays: pvesim.DefaultDelays.Scale(*delayFactor), Latency: *latency, Control: *control}
 	if *authDelay <= 0 {
 		opts.AuthFailureDelay = -1
 	}

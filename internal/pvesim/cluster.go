@@ -292,8 +292,9 @@ func hResources(s *Sim, r *req) (any, map[string]any, error) {
 			e["id"] = fmt.Sprintf("%s/%d", g.kind, g.vmid)
 			e["type"] = g.kind
 			e["node"] = g.node
-			e["hastate"] = nil
-			delete(e, "hastate")
+			// /cluster/resources says maxcpu where the guest lists say cpus.
+			e["maxcpu"] = e["cpus"]
+			delete(e, "cpus")
 			if n != nil && !n.online {
 				e["status"] = "unknown"
 			}

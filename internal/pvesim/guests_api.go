@@ -47,7 +47,8 @@ func (s *Sim) guestSummary(g *guest, now time.Time) map[string]any {
 		st = "running"
 	}
 	e := map[string]any{"vmid": g.vmid, "name": g.name(), "status": st, "cpu": cpu, "cpus": g.cores(),
-		"mem": mem, "maxmem": g.maxmem(), "disk": int64(0), "maxdisk": g.maxdisk(), "netin": netin, "netout": netout,
+		"template": b2i(g.template()),
+		"mem":      mem, "maxmem": g.maxmem(), "disk": int64(0), "maxdisk": g.maxdisk(), "netin": netin, "netout": netout,
 		"diskread": dr, "diskwrite": dw, "uptime": up}
 	if g.kind == "lxc" {
 		e["type"] = "lxc"
@@ -64,9 +65,6 @@ func (s *Sim) guestSummary(g *guest, now time.Time) map[string]any {
 				e["qmpstatus"] = "paused"
 			}
 		}
-	}
-	if g.template() {
-		e["template"] = 1
 	}
 	if t := g.config["tags"]; t != "" {
 		e["tags"] = t
@@ -252,6 +250,10 @@ func hCreate(kind string) handlerFunc {
 		}
 		emsg := fmt.Sprintf("unable to create %s %d -", word, vmid)
 		if g := s.guests[vmid]; g != nil {
+			if kind == "lxc" {
+				// pve-container calls check_vmid_unused before its eval.
+				return nil, nil, errf("%s %d already exists on node '%s'", g.typeWord(), vmid, g.node)
+			}
 			return nil, nil, errf("%s %s %d already exists on node '%s'", emsg, g.typeWord(), vmid, g.node)
 		}
 		conf := configParams(r)
@@ -313,18 +315,15 @@ func hCreate(kind string) handlerFunc {
 				return fail(err)
 			}
 			for _, v := range g.volumes() {
-				t.s.mu.Unlock()
-				t.logf("  volume '%s' allocated", v)
-				t.s.mu.Lock()
+				t.logfLocked("  volume '%s' allocated", v)
 			}
 			g.lock = ""
 			if start {
+				// PVE starts the guest in a task of its own.
+				t.logfLocked("Execute autostart")
 				s.spawnLocked(node, taskPrefix(kind)+"start", strconv.Itoa(vmid), r.id.user, s.startWorker(kind, node, vmid, false))
 			}
 			s.mu.Unlock()
-			if start {
-				t.logf("Execute autostart")
-			}
 			return nil
 		})
 		return upid, nil, nil

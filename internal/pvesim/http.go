@@ -151,6 +151,21 @@ func (s *Sim) serveHTTP(w http.ResponseWriter, hr *http.Request) {
 			return
 		}
 	}
+	if s.opts.Control && strings.HasPrefix(hr.URL.Path, controlPrefix) {
+		if _, err := s.authenticate(hr); err != nil {
+			s.writeError(w, err.(*APIError))
+			return
+		}
+		s.serveControl(w, hr)
+		return
+	}
+	if s.opts.Latency > 0 {
+		select {
+		case <-time.After(s.opts.Latency):
+		case <-hr.Context().Done():
+			return
+		}
+	}
 	rec := Request{Method: hr.Method, Path: rel}
 	status, data, extra, err := s.serve(hr, rel, &rec)
 	rec.Status = status

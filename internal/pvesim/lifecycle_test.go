@@ -2,6 +2,8 @@ package pvesim
 
 import (
 	"fmt"
+	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -187,6 +189,10 @@ func TestLXCLifecycle(t *testing.T) {
 	if r := c.do("GET", "/nodes/pve2/lxc/200/status/current", nil); r.Code != 500 ||
 		r.Reason != "Configuration file 'nodes/pve2/lxc/200.conf' does not exist" {
 		t.Fatalf("wrong node: %d %q", r.Code, r.Reason)
+	}
+	if r := c.do("POST", "/nodes/pve2/lxc", map[string]any{"vmid": 200, "ostemplate": tmpl}); r.Code != 500 ||
+		r.Reason != "CT 200 already exists on node 'pve1'" {
+		t.Fatalf("CT create over existing: %d %q", r.Code, r.Reason)
 	}
 	c.mustTaskOK("DELETE", "/nodes/pve1/lxc/200", map[string]any{"purge": 1})
 	res := c.ok("GET", "/cluster/resources", map[string]any{"type": "vm"}).data().([]any)
@@ -543,4 +549,75 @@ func TestFaults(t *testing.T) {
 		_ = srv.SetNodeOnline("pve3", true)
 		c.ok("GET", "/nodes/pve2/qemu/100/status/current", nil)
 	})
+}
+
+func TestControlAPI(t *testing.T) {
+	srv := startSim(t, Options{Control: true, Nodes: []string{"pve1", "pve2"}})
+	c := tokenClient(t, srv)
+	c.json = true
+	c.base = srv.URL + "/pvesim"
+	c.ok("POST", "/guests", map[string]any{"vmid": 150, "kind": "lxc", "node": "pve2", "name": "ui", "status": "running"})
+	c.ok("POST", "/guests/150/config", map[string]any{"key": "lock", "value": "backup"})
+	c.ok("POST", "/nodes/pve1/online", map[string]any{"online": false})
+	c.ok("POST", "/hang", map[string]any{"type": "vzstop", "hang": true})
+	if g, _ := srv.Guest(150); g.Kind != "lxc" || g.Node != "pve2" || g.Status != "running" || g.Lock != "backup" {
+		t.Fatalf("guest %+v", g)
+	}
+	c.ok("POST", "/guests/150/status", map[string]any{"status": "stopped"})
+	c.ok("DELETE", "/guests/150", nil)
+	if _, ok := srv.Guest(150); ok {
+		t.Fatal("control delete did nothing")
+	}
+	if r := c.do("POST", "/guests/150/status", map[string]any{"status": "running"}); r.Code != 400 {
+		t.Fatalf("missing guest: %d", r.Code)
+	}
+	if r := (&client{t: t, base: srv.URL + "/pvesim", header: http.Header{}}).do("DELETE", "/faults", nil); r.Code != 401 {
+		t.Fatalf("unauthenticated control call: %d", r.Code)
+	}
+	// Without Options.Control the prefix is an unknown path.
+	srv2 := startSim(t, Options{})
+	c2 := tokenClient(t, srv2)
+	c2.base = srv2.URL + "/pvesim"
+	if r := c2.do("DELETE", "/faults", nil); r.Code != 501 {
+		t.Fatalf("control API without Control: %d", r.Code)
+	}
+}
+
+func TestSeed(t *testing.T) {
+	seed, err := LoadSeed("testdata/seed.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := startSim(t, Options{Seed: seed, Nodes: seed.Nodes})
+	c := tokenClient(t, srv)
+	res := c.ok("GET", "/cluster/resources", map[string]any{"type": "vm"}).data().([]any)
+	if len(res) != 3 {
+		t.Fatalf("resources %v", res)
+	}
+	web := c.ok("GET", "/nodes/pve1/qemu/100/config", nil).data().(map[string]any)
+	if web["scsi0"] != "local-lvm:vm-100-disk-0,size=8G" || web["parent"] != "before-upgrade" || web["cores"] != float64(2) {
+		t.Fatalf("seeded VM %v", web)
+	}
+	if st := status(t, c, "qemu", 100); st["status"] != "running" {
+		t.Fatalf("seeded VM status %v", st)
+	}
+	if st := status(t, c, "qemu", 900); st["template"] != float64(1) {
+		t.Fatalf("seeded template %v", st)
+	}
+	iso := c.ok("GET", "/nodes/pve2/storage/local/content", map[string]any{"content": "iso"}).data().([]any)
+	if len(iso) != 2 {
+		t.Fatalf("isos on pve2: %v", iso)
+	}
+	// Unknown keys are errors.
+	bad := t.TempDir() + "/bad.yaml"
+	if err := os.WriteFile(bad, []byte("guests: [{vmid: 100, colour: red}]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadSeed(bad); err == nil {
+		t.Fatal("unknown seed key accepted")
+	}
+	// A seed with a taken vmid fails New.
+	if _, err := New(Options{Seed: &Seed{Guests: []GuestSpec{{VMID: 100}, {VMID: 100}}}}); err == nil {
+		t.Fatal("duplicate vmid accepted")
+	}
 }

@@ -89,7 +89,7 @@ func qemuConfigProps() map[string]*Prop {
 		"net[n]", pStr(), "scsi[n]", pStr(), "virtio[n]", pStr(), "sata[n]", pStr(), "ide[n]", pStr(), "unused[n]", pStr(),
 		"efidisk0", pStr(), "tpmstate0", pStr(), "ipconfig[n]", pStr(), "ciuser", pStr(), "cipassword", pStr(),
 		"citype", pEnum("configdrive2", "nocloud", "opennebula"), "sshkeys", pStr(), "nameserver", pStr(), "searchdomain", pStr(),
-		"smbios1", pStr(), "vmgenid", pStr(), "meta", pStr(), "args", pStr(), "hookscript", pStr(), "lock", pStr())
+		"smbios1", pStr(), "vmgenid", pStr(), "args", pStr(), "hookscript", pStr(), "lock", pStr())
 	return m
 }
 
@@ -159,7 +159,7 @@ func buildRoutes() []route {
 	for _, kind := range []string{"qemu", "lxc"} {
 		k := kind
 		base := "/nodes/{node}/" + k
-		add("GET", base, guestList(k), ps("node", pNode(), "full", pBool()))
+		add("GET", base, guestList(k), ps("node", pNode()))
 		if k == "qemu" {
 			add("POST", base, hCreate("qemu"), qemuCreate)
 			add("GET", base+"/{vmid}/config", hConfigGet("qemu"), merge(vm, ps("current", pBool(), "snapshot", pStr())))

@@ -53,6 +53,10 @@ type Options struct {
 	// ClusterName is /cluster/status's cluster name (default "pvesim";
 	// with a single node there is no cluster entry, as on a standalone node).
 	ClusterName string
+	// Control serves the control API under /pvesim/ (see docs/pvesim.md).
+	Control bool
+	// Latency delays every API answer.
+	Latency time.Duration
 	// Logf logs requests and events (nil: silent).
 	Logf func(format string, args ...any)
 }
@@ -105,7 +109,12 @@ func (d Delays) withDefaults() Delays {
 // simulator: cmd/pvesim --delay-factor).
 func (d Delays) Scale(f float64) Delays {
 	d = d.withDefaults()
-	m := func(v time.Duration) time.Duration { return time.Duration(float64(v) * f) }
+	m := func(v time.Duration) time.Duration {
+		if r := time.Duration(float64(v) * f); r > 0 {
+			return r
+		}
+		return -1 // immediately (0 would mean "default")
+	}
 	return Delays{m(d.Create), m(d.Start), m(d.Stop), m(d.Shutdown), m(d.Reboot), m(d.Snapshot), m(d.Rollback), m(d.Clone), m(d.Delete), m(d.Config), m(d.AgentStart)}
 }
 

@@ -450,9 +450,7 @@ func hClone(kind string) handlerFunc {
 						nv += "," + rest
 					}
 					ng.config[k] = nv
-					t.s.mu.Unlock()
-					t.logf("create %s clone of drive %s (%s)", map[bool]string{true: "full", false: "linked"}[full], k, vol)
-					t.s.mu.Lock()
+					t.logfLocked("create %s clone of drive %s (%s)", map[bool]string{true: "full", false: "linked"}[full], k, vol)
 				default:
 					ng.config[k] = v
 				}

@@ -47,6 +47,11 @@ func (r *taskRun) logf(format string, args ...any) {
 	r.t.log = append(r.t.log, fmt.Sprintf(format, args...))
 }
 
+// logfLocked is logf for a caller holding s.mu.
+func (r *taskRun) logfLocked(format string, args ...any) {
+	r.t.log = append(r.t.log, fmt.Sprintf(format, args...))
+}
+
 // warn logs a warning; the task then ends "WARNINGS: n" instead of "OK".
 func (r *taskRun) warn(format string, args ...any) {
 	r.warnings++
