@@ -15,7 +15,6 @@ import (
 
 	"github.com/subbus/subbus/internal/cli"
 	"github.com/subbus/subbus/internal/cli/clitest"
-	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/testenv"
 )
 
@@ -72,6 +71,16 @@ func start(t *testing.T, bin string, args ...string) io.Reader {
 		}
 	})
 	return pr
+}
+
+// instanceJSON is what the test reads of `get --json` (the wire format).
+type instanceJSON struct {
+	Metadata map[string]string `json:"metadata"`
+	Managed  bool              `json:"managed"`
+	Limits   struct {
+		CPUCores float64 `json:"cpu_cores"`
+		MemoryMB int64   `json:"memory_mb"`
+	} `json:"limits"`
 }
 
 // TestEndToEnd runs bin/pvesim and bin/worker (with a proxmox: section)
@@ -142,7 +151,7 @@ proxmox:
 	// A VM from the seeded ISO and a container from the seeded template.
 	ok("proxmox", "create", "px-e2e-vm", "--image", "local:iso/debian-12.7.0-amd64-netinst.iso", "--cpu", "2", "--memory", "1024", "--label", "team=e2e")
 	ok("proxmox", "create", "px-e2e-ct", "--image", "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst", "--memory", "256")
-	var vm, ct drivers.Instance
+	var vm, ct instanceJSON
 	if err := json.Unmarshal([]byte(ok("proxmox", "get", "px-e2e-vm", "--json")), &vm); err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +188,9 @@ proxmox:
 	if out := ok("proxmox", "logs", "px-e2e-vm", "--lines", "20"); !strings.Contains(out, "qmstart: TASK OK") {
 		t.Errorf("logs: %q", out)
 	}
-	var u drivers.ResourceUsage
+	var u struct {
+		MemoryMB float64 `json:"memory_mb"`
+	}
 	if err := json.Unmarshal([]byte(ok("proxmox", "metrics", "px-e2e-vm", "--json")), &u); err != nil || u.MemoryMB <= 0 {
 		t.Errorf("metrics %+v (%v)", u, err)
 	}

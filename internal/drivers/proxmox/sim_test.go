@@ -34,18 +34,24 @@ const (
 	testVZTmpl = "local:vztmpl/alpine-3.20-default_20240908_amd64.tar.xz"
 )
 
-// schemaPath is PVE 9's API schema in the shared reference beside the
-// repository (never copied into it).
-func schemaPath() string {
+// schemaPath is PVE <version>'s API schema in the shared reference
+// beside the repository (never copied into it).
+func schemaPath(version string) string {
 	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..", "..", "..", "shared", "reference", "pve", "apischema-pve9.json.gz")
+	return filepath.Join(filepath.Dir(file), "..", "..", "..", "..", "shared", "reference", "pve", "apischema-pve"+version+".json.gz")
 }
 
-// loadSchema returns PVE 9's schema: its absence fails the test under
-// CI=true and skips it elsewhere.
+// loadSchema returns PVE 9's schema (and loads PVE 8's for
+// checkRequests): an absence fails the test under CI=true and skips it
+// elsewhere.
 func loadSchema(t testing.TB) *pvesim.Schema {
 	t.Helper()
-	schemaOnce.Do(func() { schema, schemaErr = pvesim.LoadSchema(schemaPath()) })
+	schemaOnce.Do(func() {
+		schema, schemaErr = pvesim.LoadSchema(schemaPath("9"))
+		if schemaErr == nil {
+			schema8, schemaErr = pvesim.LoadSchema(schemaPath("8"))
+		}
+	})
 	if schemaErr != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("PVE API schema: %v (the shared reference must be beside the repository in CI)", schemaErr)
@@ -58,6 +64,7 @@ func loadSchema(t testing.TB) *pvesim.Schema {
 var (
 	schemaOnce sync.Once
 	schema     *pvesim.Schema
+	schema8    *pvesim.Schema
 	schemaErr  error
 )
 
@@ -131,7 +138,8 @@ func (s *simEnv) driver(ctx context.Context) *Driver {
 
 // checkRequests fails the test for every request the simulator refused
 // as invalid (400) or that matched no path of PVE 9's schema (which the
-// simulator answers 501).
+// simulator answers 501), and for every request PVE 8's schema does not
+// allow.
 func (s *simEnv) checkRequests(t testing.TB) {
 	t.Helper()
 	bad := 0
@@ -147,6 +155,26 @@ func (s *simEnv) checkRequests(t testing.TB) {
 			bad++
 			if bad <= 20 {
 				t.Errorf("request not valid for PVE 9: %s %s %v -> %d (schema path %q)", r.Method, r.Path, r.Params, r.Status, r.Template)
+			}
+			continue
+		}
+		// The same request must be valid for PVE 8 too.
+		_, binds, m, err := schema8.Lookup(r.Method, r.Path)
+		var errs map[string]string
+		if err == nil {
+			params := map[string]any{}
+			for k, v := range r.Params {
+				params[k] = v
+			}
+			for k, v := range binds {
+				params[k] = v
+			}
+			errs = pvesim.ValidateParams(m, params)
+		}
+		if err != nil || len(errs) > 0 {
+			bad++
+			if bad <= 20 {
+				t.Errorf("request not valid for PVE 8: %s %s %v: %v %v", r.Method, r.Path, r.Params, err, errs)
 			}
 		}
 	}
