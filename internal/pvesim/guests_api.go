@@ -398,6 +398,17 @@ func hConfigSet(kind string, async bool) handlerFunc {
 		}
 		skiplock := r.bool("skiplock")
 		if !async {
+			// PUT holds the config file lock too: wait for it without s.mu.
+			s.mu.Unlock()
+			unlock, err := s.flock(kind, vmid, nil, r.ctx.Done())
+			s.mu.Lock()
+			if err != nil {
+				return nil, nil, err
+			}
+			defer unlock()
+			if g, err = s.guestLocked(kind, node, vmid); err != nil {
+				return nil, nil, err
+			}
 			if !skiplock {
 				if err := g.lockError(); err != nil {
 					return nil, nil, err
