@@ -652,3 +652,27 @@ func TestConfigFileLock(t *testing.T) {
 		t.Fatalf("status %s", g.Status)
 	}
 }
+
+// TestConfigBackgroundDelay: POST config with background_delay answers
+// null when the task is done in time, its error when it failed.
+func TestConfigBackgroundDelay(t *testing.T) {
+	srv := startSim(t, Options{})
+	c := tokenClient(t, srv)
+	if err := srv.CreateGuest(GuestSpec{VMID: 100}); err != nil {
+		t.Fatal(err)
+	}
+	if r := c.ok("POST", "/nodes/pve1/qemu/100/config", map[string]any{"cores": 3, "background_delay": 5}); r.data() != nil {
+		t.Fatalf("answer %v, want null", r.data())
+	}
+	if g, _ := srv.Guest(100); g.Config["cores"] != "3" {
+		t.Fatalf("cores %q", g.Config["cores"])
+	}
+	_ = srv.SetConfig(100, "lock", "backup")
+	r := c.do("POST", "/nodes/pve1/qemu/100/config", map[string]any{"cores": 4, "background_delay": 5})
+	if r.Code != 500 || r.Reason != "failed to update VM 100: VM is locked (backup)" {
+		t.Fatalf("locked: %d %q", r.Code, r.Reason)
+	}
+	if upid := c.ok("POST", "/nodes/pve1/qemu/100/config", map[string]any{"cores": 4}).str(); !strings.Contains(upid, ":qmconfig:100:") {
+		t.Fatalf("without background_delay: %q", upid)
+	}
+}
