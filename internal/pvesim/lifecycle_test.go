@@ -176,6 +176,15 @@ func TestLXCLifecycle(t *testing.T) {
 			t.Fatalf("%s: status %v, want %s", st.name, got, st.after)
 		}
 	}
+	c.mustTaskOK("POST", "/nodes/pve1/lxc/200/status/start", nil)
+	ifs := c.ok("GET", "/nodes/pve1/lxc/200/interfaces", nil).data().([]any)
+	if len(ifs) != 2 || ifs[1].(map[string]any)["inet"] != "192.0.2.100/24" {
+		t.Fatalf("interfaces %v", ifs)
+	}
+	c.mustTaskOK("POST", "/nodes/pve1/lxc/200/status/stop", nil)
+	if ifs := c.ok("GET", "/nodes/pve1/lxc/200/interfaces", nil).data(); ifs != nil {
+		t.Fatalf("interfaces of a stopped CT %v", ifs)
+	}
 	// LXC has no exec in the API.
 	if r := c.do("POST", "/nodes/pve1/lxc/200/agent/exec", map[string]any{"command": "ls"}); r.Code != 501 {
 		t.Fatalf("lxc agent/exec: %d %q", r.Code, r.Reason)
@@ -612,6 +621,9 @@ func TestSeed(t *testing.T) {
 	iso := c.ok("GET", "/nodes/pve2/storage/local/content", map[string]any{"content": "iso"}).data().([]any)
 	if len(iso) != 2 {
 		t.Fatalf("isos on pve2: %v", iso)
+	}
+	if vn := c.ok("GET", "/cluster/sdn/vnets", nil).data().([]any); len(vn) != 1 || vn[0].(map[string]any)["vnet"] != "vnet1" {
+		t.Fatalf("vnets %v", vn)
 	}
 	// Unknown keys are errors.
 	bad := t.TempDir() + "/bad.yaml"

@@ -139,6 +139,7 @@ type Sim struct {
 	faults     []*Fault
 	hang       map[string]bool // task types that never finish ("" = all)
 	flocks     map[string]chan struct{}
+	vnets      []VNetSpec
 	reqlog     []Request
 	started    time.Time
 	// fingerprint is the serving certificate's (for /nodes).
