@@ -45,6 +45,7 @@ func run(args []string) error {
 	delayFactor := fs.Float64("delay-factor", 1, "multiply the simulated operation durations")
 	hang := fs.String("hang-tasks", "", "comma-separated task types that never finish (e.g. qmcreate; \"all\" for every type)")
 	latency := fs.Duration("latency", 0, "extra delay before every answer")
+	lockTimeout := fs.Duration("lock-timeout", 10*time.Second, "how long an operation waits for a guest's config file lock (PVE: 10s)")
 	control := fs.Bool("control", false, "serve the control API under /pvesim/ (state changes as if made in the PVE UI)")
 	verbose := fs.Bool("v", false, "log every request")
 	if err := fs.Parse(args); err != nil {
@@ -52,7 +53,7 @@ func run(args []string) error {
 	}
 	logger := log.New(os.Stderr, "pvesim: ", log.LstdFlags)
 	opts := pvesim.Options{Password: *password, Tokens: tokens, AuthFailureDelay: *authDelay,
-		Delays: pvesim.DefaultDelays.Scale(*delayFactor), Latency: *latency, Control: *control}
+		Delays: pvesim.DefaultDelays.Scale(*delayFactor), Latency: *latency, Control: *control, LockTimeout: *lockTimeout}
 	if *authDelay <= 0 {
 		opts.AuthFailureDelay = -1
 	}

@@ -1,6 +1,8 @@
 package pvesim
 
 import (
+	"crypto/sha1"
+	"encoding/hex"
 	"fmt"
 	"strconv"
 	"strings"
@@ -183,12 +185,14 @@ func hAgentInfo(cmd string) handlerFunc {
 				map[string]any{"name": "lo", "hardware-address": "00:00:00:00:00:00",
 					"ip-addresses": []any{map[string]any{"ip-address": "127.0.0.1", "ip-address-type": "ipv4", "prefix": 8}}},
 				map[string]any{"name": "eth0", "hardware-address": strings.ToLower(macOf(g.config["net0"])),
-					"ip-addresses": []any{map[string]any{"ip-address": fmt.Sprintf("192.0.2.%d", 100+g.vmid%100), "ip-address-type": "ipv4", "prefix": 24}}},
+					"ip-addresses": []any{map[string]any{"ip-address": ipOf(g), "ip-address-type": "ipv4", "prefix": 24}}},
 			}
 		}
 		return map[string]any{"result": res}, nil, nil
 	}
 }
+
+func ipOf(g *guest) string { ip, _ := guestIP(g); return ip }
 
 func macOf(net string) string {
 	for _, p := range strings.Split(net, ",") {
@@ -198,4 +202,62 @@ func macOf(net string) string {
 		}
 	}
 	return "bc:24:11:00:00:00"
+}
+
+// guestIP is the address a running guest's first NIC reports: the static
+// ip= of an LXC net0, else 192.0.2.(100 + vmid%100)/24 (TEST-NET-1).
+func guestIP(g *guest) (string, int) {
+	for _, p := range strings.Split(g.config["net0"], ",") {
+		if v, ok := strings.CutPrefix(p, "ip="); ok && strings.Contains(v, "/") {
+			addr, prefix, _ := strings.Cut(v, "/")
+			n, _ := strconv.Atoi(prefix)
+			return addr, n
+		}
+	}
+	return fmt.Sprintf("192.0.2.%d", 100+g.vmid%100), 24
+}
+
+// hLXCInterfaces is GET /nodes/{node}/lxc/{vmid}/interfaces: null for a
+// stopped CT (get_interfaces finds no pid), else lo and eth0.
+func hLXCInterfaces(s *Sim, r *req) (any, map[string]any, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g, err := s.guestLocked("lxc", r.str("node"), vmidOf(r))
+	if err != nil {
+		return nil, nil, err
+	}
+	if !g.running() {
+		return nil, nil, nil
+	}
+	ip, prefix := guestIP(g)
+	mac := strings.ToLower(macOf(g.config["net0"]))
+	return []any{
+		map[string]any{"name": "lo", "hwaddr": "00:00:00:00:00:00", "hardware-address": "00:00:00:00:00:00", "inet": "127.0.0.1/8",
+			"ip-addresses": []any{map[string]any{"ip-address": "127.0.0.1", "ip-address-type": "inet", "prefix": 8}}},
+		map[string]any{"name": "eth0", "hwaddr": mac, "hardware-address": mac, "inet": fmt.Sprintf("%s/%d", ip, prefix),
+			"ip-addresses": []any{map[string]any{"ip-address": ip, "ip-address-type": "inet", "prefix": prefix}}},
+	}, nil, nil
+}
+
+// hVNets is GET /cluster/sdn/vnets: the seeded SDN vnets.
+func hVNets(s *Sim, r *req) (any, map[string]any, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := []any{}
+	for _, v := range s.vnets {
+		e := map[string]any{"vnet": v.VNet, "zone": v.Zone, "type": "vnet", "digest": randHexStable(v.VNet)}
+		if v.Tag != 0 {
+			e["tag"] = v.Tag
+		}
+		if v.Alias != "" {
+			e["alias"] = v.Alias
+		}
+		out = append(out, e)
+	}
+	return out, nil, nil
+}
+
+func randHexStable(s string) string {
+	h := sha1.Sum([]byte(s))
+	return hex.EncodeToString(h[:])
 }

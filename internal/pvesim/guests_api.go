@@ -398,6 +398,17 @@ func hConfigSet(kind string, async bool) handlerFunc {
 		}
 		skiplock := r.bool("skiplock")
 		if !async {
+			// PUT holds the config file lock too: wait for it without s.mu.
+			s.mu.Unlock()
+			unlock, err := s.flock(kind, vmid, nil, r.ctx.Done())
+			s.mu.Lock()
+			if err != nil {
+				return nil, nil, err
+			}
+			defer unlock()
+			if g, err = s.guestLocked(kind, node, vmid); err != nil {
+				return nil, nil, err
+			}
 			if !skiplock {
 				if err := g.lockError(); err != nil {
 					return nil, nil, err
@@ -405,7 +416,7 @@ func hConfigSet(kind string, async bool) handlerFunc {
 			}
 			return nil, nil, s.applyConfig(g, r)
 		}
-		return s.spawnLocked(node, "qmconfig", strconv.Itoa(vmid), r.id.user, func(t *taskRun) error {
+		upid := s.spawnLocked(node, "qmconfig", strconv.Itoa(vmid), r.id.user, func(t *taskRun) error {
 			if err := t.sleep(s.opts.Delays.Config); err != nil {
 				return err
 			}
@@ -417,8 +428,32 @@ func hConfigSet(kind string, async bool) handlerFunc {
 				}
 				return s.applyConfig(g, r)
 			})
-		}), nil, nil
+		})
+		if d := r.int("background_delay", 0); d > 0 {
+			// Wait up to d seconds: a task done by then answers null,
+			// or its error; else the UPID (API2/Qemu.pm).
+			t := s.taskIdx[upid]
+			s.mu.Unlock()
+			deadline := time.Now().Add(time.Duration(d) * time.Second)
+			for time.Now().Before(deadline) && s.taskRunning(t) {
+				time.Sleep(20 * time.Millisecond)
+			}
+			s.mu.Lock()
+			if !t.running {
+				if t.exit == "OK" || strings.HasPrefix(t.exit, "WARNINGS") {
+					return nil, nil, nil
+				}
+				return nil, nil, errf("failed to update VM %d: %s", vmid, t.exit)
+			}
+		}
+		return upid, nil, nil
 	}
+}
+
+func (s *Sim) taskRunning(t *task) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return t.running
 }
 
 func hDestroy(kind string) handlerFunc {

@@ -2,6 +2,7 @@ package pvesim
 
 import (
 	"bytes"
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
@@ -72,6 +73,7 @@ type identity struct {
 }
 
 type req struct {
+	ctx                    context.Context
 	method, path, template string
 	params                 map[string]any
 	binds                  map[string]string
@@ -303,7 +305,7 @@ func (s *Sim) serve(hr *http.Request, rel string, rec *Request) (int, any, map[s
 	if id.restricted && tpl != "/version" {
 		return fail(permError(hr.Method, tpl, binds))
 	}
-	r := &req{method: hr.Method, path: rel, template: tpl, params: params, binds: binds, id: id, m: m}
+	r := &req{ctx: hr.Context(), method: hr.Method, path: rel, template: tpl, params: params, binds: binds, id: id, m: m}
 	if node, ok := binds["node"]; ok {
 		if err := s.checkNode(node); err != nil {
 			return fail(err)

@@ -176,6 +176,15 @@ func TestLXCLifecycle(t *testing.T) {
 			t.Fatalf("%s: status %v, want %s", st.name, got, st.after)
 		}
 	}
+	c.mustTaskOK("POST", "/nodes/pve1/lxc/200/status/start", nil)
+	ifs := c.ok("GET", "/nodes/pve1/lxc/200/interfaces", nil).data().([]any)
+	if len(ifs) != 2 || ifs[1].(map[string]any)["inet"] != "192.0.2.100/24" {
+		t.Fatalf("interfaces %v", ifs)
+	}
+	c.mustTaskOK("POST", "/nodes/pve1/lxc/200/status/stop", nil)
+	if ifs := c.ok("GET", "/nodes/pve1/lxc/200/interfaces", nil).data(); ifs != nil {
+		t.Fatalf("interfaces of a stopped CT %v", ifs)
+	}
 	// LXC has no exec in the API.
 	if r := c.do("POST", "/nodes/pve1/lxc/200/agent/exec", map[string]any{"command": "ls"}); r.Code != 501 {
 		t.Fatalf("lxc agent/exec: %d %q", r.Code, r.Reason)
@@ -261,7 +270,7 @@ func TestLocks(t *testing.T) {
 // TestHungCreateIsCleanedUp: a create that never finishes holds a guest
 // locked "create"; stopping the task removes it (nothing left behind).
 func TestHungCreateIsCleanedUp(t *testing.T) {
-	srv := startSim(t, Options{})
+	srv := startSim(t, Options{LockTimeout: 200 * time.Millisecond})
 	c := tokenClient(t, srv)
 	srv.HangTasks("qmcreate", true)
 	upid := c.ok("POST", "/nodes/pve1/qemu", map[string]any{"vmid": 105, "scsi0": "local-lvm:1"}).str()
@@ -271,8 +280,13 @@ func TestHungCreateIsCleanedUp(t *testing.T) {
 	}
 	if r := c.do("DELETE", "/nodes/pve1/qemu/105", nil); r.Code != 200 {
 		t.Fatalf("delete: %d", r.Code)
-	} else if exit := c.wait(r.str()); exit != "VM is locked (create)" {
+	} else if exit := c.wait(r.str()); exit != "can't lock file '/var/lock/qemu-server/lock-105.conf' - got timeout" {
+		// The create task holds the config file lock (PVE's flock).
 		t.Fatalf("delete while creating: %q", exit)
+	}
+	if r := c.do("PUT", "/nodes/pve1/qemu/105/config", map[string]any{"cores": 2}); r.Code != 500 ||
+		r.Reason != "can't lock file '/var/lock/qemu-server/lock-105.conf' - got timeout" {
+		t.Fatalf("PUT config while creating: %d %q", r.Code, r.Reason)
 	}
 	c.ok("DELETE", "/nodes/pve1/tasks/"+upid, nil)
 	if exit := c.wait(upid); exit != "unable to create VM 105 - received interrupt" {
@@ -608,6 +622,9 @@ func TestSeed(t *testing.T) {
 	if len(iso) != 2 {
 		t.Fatalf("isos on pve2: %v", iso)
 	}
+	if vn := c.ok("GET", "/cluster/sdn/vnets", nil).data().([]any); len(vn) != 1 || vn[0].(map[string]any)["vnet"] != "vnet1" {
+		t.Fatalf("vnets %v", vn)
+	}
 	// Unknown keys are errors.
 	bad := t.TempDir() + "/bad.yaml"
 	if err := os.WriteFile(bad, []byte("guests: [{vmid: 100, colour: red}]\n"), 0o644); err != nil {
@@ -619,5 +636,55 @@ func TestSeed(t *testing.T) {
 	// A seed with a taken vmid fails New.
 	if _, err := New(Options{Seed: &Seed{Guests: []GuestSpec{{VMID: 100}, {VMID: 100}}}}); err == nil {
 		t.Fatal("duplicate vmid accepted")
+	}
+}
+
+// TestConfigFileLock: operations on one guest are serialized by its
+// config file lock; a waiting stop can overrule a running shutdown.
+func TestConfigFileLock(t *testing.T) {
+	srv := startSim(t, Options{LockTimeout: 300 * time.Millisecond})
+	c := tokenClient(t, srv)
+	if err := srv.CreateGuest(GuestSpec{VMID: 100, Status: "running"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.SetGuestIgnoresShutdown(100, true); err != nil {
+		t.Fatal(err)
+	}
+	shutdown := c.ok("POST", "/nodes/pve1/qemu/100/status/shutdown", map[string]any{"timeout": 30}).str()
+	if exit := c.task("POST", "/nodes/pve1/qemu/100/status/stop", nil); exit != "can't lock file '/var/lock/qemu-server/lock-100.conf' - got timeout" {
+		t.Fatalf("stop during shutdown: %q", exit)
+	}
+	if exit := c.task("POST", "/nodes/pve1/qemu/100/status/stop", map[string]any{"overrule-shutdown": 1}); exit != "OK" {
+		t.Fatalf("stop overruling the shutdown: %q", exit)
+	}
+	if exit := c.wait(shutdown); exit != "received interrupt" {
+		t.Fatalf("overruled shutdown: %q", exit)
+	}
+	if g, _ := srv.Guest(100); g.Status != "stopped" {
+		t.Fatalf("status %s", g.Status)
+	}
+}
+
+// TestConfigBackgroundDelay: POST config with background_delay answers
+// null when the task is done in time, its error when it failed.
+func TestConfigBackgroundDelay(t *testing.T) {
+	srv := startSim(t, Options{})
+	c := tokenClient(t, srv)
+	if err := srv.CreateGuest(GuestSpec{VMID: 100}); err != nil {
+		t.Fatal(err)
+	}
+	if r := c.ok("POST", "/nodes/pve1/qemu/100/config", map[string]any{"cores": 3, "background_delay": 5}); r.data() != nil {
+		t.Fatalf("answer %v, want null", r.data())
+	}
+	if g, _ := srv.Guest(100); g.Config["cores"] != "3" {
+		t.Fatalf("cores %q", g.Config["cores"])
+	}
+	_ = srv.SetConfig(100, "lock", "backup")
+	r := c.do("POST", "/nodes/pve1/qemu/100/config", map[string]any{"cores": 4, "background_delay": 5})
+	if r.Code != 500 || r.Reason != "failed to update VM 100: VM is locked (backup)" {
+		t.Fatalf("locked: %d %q", r.Code, r.Reason)
+	}
+	if upid := c.ok("POST", "/nodes/pve1/qemu/100/config", map[string]any{"cores": 4}).str(); !strings.Contains(upid, ":qmconfig:100:") {
+		t.Fatalf("without background_delay: %q", upid)
 	}
 }

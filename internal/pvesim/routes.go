@@ -139,6 +139,7 @@ func buildRoutes() []route {
 	add("GET", "/cluster/resources", hResources, ps("type", pEnum("vm", "storage", "node", "sdn")))
 	add("GET", "/cluster/status", hClusterStatus, nil)
 	add("GET", "/cluster/tasks", hClusterTasks, nil)
+	add("GET", "/cluster/sdn/vnets", hVNets, ps("pending", pBool(), "running", pBool()))
 	add("GET", "/nodes", hNodes, nil)
 	add("GET", "/nodes/{node}/status", hNodeStatus, ps("node", pNode()))
 	add("GET", "/nodes/{node}/storage", hStorageList, ps("node", pNode(), "content", pStr(), "enabled", pBool(),
@@ -199,6 +200,7 @@ func buildRoutes() []route {
 			add("POST", base+"/{vmid}/status/resume", hResume("lxc"), vm)
 			add("POST", base+"/{vmid}/clone", hClone("lxc"), lxcClone)
 			add("POST", base+"/{vmid}/template", hTemplate("lxc"), vm)
+			add("GET", base+"/{vmid}/interfaces", hLXCInterfaces, vm)
 			add("POST", base+"/{vmid}/snapshot", hSnapshot("lxc"), merge(vm, ps("snapname", pSnap(), "description", pStr())))
 		}
 		add("GET", base+"/{vmid}/status/current", hCurrent(k), vm)

@@ -121,6 +121,8 @@ func TestSchemaFidelity(t *testing.T) {
 					c.task("DELETE", g+"/snapshot/s1", nil)
 					c.task("POST", g+"/status/start", nil)
 				}
+				c.call("GET", ct+"/interfaces", nil)
+				c.call("GET", "/cluster/sdn/vnets", nil)
 				c.call("PUT", vm+"/config", map[string]any{"cores": 2, "delete": "tags"})
 				c.task("POST", vm+"/config", map[string]any{"memory": "1024", "description": "hello"})
 				c.call("PUT", ct+"/config", map[string]any{"cores": 2})

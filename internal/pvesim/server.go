@@ -28,6 +28,16 @@ type Seed struct {
 	Guests []GuestSpec `json:"guests" yaml:"guests"`
 	// Volumes are extra storage volumes (ISOs, container templates).
 	Volumes []VolumeSpec `json:"volumes" yaml:"volumes"`
+	// VNets are SDN vnets (GET /cluster/sdn/vnets); none by default.
+	VNets []VNetSpec `json:"vnets" yaml:"vnets"`
+}
+
+// VNetSpec is one SDN vnet.
+type VNetSpec struct {
+	VNet  string `json:"vnet" yaml:"vnet"`
+	Zone  string `json:"zone" yaml:"zone"`
+	Tag   int    `json:"tag" yaml:"tag"`
+	Alias string `json:"alias" yaml:"alias"`
 }
 
 // VolumeSpec is one seeded volume.
@@ -73,6 +83,12 @@ func (s *Sim) applySeed(seed *Seed) error {
 			}
 			st.volumes[v.VolID] = &volume{volid: v.VolID, content: content, size: v.Size, format: "raw", ctime: time.Now().Unix()}
 		}
+	}
+	for _, v := range seed.VNets {
+		if !reConfigID.MatchString(v.VNet) || v.Zone == "" {
+			return fmt.Errorf("seed vnet %q: want a vnet id and a zone", v.VNet)
+		}
+		s.vnets = append(s.vnets, v)
 	}
 	for _, g := range seed.Guests {
 		if err := s.createGuestLocked(g); err != nil {

@@ -53,6 +53,10 @@ type Options struct {
 	// ClusterName is /cluster/status's cluster name (default "pvesim";
 	// with a single node there is no cluster entry, as on a standalone node).
 	ClusterName string
+	// LockTimeout is how long an operation waits for a guest's config
+	// file lock held by another task (PVE: 10 s, the default) before
+	// failing with "can't lock file '...' - got timeout".
+	LockTimeout time.Duration
 	// Control serves the control API under /pvesim/ (see docs/pvesim.md).
 	Control bool
 	// Latency delays every API answer.
@@ -134,6 +138,8 @@ type Sim struct {
 	pid        int
 	faults     []*Fault
 	hang       map[string]bool // task types that never finish ("" = all)
+	flocks     map[string]chan struct{}
+	vnets      []VNetSpec
 	reqlog     []Request
 	started    time.Time
 	// fingerprint is the serving certificate's (for /nodes).
@@ -180,6 +186,9 @@ func New(opts Options) (*Sim, error) {
 		opts.Agent = DefaultAgent
 	}
 	opts.Delays = opts.Delays.withDefaults()
+	if opts.LockTimeout <= 0 {
+		opts.LockTimeout = 10 * time.Second
+	}
 	s := &Sim{
 		opts:       opts,
 		schema:     opts.Schema,
@@ -190,6 +199,7 @@ func New(opts Options) (*Sim, error) {
 		taskIdx:    map[string]*task{},
 		pid:        0x1f00,
 		hang:       map[string]bool{},
+		flocks:     map[string]chan struct{}{},
 		started:    time.Now(),
 	}
 	s.secret = make([]byte, 32)

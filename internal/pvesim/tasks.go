@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -109,7 +110,16 @@ func (s *Sim) spawnLocked(node, typ, id, user string, work func(r *taskRun) erro
 	}
 	r := &taskRun{s: s, t: t}
 	go func() {
-		err := work(r)
+		var err error
+		if kind, vmid, ok := flockedTask(typ, id); ok {
+			var unlock func()
+			if unlock, err = s.flock(kind, vmid, t.stop, nil); err == nil {
+				err = work(r)
+				unlock()
+			}
+		} else {
+			err = work(r)
+		}
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		switch {
@@ -305,4 +315,58 @@ func hClusterTasks(s *Sim, r *req) (any, map[string]any, error) {
 		out = append(out, taskEntry(t, true))
 	}
 	return out, nil, nil
+}
+
+// flockedTask says whether a task holds the guest's config file lock
+// (PVE's flock on lock-VMID.conf) for its whole run, as PVE's workers
+// for these types do. Snapshot tasks hold it only briefly (their config
+// lock "snapshot" guards the rest), clones take the source's lock shared:
+// those are not serialized here.
+func flockedTask(typ, id string) (kind string, vmid int, ok bool) {
+	switch typ {
+	case "qmcreate", "qmstart", "qmstop", "qmshutdown", "qmreboot", "qmreset", "qmpause", "qmsuspend",
+		"qmresume", "qmdestroy", "qmconfig", "qmtemplate":
+		kind = "qemu"
+	case "vzcreate", "vzstart", "vzstop", "vzshutdown", "vzreboot", "vzsuspend", "vzresume", "vzdestroy":
+		kind = "lxc"
+	default:
+		return "", 0, false
+	}
+	vmid, err := strconv.Atoi(id)
+	return kind, vmid, err == nil
+}
+
+// lockFile is the file PVE flocks for a guest's config.
+func lockFile(kind string, vmid int) string {
+	if kind == "lxc" {
+		return fmt.Sprintf("/run/lock/lxc/pve-config-%d.lock", vmid)
+	}
+	return fmt.Sprintf("/var/lock/qemu-server/lock-%d.conf", vmid)
+}
+
+// flock takes the guest's config file lock, waiting up to
+// Options.LockTimeout (PVE: 10 s) for another holder, like
+// lock_config_full. It gives up when stop or done is closed. The caller
+// must not hold s.mu.
+func (s *Sim) flock(kind string, vmid int, stop <-chan struct{}, done <-chan struct{}) (func(), error) {
+	key := fmt.Sprintf("%s/%d", kind, vmid)
+	s.mu.Lock()
+	ch := s.flocks[key]
+	if ch == nil {
+		ch = make(chan struct{}, 1)
+		s.flocks[key] = ch
+	}
+	s.mu.Unlock()
+	timer := time.NewTimer(s.opts.LockTimeout)
+	defer timer.Stop()
+	select {
+	case ch <- struct{}{}:
+		return func() { <-ch }, nil
+	case <-timer.C:
+		return nil, fmt.Errorf("can't lock file '%s' - got timeout", lockFile(kind, vmid))
+	case <-stop:
+		return nil, errInterrupted
+	case <-done:
+		return nil, errInterrupted
+	}
 }
