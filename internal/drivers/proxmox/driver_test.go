@@ -361,6 +361,19 @@ func TestStopDeadline(t *testing.T) {
 		}
 		return nil
 	})
+	// Within the deadline, PVE stops the guest after the shutdown timeout
+	// (forceStop): the task ends "WARNINGS: 1", which is success.
+	if _, err := d.Start(ctx, "px-stubborn"); err != nil {
+		t.Fatal(err)
+	}
+	changed, err := d.Stop(ctx, "px-stubborn", drivers.StopOptions{Timeout: time.Second})
+	if err != nil || !changed {
+		t.Fatalf("Stop of a guest ignoring shutdown, 1s timeout: %v, %v; want PVE to stop it", changed, err)
+	}
+	tasks := env.sim.Tasks()
+	if last := tasks[len(tasks)-1]; last.Type != "qmshutdown" || last.ExitStatus != "WARNINGS: 1" {
+		t.Errorf("last task %s ended %q, want a qmshutdown ending WARNINGS: 1", last.Type, last.ExitStatus)
+	}
 }
 
 // A shared name is conflict listing the VMIDs; the VMID addresses each.
