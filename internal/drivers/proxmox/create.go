@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -262,14 +263,16 @@ func (d *Driver) makeGuest(ctx context.Context, r resource, t drivers.InstanceTe
 		return err
 	}
 	if src.template.vmid() != 0 {
+		// PVE links clones only to templates.
+		full := d.opts.fullClone() || src.template.Template != 1
 		path = src.template.path() + "/clone"
-		params = map[string]any{"newid": r.vmid(), "description": desc, "full": d.opts.fullClone() || src.template.Template != 1}
+		params = map[string]any{"newid": r.vmid(), "description": desc, "full": full}
 		if r.Type == kindQemu {
 			params["name"] = t.Name
 		} else {
 			params["hostname"] = t.Name
 		}
-		if d.opts.fullClone() || src.template.Template != 1 {
+		if full {
 			params["storage"] = d.opts.Storage
 		}
 		after = map[string]any{"tags": managedTag}
@@ -326,11 +329,9 @@ func (d *Driver) makeGuest(ctx context.Context, r resource, t drivers.InstanceTe
 		return fmt.Errorf("proxmox: create %s (VMID %d): %w", t.Name, r.vmid(), err)
 	}
 	if len(after) > 0 {
-		if len(t.Networks) > 0 && r.Type != "" {
-			if err := d.dropOtherNICs(ctx, r, after); err != nil {
-				d.removeHalfMade(ctx, r, m.CreateID)
-				return fmt.Errorf("proxmox: create %s (VMID %d): %w", t.Name, r.vmid(), err)
-			}
+		if err := d.completeClone(ctx, r, after, len(t.Networks) > 0); err != nil {
+			d.removeHalfMade(ctx, r, m.CreateID)
+			return fmt.Errorf("proxmox: create %s (VMID %d): %w", t.Name, r.vmid(), err)
 		}
 		if err := d.putConfig(ctx, r, after); err != nil {
 			d.removeHalfMade(ctx, r, m.CreateID)
@@ -340,12 +341,21 @@ func (d *Driver) makeGuest(ctx context.Context, r resource, t drivers.InstanceTe
 	return nil
 }
 
-// dropOtherNICs adds to params a delete of the clone's NICs that the
-// template's networks do not replace.
-func (d *Driver) dropOtherNICs(ctx context.Context, r resource, params map[string]any) error {
+// completeClone adds to params the clone's own tags plus `subbus` and,
+// when the template names networks, a delete of the clone's NICs they do
+// not replace.
+func (d *Driver) completeClone(ctx context.Context, r resource, params map[string]any, replaceNICs bool) error {
 	cfg, err := d.config(ctx, r)
 	if err != nil {
 		return err
+	}
+	tags := splitTags(cfg.str("tags"))
+	if !slices.Contains(tags, managedTag) {
+		tags = append(tags, managedTag)
+	}
+	params["tags"] = strings.Join(tags, ";")
+	if !replaceNICs {
+		return nil
 	}
 	var del []string
 	for _, k := range nicKeys(cfg) {

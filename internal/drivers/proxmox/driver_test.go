@@ -419,7 +419,7 @@ func TestCreateFromTemplateGuest(t *testing.T) {
 	ctx := ctxT(t, 20*time.Second)
 	d := env.driver(ctx)
 	if err := env.sim.CreateGuest(pvesim.GuestSpec{VMID: 9000, Kind: "lxc", Name: "px-tmpl", Template: true,
-		Config: map[string]any{"rootfs": "local-lvm:4", "net0": "name=eth0,bridge=vmbr0,ip=dhcp", "memory": 256}}); err != nil {
+		Config: map[string]any{"rootfs": "local-lvm:4", "net0": "name=eth0,bridge=vmbr0,ip=dhcp", "memory": 256, "tags": "golden"}}); err != nil {
 		t.Fatal(err)
 	}
 	in, err := d.Create(ctx, drivers.InstanceTemplate{Name: "px-from-tmpl", BaseImage: "px-tmpl",
@@ -432,8 +432,8 @@ func TestCreateFromTemplateGuest(t *testing.T) {
 		t.Errorf("created %+v", in)
 	}
 	g, _ := env.sim.Guest(mustAtoi(t, in.Metadata[metaVMID]))
-	if !hasTag(g.Config["tags"], managedTag) {
-		t.Errorf("config %v lacks the %s tag", g.Config, managedTag)
+	if !hasTag(g.Config["tags"], managedTag) || !hasTag(g.Config["tags"], "golden") {
+		t.Errorf("config %v: want the template's tag golden and %s", g.Config, managedTag)
 	}
 	_, err = d.Create(ctx, drivers.InstanceTemplate{Name: "px-bad-kind", BaseImage: "px-tmpl", Metadata: map[string]string{"kind": "qemu"}})
 	wantCode(t, "Create with a kind that contradicts the template", err, drivers.InvalidArgument)
