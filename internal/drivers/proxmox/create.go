@@ -305,6 +305,7 @@ func (d *Driver) makeGuest(ctx context.Context, r resource, t drivers.InstanceTe
 			params["hostname"] = t.Name
 			params["ostemplate"] = src.volume
 			params["rootfs"] = fmt.Sprintf("%s:%d", d.opts.Storage, disk)
+			params["unprivileged"] = d.opts.lxcUnprivileged()
 		}
 		for k, v := range limitParams(r.Type, t.Resources) {
 			params[k] = v

@@ -91,6 +91,9 @@ type Options struct {
 	// QemuAgent enables the guest agent option on created VMs (exec needs
 	// the agent running in the guest).
 	QemuAgent *bool `yaml:"qemu_agent"`
+	// LXCUnprivileged creates containers unprivileged (PVE's UI default;
+	// the API's default is privileged).
+	LXCUnprivileged *bool `yaml:"lxc_unprivileged"`
 
 	// RequestTimeout bounds one HTTP request.
 	RequestTimeout config.Duration `yaml:"request_timeout"`
@@ -203,6 +206,9 @@ func (o *Options) fullClone() bool { return o.FullClone == nil || *o.FullClone }
 
 // qemuAgent reports whether created VMs get agent=1 (the default).
 func (o *Options) qemuAgent() bool { return o.QemuAgent == nil || *o.QemuAgent }
+
+// lxcUnprivileged reports whether created containers are unprivileged (the default).
+func (o *Options) lxcUnprivileged() bool { return o.LXCUnprivileged == nil || *o.LXCUnprivileged }
 
 // insecure reports whether certificate verification was turned off explicitly.
 func (o *Options) insecure() bool { return o.VerifySSL != nil && !*o.VerifySSL && o.Fingerprint == "" }
