@@ -42,7 +42,7 @@ func (d *Driver) Clone(ctx context.Context, source, target string) (drivers.Inst
 	if err != nil {
 		return drivers.Instance{}, err
 	}
-	return d.getVMID(ctx, r.vmid())
+	return d.made(ctx, r.vmid())
 }
 
 // source2 is the create source of a clone of r.

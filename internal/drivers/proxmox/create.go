@@ -190,12 +190,20 @@ func (d *Driver) Create(ctx context.Context, t drivers.InstanceTemplate) (driver
 	if err != nil {
 		return drivers.Instance{}, err
 	}
-	return d.getVMID(ctx, r.vmid())
+	return d.made(ctx, r.vmid())
 }
 
-// getVMID returns the guest with this VMID as Get does.
-func (d *Driver) getVMID(ctx context.Context, vmid int) (drivers.Instance, error) {
-	return d.Get(ctx, strconv.Itoa(vmid))
+// madeReadTimeout bounds the read of a guest a create has finished.
+const madeReadTimeout = 10 * time.Second
+
+// made returns the guest a create or clone has finished making. The guest
+// is complete, so the answer is success even if ctx ends now: the read
+// gets its own short deadline (a timeout here would make the caller retry
+// into already_exists).
+func (d *Driver) made(ctx context.Context, vmid int) (drivers.Instance, error) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), madeReadTimeout)
+	defer cancel()
+	return d.Get(rctx, strconv.Itoa(vmid))
 }
 
 // createGuest allocates a VMID and makes the guest, retrying with a new
