@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/resilience"
 )
 
@@ -212,9 +213,9 @@ func (m *Manager) mutate(ctx context.Context, op string, names []string, fn func
 		return err
 	}
 	fl := &flight{}
-	m.echo.begin(op, names)
+	m.echo.begin(messages.Op(op), names)
 	defer fl.release(func() {
-		m.echo.end(op, names, m.now())
+		m.echo.end(messages.Op(op), names, m.now())
 		m.cache.invalidate(names...)
 		unlock()
 	})

@@ -20,44 +20,25 @@ type EmptyRequest struct{}
 
 // ParseOp returns the Op named s, or an invalid_argument error naming the op.
 func ParseOp(s string) (Op, error) {
-	for _, o := range Ops() {
-		if string(o) == s {
-			return o, nil
-		}
+	if spec, ok := Spec(Op(s)); ok {
+		return spec.Op, nil
 	}
-	return "", drivers.Errorf(drivers.InvalidArgument, "op: unknown operation %q", truncate(s, 64))
+	return "", unknownOp(s)
+}
+
+func unknownOp(s string) error {
+	return drivers.Errorf(drivers.InvalidArgument, "op: unknown operation %q", truncate(s, 64))
 }
 
 // NewRequest returns a pointer to a zero request body for op, the type
-// Decode fills: *NameRequest, *CreateRequest, … or *EmptyRequest.
+// Decode fills: *NameRequest, *CreateRequest, … or *EmptyRequest (see
+// OpSpec.Request).
 func NewRequest(op Op) (any, error) {
-	switch op {
-	case OpList, OpHealth, OpCapabilities, OpNetworkList:
-		return &EmptyRequest{}, nil
-	case OpGet, OpStart, OpMetrics, OpLimitsGet, OpSnapshotList:
-		return &NameRequest{}, nil
-	case OpCreate:
-		return &CreateRequest{}, nil
-	case OpStop, OpRestart:
-		return &StopRequest{}, nil
-	case OpDelete:
-		return &DeleteRequest{}, nil
-	case OpExec:
-		return &ExecRequest{}, nil
-	case OpLogs:
-		return &LogsRequest{}, nil
-	case OpLimitsSet:
-		return &LimitsSetRequest{}, nil
-	case OpSnapshotCreate, OpSnapshotRestore, OpSnapshotDelete:
-		return &SnapshotRequest{}, nil
-	case OpClone:
-		return &CloneRequest{}, nil
-	case OpNetworkAttach:
-		return &NetworkAttachRequest{}, nil
-	case OpNetworkDetach:
-		return &NetworkDetachRequest{}, nil
+	spec, ok := Spec(op)
+	if !ok {
+		return nil, unknownOp(string(op))
 	}
-	return nil, drivers.Errorf(drivers.InvalidArgument, "op: unknown operation %q", truncate(string(op), 64))
+	return spec.Request(), nil
 }
 
 // Decode strictly decodes the body of a request for op and validates it.

@@ -24,51 +24,6 @@ const (
 // MaxRequestBytes bounds a request body; larger requests are invalid_argument.
 const MaxRequestBytes = 1 << 20
 
-// Op is a bus operation, the last token of a request subject.
-type Op string
-
-const (
-	OpList            Op = "list"
-	OpGet             Op = "get"
-	OpCreate          Op = "create"
-	OpStart           Op = "start"
-	OpStop            Op = "stop"
-	OpRestart         Op = "restart"
-	OpDelete          Op = "delete"
-	OpExec            Op = "exec"
-	OpLogs            Op = "logs"
-	OpMetrics         Op = "metrics"
-	OpHealth          Op = "health"
-	OpCapabilities    Op = "capabilities"
-	OpLimitsGet       Op = "limits-get"
-	OpLimitsSet       Op = "limits-set"
-	OpSnapshotCreate  Op = "snapshot-create"
-	OpSnapshotRestore Op = "snapshot-restore"
-	OpSnapshotList    Op = "snapshot-list"
-	OpSnapshotDelete  Op = "snapshot-delete"
-	OpClone           Op = "clone"
-	OpNetworkAttach   Op = "network-attach"
-	OpNetworkDetach   Op = "network-detach"
-	OpNetworkList     Op = "network-list"
-)
-
-// Ops lists every operation.
-func Ops() []Op {
-	return []Op{OpList, OpGet, OpCreate, OpStart, OpStop, OpRestart, OpDelete, OpExec, OpLogs, OpMetrics,
-		OpHealth, OpCapabilities, OpLimitsGet, OpLimitsSet, OpSnapshotCreate, OpSnapshotRestore, OpSnapshotList,
-		OpSnapshotDelete, OpClone, OpNetworkAttach, OpNetworkDetach, OpNetworkList}
-}
-
-// Mutating reports whether op changes state (takes an idempotency key, emits events).
-func (o Op) Mutating() bool {
-	switch o {
-	case OpCreate, OpStart, OpStop, OpRestart, OpDelete, OpLimitsSet, OpSnapshotCreate, OpSnapshotRestore,
-		OpSnapshotDelete, OpClone, OpNetworkAttach, OpNetworkDetach, OpExec:
-		return true
-	}
-	return false
-}
-
 // Request bodies. Every field not listed for an op is rejected by the
 // strict decoder.
 
@@ -102,12 +57,18 @@ type ExecRequest struct {
 	Stream bool `json:"stream,omitempty"`
 }
 
+// Streamed reports whether the output should come as Chunks.
+func (r ExecRequest) Streamed() bool { return r.Stream }
+
 // LogsRequest serves logs. With Follow, lines come as Chunks until the client goes away.
 type LogsRequest struct {
 	Name   string `json:"name"`
 	Lines  int    `json:"lines,omitempty"`
 	Follow bool   `json:"follow,omitempty"`
 }
+
+// Streamed reports whether the lines should come as Chunks.
+func (r LogsRequest) Streamed() bool { return r.Follow }
 
 // LimitsSetRequest serves limits-set.
 type LimitsSetRequest struct {
