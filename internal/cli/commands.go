@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/messages"
 )
 
@@ -229,7 +230,7 @@ func findCommand(words []string) (*command, []string, string, error) {
 		}
 	}
 	driver := words[0]
-	if !messages.ValidToken(driver) || driver == messages.EventsToken || driver == messages.MetricsToken {
+	if drivers.ValidDriverName(driver) != nil {
 		return nil, nil, "", usagef("unknown command or invalid driver name %q", driver)
 	}
 	if len(words) < 2 {

@@ -213,9 +213,6 @@ func listAllHosts(e *env, c *invocation) error {
 
 func cmdGet(e *env, c *invocation) error {
 	name := c.args[0]
-	if err := drivers.ValidateName("name", name); err != nil {
-		return err
-	}
 	var inst drivers.Instance
 	if err := do(e, c, messages.OpGet, messages.NameRequest{Name: name}, &inst, quickWait); err != nil {
 		return err
@@ -343,9 +340,6 @@ func buildTemplate(c *invocation) (drivers.InstanceTemplate, error) {
 			t.Networks = append(t.Networks, nc)
 		}
 	}
-	if err := drivers.ValidateName("name", t.Name); err != nil {
-		return t, err
-	}
 	return t, nil
 }
 
@@ -393,9 +387,6 @@ func parseVolume(s string) (drivers.Volume, error) {
 // parseNetwork parses NAME[=IP].
 func parseNetwork(s string) (drivers.NetworkConfig, error) {
 	name, ip, hasIP := strings.Cut(s, "=")
-	if err := drivers.ValidateName("network", name); err != nil {
-		return drivers.NetworkConfig{}, err
-	}
 	if hasIP && net.ParseIP(ip) == nil {
 		return drivers.NetworkConfig{}, drivers.Errorf(drivers.InvalidArgument, "network %s: %q is not an IP address", name, ip)
 	}
@@ -404,12 +395,6 @@ func parseNetwork(s string) (drivers.NetworkConfig, error) {
 
 func cmdClone(e *env, c *invocation) error {
 	src, dst := c.args[0], c.args[1]
-	if err := drivers.ValidateName("source", src); err != nil {
-		return err
-	}
-	if err := drivers.ValidateName("target", dst); err != nil {
-		return err
-	}
 	stop := e.progress("cloning " + src + " to " + dst)
 	var inst drivers.Instance
 	err := do(e, c, messages.OpClone, messages.CloneRequest{Source: src, Target: dst}, &inst, longWait)
@@ -424,9 +409,6 @@ func cmdClone(e *env, c *invocation) error {
 
 func cmdChange(e *env, c *invocation) error {
 	name := c.args[0]
-	if err := drivers.ValidateName("name", name); err != nil {
-		return err
-	}
 	var (
 		op               messages.Op
 		req              any
@@ -499,9 +481,6 @@ const maxStdin = 512 << 10
 
 func cmdExec(e *env, c *invocation) error {
 	name := c.args[0]
-	if err := drivers.ValidateName("name", name); err != nil {
-		return &execError{err}
-	}
 	if len(c.trailing) == 0 {
 		return usagef("exec: give the command after --: subbus %s exec %s -- COMMAND ARG...", c.driver, name)
 	}
@@ -575,9 +554,6 @@ func cmdExec(e *env, c *invocation) error {
 
 func cmdLogs(e *env, c *invocation) error {
 	name := c.args[0]
-	if err := drivers.ValidateName("name", name); err != nil {
-		return err
-	}
 	print := func(l drivers.LogLine) error {
 		if e.json {
 			return jsonLine(e.stdout, l)
@@ -628,9 +604,6 @@ func cmdLogs(e *env, c *invocation) error {
 
 func cmdMetrics(e *env, c *invocation) error {
 	name := c.args[0]
-	if err := drivers.ValidateName("name", name); err != nil {
-		return err
-	}
 	sample := func() (drivers.ResourceUsage, error) {
 		var u drivers.ResourceUsage
 		err := do(e, c, messages.OpMetrics, messages.NameRequest{Name: name}, &u, quickWait)
@@ -771,12 +744,6 @@ func capsList(caps drivers.Capabilities) string {
 
 func cmdSnapshot(e *env, c *invocation) error {
 	name, snap := c.args[0], c.args[1]
-	if err := drivers.ValidateName("name", name); err != nil {
-		return err
-	}
-	if err := drivers.ValidateName("snapshot", snap); err != nil {
-		return err
-	}
 	req := messages.SnapshotRequest{Name: name, Snapshot: snap}
 	op := c.op
 	verb := strings.TrimPrefix(c.name(), "snapshot ")
@@ -808,9 +775,6 @@ func cmdSnapshot(e *env, c *invocation) error {
 
 func cmdSnapshotList(e *env, c *invocation) error {
 	name := c.args[0]
-	if err := drivers.ValidateName("name", name); err != nil {
-		return err
-	}
 	var list []drivers.Snapshot
 	if err := do(e, c, messages.OpSnapshotList, messages.NameRequest{Name: name}, &list, quickWait); err != nil {
 		return err
@@ -837,9 +801,6 @@ func cmdSnapshotList(e *env, c *invocation) error {
 
 func cmdLimits(e *env, c *invocation) error {
 	name := c.args[0]
-	if err := drivers.ValidateName("name", name); err != nil {
-		return err
-	}
 	var l drivers.ResourceLimits
 	if c.op == messages.OpLimitsGet {
 		if err := do(e, c, messages.OpLimitsGet, messages.NameRequest{Name: name}, &l, quickWait); err != nil {
@@ -884,9 +845,6 @@ func cmdNetworkList(e *env, c *invocation) error {
 
 func cmdNetwork(e *env, c *invocation) error {
 	name := c.args[0]
-	if err := drivers.ValidateName("name", name); err != nil {
-		return err
-	}
 	var op messages.Op
 	var req any
 	if c.op == messages.OpNetworkAttach {
@@ -896,9 +854,6 @@ func cmdNetwork(e *env, c *invocation) error {
 		}
 		op, req = messages.OpNetworkAttach, messages.NetworkAttachRequest{Name: name, Network: nc}
 	} else {
-		if err := drivers.ValidateName("network", c.args[1]); err != nil {
-			return err
-		}
 		op, req = messages.OpNetworkDetach, messages.NetworkDetachRequest{Name: name, Network: c.args[1]}
 	}
 	var res messages.ChangedResult

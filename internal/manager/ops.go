@@ -437,7 +437,10 @@ func (m *Manager) Logs(ctx context.Context, name string, opts drivers.LogOptions
 	if err := drivers.ValidateName("name", name); err != nil {
 		return m.reject("logs", err)
 	}
-	if opts.Lines <= 0 {
+	if opts.Lines < 0 {
+		return m.reject("logs", invalid("logs.lines", "%d is negative", opts.Lines))
+	}
+	if opts.Lines == 0 {
 		opts.Lines = m.opts.LogLines
 	}
 	if opts.Lines > MaxLogLines {

@@ -118,3 +118,12 @@ func TestBusDocOpTable(t *testing.T) {
 		t.Errorf("docs/bus.md lists %s, which is not an op", op)
 	}
 }
+
+// The event and metric trees' tokens can never be driver names.
+func TestReservedTokensAreNotDriverNames(t *testing.T) {
+	for _, tok := range []string{EventsToken, MetricsToken} {
+		if drivers.ValidDriverName(tok) == nil {
+			t.Errorf("%q is accepted as a driver name", tok)
+		}
+	}
+}
