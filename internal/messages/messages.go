@@ -1,7 +1,13 @@
-// Package messages defines the wire format of subbus: request and reply
+// Package messages defines the wire format of subbus: the operations (one
+// table, opTable, describes each op: request and reply types, whether it
+// mutates, is idempotent, needs a capability, streams), request and reply
 // bodies, headers, subjects, stream chunks, events and metrics. Workers and
 // clients (subbus, other services) share it; schemas/ describes the same
-// messages as JSON Schema and AsyncAPI.
+// messages as JSON Schema and AsyncAPI, and tests keep the two in step.
+//
+// Decode checks the shape of a request only (strict JSON, types, wire
+// encodings such as durations); what names and values mean is checked once,
+// by the manager.
 package messages
 
 import (

@@ -77,9 +77,8 @@ type Stats struct {
 	EventsDropped  uint64 `json:"events_dropped"`
 	MetricsPending int    `json:"metrics_pending"`
 	MetricsDropped uint64 `json:"metrics_dropped"`
-	// Substrates holds each driver's operation metrics (the seed's
-	// get_substrate_metrics): counts, errors by code, retries, cache hits,
-	// durations, breaker state and events by type.
+	// Substrates holds each driver's operation metrics: counts, errors by
+	// code, retries, cache hits, durations, breaker state and events by type.
 	Substrates map[string]manager.OpStats `json:"substrates"`
 }
 
