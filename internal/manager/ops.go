@@ -578,7 +578,14 @@ func (m *Manager) CreateSnapshot(ctx context.Context, name, snapshot string) (dr
 
 // RestoreSnapshot restores an instance to a snapshot; emits snapshot_restored.
 func (m *Manager) RestoreSnapshot(ctx context.Context, name, snapshot string) error {
-	const op = "snapshot-restore"
+	return m.changeSnapshot(ctx, "snapshot-restore", name, snapshot, drivers.EventSnapshotRestored,
+		func(ctx context.Context, s drivers.Snapshotter) error { return s.RestoreSnapshot(ctx, name, snapshot) })
+}
+
+// changeSnapshot runs a snapshot mutation that returns no value (restore,
+// delete): names checked, capability checked, instance locked, event ev.
+func (m *Manager) changeSnapshot(ctx context.Context, op, name, snapshot string, ev drivers.EventType,
+	fn func(ctx context.Context, s drivers.Snapshotter) error) error {
 	if err := validateNames("name", name, "snapshot", snapshot); err != nil {
 		return m.reject(op, err)
 	}
@@ -586,8 +593,8 @@ func (m *Manager) RestoreSnapshot(ctx context.Context, name, snapshot string) er
 	if err != nil {
 		return err
 	}
-	return m.mutateOne(ctx, op, name, drivers.EventSnapshotRestored, map[string]string{"snapshot": snapshot},
-		func(ctx context.Context) error { return s.RestoreSnapshot(ctx, name, snapshot) })
+	return m.mutateOne(ctx, op, name, ev, map[string]string{"snapshot": snapshot},
+		func(ctx context.Context) error { return fn(ctx, s) })
 }
 
 // ListSnapshots lists an instance's snapshots.
@@ -607,16 +614,8 @@ func (m *Manager) ListSnapshots(ctx context.Context, name string) ([]drivers.Sna
 
 // DeleteSnapshot deletes a snapshot; emits snapshot_deleted.
 func (m *Manager) DeleteSnapshot(ctx context.Context, name, snapshot string) error {
-	const op = "snapshot-delete"
-	if err := validateNames("name", name, "snapshot", snapshot); err != nil {
-		return m.reject(op, err)
-	}
-	s, err := m.snapshotter(op)
-	if err != nil {
-		return err
-	}
-	return m.mutateOne(ctx, op, name, drivers.EventSnapshotDeleted, map[string]string{"snapshot": snapshot},
-		func(ctx context.Context) error { return s.DeleteSnapshot(ctx, name, snapshot) })
+	return m.changeSnapshot(ctx, "snapshot-delete", name, snapshot, drivers.EventSnapshotDeleted,
+		func(ctx context.Context, s drivers.Snapshotter) error { return s.DeleteSnapshot(ctx, name, snapshot) })
 }
 
 // Clone copies source to a new, stopped instance target, holding the

@@ -124,31 +124,10 @@ func (r StopRequest) StopOptions() drivers.StopOptions {
 }
 
 // InstanceName returns the instance a decoded request is about ("" for
-// none), for logs.
+// none), for logs: every request type names it with an Instance method.
 func InstanceName(req any) string {
-	switch r := req.(type) {
-	case *NameRequest:
-		return r.Name
-	case *CreateRequest:
-		return r.Template.Name
-	case *StopRequest:
-		return r.Name
-	case *DeleteRequest:
-		return r.Name
-	case *ExecRequest:
-		return r.Name
-	case *LogsRequest:
-		return r.Name
-	case *LimitsSetRequest:
-		return r.Name
-	case *SnapshotRequest:
-		return r.Name
-	case *CloneRequest:
-		return r.Source
-	case *NetworkAttachRequest:
-		return r.Name
-	case *NetworkDetachRequest:
-		return r.Name
+	if r, ok := req.(interface{ Instance() string }); ok {
+		return r.Instance()
 	}
 	return ""
 }

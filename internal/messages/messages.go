@@ -106,6 +106,20 @@ type NetworkDetachRequest struct {
 	Network string `json:"network"`
 }
 
+// Instance methods name the instance a request is about (InstanceName).
+
+func (r NameRequest) Instance() string          { return r.Name }
+func (r CreateRequest) Instance() string        { return r.Template.Name }
+func (r StopRequest) Instance() string          { return r.Name }
+func (r DeleteRequest) Instance() string        { return r.Name }
+func (r ExecRequest) Instance() string          { return r.Name }
+func (r LogsRequest) Instance() string          { return r.Name }
+func (r LimitsSetRequest) Instance() string     { return r.Name }
+func (r SnapshotRequest) Instance() string      { return r.Name }
+func (r CloneRequest) Instance() string         { return r.Source }
+func (r NetworkAttachRequest) Instance() string { return r.Name }
+func (r NetworkDetachRequest) Instance() string { return r.Name }
+
 // Reply is the body of every non-streamed reply: exactly one of Result and Error.
 type Reply struct {
 	RequestID string             `json:"request_id,omitempty"`

@@ -25,6 +25,11 @@ func TestOpTable(t *testing.T) {
 		if got, err := ParseOp(string(s.Op)); err != nil || got != s.Op {
 			t.Errorf("ParseOp(%s) = %v, %v", s.Op, got, err)
 		}
+		_, named := s.Request().(interface{ Instance() string })
+		_, empty := s.Request().(*EmptyRequest)
+		if named == empty {
+			t.Errorf("%s: request %T: Instance method %v", s.Op, s.Request(), named)
+		}
 		_, streams := s.Request().(interface{ Streamed() bool })
 		if streams != s.Streams {
 			t.Errorf("%s: Streams=%v but its request has Streamed: %v", s.Op, s.Streams, streams)
