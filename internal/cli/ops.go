@@ -488,8 +488,7 @@ func cmdExec(e *env, c *invocation) error {
 	if err != nil {
 		return err
 	}
-	req := messages.ExecRequest{Name: name, Stream: true, ExecRequest: drivers.ExecRequest{
-		Command: c.trailing, Env: envs, WorkDir: c.o.workdir, User: c.o.user}}
+	req := messages.ExecRequest{Name: name, Stream: true, Command: c.trailing, Env: envs, WorkDir: c.o.workdir, User: c.o.user}
 	if c.o.stdin {
 		b, err := io.ReadAll(io.LimitReader(os.Stdin, maxStdin+1))
 		if err != nil {

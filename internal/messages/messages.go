@@ -57,10 +57,20 @@ type DeleteRequest struct {
 }
 
 // ExecRequest serves exec. With Stream, output comes as Chunks (see Chunk).
+// Its fields are the wire form of drivers.ExecRequest (see Options).
 type ExecRequest struct {
-	Name string `json:"name"`
-	drivers.ExecRequest
-	Stream bool `json:"stream,omitempty"`
+	Name    string            `json:"name"`
+	Command []string          `json:"command"`
+	Env     map[string]string `json:"env,omitempty"`
+	WorkDir string            `json:"workdir,omitempty"`
+	User    string            `json:"user,omitempty"`
+	Stdin   []byte            `json:"stdin,omitempty"` // base64 in JSON
+	Stream  bool              `json:"stream,omitempty"`
+}
+
+// Options converts the request into the driver contract's ExecRequest.
+func (r ExecRequest) Options() drivers.ExecRequest {
+	return drivers.ExecRequest{Command: r.Command, Env: r.Env, WorkDir: r.WorkDir, User: r.User, Stdin: r.Stdin}
 }
 
 // Streamed reports whether the output should come as Chunks.

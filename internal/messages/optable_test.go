@@ -132,3 +132,19 @@ func TestReservedTokensAreNotDriverNames(t *testing.T) {
 		}
 	}
 }
+
+// ExecRequest carries every field of the driver contract's ExecRequest, and
+// Options converts each.
+func TestExecRequestCoversTheContract(t *testing.T) {
+	want := drivers.ExecRequest{Command: []string{"ls"}, Env: map[string]string{"A": "1"}, WorkDir: "/", User: "u", Stdin: []byte("in")}
+	ct := reflect.TypeOf(want)
+	for i := range ct.NumField() {
+		if _, ok := reflect.TypeOf(ExecRequest{}).FieldByName(ct.Field(i).Name); !ok {
+			t.Errorf("messages.ExecRequest lacks %s", ct.Field(i).Name)
+		}
+	}
+	r := ExecRequest{Name: "a", Command: want.Command, Env: want.Env, WorkDir: want.WorkDir, User: want.User, Stdin: want.Stdin}
+	if got := r.Options(); !reflect.DeepEqual(got, want) {
+		t.Errorf("Options() = %+v, want %+v", got, want)
+	}
+}

@@ -116,8 +116,8 @@ func fullRequests() map[Op]any {
 	tmpl := drivers.InstanceTemplate{Name: "web.1", BaseImage: "/bin/sleep", Command: []string{"/bin/sleep", "60"}, WorkDir: "/tmp",
 		User: "nobody", Resources: limits, Networks: []drivers.NetworkConfig{netCfg}, Environment: map[string]string{"A": "1"},
 		Volumes: []drivers.Volume{{Source: "/src", Target: "/dst", ReadOnly: true}}, Metadata: map[string]string{"team": "x"}}
-	exec := ExecRequest{Name: "web.1", ExecRequest: drivers.ExecRequest{Command: []string{"ls", "-l"}, Env: map[string]string{"A": "1"},
-		WorkDir: "/", User: "root", Stdin: []byte("input")}, Stream: true}
+	exec := ExecRequest{Name: "web.1", Command: []string{"ls", "-l"}, Env: map[string]string{"A": "1"},
+		WorkDir: "/", User: "root", Stdin: []byte("input"), Stream: true}
 	return map[Op]any{
 		OpList: EmptyRequest{}, OpHealth: EmptyRequest{}, OpCapabilities: EmptyRequest{}, OpNetworkList: EmptyRequest{},
 		OpGet: NameRequest{Name: "web.1"}, OpStart: NameRequest{Name: "web.1"}, OpMetrics: NameRequest{Name: "a"},

@@ -49,7 +49,7 @@ var handlers = map[messages.Op]handler{
 		return messages.ChangedResult{Changed: changed}, nil
 	}),
 	messages.OpExec: on(func(ctx context.Context, r *busRequest, b *messages.ExecRequest) (any, error) {
-		return r.m.Exec(ctx, b.Name, b.ExecRequest, nil, nil)
+		return r.m.Exec(ctx, b.Name, b.Options(), nil, nil)
 	}),
 	messages.OpLogs: on(func(ctx context.Context, r *busRequest, b *messages.LogsRequest) (any, error) {
 		lines := []drivers.LogLine{}

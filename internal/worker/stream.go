@@ -147,7 +147,7 @@ func (c *busRequest) stream(ctx context.Context, body any) (drivers.Code, error)
 	var opErr error
 	switch r := body.(type) {
 	case *messages.ExecRequest:
-		res, err := c.m.Exec(ctx, r.Name, r.ExecRequest, streamWriter{s, "stdout"}, streamWriter{s, "stderr"})
+		res, err := c.m.Exec(ctx, r.Name, r.Options(), streamWriter{s, "stdout"}, streamWriter{s, "stderr"})
 		if err == nil {
 			code := res.ExitCode
 			final.ExitCode = &code
