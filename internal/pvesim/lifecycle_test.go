@@ -122,10 +122,14 @@ func TestLXCLifecycle(t *testing.T) {
 	c := tokenClient(t, srv)
 	tmpl := "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst"
 	// PVE's default rootfs storage is "local" (a dir storage without
-	// rootdir content here): the create fails in its task and leaves nothing.
-	if exit := c.task("POST", "/nodes/pve1/lxc", map[string]any{"vmid": 200, "ostemplate": tmpl}); exit !=
-		"unable to create CT 200 - storage 'local' does not support container directories" {
-		t.Fatalf("create with default rootfs: %q", exit)
+	// rootdir content here): refused before any task, nothing made.
+	if r := c.do("POST", "/nodes/pve1/lxc", map[string]any{"vmid": 200, "ostemplate": tmpl}); r.Code != 400 ||
+		r.Body["errors"].(map[string]any)["storage"] != "storage 'local' does not support container directories" {
+		t.Fatalf("create with default rootfs: %d %s", r.Code, r.Raw)
+	}
+	if r := c.do("POST", "/nodes/pve1/lxc", map[string]any{"vmid": 200, "ostemplate": tmpl, "rootfs": "nfs:2"}); r.Code != 500 ||
+		r.Reason != "storage 'nfs' does not exist" {
+		t.Fatalf("create on a missing storage: %d %s", r.Code, r.Raw)
 	}
 	if _, ok := srv.Guest(200); ok {
 		t.Fatal("failed create left a guest behind")
