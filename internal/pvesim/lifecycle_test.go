@@ -278,6 +278,7 @@ func TestHungCreateIsCleanedUp(t *testing.T) {
 	c := tokenClient(t, srv)
 	srv.HangTasks("qmcreate", true)
 	upid := c.ok("POST", "/nodes/pve1/qemu", map[string]any{"vmid": 105, "scsi0": "local-lvm:1"}).str()
+	waitFlock(t, srv.Sim, "qemu", 105)
 	res := c.ok("GET", "/cluster/resources", map[string]any{"type": "vm"}).data().([]any)
 	if len(res) != 1 || res[0].(map[string]any)["lock"] != "create" {
 		t.Fatalf("resources during create: %v", res)
@@ -432,7 +433,7 @@ func TestGuestAgent(t *testing.T) {
 		}
 	}
 	// sleep runs for a while: exec-status says not exited first.
-	pid := c.ok("POST", "/nodes/pve1/qemu/100/agent/exec", map[string]any{"command": []string{"sleep", "0.3"}}).data().(map[string]any)["pid"]
+	pid := c.ok("POST", "/nodes/pve1/qemu/100/agent/exec", map[string]any{"command": []string{"sleep", "30"}}).data().(map[string]any)["pid"]
 	if st := c.ok("GET", "/nodes/pve1/qemu/100/agent/exec-status", map[string]any{"pid": pid}).data().(map[string]any); st["exited"] != float64(0) {
 		t.Fatalf("sleep exited at once: %v", st)
 	}
@@ -655,6 +656,7 @@ func TestConfigFileLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	shutdown := c.ok("POST", "/nodes/pve1/qemu/100/status/shutdown", map[string]any{"timeout": 30}).str()
+	waitFlock(t, srv.Sim, "qemu", 100)
 	if exit := c.task("POST", "/nodes/pve1/qemu/100/status/stop", nil); exit != "can't lock file '/var/lock/qemu-server/lock-100.conf' - got timeout" {
 		t.Fatalf("stop during shutdown: %q", exit)
 	}
@@ -691,4 +693,17 @@ func TestConfigBackgroundDelay(t *testing.T) {
 	if upid := c.ok("POST", "/nodes/pve1/qemu/100/config", map[string]any{"cores": 4}).str(); !strings.Contains(upid, ":qmconfig:100:") {
 		t.Fatalf("without background_delay: %q", upid)
 	}
+}
+
+// waitFlock waits until a task holds the guest's config file lock.
+func waitFlock(t *testing.T, s *Sim, kind string, vmid int) {
+	t.Helper()
+	testenv.Eventually(t, 5*time.Second, func() error {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if ch := s.flocks[fmt.Sprintf("%s/%d", kind, vmid)]; ch == nil || len(ch) == 0 {
+			return fmt.Errorf("config file lock of %s %d not taken", kind, vmid)
+		}
+		return nil
+	})
 }
