@@ -22,6 +22,7 @@ import (
 
 	"github.com/subbus/subbus/internal/client"
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/natsconn"
 )
 
@@ -253,12 +254,13 @@ func run(e *env, args []string) error {
 	if err := o.check(); err != nil {
 		return err
 	}
-	return c.run(e, &call{cmd: c.name, driver: driver, args: pos, trailing: trailing, o: o})
+	return c.run(e, &invocation{cmd: c.name, op: c.op, driver: driver, args: pos, trailing: trailing, o: o})
 }
 
-// call is one parsed invocation.
-type call struct {
+// invocation is one parsed command line.
+type invocation struct {
 	cmd      string
+	op       messages.Op // "" for top-level commands
 	driver   string
 	args     []string
 	trailing []string // after --

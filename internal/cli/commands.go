@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/messages"
 )
 
@@ -124,6 +125,9 @@ func (o *opts) check() error {
 
 // command is one subbus command.
 type command struct {
+	// op is the operation a driver command sends; its name is derived
+	// from it (CommandName). Top-level commands have no op.
+	op       messages.Op
 	name     string // "list", "snapshot create", "events"
 	usage    string // after "subbus "
 	summary  string
@@ -132,63 +136,63 @@ type command struct {
 	maxArgs  int  // -1: unlimited
 	trailing bool // takes arguments after --
 	top      bool // not under a driver
-	run      func(e *env, c *call) error
+	run      func(e *env, c *invocation) error
 }
 
 var commands []*command
 
 func init() {
 	commands = []*command{
-		{name: "list", usage: "<driver> list [--host H | --all-hosts]", summary: "list instances",
+		{op: messages.OpList, usage: "<driver> list [--host H | --all-hosts]", summary: "list instances",
 			flags: []string{"host", "all-hosts"}, run: cmdList},
-		{name: "get", usage: "<driver> get <name> [--host H]", summary: "show one instance",
+		{op: messages.OpGet, usage: "<driver> get <name> [--host H]", summary: "show one instance",
 			flags: []string{"host"}, minArgs: 1, maxArgs: 1, run: cmdGet},
-		{name: "create", usage: "<driver> create <name> --image IMAGE [--cpu N] [--memory MB] [--disk GB] [--env K=V]... " +
+		{op: messages.OpCreate, usage: "<driver> create <name> --image IMAGE [--cpu N] [--memory MB] [--disk GB] [--env K=V]... " +
 			"[--volume SRC:DST[:ro]]... [--network NAME[=IP]]... [--label K=V]... [--workdir D] [--run-as U] [-- COMMAND ARG...]\n" +
 			"       subbus <driver> create [<name>] -f template.yaml",
 			summary: "create an instance",
 			flags:   []string{"host", "image", "cpu", "memory", "disk", "pids", "env", "volume", "network", "label", "workdir", "run-as", "file"},
 			minArgs: 0, maxArgs: 1, trailing: true, run: cmdCreate},
-		{name: "start", usage: "<driver> start <name> [--host H]", summary: "start an instance",
+		{op: messages.OpStart, usage: "<driver> start <name> [--host H]", summary: "start an instance",
 			flags: []string{"host"}, minArgs: 1, maxArgs: 1, run: cmdChange},
-		{name: "stop", usage: "<driver> stop <name> [--host H] [--force] [--timeout D]",
+		{op: messages.OpStop, usage: "<driver> stop <name> [--host H] [--force] [--timeout D]",
 			summary: "stop an instance (--timeout: graceful period before it is killed)",
 			flags:   []string{"host", "force"}, minArgs: 1, maxArgs: 1, run: cmdChange},
-		{name: "restart", usage: "<driver> restart <name> [--host H] [--force] [--timeout D]", summary: "restart an instance",
+		{op: messages.OpRestart, usage: "<driver> restart <name> [--host H] [--force] [--timeout D]", summary: "restart an instance",
 			flags: []string{"host", "force"}, minArgs: 1, maxArgs: 1, run: cmdChange},
-		{name: "delete", usage: "<driver> delete <name> [--host H] [--force]", summary: "delete an instance",
+		{op: messages.OpDelete, usage: "<driver> delete <name> [--host H] [--force]", summary: "delete an instance",
 			flags: []string{"host", "force"}, minArgs: 1, maxArgs: 1, run: cmdChange},
-		{name: "exec", usage: "<driver> exec <name> [--host H] [--env K=V]... [--workdir D] [--run-as U] [-i] -- COMMAND ARG...",
+		{op: messages.OpExec, usage: "<driver> exec <name> [--host H] [--env K=V]... [--workdir D] [--run-as U] [-i] -- COMMAND ARG...",
 			summary: "run a command in an instance, streaming its output; exits with its status",
 			flags:   []string{"host", "env", "workdir", "run-as", "stdin"}, minArgs: 1, maxArgs: 1, trailing: true, run: cmdExec},
-		{name: "logs", usage: "<driver> logs <name> [--host H] [--lines N] [--follow]", summary: "show an instance's output",
+		{op: messages.OpLogs, usage: "<driver> logs <name> [--host H] [--lines N] [--follow]", summary: "show an instance's output",
 			flags: []string{"host", "lines", "follow"}, minArgs: 1, maxArgs: 1, run: cmdLogs},
-		{name: "metrics", usage: "<driver> metrics <name> [--host H] [--watch [--interval D]]", summary: "show resource usage",
+		{op: messages.OpMetrics, usage: "<driver> metrics <name> [--host H] [--watch [--interval D]]", summary: "show resource usage",
 			flags: []string{"host", "watch", "interval"}, minArgs: 1, maxArgs: 1, run: cmdMetrics},
-		{name: "health", usage: "<driver> health [--host H]", summary: "show the substrate's health",
+		{op: messages.OpHealth, usage: "<driver> health [--host H]", summary: "show the substrate's health",
 			flags: []string{"host"}, run: cmdHealth},
-		{name: "capabilities", usage: "<driver> capabilities [--host H]", summary: "show what the driver can do",
+		{op: messages.OpCapabilities, usage: "<driver> capabilities [--host H]", summary: "show what the driver can do",
 			flags: []string{"host"}, run: cmdCapabilities},
-		{name: "snapshot create", usage: "<driver> snapshot create <name> <snapshot> [--host H]", summary: "snapshot an instance",
+		{op: messages.OpSnapshotCreate, usage: "<driver> snapshot create <name> <snapshot> [--host H]", summary: "snapshot an instance",
 			flags: []string{"host"}, minArgs: 2, maxArgs: 2, run: cmdSnapshot},
-		{name: "snapshot restore", usage: "<driver> snapshot restore <name> <snapshot> [--host H]", summary: "restore a snapshot",
+		{op: messages.OpSnapshotRestore, usage: "<driver> snapshot restore <name> <snapshot> [--host H]", summary: "restore a snapshot",
 			flags: []string{"host"}, minArgs: 2, maxArgs: 2, run: cmdSnapshot},
-		{name: "snapshot delete", usage: "<driver> snapshot delete <name> <snapshot> [--host H]", summary: "delete a snapshot",
+		{op: messages.OpSnapshotDelete, usage: "<driver> snapshot delete <name> <snapshot> [--host H]", summary: "delete a snapshot",
 			flags: []string{"host"}, minArgs: 2, maxArgs: 2, run: cmdSnapshot},
-		{name: "snapshot list", usage: "<driver> snapshot list <name> [--host H]", summary: "list an instance's snapshots",
+		{op: messages.OpSnapshotList, usage: "<driver> snapshot list <name> [--host H]", summary: "list an instance's snapshots",
 			flags: []string{"host"}, minArgs: 1, maxArgs: 1, run: cmdSnapshotList},
-		{name: "clone", usage: "<driver> clone <source> <target> [--host H]", summary: "clone an instance",
+		{op: messages.OpClone, usage: "<driver> clone <source> <target> [--host H]", summary: "clone an instance",
 			flags: []string{"host"}, minArgs: 2, maxArgs: 2, run: cmdClone},
-		{name: "limits get", usage: "<driver> limits get <name> [--host H]", summary: "show an instance's limits",
+		{op: messages.OpLimitsGet, usage: "<driver> limits get <name> [--host H]", summary: "show an instance's limits",
 			flags: []string{"host"}, minArgs: 1, maxArgs: 1, run: cmdLimits},
-		{name: "limits set", usage: "<driver> limits set <name> [--cpu N] [--memory MB] [--disk GB] [--pids N] [--host H]",
+		{op: messages.OpLimitsSet, usage: "<driver> limits set <name> [--cpu N] [--memory MB] [--disk GB] [--pids N] [--host H]",
 			summary: "change an instance's limits", flags: []string{"host", "cpu", "memory", "disk", "pids"},
 			minArgs: 1, maxArgs: 1, run: cmdLimits},
-		{name: "network list", usage: "<driver> network list [--host H]", summary: "list networks",
+		{op: messages.OpNetworkList, usage: "<driver> network list [--host H]", summary: "list networks",
 			flags: []string{"host"}, run: cmdNetworkList},
-		{name: "network attach", usage: "<driver> network attach <name> <network>[=IP] [--host H]", summary: "attach to a network",
+		{op: messages.OpNetworkAttach, usage: "<driver> network attach <name> <network>[=IP] [--host H]", summary: "attach to a network",
 			flags: []string{"host"}, minArgs: 2, maxArgs: 2, run: cmdNetwork},
-		{name: "network detach", usage: "<driver> network detach <name> <network> [--host H]", summary: "detach from a network",
+		{op: messages.OpNetworkDetach, usage: "<driver> network detach <name> <network> [--host H]", summary: "detach from a network",
 			flags: []string{"host"}, minArgs: 2, maxArgs: 2, run: cmdNetwork},
 		{name: "events", top: true,
 			usage:   "events [--follow] [--driver D] [--host H] [--instance N] [--type T] [--since DURATION|TIME]",
@@ -199,10 +203,23 @@ func init() {
 		{name: "version", top: true, usage: "version", summary: "print subbus's version", run: cmdVersion},
 		{name: "help", top: true, usage: "help", summary: "show this help", maxArgs: -1},
 	}
+	for _, c := range commands {
+		if c.op != "" {
+			c.name = CommandName(c.op)
+			if group, _, ok := strings.Cut(c.name, " "); ok {
+				groups[group] = true
+			}
+		}
+	}
 }
 
-// groups are the driver verbs that take a sub-verb.
-var groups = map[string]bool{"snapshot": true, "limits": true, "network": true}
+// CommandName is the CLI command of op: the op with '-' read as a space
+// ("snapshot-create" is "subbus <driver> snapshot create").
+func CommandName(op messages.Op) string { return strings.ReplaceAll(string(op), "-", " ") }
+
+// groups are the driver verbs that take a sub-verb ("snapshot", "limits",
+// "network"), derived from the commands' names.
+var groups = map[string]bool{}
 
 // findCommand maps the command words to a command, its positional
 // arguments and the driver.
@@ -213,7 +230,7 @@ func findCommand(words []string) (*command, []string, string, error) {
 		}
 	}
 	driver := words[0]
-	if !messages.ValidToken(driver) || driver == messages.EventsToken || driver == messages.MetricsToken {
+	if drivers.ValidDriverName(driver) != nil {
 		return nil, nil, "", usagef("unknown command or invalid driver name %q", driver)
 	}
 	if len(words) < 2 {

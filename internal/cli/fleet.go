@@ -51,7 +51,7 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 	return time.Time{}, usagef("--since %q: want a duration (1h30m) or a time (2006-01-02T15:04:05Z07:00, 2006-01-02)", s)
 }
 
-func cmdEvents(e *env, c *call) error {
+func cmdEvents(e *env, c *invocation) error {
 	since, err := parseSince(c.o.since, time.Now())
 	if err != nil {
 		return err
@@ -103,7 +103,7 @@ type healthOrError struct {
 	Error *drivers.ErrorInfo `json:"error,omitempty"`
 }
 
-func cmdWorkers(e *env, c *call) error {
+func cmdWorkers(e *env, c *invocation) error {
 	cl, err := e.client()
 	if err != nil {
 		return err
@@ -172,7 +172,7 @@ func cmdWorkers(e *env, c *call) error {
 
 // ---- version ----
 
-func cmdVersion(e *env, c *call) error {
+func cmdVersion(e *env, c *invocation) error {
 	v := versionString()
 	if e.json {
 		return e.printJSON(map[string]string{"version": v, "go": runtime.Version()})

@@ -37,7 +37,7 @@ func (e *execError) Error() string { return e.err.Error() }
 func (e *execError) Unwrap() error { return e.err }
 
 // do sends one request for the call's driver and host.
-func do(e *env, c *call, op messages.Op, req, result any, wait time.Duration) error {
+func do(e *env, c *invocation, op messages.Op, req, result any, wait time.Duration) error {
 	cl, err := e.client()
 	if err != nil {
 		return err
@@ -113,7 +113,7 @@ type allHostsResult struct {
 	Failed    []hostFailure      `json:"failed"`
 }
 
-func cmdList(e *env, c *call) error {
+func cmdList(e *env, c *invocation) error {
 	if c.o.allHosts {
 		return listAllHosts(e, c)
 	}
@@ -142,7 +142,7 @@ func printInstances(e *env, list []drivers.Instance) {
 
 // listAllHosts asks each host serving the driver, in parallel, and reports
 // the hosts that failed on stderr (and in the JSON) instead of hiding them.
-func listAllHosts(e *env, c *call) error {
+func listAllHosts(e *env, c *invocation) error {
 	cl, err := e.client()
 	if err != nil {
 		return err
@@ -211,11 +211,8 @@ func listAllHosts(e *env, c *call) error {
 
 // ---- get, create, clone ----
 
-func cmdGet(e *env, c *call) error {
+func cmdGet(e *env, c *invocation) error {
 	name := c.args[0]
-	if err := drivers.ValidateName("name", name); err != nil {
-		return err
-	}
 	var inst drivers.Instance
 	if err := do(e, c, messages.OpGet, messages.NameRequest{Name: name}, &inst, quickWait); err != nil {
 		return err
@@ -273,7 +270,7 @@ func limitsText(l drivers.ResourceLimits) string {
 	return strings.Join(parts, " ")
 }
 
-func cmdCreate(e *env, c *call) error {
+func cmdCreate(e *env, c *invocation) error {
 	t, err := buildTemplate(c)
 	if err != nil {
 		return err
@@ -289,7 +286,7 @@ func cmdCreate(e *env, c *call) error {
 }
 
 // buildTemplate builds the template from -f or from the flags.
-func buildTemplate(c *call) (drivers.InstanceTemplate, error) {
+func buildTemplate(c *invocation) (drivers.InstanceTemplate, error) {
 	o := c.o
 	var t drivers.InstanceTemplate
 	if o.file != "" {
@@ -343,9 +340,6 @@ func buildTemplate(c *call) (drivers.InstanceTemplate, error) {
 			t.Networks = append(t.Networks, nc)
 		}
 	}
-	if err := drivers.ValidateName("name", t.Name); err != nil {
-		return t, err
-	}
 	return t, nil
 }
 
@@ -393,23 +387,14 @@ func parseVolume(s string) (drivers.Volume, error) {
 // parseNetwork parses NAME[=IP].
 func parseNetwork(s string) (drivers.NetworkConfig, error) {
 	name, ip, hasIP := strings.Cut(s, "=")
-	if err := drivers.ValidateName("network", name); err != nil {
-		return drivers.NetworkConfig{}, err
-	}
 	if hasIP && net.ParseIP(ip) == nil {
 		return drivers.NetworkConfig{}, drivers.Errorf(drivers.InvalidArgument, "network %s: %q is not an IP address", name, ip)
 	}
 	return drivers.NetworkConfig{NetworkName: name, IPAddress: ip}, nil
 }
 
-func cmdClone(e *env, c *call) error {
+func cmdClone(e *env, c *invocation) error {
 	src, dst := c.args[0], c.args[1]
-	if err := drivers.ValidateName("source", src); err != nil {
-		return err
-	}
-	if err := drivers.ValidateName("target", dst); err != nil {
-		return err
-	}
 	stop := e.progress("cloning " + src + " to " + dst)
 	var inst drivers.Instance
 	err := do(e, c, messages.OpClone, messages.CloneRequest{Source: src, Target: dst}, &inst, longWait)
@@ -422,11 +407,8 @@ func cmdClone(e *env, c *call) error {
 
 // ---- start, stop, restart, delete ----
 
-func cmdChange(e *env, c *call) error {
+func cmdChange(e *env, c *invocation) error {
 	name := c.args[0]
-	if err := drivers.ValidateName("name", name); err != nil {
-		return err
-	}
 	var (
 		op               messages.Op
 		req              any
@@ -434,11 +416,11 @@ func cmdChange(e *env, c *call) error {
 		wait             = quickWait
 		useTimeout       = true // --timeout bounds the request
 	)
-	switch c.name() {
-	case "start":
+	switch c.op {
+	case messages.OpStart:
 		op, req = messages.OpStart, messages.NameRequest{Name: name}
 		doing, did, same = "starting", "started", "already running"
-	case "stop", "restart":
+	case messages.OpStop, messages.OpRestart:
 		// --timeout is the graceful period here; the request waits for
 		// it plus quickWait.
 		r := messages.StopRequest{Name: name, Force: c.o.force}
@@ -447,13 +429,13 @@ func cmdChange(e *env, c *call) error {
 			r.Timeout, grace = e.timeout.String(), e.timeout
 		}
 		wait, useTimeout = grace+quickWait, false
-		op, req = messages.OpStop, r
+		op, req = c.op, r
 		doing, did, same = "stopping", "stopped", "already stopped"
-		if c.name() == "restart" {
-			op, doing, did, same = messages.OpRestart, "restarting", "restarted", "restarted"
+		if c.op == messages.OpRestart {
+			doing, did, same = "restarting", "restarted", "restarted"
 		}
-	case "delete":
-		op, req = messages.OpDelete, messages.DeleteRequest{Name: name, Force: c.o.force}
+	case messages.OpDelete:
+		op, req = c.op, messages.DeleteRequest{Name: name, Force: c.o.force}
 		doing, did, same = "deleting", "deleted", "already absent"
 	}
 	cl, err := e.client()
@@ -484,7 +466,7 @@ func cmdChange(e *env, c *call) error {
 }
 
 // name returns the command name of the call, set by run.
-func (c *call) name() string { return c.cmd }
+func (c *invocation) name() string { return c.cmd }
 
 // ---- exec ----
 
@@ -497,11 +479,8 @@ type execJSON struct {
 
 const maxStdin = 512 << 10
 
-func cmdExec(e *env, c *call) error {
+func cmdExec(e *env, c *invocation) error {
 	name := c.args[0]
-	if err := drivers.ValidateName("name", name); err != nil {
-		return &execError{err}
-	}
 	if len(c.trailing) == 0 {
 		return usagef("exec: give the command after --: subbus %s exec %s -- COMMAND ARG...", c.driver, name)
 	}
@@ -509,8 +488,7 @@ func cmdExec(e *env, c *call) error {
 	if err != nil {
 		return err
 	}
-	req := messages.ExecRequest{Name: name, Stream: true, ExecRequest: drivers.ExecRequest{
-		Command: c.trailing, Env: envs, WorkDir: c.o.workdir, User: c.o.user}}
+	req := messages.ExecRequest{Name: name, Stream: true, Command: c.trailing, Env: envs, WorkDir: c.o.workdir, User: c.o.user}
 	if c.o.stdin {
 		b, err := io.ReadAll(io.LimitReader(os.Stdin, maxStdin+1))
 		if err != nil {
@@ -573,11 +551,8 @@ func cmdExec(e *env, c *call) error {
 
 // ---- logs ----
 
-func cmdLogs(e *env, c *call) error {
+func cmdLogs(e *env, c *invocation) error {
 	name := c.args[0]
-	if err := drivers.ValidateName("name", name); err != nil {
-		return err
-	}
 	print := func(l drivers.LogLine) error {
 		if e.json {
 			return jsonLine(e.stdout, l)
@@ -626,11 +601,8 @@ func cmdLogs(e *env, c *call) error {
 
 // ---- metrics ----
 
-func cmdMetrics(e *env, c *call) error {
+func cmdMetrics(e *env, c *invocation) error {
 	name := c.args[0]
-	if err := drivers.ValidateName("name", name); err != nil {
-		return err
-	}
 	sample := func() (drivers.ResourceUsage, error) {
 		var u drivers.ResourceUsage
 		err := do(e, c, messages.OpMetrics, messages.NameRequest{Name: name}, &u, quickWait)
@@ -697,7 +669,7 @@ func cmdMetrics(e *env, c *call) error {
 
 // ---- health, capabilities ----
 
-func cmdHealth(e *env, c *call) error {
+func cmdHealth(e *env, c *invocation) error {
 	var h drivers.Health
 	if err := do(e, c, messages.OpHealth, nil, &h, quickWait); err != nil {
 		return err
@@ -728,7 +700,7 @@ func cmdHealth(e *env, c *call) error {
 	return nil
 }
 
-func cmdCapabilities(e *env, c *call) error {
+func cmdCapabilities(e *env, c *invocation) error {
 	var r messages.CapabilitiesResult
 	if err := do(e, c, messages.OpCapabilities, nil, &r, quickWait); err != nil {
 		return err
@@ -769,18 +741,11 @@ func capsList(caps drivers.Capabilities) string {
 
 // ---- snapshots ----
 
-func cmdSnapshot(e *env, c *call) error {
+func cmdSnapshot(e *env, c *invocation) error {
 	name, snap := c.args[0], c.args[1]
-	if err := drivers.ValidateName("name", name); err != nil {
-		return err
-	}
-	if err := drivers.ValidateName("snapshot", snap); err != nil {
-		return err
-	}
 	req := messages.SnapshotRequest{Name: name, Snapshot: snap}
+	op := c.op
 	verb := strings.TrimPrefix(c.name(), "snapshot ")
-	op := map[string]messages.Op{"create": messages.OpSnapshotCreate, "restore": messages.OpSnapshotRestore,
-		"delete": messages.OpSnapshotDelete}[verb]
 	stop := e.progress(verb + " snapshot " + snap + " of " + name)
 	defer stop()
 	if op == messages.OpSnapshotCreate {
@@ -807,11 +772,8 @@ func cmdSnapshot(e *env, c *call) error {
 	return nil
 }
 
-func cmdSnapshotList(e *env, c *call) error {
+func cmdSnapshotList(e *env, c *invocation) error {
 	name := c.args[0]
-	if err := drivers.ValidateName("name", name); err != nil {
-		return err
-	}
 	var list []drivers.Snapshot
 	if err := do(e, c, messages.OpSnapshotList, messages.NameRequest{Name: name}, &list, quickWait); err != nil {
 		return err
@@ -836,13 +798,10 @@ func cmdSnapshotList(e *env, c *call) error {
 
 // ---- limits ----
 
-func cmdLimits(e *env, c *call) error {
+func cmdLimits(e *env, c *invocation) error {
 	name := c.args[0]
-	if err := drivers.ValidateName("name", name); err != nil {
-		return err
-	}
 	var l drivers.ResourceLimits
-	if c.name() == "limits get" {
+	if c.op == messages.OpLimitsGet {
 		if err := do(e, c, messages.OpLimitsGet, messages.NameRequest{Name: name}, &l, quickWait); err != nil {
 			return err
 		}
@@ -864,7 +823,7 @@ func cmdLimits(e *env, c *call) error {
 
 // ---- networks ----
 
-func cmdNetworkList(e *env, c *call) error {
+func cmdNetworkList(e *env, c *invocation) error {
 	var list []drivers.Network
 	if err := do(e, c, messages.OpNetworkList, nil, &list, quickWait); err != nil {
 		return err
@@ -883,23 +842,17 @@ func cmdNetworkList(e *env, c *call) error {
 	return tw.Flush()
 }
 
-func cmdNetwork(e *env, c *call) error {
+func cmdNetwork(e *env, c *invocation) error {
 	name := c.args[0]
-	if err := drivers.ValidateName("name", name); err != nil {
-		return err
-	}
 	var op messages.Op
 	var req any
-	if c.name() == "network attach" {
+	if c.op == messages.OpNetworkAttach {
 		nc, err := parseNetwork(c.args[1])
 		if err != nil {
 			return err
 		}
 		op, req = messages.OpNetworkAttach, messages.NetworkAttachRequest{Name: name, Network: nc}
 	} else {
-		if err := drivers.ValidateName("network", c.args[1]); err != nil {
-			return err
-		}
 		op, req = messages.OpNetworkDetach, messages.NetworkDetachRequest{Name: name, Network: c.args[1]}
 	}
 	var res messages.ChangedResult

@@ -114,11 +114,8 @@ func WithIdempotencyKey(ctx context.Context, key string) context.Context {
 // checkTarget rejects a driver or host that cannot be a subject token
 // before anything is sent (the worker checks again).
 func checkTarget(driver, host string) error {
-	if !messages.ValidToken(driver) {
-		return drivers.Errorf(drivers.InvalidArgument, "driver: %q is not a valid driver name", driver)
-	}
-	if driver == messages.EventsToken || driver == messages.MetricsToken {
-		return drivers.Errorf(drivers.InvalidArgument, "driver: %q is reserved", driver)
+	if err := drivers.ValidDriverName(driver); err != nil {
+		return err
 	}
 	if host != "" && !messages.ValidToken(host) {
 		return drivers.Errorf(drivers.InvalidArgument, "host: %q is not a valid host name (letters, digits, '-' and '_')", host)

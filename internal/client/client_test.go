@@ -178,7 +178,7 @@ func TestStream(t *testing.T) {
 	var out strings.Builder
 	var exit *int
 	err := c.Stream(ctx, "test", "h1", messages.OpExec, messages.ExecRequest{Name: "web",
-		ExecRequest: drivers.ExecRequest{Command: []string{"a", "b", "c"}}, Stream: true},
+		Command: []string{"a", "b", "c"}, Stream: true},
 		func(ch messages.Chunk) error {
 			out.Write(ch.Data)
 			if ch.Final {
@@ -196,7 +196,7 @@ func TestStream(t *testing.T) {
 	// Stopping early makes the stand-in's next chunk find no responder.
 	before := stopped.Load()
 	err = c.Stream(ctx, "test", "h1", messages.OpExec, messages.ExecRequest{Name: "web",
-		ExecRequest: drivers.ExecRequest{Command: []string{"a", "b", "c", "d"}}, Stream: true},
+		Command: []string{"a", "b", "c", "d"}, Stream: true},
 		func(ch messages.Chunk) error { return ErrStopStream })
 	if err != nil {
 		t.Fatal(err)

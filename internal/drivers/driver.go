@@ -189,27 +189,3 @@ func CapabilitiesOf(d Driver) Capabilities {
 	}
 	return c
 }
-
-// Ops lists the bus operations the capabilities allow, core ops first.
-func (c Capabilities) Ops() []string {
-	ops := []string{"list", "get", "create", "start", "stop", "restart", "delete", "metrics", "health", "capabilities"}
-	if c.Exec {
-		ops = append(ops, "exec")
-	}
-	if c.Logs {
-		ops = append(ops, "logs")
-	}
-	if c.Limits {
-		ops = append(ops, "limits-get", "limits-set")
-	}
-	if c.Snapshots {
-		ops = append(ops, "snapshot-create", "snapshot-restore", "snapshot-list", "snapshot-delete")
-	}
-	if c.Clone {
-		ops = append(ops, "clone")
-	}
-	if c.Networks {
-		ops = append(ops, "network-attach", "network-detach", "network-list")
-	}
-	return ops
-}

@@ -27,3 +27,23 @@ func ValidateName(field, name string) error {
 	}
 	return nil
 }
+
+// driverNamePattern: a driver name is used verbatim as a subject token.
+var driverNamePattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
+
+// reservedDriverNames are subject tokens of the event and metric trees
+// (substrate.events.>, substrate.metrics.>), so they can never be drivers.
+var reservedDriverNames = map[string]bool{"events": true, "metrics": true}
+
+// ValidDriverName checks a driver name: letters, digits, '_' and '-' (it
+// is a subject token), at most 128 characters, and not a reserved name
+// ("events", "metrics"). The error's code is InvalidArgument.
+func ValidDriverName(name string) error {
+	switch {
+	case !driverNamePattern.MatchString(name):
+		return Errorf(InvalidArgument, "driver: %q is not a valid driver name (letters, digits, '-' and '_')", name)
+	case reservedDriverNames[name]:
+		return Errorf(InvalidArgument, "driver: %q is reserved", name)
+	}
+	return nil
+}

@@ -8,11 +8,12 @@ import (
 	"time"
 
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/resilience"
 )
 
-// call describes how one driver operation is run.
-type call struct {
+// driverCall describes how one driver call is run: its policies (retry, timeout, goroutine, flight).
+type driverCall struct {
 	op string
 	// retry: the operation is idempotent, retry retryable errors.
 	retry bool
@@ -65,7 +66,7 @@ func (f *flight) release(fn func()) {
 // run calls fn through the manager's policies: a deadline, retries (when
 // c.retry), the circuit breaker around each try, error classification
 // and operation metrics.
-func run[T any](m *Manager, ctx context.Context, c call, fn func(ctx context.Context) (T, error)) (T, error) {
+func run[T any](m *Manager, ctx context.Context, c driverCall, fn func(ctx context.Context) (T, error)) (T, error) {
 	start := time.Now()
 	caller := ctx
 	ctx, cancel := m.bound(ctx, c)
@@ -116,7 +117,7 @@ func (m *Manager) policy() resilience.Policy {
 
 // bound derives the call's context: c.timeout, else OperationTimeout when
 // ctx has no deadline. A caller's shorter deadline always wins.
-func (m *Manager) bound(ctx context.Context, c call) (context.Context, context.CancelFunc) {
+func (m *Manager) bound(ctx context.Context, c driverCall) (context.Context, context.CancelFunc) {
 	if c.timeout > 0 {
 		return context.WithTimeout(ctx, c.timeout)
 	}
@@ -127,7 +128,7 @@ func (m *Manager) bound(ctx context.Context, c call) (context.Context, context.C
 }
 
 // invoke makes one driver call and classifies its error.
-func invoke[T any](m *Manager, ctx context.Context, c call, fn func(ctx context.Context) (T, error)) (T, error) {
+func invoke[T any](m *Manager, ctx context.Context, c driverCall, fn func(ctx context.Context) (T, error)) (T, error) {
 	if err := ctx.Err(); err != nil {
 		var zero T
 		return zero, m.classify(ctx, c.op, err)
@@ -212,9 +213,9 @@ func (m *Manager) mutate(ctx context.Context, op string, names []string, fn func
 		return err
 	}
 	fl := &flight{}
-	m.echo.begin(op, names)
+	m.echo.begin(messages.Op(op), names)
 	defer fl.release(func() {
-		m.echo.end(op, names, m.now())
+		m.echo.end(messages.Op(op), names, m.now())
 		m.cache.invalidate(names...)
 		unlock()
 	})

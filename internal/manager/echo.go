@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/messages"
 )
 
 // echoFilter recognises the native feed's reports of changes this manager
@@ -21,44 +22,49 @@ type echoFilter struct {
 	window time.Duration // <= 0: nothing is an echo
 
 	mu     sync.Mutex
-	active map[string][]string // ops in flight per instance
-	recent map[string]echoOp   // the last finished mutation per instance
+	active map[string][]messages.Op // ops in flight per instance
+	recent map[string]echoOp        // the last finished mutation per instance
 }
 
 type echoOp struct {
-	op string
+	op messages.Op
 	at time.Time
 }
 
 // echoes lists, per mutating op, the native event types it causes.
-var echoes = map[string][]drivers.EventType{
-	"create":          {drivers.EventCreated, drivers.EventAppeared, drivers.EventStateChanged},
-	"start":           {drivers.EventStarted, drivers.EventStateChanged},
-	"stop":            {drivers.EventStopped, drivers.EventStateChanged},
-	"restart":         {drivers.EventStopped, drivers.EventStarted, drivers.EventRestarted, drivers.EventStateChanged},
-	"delete":          {drivers.EventDeleted, drivers.EventVanished, drivers.EventStopped, drivers.EventStateChanged},
-	"limits-set":      {drivers.EventLimitsChanged, drivers.EventStateChanged},
-	"snapshot-create": {drivers.EventSnapshotCreated, drivers.EventStateChanged},
-	"snapshot-delete": {drivers.EventSnapshotDeleted},
-	"clone":           {drivers.EventCloned, drivers.EventCreated, drivers.EventAppeared, drivers.EventStateChanged},
-	"network-attach":  {drivers.EventNetworkAttached, drivers.EventStateChanged},
-	"network-detach":  {drivers.EventNetworkDetached, drivers.EventStateChanged},
-	"snapshot-restore": {drivers.EventSnapshotRestored, drivers.EventStopped, drivers.EventStarted, drivers.EventCreated,
+// Every mutating op of messages' op table has an entry, or is listed in
+// noEcho (a test checks this).
+var echoes = map[messages.Op][]drivers.EventType{
+	messages.OpCreate:         {drivers.EventCreated, drivers.EventAppeared, drivers.EventStateChanged},
+	messages.OpStart:          {drivers.EventStarted, drivers.EventStateChanged},
+	messages.OpStop:           {drivers.EventStopped, drivers.EventStateChanged},
+	messages.OpRestart:        {drivers.EventStopped, drivers.EventStarted, drivers.EventRestarted, drivers.EventStateChanged},
+	messages.OpDelete:         {drivers.EventDeleted, drivers.EventVanished, drivers.EventStopped, drivers.EventStateChanged},
+	messages.OpLimitsSet:      {drivers.EventLimitsChanged, drivers.EventStateChanged},
+	messages.OpSnapshotCreate: {drivers.EventSnapshotCreated, drivers.EventStateChanged},
+	messages.OpSnapshotDelete: {drivers.EventSnapshotDeleted},
+	messages.OpClone:          {drivers.EventCloned, drivers.EventCreated, drivers.EventAppeared, drivers.EventStateChanged},
+	messages.OpNetworkAttach:  {drivers.EventNetworkAttached, drivers.EventStateChanged},
+	messages.OpNetworkDetach:  {drivers.EventNetworkDetached, drivers.EventStateChanged},
+	messages.OpSnapshotRestore: {drivers.EventSnapshotRestored, drivers.EventStopped, drivers.EventStarted, drivers.EventCreated,
 		drivers.EventDeleted, drivers.EventAppeared, drivers.EventVanished, drivers.EventStateChanged},
 }
 
-func (f *echoFilter) begin(op string, names []string) {
+// noEcho lists the mutating ops that cause no native event.
+var noEcho = map[messages.Op]bool{messages.OpExec: true}
+
+func (f *echoFilter) begin(op messages.Op, names []string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.active == nil {
-		f.active = map[string][]string{}
+		f.active = map[string][]messages.Op{}
 	}
 	for _, n := range names {
 		f.active[n] = append(f.active[n], op)
 	}
 }
 
-func (f *echoFilter) end(op string, names []string, at time.Time) {
+func (f *echoFilter) end(op messages.Op, names []string, at time.Time) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.recent == nil {
@@ -102,7 +108,7 @@ func (f *echoFilter) isEcho(ev drivers.Event, now time.Time) bool {
 	return ok && now.Sub(r.at) <= f.window && causes(r.op, ev.Type)
 }
 
-func causes(op string, t drivers.EventType) bool {
+func causes(op messages.Op, t drivers.EventType) bool {
 	for _, c := range echoes[op] {
 		if c == t {
 			return true

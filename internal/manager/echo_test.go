@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/testenv"
 )
 
@@ -69,4 +70,17 @@ func countType(evs []drivers.Event, typ drivers.EventType, inst string) int {
 		}
 	}
 	return n
+}
+
+// Every mutating op of the op table says which native events echo it.
+func TestEchoesCoverEveryMutatingOp(t *testing.T) {
+	for _, op := range messages.Ops() {
+		_, listed := echoes[op]
+		switch {
+		case op.Mutating() && !listed && !noEcho[op]:
+			t.Errorf("mutating op %s has no entry in echoes or noEcho", op)
+		case !op.Mutating() && (listed || noEcho[op]):
+			t.Errorf("op %s does not mutate but is in the echo tables", op)
+		}
+	}
 }

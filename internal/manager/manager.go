@@ -4,7 +4,8 @@
 // breaks the circuit to a failing substrate, caches list/get, counts
 // operations and emits lifecycle events. Drivers only talk to their substrate.
 //
-// Validation: names go through drivers.ValidateName, templates are checked
+// Validation: the manager is the one place that checks meaning (decoders
+// check shape, the CLI parses flags only). Names go through drivers.ValidateName, templates are checked
 // field by field (ValidateTemplate), exec requests, limits and network
 // configs likewise; a bad request is InvalidArgument naming the field and
 // never reaches the driver. Drivers always get StopOptions.Timeout > 0
@@ -158,7 +159,7 @@ func (m *Manager) BreakerState() string {
 func (m *Manager) Connect(ctx context.Context) error { return m.connect(ctx) }
 
 func (m *Manager) connect(ctx context.Context) error {
-	_, err := run(m, ctx, call{op: "connect", timeout: m.opts.ConnectionTimeout}, func(ctx context.Context) (struct{}, error) {
+	_, err := run(m, ctx, driverCall{op: "connect", timeout: m.opts.ConnectionTimeout}, func(ctx context.Context) (struct{}, error) {
 		return struct{}{}, m.d.Connect(ctx)
 	})
 	if err != nil {

@@ -460,6 +460,15 @@ func TestValidationRejectsBeforeDriver(t *testing.T) {
 		{"newline in name", func() error { _, err := h.m.Metrics(bg, "a\nb"); return err }, "name"},
 		{"long name", func() error { _, err := h.m.Get(bg, strings.Repeat("a", 64)); return err }, "name"},
 		{"leading dash", func() error { return h.m.Restart(bg, "-rf", drivers.StopOptions{}) }, "name"},
+		{"dot name", func() error { _, err := h.m.Delete(bg, "..", drivers.DeleteOptions{}); return err }, "name"},
+		{"empty snapshot name", func() error { return h.m.DeleteSnapshot(bg, "web", "") }, "snapshot"},
+		{"path clone target", func() error { _, err := h.m.Clone(bg, "web", "/b"); return err }, "target"},
+		{"negative log lines", func() error {
+			return h.m.Logs(bg, "web", drivers.LogOptions{Lines: -1}, func(drivers.LogLine) error { return nil })
+		}, "logs.lines"},
+		{"negative limit", func() error { _, err := h.m.SetLimits(bg, "web", drivers.ResourceLimits{MemoryMB: -1}); return err },
+			"limits.memory_mb"},
+		{"no image", create(drivers.InstanceTemplate{Name: "x"}), "template.base_image"},
 		{"negative stop timeout", func() error { _, err := h.m.Stop(bg, "web", drivers.StopOptions{Timeout: -1}); return err }, "stop.timeout"},
 		{"bad snapshot name", func() error { _, err := h.m.CreateSnapshot(bg, "web", "s/1"); return err }, "snapshot"},
 		{"bad clone target", func() error { _, err := h.m.Clone(bg, "web", "x y"); return err }, "target"},

@@ -25,7 +25,7 @@ func (m *Manager) List(ctx context.Context) ([]drivers.Instance, error) {
 		return l, nil
 	}
 	gen := m.cache.generation()
-	l, err := run(m, ctx, call{op: "list", retry: true}, m.d.List)
+	l, err := run(m, ctx, driverCall{op: "list", retry: true}, m.d.List)
 	if err != nil {
 		return nil, err
 	}
@@ -47,7 +47,7 @@ func (m *Manager) Get(ctx context.Context, name string) (drivers.Instance, error
 		return i, nil
 	}
 	gen := m.cache.generation()
-	i, err := run(m, ctx, call{op: "get", retry: true}, func(ctx context.Context) (drivers.Instance, error) {
+	i, err := run(m, ctx, driverCall{op: "get", retry: true}, func(ctx context.Context) (drivers.Instance, error) {
 		return m.d.Get(ctx, name)
 	})
 	if err != nil {
@@ -66,7 +66,7 @@ func (m *Manager) Create(ctx context.Context, t drivers.InstanceTemplate) (drive
 	}
 	var inst drivers.Instance
 	err := m.mutate(ctx, "create", []string{t.Name}, func(ctx context.Context, fl *flight) error {
-		i, err := run(m, ctx, call{op: "create", flight: fl}, func(ctx context.Context) (drivers.Instance, error) {
+		i, err := run(m, ctx, driverCall{op: "create", flight: fl}, func(ctx context.Context) (drivers.Instance, error) {
 			return m.d.Create(ctx, t)
 		})
 		inst = i
@@ -115,7 +115,7 @@ func (m *Manager) Start(ctx context.Context, name string) (bool, error) {
 }
 
 func (m *Manager) start(ctx context.Context, name string, fl *flight) (bool, error) {
-	return run(m, ctx, call{op: "start", retry: true, flight: fl}, func(ctx context.Context) (bool, error) {
+	return run(m, ctx, driverCall{op: "start", retry: true, flight: fl}, func(ctx context.Context) (bool, error) {
 		return m.d.Start(ctx, name)
 	})
 }
@@ -158,7 +158,7 @@ func (m *Manager) Stop(ctx context.Context, name string, opts drivers.StopOption
 }
 
 func (m *Manager) stop(ctx context.Context, name string, opts drivers.StopOptions, fl *flight) (bool, error) {
-	return run(m, ctx, call{op: "stop", retry: true, flight: fl}, func(ctx context.Context) (bool, error) {
+	return run(m, ctx, driverCall{op: "stop", retry: true, flight: fl}, func(ctx context.Context) (bool, error) {
 		return m.d.Stop(ctx, name, opts)
 	})
 }
@@ -183,7 +183,7 @@ func (m *Manager) Restart(ctx context.Context, name string, opts drivers.StopOpt
 	}
 	err = m.mutate(ctx, "restart", []string{name}, func(ctx context.Context, fl *flight) error {
 		if r, ok := m.d.(drivers.Restarter); ok {
-			_, err := run(m, ctx, call{op: "restart", flight: fl}, func(ctx context.Context) (struct{}, error) {
+			_, err := run(m, ctx, driverCall{op: "restart", flight: fl}, func(ctx context.Context) (struct{}, error) {
 				return struct{}{}, r.Restart(ctx, name, opts)
 			})
 			return err
@@ -211,7 +211,7 @@ func (m *Manager) Delete(ctx context.Context, name string, opts drivers.DeleteOp
 	}
 	var changed bool
 	err := m.mutate(ctx, "delete", []string{name}, func(ctx context.Context, fl *flight) (err error) {
-		changed, err = run(m, ctx, call{op: "delete", retry: opts.Force, flight: fl}, func(ctx context.Context) (bool, error) {
+		changed, err = run(m, ctx, driverCall{op: "delete", retry: opts.Force, flight: fl}, func(ctx context.Context) (bool, error) {
 			return m.d.Delete(ctx, name, opts)
 		})
 		return err
@@ -235,7 +235,7 @@ func (m *Manager) Metrics(ctx context.Context, name string) (drivers.ResourceUsa
 	if err := drivers.ValidateName("name", name); err != nil {
 		return drivers.ResourceUsage{}, m.reject("metrics", err)
 	}
-	return run(m, ctx, call{op: "metrics", retry: true}, func(ctx context.Context) (drivers.ResourceUsage, error) {
+	return run(m, ctx, driverCall{op: "metrics", retry: true}, func(ctx context.Context) (drivers.ResourceUsage, error) {
 		return m.d.Metrics(ctx, name)
 	})
 }
@@ -263,7 +263,7 @@ func (m *Manager) MetricsBatch(ctx context.Context, names []string) (map[string]
 			samples map[string]drivers.ResourceUsage
 			failed  map[string]error
 		}
-		res, err := run(m, ctx, call{op: "metrics", retry: true}, func(ctx context.Context) (batch, error) {
+		res, err := run(m, ctx, driverCall{op: "metrics", retry: true}, func(ctx context.Context) (batch, error) {
 			s, f, err := b.MetricsBatch(ctx, valid)
 			return batch{s, f}, err
 		})
@@ -305,7 +305,7 @@ func (m *Manager) MetricsBatch(ctx context.Context, names []string) (map[string]
 // closed, an issue. On error the returned Health is unhealthy and carries
 // the same details, so callers may publish it either way.
 func (m *Manager) Health(ctx context.Context) (drivers.Health, error) {
-	h, err := run(m, ctx, call{op: "health", retry: true, timeout: m.opts.ConnectionTimeout}, m.d.Health)
+	h, err := run(m, ctx, driverCall{op: "health", retry: true, timeout: m.opts.ConnectionTimeout}, m.d.Health)
 	if err != nil {
 		h = drivers.Health{Healthy: false, Issues: []string{err.Error()}}
 	} else {
@@ -405,7 +405,7 @@ func (m *Manager) Exec(ctx context.Context, name string, req drivers.ExecRequest
 		stderr = errBuf
 	}
 	ow, ew := &errWriter{w: stdout}, &errWriter{w: stderr}
-	code, err := run(m, ctx, call{op: "exec", sync: true}, func(ctx context.Context) (int, error) {
+	code, err := run(m, ctx, driverCall{op: "exec", sync: true}, func(ctx context.Context) (int, error) {
 		code, err := x.Exec(ctx, name, req, ow, ew)
 		if werr := ow.failed(err, ew); werr != nil {
 			// The caller's writer failed, not the substrate: keep it away from the breaker.
@@ -437,7 +437,10 @@ func (m *Manager) Logs(ctx context.Context, name string, opts drivers.LogOptions
 	if err := drivers.ValidateName("name", name); err != nil {
 		return m.reject("logs", err)
 	}
-	if opts.Lines <= 0 {
+	if opts.Lines < 0 {
+		return m.reject("logs", invalid("logs.lines", "%d is negative", opts.Lines))
+	}
+	if opts.Lines == 0 {
 		opts.Lines = m.opts.LogLines
 	}
 	if opts.Lines > MaxLogLines {
@@ -455,7 +458,7 @@ func (m *Manager) Logs(ctx context.Context, name string, opts drivers.LogOptions
 		}
 		return nil
 	}
-	_, err := run(m, ctx, call{op: "logs", sync: true, unbounded: opts.Follow}, func(ctx context.Context) (struct{}, error) {
+	_, err := run(m, ctx, driverCall{op: "logs", sync: true, unbounded: opts.Follow}, func(ctx context.Context) (struct{}, error) {
 		err := lr.Logs(ctx, name, opts, relay)
 		if emitErr != nil && errors.Is(err, emitErr) {
 			// Not the substrate's failure: keep it away from the breaker.
@@ -478,7 +481,7 @@ func (m *Manager) GetLimits(ctx context.Context, name string) (drivers.ResourceL
 	if !ok || !m.caps.Limits {
 		return drivers.ResourceLimits{}, m.unsupported("limits-get")
 	}
-	return run(m, ctx, call{op: "limits-get", retry: true}, func(ctx context.Context) (drivers.ResourceLimits, error) {
+	return run(m, ctx, driverCall{op: "limits-get", retry: true}, func(ctx context.Context) (drivers.ResourceLimits, error) {
 		return l.GetLimits(ctx, name)
 	})
 }
@@ -501,7 +504,7 @@ func (m *Manager) SetLimits(ctx context.Context, name string, limits drivers.Res
 	}
 	var out drivers.ResourceLimits
 	err := m.mutate(ctx, "limits-set", []string{name}, func(ctx context.Context, fl *flight) (err error) {
-		out, err = run(m, ctx, call{op: "limits-set", flight: fl}, func(ctx context.Context) (drivers.ResourceLimits, error) {
+		out, err = run(m, ctx, driverCall{op: "limits-set", flight: fl}, func(ctx context.Context) (drivers.ResourceLimits, error) {
 			return l.SetLimits(ctx, name, limits)
 		})
 		return err
@@ -559,7 +562,7 @@ func (m *Manager) CreateSnapshot(ctx context.Context, name, snapshot string) (dr
 	}
 	var out drivers.Snapshot
 	err = m.mutate(ctx, op, []string{name}, func(ctx context.Context, fl *flight) (err error) {
-		out, err = run(m, ctx, call{op: op, flight: fl}, func(ctx context.Context) (drivers.Snapshot, error) {
+		out, err = run(m, ctx, driverCall{op: op, flight: fl}, func(ctx context.Context) (drivers.Snapshot, error) {
 			return s.CreateSnapshot(ctx, name, snapshot)
 		})
 		return err
@@ -575,7 +578,14 @@ func (m *Manager) CreateSnapshot(ctx context.Context, name, snapshot string) (dr
 
 // RestoreSnapshot restores an instance to a snapshot; emits snapshot_restored.
 func (m *Manager) RestoreSnapshot(ctx context.Context, name, snapshot string) error {
-	const op = "snapshot-restore"
+	return m.changeSnapshot(ctx, "snapshot-restore", name, snapshot, drivers.EventSnapshotRestored,
+		func(ctx context.Context, s drivers.Snapshotter) error { return s.RestoreSnapshot(ctx, name, snapshot) })
+}
+
+// changeSnapshot runs a snapshot mutation that returns no value (restore,
+// delete): names checked, capability checked, instance locked, event ev.
+func (m *Manager) changeSnapshot(ctx context.Context, op, name, snapshot string, ev drivers.EventType,
+	fn func(ctx context.Context, s drivers.Snapshotter) error) error {
 	if err := validateNames("name", name, "snapshot", snapshot); err != nil {
 		return m.reject(op, err)
 	}
@@ -583,8 +593,8 @@ func (m *Manager) RestoreSnapshot(ctx context.Context, name, snapshot string) er
 	if err != nil {
 		return err
 	}
-	return m.mutateOne(ctx, op, name, drivers.EventSnapshotRestored, map[string]string{"snapshot": snapshot},
-		func(ctx context.Context) error { return s.RestoreSnapshot(ctx, name, snapshot) })
+	return m.mutateOne(ctx, op, name, ev, map[string]string{"snapshot": snapshot},
+		func(ctx context.Context) error { return fn(ctx, s) })
 }
 
 // ListSnapshots lists an instance's snapshots.
@@ -597,23 +607,15 @@ func (m *Manager) ListSnapshots(ctx context.Context, name string) ([]drivers.Sna
 	if err != nil {
 		return nil, err
 	}
-	return run(m, ctx, call{op: op, retry: true}, func(ctx context.Context) ([]drivers.Snapshot, error) {
+	return run(m, ctx, driverCall{op: op, retry: true}, func(ctx context.Context) ([]drivers.Snapshot, error) {
 		return s.ListSnapshots(ctx, name)
 	})
 }
 
 // DeleteSnapshot deletes a snapshot; emits snapshot_deleted.
 func (m *Manager) DeleteSnapshot(ctx context.Context, name, snapshot string) error {
-	const op = "snapshot-delete"
-	if err := validateNames("name", name, "snapshot", snapshot); err != nil {
-		return m.reject(op, err)
-	}
-	s, err := m.snapshotter(op)
-	if err != nil {
-		return err
-	}
-	return m.mutateOne(ctx, op, name, drivers.EventSnapshotDeleted, map[string]string{"snapshot": snapshot},
-		func(ctx context.Context) error { return s.DeleteSnapshot(ctx, name, snapshot) })
+	return m.changeSnapshot(ctx, "snapshot-delete", name, snapshot, drivers.EventSnapshotDeleted,
+		func(ctx context.Context, s drivers.Snapshotter) error { return s.DeleteSnapshot(ctx, name, snapshot) })
 }
 
 // Clone copies source to a new, stopped instance target, holding the
@@ -632,7 +634,7 @@ func (m *Manager) Clone(ctx context.Context, source, target string) (drivers.Ins
 	}
 	var inst drivers.Instance
 	err := m.mutate(ctx, op, []string{source, target}, func(ctx context.Context, fl *flight) (err error) {
-		inst, err = run(m, ctx, call{op: op, flight: fl}, func(ctx context.Context) (drivers.Instance, error) {
+		inst, err = run(m, ctx, driverCall{op: op, flight: fl}, func(ctx context.Context) (drivers.Instance, error) {
 			return c.Clone(ctx, source, target)
 		})
 		return err
@@ -662,7 +664,7 @@ func (m *Manager) ListNetworks(ctx context.Context) ([]drivers.Network, error) {
 	if err != nil {
 		return nil, err
 	}
-	return run(m, ctx, call{op: op, retry: true}, n.ListNetworks)
+	return run(m, ctx, driverCall{op: op, retry: true}, n.ListNetworks)
 }
 
 // AttachNetwork attaches an instance to a network; emits network_attached.
@@ -705,7 +707,7 @@ func (m *Manager) DetachNetwork(ctx context.Context, name, network string) error
 // then emits ev with details, or failed with the error.
 func (m *Manager) mutateOne(ctx context.Context, op, name string, ev drivers.EventType, details map[string]string, fn func(ctx context.Context) error) error {
 	err := m.mutate(ctx, op, []string{name}, func(ctx context.Context, fl *flight) error {
-		_, err := run(m, ctx, call{op: op, flight: fl}, func(ctx context.Context) (struct{}, error) {
+		_, err := run(m, ctx, driverCall{op: op, flight: fl}, func(ctx context.Context) (struct{}, error) {
 			return struct{}{}, fn(ctx)
 		})
 		return err

@@ -20,52 +20,34 @@ type EmptyRequest struct{}
 
 // ParseOp returns the Op named s, or an invalid_argument error naming the op.
 func ParseOp(s string) (Op, error) {
-	for _, o := range Ops() {
-		if string(o) == s {
-			return o, nil
-		}
+	if spec, ok := Spec(Op(s)); ok {
+		return spec.Op, nil
 	}
-	return "", drivers.Errorf(drivers.InvalidArgument, "op: unknown operation %q", truncate(s, 64))
+	return "", unknownOp(s)
+}
+
+func unknownOp(s string) error {
+	return drivers.Errorf(drivers.InvalidArgument, "op: unknown operation %q", truncate(s, 64))
 }
 
 // NewRequest returns a pointer to a zero request body for op, the type
-// Decode fills: *NameRequest, *CreateRequest, … or *EmptyRequest.
+// Decode fills: *NameRequest, *CreateRequest, … or *EmptyRequest (see
+// OpSpec.Request).
 func NewRequest(op Op) (any, error) {
-	switch op {
-	case OpList, OpHealth, OpCapabilities, OpNetworkList:
-		return &EmptyRequest{}, nil
-	case OpGet, OpStart, OpMetrics, OpLimitsGet, OpSnapshotList:
-		return &NameRequest{}, nil
-	case OpCreate:
-		return &CreateRequest{}, nil
-	case OpStop, OpRestart:
-		return &StopRequest{}, nil
-	case OpDelete:
-		return &DeleteRequest{}, nil
-	case OpExec:
-		return &ExecRequest{}, nil
-	case OpLogs:
-		return &LogsRequest{}, nil
-	case OpLimitsSet:
-		return &LimitsSetRequest{}, nil
-	case OpSnapshotCreate, OpSnapshotRestore, OpSnapshotDelete:
-		return &SnapshotRequest{}, nil
-	case OpClone:
-		return &CloneRequest{}, nil
-	case OpNetworkAttach:
-		return &NetworkAttachRequest{}, nil
-	case OpNetworkDetach:
-		return &NetworkDetachRequest{}, nil
+	spec, ok := Spec(op)
+	if !ok {
+		return nil, unknownOp(string(op))
 	}
-	return nil, drivers.Errorf(drivers.InvalidArgument, "op: unknown operation %q", truncate(string(op), 64))
+	return spec.Request(), nil
 }
 
-// Decode strictly decodes the body of a request for op and validates it.
-// It returns a pointer to the op's request type (see NewRequest). Every
-// failure is an invalid_argument error whose message names the field:
-// a body over MaxRequestBytes, malformed JSON, unknown fields, wrong
-// types, trailing data after the JSON value, missing or hostile names
-// (drivers.ValidateName), bad durations, unknown ops. Decode never panics.
+// Decode strictly decodes the body of a request for op and checks its
+// shape only. It returns a pointer to the op's request type (see
+// NewRequest). Every failure is an invalid_argument error whose message
+// names the field: a body over MaxRequestBytes, malformed JSON, unknown
+// fields, wrong types, trailing data after the JSON value, bad durations,
+// unknown ops. Names and values are the manager's to check (one place for
+// each rule). Decode never panics.
 func Decode(op Op, data []byte) (any, error) {
 	req, err := NewRequest(op)
 	if err != nil {
@@ -122,81 +104,14 @@ func jsonError(err error) error {
 	return drivers.Errorf(drivers.InvalidArgument, "body: %s", truncate(strings.TrimPrefix(msg, "json: "), 200))
 }
 
-// validate checks the names and values of a decoded request.
+// validate checks the shape of the wire fields that are encodings: a stop
+// timeout is a positive Go duration string. What values mean (names,
+// templates, limits, networks, commands) is checked once, by the manager.
 func validate(req any) error {
-	switch r := req.(type) {
-	case *NameRequest:
-		return drivers.ValidateName("name", r.Name)
-	case *CreateRequest:
-		if err := drivers.ValidateName("template.name", r.Template.Name); err != nil {
-			return err
-		}
-		if r.Template.BaseImage == "" && len(r.Template.Command) == 0 {
-			return drivers.Errorf(drivers.InvalidArgument, "template.base_image: must not be empty")
-		}
-		return validateNetworks("template.networks", r.Template.Networks)
-	case *StopRequest:
-		if err := drivers.ValidateName("name", r.Name); err != nil {
-			return err
-		}
-		if r.Timeout != "" {
-			d, err := time.ParseDuration(r.Timeout)
-			if err != nil || d <= 0 {
-				return drivers.Errorf(drivers.InvalidArgument, "timeout: %q is not a positive duration like \"30s\"", truncate(r.Timeout, 64))
-			}
-		}
-	case *DeleteRequest:
-		return drivers.ValidateName("name", r.Name)
-	case *ExecRequest:
-		if err := drivers.ValidateName("name", r.Name); err != nil {
-			return err
-		}
-		if len(r.Command) == 0 || r.Command[0] == "" {
-			return drivers.Errorf(drivers.InvalidArgument, "command: must not be empty")
-		}
-	case *LogsRequest:
-		if err := drivers.ValidateName("name", r.Name); err != nil {
-			return err
-		}
-		if r.Lines < 0 {
-			return drivers.Errorf(drivers.InvalidArgument, "lines: must not be negative")
-		}
-	case *LimitsSetRequest:
-		if err := drivers.ValidateName("name", r.Name); err != nil {
-			return err
-		}
-		l := r.Limits
-		if l.CPUCores < 0 || l.MemoryMB < 0 || l.DiskGB < 0 || l.NetworkMbps < 0 || l.PIDs < 0 {
-			return drivers.Errorf(drivers.InvalidArgument, "limits: must not be negative")
-		}
-	case *SnapshotRequest:
-		if err := drivers.ValidateName("name", r.Name); err != nil {
-			return err
-		}
-		return drivers.ValidateName("snapshot", r.Snapshot)
-	case *CloneRequest:
-		if err := drivers.ValidateName("source", r.Source); err != nil {
-			return err
-		}
-		return drivers.ValidateName("target", r.Target)
-	case *NetworkAttachRequest:
-		if err := drivers.ValidateName("name", r.Name); err != nil {
-			return err
-		}
-		return drivers.ValidateName("network.network_name", r.Network.NetworkName)
-	case *NetworkDetachRequest:
-		if err := drivers.ValidateName("name", r.Name); err != nil {
-			return err
-		}
-		return drivers.ValidateName("network", r.Network)
-	}
-	return nil
-}
-
-func validateNetworks(field string, nets []drivers.NetworkConfig) error {
-	for i, n := range nets {
-		if err := drivers.ValidateName(fmt.Sprintf("%s[%d].network_name", field, i), n.NetworkName); err != nil {
-			return err
+	if r, ok := req.(*StopRequest); ok && r.Timeout != "" {
+		d, err := time.ParseDuration(r.Timeout)
+		if err != nil || d <= 0 {
+			return drivers.Errorf(drivers.InvalidArgument, "timeout: %q is not a positive duration like \"30s\"", truncate(r.Timeout, 64))
 		}
 	}
 	return nil
@@ -209,31 +124,10 @@ func (r StopRequest) StopOptions() drivers.StopOptions {
 }
 
 // InstanceName returns the instance a decoded request is about ("" for
-// none), for logs.
+// none), for logs: every request type names it with an Instance method.
 func InstanceName(req any) string {
-	switch r := req.(type) {
-	case *NameRequest:
-		return r.Name
-	case *CreateRequest:
-		return r.Template.Name
-	case *StopRequest:
-		return r.Name
-	case *DeleteRequest:
-		return r.Name
-	case *ExecRequest:
-		return r.Name
-	case *LogsRequest:
-		return r.Name
-	case *LimitsSetRequest:
-		return r.Name
-	case *SnapshotRequest:
-		return r.Name
-	case *CloneRequest:
-		return r.Source
-	case *NetworkAttachRequest:
-		return r.Name
-	case *NetworkDetachRequest:
-		return r.Name
+	if r, ok := req.(interface{ Instance() string }); ok {
+		return r.Instance()
 	}
 	return ""
 }

@@ -1,7 +1,13 @@
-// Package messages defines the wire format of subbus: request and reply
+// Package messages defines the wire format of subbus: the operations (one
+// table, opTable, describes each op: request and reply types, whether it
+// mutates, is idempotent, needs a capability, streams), request and reply
 // bodies, headers, subjects, stream chunks, events and metrics. Workers and
 // clients (subbus, other services) share it; schemas/ describes the same
-// messages as JSON Schema and AsyncAPI.
+// messages as JSON Schema and AsyncAPI, and tests keep the two in step.
+//
+// Decode checks the shape of a request only (strict JSON, types, wire
+// encodings such as durations); what names and values mean is checked once,
+// by the manager.
 package messages
 
 import (
@@ -23,51 +29,6 @@ const (
 
 // MaxRequestBytes bounds a request body; larger requests are invalid_argument.
 const MaxRequestBytes = 1 << 20
-
-// Op is a bus operation, the last token of a request subject.
-type Op string
-
-const (
-	OpList            Op = "list"
-	OpGet             Op = "get"
-	OpCreate          Op = "create"
-	OpStart           Op = "start"
-	OpStop            Op = "stop"
-	OpRestart         Op = "restart"
-	OpDelete          Op = "delete"
-	OpExec            Op = "exec"
-	OpLogs            Op = "logs"
-	OpMetrics         Op = "metrics"
-	OpHealth          Op = "health"
-	OpCapabilities    Op = "capabilities"
-	OpLimitsGet       Op = "limits-get"
-	OpLimitsSet       Op = "limits-set"
-	OpSnapshotCreate  Op = "snapshot-create"
-	OpSnapshotRestore Op = "snapshot-restore"
-	OpSnapshotList    Op = "snapshot-list"
-	OpSnapshotDelete  Op = "snapshot-delete"
-	OpClone           Op = "clone"
-	OpNetworkAttach   Op = "network-attach"
-	OpNetworkDetach   Op = "network-detach"
-	OpNetworkList     Op = "network-list"
-)
-
-// Ops lists every operation.
-func Ops() []Op {
-	return []Op{OpList, OpGet, OpCreate, OpStart, OpStop, OpRestart, OpDelete, OpExec, OpLogs, OpMetrics,
-		OpHealth, OpCapabilities, OpLimitsGet, OpLimitsSet, OpSnapshotCreate, OpSnapshotRestore, OpSnapshotList,
-		OpSnapshotDelete, OpClone, OpNetworkAttach, OpNetworkDetach, OpNetworkList}
-}
-
-// Mutating reports whether op changes state (takes an idempotency key, emits events).
-func (o Op) Mutating() bool {
-	switch o {
-	case OpCreate, OpStart, OpStop, OpRestart, OpDelete, OpLimitsSet, OpSnapshotCreate, OpSnapshotRestore,
-		OpSnapshotDelete, OpClone, OpNetworkAttach, OpNetworkDetach, OpExec:
-		return true
-	}
-	return false
-}
 
 // Request bodies. Every field not listed for an op is rejected by the
 // strict decoder.
@@ -96,11 +57,24 @@ type DeleteRequest struct {
 }
 
 // ExecRequest serves exec. With Stream, output comes as Chunks (see Chunk).
+// Its fields are the wire form of drivers.ExecRequest (see Options).
 type ExecRequest struct {
-	Name string `json:"name"`
-	drivers.ExecRequest
-	Stream bool `json:"stream,omitempty"`
+	Name    string            `json:"name"`
+	Command []string          `json:"command"`
+	Env     map[string]string `json:"env,omitempty"`
+	WorkDir string            `json:"workdir,omitempty"`
+	User    string            `json:"user,omitempty"`
+	Stdin   []byte            `json:"stdin,omitempty"` // base64 in JSON
+	Stream  bool              `json:"stream,omitempty"`
 }
+
+// Options converts the request into the driver contract's ExecRequest.
+func (r ExecRequest) Options() drivers.ExecRequest {
+	return drivers.ExecRequest{Command: r.Command, Env: r.Env, WorkDir: r.WorkDir, User: r.User, Stdin: r.Stdin}
+}
+
+// Streamed reports whether the output should come as Chunks.
+func (r ExecRequest) Streamed() bool { return r.Stream }
 
 // LogsRequest serves logs. With Follow, lines come as Chunks until the client goes away.
 type LogsRequest struct {
@@ -108,6 +82,9 @@ type LogsRequest struct {
 	Lines  int    `json:"lines,omitempty"`
 	Follow bool   `json:"follow,omitempty"`
 }
+
+// Streamed reports whether the lines should come as Chunks.
+func (r LogsRequest) Streamed() bool { return r.Follow }
 
 // LimitsSetRequest serves limits-set.
 type LimitsSetRequest struct {
@@ -138,6 +115,20 @@ type NetworkDetachRequest struct {
 	Name    string `json:"name"`
 	Network string `json:"network"`
 }
+
+// Instance methods name the instance a request is about (InstanceName).
+
+func (r NameRequest) Instance() string          { return r.Name }
+func (r CreateRequest) Instance() string        { return r.Template.Name }
+func (r StopRequest) Instance() string          { return r.Name }
+func (r DeleteRequest) Instance() string        { return r.Name }
+func (r ExecRequest) Instance() string          { return r.Name }
+func (r LogsRequest) Instance() string          { return r.Name }
+func (r LimitsSetRequest) Instance() string     { return r.Name }
+func (r SnapshotRequest) Instance() string      { return r.Name }
+func (r CloneRequest) Instance() string         { return r.Source }
+func (r NetworkAttachRequest) Instance() string { return r.Name }
+func (r NetworkDetachRequest) Instance() string { return r.Name }
 
 // Reply is the body of every non-streamed reply: exactly one of Result and Error.
 type Reply struct {

@@ -116,8 +116,8 @@ func fullRequests() map[Op]any {
 	tmpl := drivers.InstanceTemplate{Name: "web.1", BaseImage: "/bin/sleep", Command: []string{"/bin/sleep", "60"}, WorkDir: "/tmp",
 		User: "nobody", Resources: limits, Networks: []drivers.NetworkConfig{netCfg}, Environment: map[string]string{"A": "1"},
 		Volumes: []drivers.Volume{{Source: "/src", Target: "/dst", ReadOnly: true}}, Metadata: map[string]string{"team": "x"}}
-	exec := ExecRequest{Name: "web.1", ExecRequest: drivers.ExecRequest{Command: []string{"ls", "-l"}, Env: map[string]string{"A": "1"},
-		WorkDir: "/", User: "root", Stdin: []byte("input")}, Stream: true}
+	exec := ExecRequest{Name: "web.1", Command: []string{"ls", "-l"}, Env: map[string]string{"A": "1"},
+		WorkDir: "/", User: "root", Stdin: []byte("input"), Stream: true}
 	return map[Op]any{
 		OpList: EmptyRequest{}, OpHealth: EmptyRequest{}, OpCapabilities: EmptyRequest{}, OpNetworkList: EmptyRequest{},
 		OpGet: NameRequest{Name: "web.1"}, OpStart: NameRequest{Name: "web.1"}, OpMetrics: NameRequest{Name: "a"},
@@ -206,25 +206,34 @@ func countJSONFields(t reflect.Type) int {
 	return n
 }
 
-func TestSchemasRejectWhatDecodeRejects(t *testing.T) {
+// The schemas reject what the worker rejects: the shape errors Decode
+// finds, and the bad names and values (meaning: checked by the manager, see
+// worker.TestBadInputIsInvalidArgumentAndChangesNothing and
+// manager.TestValidationRejectsBeforeDriver) that Decode lets through.
+func TestSchemasRejectWhatTheWorkerRejects(t *testing.T) {
 	bad := []struct {
-		op   Op
-		body string
+		op      Op
+		body    string
+		meaning bool // refused by the manager, not by Decode
 	}{
-		{OpGet, `{"name":"../x"}`},
-		{OpGet, `{"name":"a","extra":1}`},
-		{OpGet, `{}`},
-		{OpGet, `{"name":5}`},
-		{OpCreate, `{"template":{"name":"a"}}`},
-		{OpStop, `{"name":"a","timeout":"soon"}`},
-		{OpExec, `{"name":"a","command":[]}`},
-		{OpLogs, `{"name":"a","lines":-3}`},
-		{OpClone, `{"source":"a","target":".."}`},
-		{OpList, `{"all":true}`},
+		{OpGet, `{"name":"../x"}`, true},
+		{OpGet, `{"name":"a","extra":1}`, false},
+		{OpGet, `{}`, true},
+		{OpGet, `{"name":5}`, false},
+		{OpCreate, `{"template":{"name":"a"}}`, true},
+		{OpStop, `{"name":"a","timeout":"soon"}`, false},
+		{OpExec, `{"name":"a","command":[]}`, true},
+		{OpLogs, `{"name":"a","lines":-3}`, true},
+		{OpClone, `{"source":"a","target":".."}`, true},
+		{OpList, `{"all":true}`, false},
 	}
 	for _, tt := range bad {
-		if _, err := Decode(tt.op, []byte(tt.body)); err == nil {
+		_, err := Decode(tt.op, []byte(tt.body))
+		if !tt.meaning && err == nil {
 			t.Errorf("Decode accepts %s %s", tt.op, tt.body)
+		}
+		if tt.meaning && err != nil {
+			t.Errorf("Decode checks meaning: %s %s: %v", tt.op, tt.body, err)
 		}
 		if err := validateJSON(t, requestSchemaFile(t, tt.op), []byte(tt.body)); err == nil {
 			t.Errorf("schema accepts %s %s", tt.op, tt.body)

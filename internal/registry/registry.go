@@ -25,10 +25,6 @@ type Factory struct {
 	Detect func(ctx context.Context, cfg *config.Config) error
 }
 
-// reserved names can never be drivers: they are subject tokens of the
-// event and metrics trees.
-var reserved = map[string]bool{"events": true, "metrics": true}
-
 // Lookup returns the factory with the given name.
 func Lookup(name string) (Factory, bool) {
 	for _, f := range Builtin() {
@@ -54,7 +50,7 @@ func Names() []string {
 func check(fs []Factory) []Factory {
 	seen := map[string]bool{}
 	for _, f := range fs {
-		if f.Name == "" || reserved[f.Name] || seen[f.Name] || f.New == nil || f.Detect == nil {
+		if drivers.ValidDriverName(f.Name) != nil || seen[f.Name] || f.New == nil || f.Detect == nil {
 			panic(fmt.Sprintf("registry: bad driver registration %q", f.Name))
 		}
 		seen[f.Name] = true

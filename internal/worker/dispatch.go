@@ -2,135 +2,144 @@ package worker
 
 import (
 	"context"
+	"reflect"
 
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/manager"
 	"github.com/subbus/subbus/internal/messages"
 )
 
-// checkSupported answers unsupported for an op the driver cannot do.
-func checkSupported(m *manager.Manager, op messages.Op) error {
-	caps := m.Capabilities()
-	var ok bool
-	switch op {
-	case messages.OpExec:
-		ok = caps.Exec
-	case messages.OpLogs:
-		ok = caps.Logs
-	case messages.OpLimitsGet, messages.OpLimitsSet:
-		ok = caps.Limits
-	case messages.OpSnapshotCreate, messages.OpSnapshotRestore, messages.OpSnapshotList, messages.OpSnapshotDelete:
-		ok = caps.Snapshots
-	case messages.OpClone:
-		ok = caps.Clone
-	case messages.OpNetworkAttach, messages.OpNetworkDetach, messages.OpNetworkList:
-		ok = caps.Networks
-	default:
-		ok = true
-	}
-	if !ok {
-		return drivers.Unsupportedf("%s: the %s driver does not support this operation", op, m.Driver())
-	}
-	return nil
+// handler serves one decoded, non-streamed request of its op on the
+// request's manager and returns the result to encode. body is the pointer
+// messages.NewRequest(op) returned, filled by messages.Decode.
+type handler struct {
+	body  reflect.Type // the request type served, *messages.NameRequest…
+	serve func(ctx context.Context, r *busRequest, body any) (any, error)
 }
 
-// dispatch runs a decoded, non-streamed request on the manager and returns
-// the result to encode.
-func (c *call) dispatch(ctx context.Context, body any) (any, error) {
-	m := c.m
-	switch r := body.(type) {
-	case *messages.EmptyRequest:
-		switch c.op {
-		case messages.OpList:
-			l, err := m.List(ctx)
-			if l == nil {
-				l = []drivers.Instance{}
-			}
-			return l, err
-		case messages.OpHealth:
-			return m.Health(ctx)
-		case messages.OpCapabilities:
-			caps := m.Capabilities()
-			return messages.CapabilitiesResult{Driver: m.Driver(), Host: c.w.host, Capabilities: caps, Ops: caps.Ops()}, nil
-		case messages.OpNetworkList:
-			l, err := m.ListNetworks(ctx)
-			if l == nil {
-				l = []drivers.Network{}
-			}
-			return l, err
-		}
-	case *messages.NameRequest:
-		switch c.op {
-		case messages.OpGet:
-			return m.Get(ctx, r.Name)
-		case messages.OpStart:
-			changed, err := m.Start(ctx, r.Name)
-			return c.changed(ctx, r.Name, changed, err)
-		case messages.OpMetrics:
-			return m.Metrics(ctx, r.Name)
-		case messages.OpLimitsGet:
-			return m.GetLimits(ctx, r.Name)
-		case messages.OpSnapshotList:
-			l, err := m.ListSnapshots(ctx, r.Name)
-			if l == nil {
-				l = []drivers.Snapshot{}
-			}
-			return l, err
-		}
-	case *messages.CreateRequest:
-		return m.Create(ctx, r.Template)
-	case *messages.StopRequest:
-		if c.op == messages.OpRestart {
-			err := m.Restart(ctx, r.Name, r.StopOptions())
-			return c.changed(ctx, r.Name, true, err)
-		}
-		changed, err := m.Stop(ctx, r.Name, r.StopOptions())
-		return c.changed(ctx, r.Name, changed, err)
-	case *messages.DeleteRequest:
-		changed, err := m.Delete(ctx, r.Name, drivers.DeleteOptions{Force: r.Force})
+// handlers maps every op to the code that serves it (what serves stop is
+// handlers[messages.OpStop]). A test checks that every op of messages.Ops
+// has one and that it accepts the op's request type.
+var handlers = map[messages.Op]handler{
+	messages.OpList: on(func(ctx context.Context, r *busRequest, _ *messages.EmptyRequest) (any, error) {
+		return nonNil(r.m.List(ctx))
+	}),
+	messages.OpGet: on(func(ctx context.Context, r *busRequest, b *messages.NameRequest) (any, error) {
+		return r.m.Get(ctx, b.Name)
+	}),
+	messages.OpCreate: on(func(ctx context.Context, r *busRequest, b *messages.CreateRequest) (any, error) {
+		return r.m.Create(ctx, b.Template)
+	}),
+	messages.OpStart: on(func(ctx context.Context, r *busRequest, b *messages.NameRequest) (any, error) {
+		changed, err := r.m.Start(ctx, b.Name)
+		return r.changed(ctx, b.Name, changed, err)
+	}),
+	messages.OpStop: on(func(ctx context.Context, r *busRequest, b *messages.StopRequest) (any, error) {
+		changed, err := r.m.Stop(ctx, b.Name, b.StopOptions())
+		return r.changed(ctx, b.Name, changed, err)
+	}),
+	messages.OpRestart: on(func(ctx context.Context, r *busRequest, b *messages.StopRequest) (any, error) {
+		err := r.m.Restart(ctx, b.Name, b.StopOptions())
+		return r.changed(ctx, b.Name, true, err)
+	}),
+	messages.OpDelete: on(func(ctx context.Context, r *busRequest, b *messages.DeleteRequest) (any, error) {
+		changed, err := r.m.Delete(ctx, b.Name, drivers.DeleteOptions{Force: b.Force})
 		if err != nil {
 			return nil, err
 		}
 		return messages.ChangedResult{Changed: changed}, nil
-	case *messages.ExecRequest:
-		return m.Exec(ctx, r.Name, r.ExecRequest, nil, nil)
-	case *messages.LogsRequest:
+	}),
+	messages.OpExec: on(func(ctx context.Context, r *busRequest, b *messages.ExecRequest) (any, error) {
+		return r.m.Exec(ctx, b.Name, b.Options(), nil, nil)
+	}),
+	messages.OpLogs: on(func(ctx context.Context, r *busRequest, b *messages.LogsRequest) (any, error) {
 		lines := []drivers.LogLine{}
-		err := m.Logs(ctx, r.Name, drivers.LogOptions{Lines: r.Lines}, func(l drivers.LogLine) error {
+		err := r.m.Logs(ctx, b.Name, drivers.LogOptions{Lines: b.Lines}, func(l drivers.LogLine) error {
 			lines = append(lines, l)
 			return nil
 		})
 		return lines, err
-	case *messages.LimitsSetRequest:
-		return m.SetLimits(ctx, r.Name, r.Limits)
-	case *messages.SnapshotRequest:
-		sm := m
-		switch c.op {
-		case messages.OpSnapshotCreate:
-			return sm.CreateSnapshot(ctx, r.Name, r.Snapshot)
-		case messages.OpSnapshotRestore:
-			return messages.ChangedResult{Changed: true}, sm.RestoreSnapshot(ctx, r.Name, r.Snapshot)
-		case messages.OpSnapshotDelete:
-			return messages.ChangedResult{Changed: true}, sm.DeleteSnapshot(ctx, r.Name, r.Snapshot)
+	}),
+	messages.OpMetrics: on(func(ctx context.Context, r *busRequest, b *messages.NameRequest) (any, error) {
+		return r.m.Metrics(ctx, b.Name)
+	}),
+	messages.OpHealth: on(func(ctx context.Context, r *busRequest, _ *messages.EmptyRequest) (any, error) {
+		return r.m.Health(ctx)
+	}),
+	messages.OpCapabilities: on(func(_ context.Context, r *busRequest, _ *messages.EmptyRequest) (any, error) {
+		caps := r.m.Capabilities()
+		return messages.CapabilitiesResult{Driver: r.m.Driver(), Host: r.w.host, Capabilities: caps,
+			Ops: messages.OpNames(messages.OpsFor(caps))}, nil
+	}),
+	messages.OpLimitsGet: on(func(ctx context.Context, r *busRequest, b *messages.NameRequest) (any, error) {
+		return r.m.GetLimits(ctx, b.Name)
+	}),
+	messages.OpLimitsSet: on(func(ctx context.Context, r *busRequest, b *messages.LimitsSetRequest) (any, error) {
+		return r.m.SetLimits(ctx, b.Name, b.Limits)
+	}),
+	messages.OpSnapshotCreate: on(func(ctx context.Context, r *busRequest, b *messages.SnapshotRequest) (any, error) {
+		return r.m.CreateSnapshot(ctx, b.Name, b.Snapshot)
+	}),
+	messages.OpSnapshotRestore: on(func(ctx context.Context, r *busRequest, b *messages.SnapshotRequest) (any, error) {
+		return messages.ChangedResult{Changed: true}, r.m.RestoreSnapshot(ctx, b.Name, b.Snapshot)
+	}),
+	messages.OpSnapshotList: on(func(ctx context.Context, r *busRequest, b *messages.NameRequest) (any, error) {
+		return nonNil(r.m.ListSnapshots(ctx, b.Name))
+	}),
+	messages.OpSnapshotDelete: on(func(ctx context.Context, r *busRequest, b *messages.SnapshotRequest) (any, error) {
+		return messages.ChangedResult{Changed: true}, r.m.DeleteSnapshot(ctx, b.Name, b.Snapshot)
+	}),
+	messages.OpClone: on(func(ctx context.Context, r *busRequest, b *messages.CloneRequest) (any, error) {
+		return r.m.Clone(ctx, b.Source, b.Target)
+	}),
+	messages.OpNetworkAttach: on(func(ctx context.Context, r *busRequest, b *messages.NetworkAttachRequest) (any, error) {
+		return messages.ChangedResult{Changed: true}, r.m.AttachNetwork(ctx, b.Name, b.Network)
+	}),
+	messages.OpNetworkDetach: on(func(ctx context.Context, r *busRequest, b *messages.NetworkDetachRequest) (any, error) {
+		return messages.ChangedResult{Changed: true}, r.m.DetachNetwork(ctx, b.Name, b.Network)
+	}),
+	messages.OpNetworkList: on(func(ctx context.Context, r *busRequest, _ *messages.EmptyRequest) (any, error) {
+		return nonNil(r.m.ListNetworks(ctx))
+	}),
+}
+
+// on adapts a handler of one request type. A body of another type (a
+// mismatch between the op table and handlers, which a test rules out) is
+// internal, never a panic.
+func on[B any](fn func(ctx context.Context, r *busRequest, body *B) (any, error)) handler {
+	return handler{body: reflect.TypeFor[*B](), serve: func(ctx context.Context, r *busRequest, body any) (any, error) {
+		b, ok := body.(*B)
+		if !ok {
+			return nil, drivers.Errorf(drivers.Internal, "%s: no handler for %T", r.op, body)
 		}
-	case *messages.CloneRequest:
-		return m.Clone(ctx, r.Source, r.Target)
-	case *messages.NetworkAttachRequest:
-		return messages.ChangedResult{Changed: true}, m.AttachNetwork(ctx, r.Name, r.Network)
-	case *messages.NetworkDetachRequest:
-		return messages.ChangedResult{Changed: true}, m.DetachNetwork(ctx, r.Name, r.Network)
+		return fn(ctx, r, b)
+	}}
+}
+
+// nonNil makes an empty list encode as [] rather than null.
+func nonNil[T any](l []T, err error) (any, error) {
+	if l == nil {
+		l = []T{}
 	}
-	return nil, drivers.Errorf(drivers.Internal, "%s: no handler for %T", c.op, body)
+	return l, err
+}
+
+// dispatch runs a decoded, non-streamed request through its op's handler.
+func (r *busRequest) dispatch(ctx context.Context, body any) (any, error) {
+	h, ok := handlers[r.op]
+	if !ok {
+		return nil, drivers.Errorf(drivers.Internal, "%s: no handler", r.op)
+	}
+	return h.serve(ctx, r, body)
 }
 
 // changed builds the result of start/stop/restart: whether anything
 // changed, and the instance as it is now (best effort).
-func (c *call) changed(ctx context.Context, name string, changed bool, err error) (any, error) {
+func (r *busRequest) changed(ctx context.Context, name string, changed bool, err error) (any, error) {
 	if err != nil {
 		return nil, err
 	}
 	res := messages.ChangedResult{Changed: changed}
-	if inst, err := c.m.Get(ctx, name); err == nil {
+	if inst, err := r.m.Get(ctx, name); err == nil {
 		res.Instance = &inst
 	}
 	return res, nil

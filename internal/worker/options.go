@@ -20,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/subbus/subbus/internal/config"
+	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
 	"github.com/subbus/subbus/internal/messages"
 )
@@ -244,7 +245,7 @@ func (o Options) validate() error {
 		return &config.Error{Key: "worker.host", Msg: fmt.Sprintf("%q is not a subject token (letters, digits, '-', '_')", o.Host)}
 	}
 	for _, d := range o.Drivers {
-		if !messages.ValidToken(d) || d == messages.EventsToken || d == messages.MetricsToken {
+		if drivers.ValidDriverName(d) != nil {
 			return &config.Error{Key: "worker.drivers", Msg: fmt.Sprintf("%q is not a driver name", d)}
 		}
 	}

@@ -49,7 +49,7 @@ func (w *Worker) addService() error {
 	}
 	for _, m := range w.managers {
 		d := m.Driver()
-		meta := map[string]string{"driver": d, "host": w.host, "ops": strings.Join(m.Capabilities().Ops(), ",")}
+		meta := map[string]string{"driver": d, "host": w.host, "ops": strings.Join(messages.OpNames(messages.OpsFor(m.Capabilities())), ",")}
 		h := w.handler(m)
 		if err := svc.AddEndpoint(d, h, micro.WithEndpointSubject(messages.SubjectRoot+"."+d+".*"),
 			micro.WithEndpointMetadata(meta)); err != nil {
@@ -77,9 +77,8 @@ type Stats struct {
 	EventsDropped  uint64 `json:"events_dropped"`
 	MetricsPending int    `json:"metrics_pending"`
 	MetricsDropped uint64 `json:"metrics_dropped"`
-	// Substrates holds each driver's operation metrics (the seed's
-	// get_substrate_metrics): counts, errors by code, retries, cache hits,
-	// durations, breaker state and events by type.
+	// Substrates holds each driver's operation metrics: counts, errors by
+	// code, retries, cache hits, durations, breaker state and events by type.
 	Substrates map[string]manager.OpStats `json:"substrates"`
 }
 
@@ -130,8 +129,8 @@ func (w *Worker) handler(m *manager.Manager) micro.Handler {
 	})
 }
 
-// call is one request being served.
-type call struct {
+// busRequest is one bus request being served.
+type busRequest struct {
 	w         *Worker
 	m         *manager.Manager
 	req       micro.Request
@@ -142,7 +141,7 @@ type call struct {
 }
 
 func (w *Worker) serve(m *manager.Manager, req micro.Request, received time.Time) {
-	c := &call{w: w, m: m, req: req}
+	c := &busRequest{w: w, m: m, req: req}
 	c.requestID = req.Headers().Get(messages.HeaderRequestID)
 	if !messages.ValidRequestID(c.requestID) {
 		c.requestID = messages.NewRequestID()
@@ -163,7 +162,7 @@ func (w *Worker) serve(m *manager.Manager, req micro.Request, received time.Time
 }
 
 // run serves the request and returns the error it answered with, if any.
-func (c *call) run(opTok string) (drivers.Code, error) {
+func (c *busRequest) run(opTok string) (drivers.Code, error) {
 	w := c.w
 	fail := func(err error) (drivers.Code, error) {
 		w.respondError(c.req, c.requestID, err)
@@ -187,7 +186,7 @@ func (c *call) run(opTok string) (drivers.Code, error) {
 		return fail(err)
 	}
 	c.instance = messages.InstanceName(body)
-	if err := checkSupported(c.m, op); err != nil {
+	if err := op.Supported(c.m.Driver(), c.m.Capabilities()); err != nil {
 		return fail(err)
 	}
 
@@ -199,7 +198,7 @@ func (c *call) run(opTok string) (drivers.Code, error) {
 	}
 	ctx = withRequestID(ctx, c.requestID)
 
-	if streaming(body) {
+	if spec, _ := messages.Spec(op); spec.Streams && streamed(body) {
 		return c.stream(ctx, body)
 	}
 
@@ -216,7 +215,7 @@ func (c *call) run(opTok string) (drivers.Code, error) {
 
 // idempotent serves a mutating request with an idempotency key: the first
 // reply is kept and returned to retries.
-func (c *call) idempotent(ctx context.Context, key string, body any) (drivers.Code, error) {
+func (c *busRequest) idempotent(ctx context.Context, key string, body any) (drivers.Code, error) {
 	w := c.w
 	k := c.m.Driver() + "\x00" + string(c.op) + "\x00" + key
 	for range 3 {
@@ -267,15 +266,15 @@ func replayCode(r cachedReply) drivers.Code {
 	return drivers.Code(n)
 }
 
-func (c *call) respondCached(r cachedReply) error {
+func (c *busRequest) respondCached(r cachedReply) error {
 	return c.w.send(c.req, c.requestID, r.data, r.errMsg, r.errCode)
 }
 
-func (c *call) respondResult(result any) error {
+func (c *busRequest) respondResult(result any) error {
 	return c.respondBytes(messages.ResultReply(c.requestID, c.w.host, result))
 }
 
-func (c *call) respondBytes(data []byte) error {
+func (c *busRequest) respondBytes(data []byte) error {
 	if max := c.w.nc.MaxPayload(); max > 0 && int64(len(data)) > max {
 		err := drivers.Errorf(drivers.Internal, "result of %d bytes exceeds the NATS max payload of %d (for exec, use stream)", len(data), max)
 		c.w.respondError(c.req, c.requestID, err)
@@ -318,13 +317,9 @@ func (w *Worker) send(req micro.Request, requestID string, data []byte, errMsg, 
 	return w.nc.PublishMsg(msg)
 }
 
-// streaming reports whether a decoded request asks for a streamed reply.
-func streaming(body any) bool {
-	switch r := body.(type) {
-	case *messages.ExecRequest:
-		return r.Stream
-	case *messages.LogsRequest:
-		return r.Follow
-	}
-	return false
+// streamed reports whether a decoded request of a streaming op asks for a
+// streamed reply.
+func streamed(body any) bool {
+	s, ok := body.(interface{ Streamed() bool })
+	return ok && s.Streamed()
 }

@@ -28,7 +28,7 @@ func withRequestID(ctx context.Context, id string) context.Context {
 // A missing acknowledgement (no responders, or StreamIdle passed) means
 // the client is gone: the sender fails and cancels the operation.
 type chunkSender struct {
-	c      *call
+	c      *busRequest
 	inbox  string
 	idle   time.Duration // no acknowledgement for this long: the client is gone
 	resend time.Duration // an unacknowledged chunk is re-sent after this
@@ -131,7 +131,7 @@ func (w streamWriter) Write(p []byte) (int, error) {
 // stream serves exec with stream and logs with follow. Errors before the
 // operation starts (not_found, conflict…) and after it come as the Final
 // chunk with Error set; exec's exit code comes in the Final chunk.
-func (c *call) stream(ctx context.Context, body any) (drivers.Code, error) {
+func (c *busRequest) stream(ctx context.Context, body any) (drivers.Code, error) {
 	inbox := c.req.Reply()
 	if inbox == "" {
 		return 0, nil // nobody to stream to
@@ -147,7 +147,7 @@ func (c *call) stream(ctx context.Context, body any) (drivers.Code, error) {
 	var opErr error
 	switch r := body.(type) {
 	case *messages.ExecRequest:
-		res, err := c.m.Exec(ctx, r.Name, r.ExecRequest, streamWriter{s, "stdout"}, streamWriter{s, "stderr"})
+		res, err := c.m.Exec(ctx, r.Name, r.Options(), streamWriter{s, "stdout"}, streamWriter{s, "stderr"})
 		if err == nil {
 			code := res.ExitCode
 			final.ExitCode = &code

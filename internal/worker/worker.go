@@ -96,8 +96,8 @@ func New(ctx context.Context, opts Options) (*Worker, error) {
 	}
 	for _, m := range mgrs {
 		name := m.Driver()
-		if !messages.ValidToken(name) || name == messages.EventsToken || name == messages.MetricsToken {
-			return nil, fmt.Errorf("driver name %q cannot be a subject token", name)
+		if err := drivers.ValidDriverName(name); err != nil {
+			return nil, fmt.Errorf("driver name %q cannot be a subject token: %w", name, err)
 		}
 		if _, dup := w.byName[name]; dup {
 			return nil, fmt.Errorf("driver %q enabled twice", name)

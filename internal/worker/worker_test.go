@@ -34,6 +34,16 @@ func TestBadInputIsInvalidArgumentAndChangesNothing(t *testing.T) {
 		{"unknown field", subj("toy", messages.OpCreate), `{"template":{"name":"a","base_image":"x"},"force":true}`},
 		{"hostile name", subj("toy", messages.OpCreate), `{"template":{"name":"../../etc/passwd","base_image":"x"}}`},
 		{"missing name", subj("toy", messages.OpStart), `{}`},
+		// Meaning is checked by the manager (Decode checks shape only).
+		{"path name", subj("toy", messages.OpStart), `{"name":"../etc"}`},
+		{"dot name", subj("toy", messages.OpDelete), `{"name":".."}`},
+		{"space name", subj("toy", messages.OpGet), `{"name":"a b"}`},
+		{"newline name", subj("toy", messages.OpGet), `{"name":"a\nb"}`},
+		{"long name", subj("toy", messages.OpStop), `{"name":"` + strings.Repeat("a", 64) + `"}`},
+		{"template name", subj("toy", messages.OpCreate), `{"template":{"name":"-x","base_image":"/bin/true"}}`},
+		{"no image", subj("toy", messages.OpCreate), `{"template":{"name":"x"}}`},
+		{"empty command", subj("toy", messages.OpExec), `{"name":"a","command":[]}`},
+		{"negative lines", subj("toy", messages.OpLogs), `{"name":"a","lines":-1}`},
 		{"trailing data", subj("toy", messages.OpCreate), `{"template":{"name":"a","base_image":"x"}}{}`},
 		{"huge payload", subj("toy", messages.OpCreate), `{"template":{"name":"a","base_image":"` + strings.Repeat("x", messages.MaxRequestBytes) + `"}}`},
 		{"unknown op", "substrate.toy.explode", `{}`},
@@ -54,6 +64,9 @@ func TestBadInputIsInvalidArgumentAndChangesNothing(t *testing.T) {
 	}
 	if n := d.creates.Load(); n != 0 {
 		t.Fatalf("%d instances created by bad requests", n)
+	}
+	if n := d.execs.Load(); n != 0 {
+		t.Fatalf("%d execs running after bad requests", n)
 	}
 }
 

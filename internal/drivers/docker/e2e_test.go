@@ -279,7 +279,7 @@ func TestStreamedExecThroughBus(t *testing.T) {
 	defer cancel()
 	var gotA, gotB, final time.Time
 	var exit *int
-	req := messages.ExecRequest{Name: name, Stream: true, ExecRequest: drivers.ExecRequest{Command: []string{"sh", "-c", "echo a; sleep 3; echo b"}}}
+	req := messages.ExecRequest{Name: name, Stream: true, Command: []string{"sh", "-c", "echo a; sleep 3; echo b"}}
 	err = cl.Stream(ctx, "docker", f.Host, messages.OpExec, req, func(ch messages.Chunk) error {
 		now := time.Now()
 		switch {
