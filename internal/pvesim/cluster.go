@@ -24,7 +24,14 @@ func hTicket(s *Sim, r *req) (any, map[string]any, error) {
 	if realm := r.str("realm"); realm != "" && !strings.Contains(user, "@") {
 		user += "@" + realm
 	}
-	if s.opts.Password == "-" || user != "root@pam" || !hmac.Equal([]byte(r.str("password")), []byte(s.opts.Password)) {
+	pw := r.str("password")
+	// A valid ticket works as the password: that renews it (PVE; proxmoxer
+	// does so every hour).
+	renewed := false
+	if tu, ok := s.verifyTicket(pw); ok && tu == user {
+		renewed = true
+	}
+	if !renewed && (s.opts.Password == "-" || user != "root@pam" || !hmac.Equal([]byte(pw), []byte(s.opts.Password))) {
 		return nil, nil, errAuthFailed
 	}
 	now := time.Now()

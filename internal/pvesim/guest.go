@@ -360,15 +360,8 @@ func (s *Sim) allocDisk(n *simNode, g *guest, key, v string, idx *int) (string, 
 		return v, nil
 	}
 	st := n.storage(m[1])
-	if st == nil {
-		return "", fmt.Errorf("storage '%s' does not exist", m[1])
-	}
-	want := "images"
-	if g.kind == "lxc" {
-		want = "rootdir"
-	}
-	if !strings.Contains(st.content, want) {
-		return "", fmt.Errorf("storage '%s' does not support %s", m[1], map[string]string{"images": "vm images", "rootdir": "container directories"}[want])
+	if err := checkDiskStorage(n, g.kind, m[1]); err != nil {
+		return "", err
 	}
 	sizeG, _ := strconv.ParseFloat(m[2], 64)
 	kind := "disk"
@@ -428,4 +421,37 @@ func (s *Sim) destroyLocked(vmid int, unreferenced bool) {
 func uuid() string {
 	h := randHex(16)
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+// checkDiskStorage is PVE's storage check for a new disk: the storage
+// must exist (500) and hold guest disks (a parameter error on storage).
+func checkDiskStorage(n *simNode, kind, id string) error {
+	st := n.storage(id)
+	if st == nil {
+		return errf("storage '%s' does not exist", id)
+	}
+	if kind == "lxc" && !strings.Contains(st.content, "rootdir") {
+		return paramError(map[string]string{"storage": fmt.Sprintf("storage '%s' does not support container directories", id)})
+	}
+	if kind == "qemu" && !strings.Contains(st.content, "images") {
+		return paramError(map[string]string{"storage": fmt.Sprintf("storage '%s' does not support vm images", id)})
+	}
+	return nil
+}
+
+// checkNewDisks runs checkDiskStorage for every disk to allocate in conf,
+// as PVE does before it forks the worker.
+func (s *Sim) checkNewDisks(node, kind string, conf map[string]string) error {
+	n := s.node(node)
+	for _, k := range sortedKeys(conf) {
+		if !isDiskKey(kind, k) {
+			continue
+		}
+		if m := allocSpec.FindStringSubmatch(conf[k]); m != nil {
+			if err := checkDiskStorage(n, kind, m[1]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

@@ -275,6 +275,9 @@ func hCreate(kind string) handlerFunc {
 				}
 			}
 		}
+		if err := s.checkNewDisks(node, kind, conf); err != nil {
+			return nil, nil, err
+		}
 		// create_and_lock_config: the guest exists, locked, from now on.
 		g.lock = "create"
 		s.guests[vmid] = g
@@ -395,6 +398,9 @@ func hConfigSet(kind string, async bool) handlerFunc {
 		}
 		if len(configParams(r)) == 0 && r.str("delete") == "" && r.str("revert") == "" {
 			return nil, nil, errf("no options specified")
+		}
+		if err := s.checkNewDisks(node, kind, configParams(r)); err != nil {
+			return nil, nil, err
 		}
 		skiplock := r.bool("skiplock")
 		if !async {

@@ -122,10 +122,14 @@ func TestLXCLifecycle(t *testing.T) {
 	c := tokenClient(t, srv)
 	tmpl := "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst"
 	// PVE's default rootfs storage is "local" (a dir storage without
-	// rootdir content here): the create fails in its task and leaves nothing.
-	if exit := c.task("POST", "/nodes/pve1/lxc", map[string]any{"vmid": 200, "ostemplate": tmpl}); exit !=
-		"unable to create CT 200 - storage 'local' does not support container directories" {
-		t.Fatalf("create with default rootfs: %q", exit)
+	// rootdir content here): refused before any task, nothing made.
+	if r := c.do("POST", "/nodes/pve1/lxc", map[string]any{"vmid": 200, "ostemplate": tmpl}); r.Code != 400 ||
+		r.Body["errors"].(map[string]any)["storage"] != "storage 'local' does not support container directories" {
+		t.Fatalf("create with default rootfs: %d %s", r.Code, r.Raw)
+	}
+	if r := c.do("POST", "/nodes/pve1/lxc", map[string]any{"vmid": 200, "ostemplate": tmpl, "rootfs": "nfs:2"}); r.Code != 500 ||
+		r.Reason != "storage 'nfs' does not exist" {
+		t.Fatalf("create on a missing storage: %d %s", r.Code, r.Raw)
 	}
 	if _, ok := srv.Guest(200); ok {
 		t.Fatal("failed create left a guest behind")
@@ -274,6 +278,7 @@ func TestHungCreateIsCleanedUp(t *testing.T) {
 	c := tokenClient(t, srv)
 	srv.HangTasks("qmcreate", true)
 	upid := c.ok("POST", "/nodes/pve1/qemu", map[string]any{"vmid": 105, "scsi0": "local-lvm:1"}).str()
+	waitFlock(t, srv.Sim, "qemu", 105)
 	res := c.ok("GET", "/cluster/resources", map[string]any{"type": "vm"}).data().([]any)
 	if len(res) != 1 || res[0].(map[string]any)["lock"] != "create" {
 		t.Fatalf("resources during create: %v", res)
@@ -428,7 +433,7 @@ func TestGuestAgent(t *testing.T) {
 		}
 	}
 	// sleep runs for a while: exec-status says not exited first.
-	pid := c.ok("POST", "/nodes/pve1/qemu/100/agent/exec", map[string]any{"command": []string{"sleep", "0.3"}}).data().(map[string]any)["pid"]
+	pid := c.ok("POST", "/nodes/pve1/qemu/100/agent/exec", map[string]any{"command": []string{"sleep", "30"}}).data().(map[string]any)["pid"]
 	if st := c.ok("GET", "/nodes/pve1/qemu/100/agent/exec-status", map[string]any{"pid": pid}).data().(map[string]any); st["exited"] != float64(0) {
 		t.Fatalf("sleep exited at once: %v", st)
 	}
@@ -651,6 +656,7 @@ func TestConfigFileLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	shutdown := c.ok("POST", "/nodes/pve1/qemu/100/status/shutdown", map[string]any{"timeout": 30}).str()
+	waitFlock(t, srv.Sim, "qemu", 100)
 	if exit := c.task("POST", "/nodes/pve1/qemu/100/status/stop", nil); exit != "can't lock file '/var/lock/qemu-server/lock-100.conf' - got timeout" {
 		t.Fatalf("stop during shutdown: %q", exit)
 	}
@@ -687,4 +693,17 @@ func TestConfigBackgroundDelay(t *testing.T) {
 	if upid := c.ok("POST", "/nodes/pve1/qemu/100/config", map[string]any{"cores": 4}).str(); !strings.Contains(upid, ":qmconfig:100:") {
 		t.Fatalf("without background_delay: %q", upid)
 	}
+}
+
+// waitFlock waits until a task holds the guest's config file lock.
+func waitFlock(t *testing.T, s *Sim, kind string, vmid int) {
+	t.Helper()
+	testenv.Eventually(t, 5*time.Second, func() error {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if ch := s.flocks[fmt.Sprintf("%s/%d", kind, vmid)]; ch == nil || len(ch) == 0 {
+			return fmt.Errorf("config file lock of %s %d not taken", kind, vmid)
+		}
+		return nil
+	})
 }

@@ -696,3 +696,27 @@ func joinPath(a, b string) string {
 	}
 	return a + "." + b
 }
+
+// ValidateRequest checks one request (method, path relative to
+// /api2/json, body and query parameters) against the schema as the
+// simulator does when serving it: a 501 for an unknown path or method, a
+// 400 with the per-parameter errors, nil when PVE would accept it. Use it
+// to re-check Sim.Requests() against another schema (e.g. PVE 8's).
+func (s *Schema) ValidateRequest(method, path string, params map[string]any) error {
+	_, binds, m, err := s.Lookup(method, path)
+	if err != nil {
+		return err
+	}
+	all := make(map[string]any, len(params)+len(binds))
+	for k, v := range params {
+		all[k] = v
+	}
+	for k, v := range binds {
+		all[k] = v
+	}
+	normalizeArrays(m, all)
+	if errs := ValidateParams(m, all); len(errs) > 0 {
+		return paramError(errs)
+	}
+	return nil
+}

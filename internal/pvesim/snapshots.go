@@ -458,7 +458,12 @@ func hClone(kind string) handlerFunc {
 			if name != "" {
 				ng.config[ng.nameKey()] = name
 			} else if kind == "qemu" {
-				ng.config["name"] = fmt.Sprintf("Copy-of-VM-%s", g.name())
+				// qemu-server: "Copy-of-VM-" . ($oldconf->{name} // $vmid)
+				old := cfg["name"]
+				if old == "" {
+					old = strconv.Itoa(vmid)
+				}
+				ng.config["name"] = "Copy-of-VM-" + old
 			}
 			if desc != "" {
 				ng.config["description"] = desc

@@ -193,6 +193,11 @@ func TestAuth(t *testing.T) {
 		if !strings.HasSuffix(upid, ":qmcreate:150:root@pam:") {
 			t.Fatalf("upid %q", upid)
 		}
+		// The ticket as the password renews it.
+		renew := anon.ok("POST", "/access/ticket", map[string]any{"username": "root@pam", "password": ticket}).data().(map[string]any)
+		if !strings.HasPrefix(renew["ticket"].(string), "PVE:root@pam:") {
+			t.Fatalf("renewal %v", renew)
+		}
 		// A forged ticket is refused.
 		h2 := http.Header{}
 		h2.Set("Cookie", "PVEAuthCookie="+url.QueryEscape(ticket[:len(ticket)-3]+"AAA"))
