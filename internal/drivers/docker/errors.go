@@ -3,6 +3,7 @@ package docker
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"syscall"
@@ -16,15 +17,17 @@ import (
 // ErrorCode implements drivers.Driver: the one place Docker errors map to
 // codes. The client turns HTTP statuses into errdefs classes (404
 // NotFound, 409 Conflict, 400 InvalidArgument, …); a daemon that cannot be
-// reached is Unavailable; a context that ended is Timeout.
+// reached is Unavailable; a context that ended is Timeout. Errors the
+// driver built with drivers.Errorf carry their code and are not passed
+// here (drivers.Classify reads them first).
 func (d *Driver) ErrorCode(err error) drivers.Code { return codeOf(err) }
 
+// codeOf classifies a native error; code inside the driver that branches
+// on a code uses classify(err), which also reads drivers.Errorf errors.
 func codeOf(err error) drivers.Code {
 	switch {
 	case err == nil:
 		return 0
-	case drivers.IsClassified(err):
-		return drivers.CodeOf(err)
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled), cerrdefs.IsDeadlineExceeded(err), cerrdefs.IsCanceled(err):
 		return drivers.Timeout
 	case client.IsErrConnectionFailed(err), cerrdefs.IsUnavailable(err), isNetErr(err):
@@ -50,19 +53,15 @@ func isNetErr(err error) bool {
 	if errors.As(err, &op) {
 		return true
 	}
+	// A connection that dropped mid-answer (the daemon went away).
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return true
+	}
 	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOENT)
 }
 
-// wrap classifies err once and names what failed.
-func (d *Driver) wrap(err error, what string) error {
-	if err == nil {
-		return nil
-	}
-	if drivers.IsClassified(err) {
-		return err
-	}
-	return drivers.Wrap(codeOf(err), err, what)
-}
+// classify is the code of any error the driver returned.
+func classify(err error) drivers.Code { return drivers.Classify(drivers.ErrorCoderFunc(codeOf), err) }
 
 // notModified reports a 304 (start of a running / stop of a stopped container).
 func notModified(err error) bool { return err != nil && cerrdefs.IsNotModified(err) }

@@ -1,7 +1,6 @@
 package lxc
 
 import (
-	"context"
 	"errors"
 	"net"
 	"strings"
@@ -12,19 +11,21 @@ import (
 
 // ErrorCode is the one place LXD/Incus errors map to codes: REST error
 // codes first, then the messages of failed operations (which carry no
-// code), then transport failures.
+// code), then transport failures. Errors the driver built with
+// drivers.Errorf carry their code and are not passed here
+// (drivers.Classify reads them first).
 func (d *Driver) ErrorCode(err error) drivers.Code { return errorCode(err) }
 
+// classify is the code of any error the driver returned, for code inside
+// the driver that branches on it.
+func classify(err error) drivers.Code {
+	return drivers.Classify(drivers.ErrorCoderFunc(errorCode), err)
+}
+
+// errorCode classifies a native error.
 func errorCode(err error) drivers.Code {
 	if err == nil {
 		return 0
-	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		return drivers.Timeout
-	}
-	var de *drivers.Error
-	if errors.As(err, &de) {
-		return de.Code
 	}
 	var ae *apiError
 	if errors.As(err, &ae) {

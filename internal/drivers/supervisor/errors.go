@@ -1,11 +1,12 @@
 package supervisor
 
 import (
-	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"os"
+	"os/exec"
 	"syscall"
 
 	"github.com/subbus/subbus/internal/drivers"
@@ -75,17 +76,20 @@ func (e *connError) Unwrap() error { return e.err }
 
 // ErrorCode classifies an error this driver returned: the one place
 // supervisor's faults and transport failures map to the contract's codes.
+// Errors the driver built with drivers.Errorf carry their code and are
+// not passed here (drivers.Classify reads them first).
 func (d *Driver) ErrorCode(err error) drivers.Code { return errorCode(err) }
 
+// classify is the code of any error the driver returned, for code inside
+// the driver that branches on it.
+func classify(err error) drivers.Code {
+	return drivers.Classify(drivers.ErrorCoderFunc(errorCode), err)
+}
+
+// errorCode classifies a native error.
 func errorCode(err error) drivers.Code {
 	if err == nil {
 		return 0
-	}
-	if drivers.IsClassified(err) {
-		return drivers.CodeOf(err)
-	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		return drivers.Timeout
 	}
 	var f *faultError
 	if errors.As(err, &f) {
@@ -130,8 +134,15 @@ func errorCode(err error) drivers.Code {
 		// down or restarting.
 		return drivers.Unavailable
 	}
-	if errors.Is(err, os.ErrPermission) {
+	// Local file and command errors (program files, commands looked up
+	// before supervisord sees them).
+	switch {
+	case errors.Is(err, os.ErrPermission):
 		return drivers.PermissionDenied
+	case errors.Is(err, exec.ErrNotFound), errors.Is(err, fs.ErrNotExist):
+		return drivers.NotFound
+	case errors.Is(err, fs.ErrExist):
+		return drivers.AlreadyExists
 	}
 	return drivers.Internal
 }
