@@ -185,6 +185,12 @@ type ErrorCoder interface {
 	ErrorCode(err error) Code
 }
 
+// ClassifyWith returns Classify bound to a driver's native classifier,
+// for code inside the driver that branches on a code (and its tests).
+func ClassifyWith(errorCode func(error) Code) func(error) Code {
+	return func(err error) Code { return Classify(ErrorCoderFunc(errorCode), err) }
+}
+
 // ErrorCoderFunc adapts a function to ErrorCoder.
 type ErrorCoderFunc func(err error) Code
 

@@ -17,17 +17,13 @@ import (
 // ErrorCode implements drivers.Driver: the one place Docker errors map to
 // codes. The client turns HTTP statuses into errdefs classes (404
 // NotFound, 409 Conflict, 400 InvalidArgument, …); a daemon that cannot be
-// reached is Unavailable; a context that ended is Timeout. Errors the
-// driver built with drivers.Errorf carry their code and are not passed
-// here (drivers.Classify reads them first).
+// reached is Unavailable; a context that ended is Timeout.
 func (d *Driver) ErrorCode(err error) drivers.Code { return codeOf(err) }
 
-// codeOf classifies a native error; code inside the driver that branches
-// on a code uses classify(err), which also reads drivers.Errorf errors.
+var classify = drivers.ClassifyWith(codeOf)
+
 func codeOf(err error) drivers.Code {
 	switch {
-	case err == nil:
-		return 0
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled), cerrdefs.IsDeadlineExceeded(err), cerrdefs.IsCanceled(err):
 		return drivers.Timeout
 	case client.IsErrConnectionFailed(err), cerrdefs.IsUnavailable(err), isNetErr(err):
@@ -59,9 +55,6 @@ func isNetErr(err error) bool {
 	}
 	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOENT)
 }
-
-// classify is the code of any error the driver returned.
-func classify(err error) drivers.Code { return drivers.Classify(drivers.ErrorCoderFunc(codeOf), err) }
 
 // notModified reports a 304 (start of a running / stop of a stopped container).
 func notModified(err error) bool { return err != nil && cerrdefs.IsNotModified(err) }

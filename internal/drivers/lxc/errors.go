@@ -11,22 +11,12 @@ import (
 
 // ErrorCode is the one place LXD/Incus errors map to codes: REST error
 // codes first, then the messages of failed operations (which carry no
-// code), then transport failures. Errors the driver built with
-// drivers.Errorf carry their code and are not passed here
-// (drivers.Classify reads them first).
+// code), then transport failures.
 func (d *Driver) ErrorCode(err error) drivers.Code { return errorCode(err) }
 
-// classify is the code of any error the driver returned, for code inside
-// the driver that branches on it.
-func classify(err error) drivers.Code {
-	return drivers.Classify(drivers.ErrorCoderFunc(errorCode), err)
-}
+var classify = drivers.ClassifyWith(errorCode)
 
-// errorCode classifies a native error.
 func errorCode(err error) drivers.Code {
-	if err == nil {
-		return 0
-	}
 	var ae *apiError
 	if errors.As(err, &ae) {
 		switch ae.Status {

@@ -1102,8 +1102,4 @@ func TestCgroupV2Probe(t *testing.T) {
 	}
 }
 
-// classify is the code of an error the driver (or a manager over it)
-// returned, read the way the manager reads it.
-func classify(err error) drivers.Code {
-	return drivers.Classify(drivers.ErrorCoderFunc(classifyOS), err)
-}
+var classify = drivers.ClassifyWith(classifyOS)

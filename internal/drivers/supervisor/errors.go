@@ -76,21 +76,11 @@ func (e *connError) Unwrap() error { return e.err }
 
 // ErrorCode classifies an error this driver returned: the one place
 // supervisor's faults and transport failures map to the contract's codes.
-// Errors the driver built with drivers.Errorf carry their code and are
-// not passed here (drivers.Classify reads them first).
 func (d *Driver) ErrorCode(err error) drivers.Code { return errorCode(err) }
 
-// classify is the code of any error the driver returned, for code inside
-// the driver that branches on it.
-func classify(err error) drivers.Code {
-	return drivers.Classify(drivers.ErrorCoderFunc(errorCode), err)
-}
+var classify = drivers.ClassifyWith(errorCode)
 
-// errorCode classifies a native error.
 func errorCode(err error) drivers.Code {
-	if err == nil {
-		return 0
-	}
 	var f *faultError
 	if errors.As(err, &f) {
 		switch f.code {
