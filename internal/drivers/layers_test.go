@@ -10,8 +10,8 @@ import (
 const module = "github.com/subbus/subbus"
 
 // component names the layer a package of this module belongs to. The
-// layers are cmd -> cli/worker -> client/manager -> drivers; messages is
-// the wire format under client, cli and worker; registry wires the driver
+// layers are cmd -> cli/worker -> client/manager -> drivers; messages (the
+// op table and the wire format) sits under client, cli, worker and manager; registry wires the driver
 // packages for the worker; harnesses are test-support packages (their
 // name ends in "test"); every other package is support code any layer may
 // use (config, natsconn, procfs, resilience).
@@ -49,7 +49,7 @@ var mayImport = map[string][]string{
 	"worker":   {"manager", "registry", "messages", "drivers", "support"},
 	"client":   {"messages", "drivers", "support"},
 	"messages": {"drivers", "support"},
-	"manager":  {"drivers", "support"},
+	"manager":  {"messages", "drivers", "support"},
 	"registry": {"drivers", "support"},
 	"drivers":  {"support"},
 	"support":  {"drivers"},
@@ -58,7 +58,7 @@ var mayImport = map[string][]string{
 
 // TestImportsPointDown fails when a package imports upward: a driver
 // importing the manager, worker, wire format, client or CLI; the manager
-// importing the client or the wire format; anything importing cmd or a
+// importing the client or the worker; anything importing cmd or a
 // test harness outside tests. Test files may import upward (a driver's
 // conformance test runs it through the manager).
 func TestImportsPointDown(t *testing.T) {
@@ -123,7 +123,9 @@ func TestLayerRule(t *testing.T) {
 		{"internal/drivers", "internal/registry", false},
 		{"internal/drivers/docker", "internal/manager/driverstest", false},
 		{"internal/manager", "internal/client", false},
-		{"internal/manager", "internal/messages", false},
+		{"internal/manager", "internal/messages", true},
+		{"internal/messages", "internal/manager", false},
+		{"internal/messages", "internal/client", false},
 		{"internal/manager", "internal/worker", false},
 		{"internal/client", "internal/manager", false},
 		{"internal/client", "internal/cli", false},
