@@ -1,9 +1,9 @@
-// Package config loads substrate_config.yaml: the seed design's sections
-// (docker, proxmox, lxc, libvirt, supervisor, global) plus nats, worker and
-// process. Values are looked up by dotted path with a default, like the
-// seed's SubstrateConfig.get('docker', 'registry.host', default), or decoded
-// section by section into typed structs whose unknown keys are errors
-// naming the key.
+// Package config loads substrate_config.yaml: one top-level section per
+// driver (declared by the driver's registration in internal/registry, and
+// checked with CheckSections) plus config's own sections global, nats and
+// worker. Values are looked up by dotted path with a default
+// (Get("docker.registry.host", def)), or decoded section by section into
+// typed structs whose unknown keys are errors naming the key.
 //
 // Environment overrides: SUBBUS__<SECTION>__<KEY>[__<KEY>…]=value sets the
 // dotted path section.key… (lower-cased); the value is parsed as a YAML
@@ -15,6 +15,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -25,8 +26,10 @@ import (
 // EnvPrefix starts every environment override.
 const EnvPrefix = "SUBBUS__"
 
-// Sections are the top-level keys a config may have.
-var Sections = []string{"global", "nats", "worker", "process", "docker", "lxc", "proxmox", "libvirt", "supervisor"}
+// OwnSections are the top-level sections that belong to no driver: global
+// (settings shared by every driver, and their defaults), nats and worker.
+// Every other section must be a driver's (CheckSections).
+var OwnSections = []string{"global", "nats", "worker"}
 
 // Config is a loaded configuration tree. The zero value is empty (every
 // lookup returns its default).
@@ -69,8 +72,9 @@ func Load(path string) (*Config, error) {
 	return c, c.applyEnv(os.Environ())
 }
 
-// Parse parses YAML (without environment overrides) and checks that only
-// known sections are present.
+// Parse parses YAML (without environment overrides) and checks that every
+// top-level section is a mapping. Which sections may exist is checked by
+// CheckSections, given the drivers' sections.
 func Parse(b []byte) (*Config, error) {
 	root := map[string]any{}
 	if err := yaml.Unmarshal(b, &root); err != nil {
@@ -80,9 +84,6 @@ func Parse(b []byte) (*Config, error) {
 		root = map[string]any{}
 	}
 	for k, v := range root {
-		if !known(k) {
-			return nil, &Error{Key: k, Msg: fmt.Sprintf("unknown section (known: %s)", strings.Join(Sections, ", "))}
-		}
 		if v != nil {
 			if _, ok := v.(map[string]any); !ok {
 				return nil, &Error{Key: k, Msg: "must be a mapping"}
@@ -92,13 +93,18 @@ func Parse(b []byte) (*Config, error) {
 	return &Config{root: root}, nil
 }
 
-func known(section string) bool {
-	for _, s := range Sections {
-		if s == section {
-			return true
+// CheckSections returns an *Error naming a top-level section that is
+// neither one of OwnSections nor one of driverSections (the sections the
+// registered drivers declare); its message lists the known sections.
+// Sections set by environment overrides are checked too.
+func (c *Config) CheckSections(driverSections []string) error {
+	known := append(append([]string(nil), OwnSections...), driverSections...)
+	for _, k := range c.Keys("") {
+		if !slices.Contains(known, k) {
+			return &Error{Key: k, Msg: fmt.Sprintf("unknown section (known: %s)", strings.Join(known, ", "))}
 		}
 	}
-	return false
+	return nil
 }
 
 func (c *Config) applyEnv(env []string) error {
@@ -107,11 +113,7 @@ func (c *Config) applyEnv(env []string) error {
 			continue
 		}
 		k, v, _ := strings.Cut(kv[len(EnvPrefix):], "=")
-		parts := strings.Split(strings.ToLower(k), "__")
-		path := strings.Join(parts, ".")
-		if !known(parts[0]) {
-			return &Error{Key: path, Msg: "environment override of an unknown section"}
-		}
+		path := strings.Join(strings.Split(strings.ToLower(k), "__"), ".")
 		var val any
 		if err := yaml.Unmarshal([]byte(v), &val); err != nil {
 			val = v
@@ -167,7 +169,7 @@ func (c *Config) Lookup(path string) (any, bool) {
 // Has reports whether the path is set.
 func (c *Config) Has(path string) bool { _, ok := c.Lookup(path); return ok }
 
-// Get returns the value at path, or def when unset (the seed's get).
+// Get returns the value at path, or def when unset.
 func (c *Config) Get(path string, def any) any {
 	if v, ok := c.Lookup(path); ok && v != nil {
 		return v

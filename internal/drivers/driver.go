@@ -9,9 +9,15 @@
 // guarantees drivers validated arguments: names match the instance-name
 // pattern, templates are checked, StopOptions.Timeout > 0 unless Force.
 //
-// Errors: a driver returns either an *Error it built itself (drivers.Errorf)
-// or a raw error of its substrate; the manager classifies raw errors once
-// through the driver's ErrorCode method.
+// Errors: a driver returns its substrate's native errors, wrapped with
+// context that names the instance and what failed
+// (fmt.Errorf("stop %s: %w", name, err)), and classifies them in exactly
+// one place, its ErrorCode method. It builds an *Error (Errorf) only for a
+// code with no native error behind it: Unsupported, InvalidArgument, or a
+// wrong state it detected itself (Conflict on deleting a running
+// instance). The manager classifies every error once (Classify): an *Error
+// keeps its code, context errors are Timeout, anything else goes through
+// ErrorCode; errors.Is and errors.As reach the native cause.
 package drivers
 
 import "context"
@@ -66,8 +72,10 @@ type Driver interface {
 	// a sample with zero rates (not an error).
 	Metrics(ctx context.Context, name string) (ResourceUsage, error)
 
-	// ErrorCode classifies a raw error this driver returned. It is the one
-	// place a driver maps its substrate's errors to codes.
+	// ErrorCode classifies a native error this driver returned (possibly
+	// wrapped with context). It is the one place a driver maps its
+	// substrate's errors to codes; errors built with Errorf and context
+	// errors never reach it.
 	ErrorCode(err error) Code
 }
 

@@ -143,3 +143,34 @@ func TestCapabilitiesOf(t *testing.T) {
 		t.Fatal("CapabilitiesReporter did not narrow exec")
 	}
 }
+
+func TestClassify(t *testing.T) {
+	native := errors.New("native refusal")
+	coder := ErrorCoderFunc(func(err error) Code {
+		if errors.Is(err, native) {
+			return Unavailable
+		}
+		return Internal
+	})
+	tests := []struct {
+		name string
+		err  error
+		want Code
+	}{
+		{"nil", nil, 0},
+		{"native, wrapped with context", fmt.Errorf("start web: %w", native), Unavailable},
+		{"unknown native", errors.New("odd"), Internal},
+		{"built with Errorf keeps its code", Errorf(Conflict, "web is running"), Conflict},
+		{"Errorf wrapping a native error keeps its own code", Errorf(NotFound, "web: %w", native), NotFound},
+		{"Errorf wrapped again", fmt.Errorf("delete: %w", Errorf(Conflict, "busy")), Conflict},
+		{"deadline", fmt.Errorf("stop web: %w", context.DeadlineExceeded), Timeout},
+		{"canceled", context.Canceled, Timeout},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := Classify(coder, tc.err); got != tc.want {
+				t.Fatalf("Classify(%v) = %v, want %v", tc.err, got, tc.want)
+			}
+		})
+	}
+}

@@ -178,3 +178,39 @@ func IsClassified(err error) bool {
 	var s codeSentinel
 	return errors.As(err, &e) || errors.As(err, &s)
 }
+
+// ErrorCoder is the classifying half of a Driver: ErrorCode maps the
+// driver's native errors to codes.
+type ErrorCoder interface {
+	ErrorCode(err error) Code
+}
+
+// ClassifyWith returns Classify bound to a driver's native classifier,
+// for code inside the driver that branches on a code (and its tests).
+func ClassifyWith(errorCode func(error) Code) func(error) Code {
+	return func(err error) Code { return Classify(ErrorCoderFunc(errorCode), err) }
+}
+
+// ErrorCoderFunc adapts a function to ErrorCoder.
+type ErrorCoderFunc func(err error) Code
+
+// ErrorCode calls f.
+func (f ErrorCoderFunc) ErrorCode(err error) Code { return f(err) }
+
+// Classify returns the code of an error a driver returned, the way the
+// manager classifies it: 0 for nil; the code of an *Error (or code
+// sentinel) in the chain, for errors built with Errorf; Timeout for
+// context errors; otherwise what the driver's ErrorCode says about the
+// native error. Drivers use it where they branch on a code; tests use it
+// to check codes of direct driver calls.
+func Classify(c ErrorCoder, err error) Code {
+	switch {
+	case err == nil:
+		return 0
+	case IsClassified(err):
+		return CodeOf(err)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return Timeout
+	}
+	return c.ErrorCode(err)
+}

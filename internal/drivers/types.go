@@ -26,7 +26,7 @@ func States() []State {
 }
 
 // ResourceLimits are the limits of an instance. A zero field means "no
-// limit" (or "not set"). The JSON names are the seed design's.
+// limit" (or "not set").
 type ResourceLimits struct {
 	CPUCores    float64 `json:"cpu_cores,omitempty"`
 	MemoryMB    int64   `json:"memory_mb,omitempty"`

@@ -12,20 +12,6 @@ import (
 	"github.com/subbus/subbus/internal/resilience"
 )
 
-type requestIDKey struct{}
-
-// WithRequestID returns ctx carrying a request id, which the manager
-// stamps on the events a call emits.
-func WithRequestID(ctx context.Context, id string) context.Context {
-	return context.WithValue(ctx, requestIDKey{}, id)
-}
-
-// RequestID returns the request id ctx carries, or "".
-func RequestID(ctx context.Context) string {
-	id, _ := ctx.Value(requestIDKey{}).(string)
-	return id
-}
-
 // newEventID returns a random 128-bit id in hex.
 func newEventID() string {
 	var b [16]byte
@@ -116,7 +102,7 @@ func (m *Manager) emit(ctx context.Context, typ drivers.EventType, instance stri
 	m.publish(drivers.Event{
 		Type:      typ,
 		Instance:  instance,
-		RequestID: RequestID(ctx),
+		RequestID: drivers.RequestID(ctx),
 		Source:    drivers.SourceManager,
 		Details:   details,
 		Error:     drivers.InfoOf(err),

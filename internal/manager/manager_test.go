@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -434,6 +435,48 @@ func TestRawErrorsClassifiedOnce(t *testing.T) {
 	}
 }
 
+// countingClassifier counts the calls of its ErrorCode.
+type countingClassifier struct {
+	*scriptDriver
+	calls *atomic.Int32
+}
+
+func (d countingClassifier) ErrorCode(err error) drivers.Code {
+	d.calls.Add(1)
+	return d.scriptDriver.ErrorCode(err)
+}
+
+// A driver returns native errors wrapped with context; the manager
+// classifies them once through ErrorCode, and errors.Is/As still reach
+// the native cause. Errors the driver built with drivers.Errorf keep their
+// code without asking ErrorCode.
+func TestNativeErrorsClassifiedByTheManager(t *testing.T) {
+	var calls atomic.Int32
+	d := countingClassifier{newScriptDriver("fake"), &calls}
+	h := newHarness(t, d, Options{RetryAttempts: 1, CacheTTL: -1})
+	native := &os.PathError{Op: "dial", Path: "/fake.sock", Err: errRawDown}
+	d.then("list", step{raw: fmt.Errorf("list web: %w", native)}, step{code: drivers.Conflict})
+
+	_, err := h.m.List(bg)
+	wantCode(t, err, drivers.Unavailable)
+	var pe *os.PathError
+	if !errors.As(err, &pe) || pe != native || !errors.Is(err, errRawDown) || !errors.Is(err, drivers.ErrUnavailable) {
+		t.Fatalf("err %v: native cause or code sentinel lost", err)
+	}
+	if msg := err.Error(); !strings.Contains(msg, "fake list") || !strings.Contains(msg, "list web") || !strings.Contains(msg, "/fake.sock") {
+		t.Fatalf("message %q does not name the driver, the operation and the native failure", msg)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("ErrorCode called %d times for one native error, want 1", n)
+	}
+
+	_, err = h.m.List(bg)
+	wantCode(t, err, drivers.Conflict)
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("ErrorCode called for an error that already had its code (%d calls)", n)
+	}
+}
+
 func TestValidationRejectsBeforeDriver(t *testing.T) {
 	d := newFullDriver("fake")
 	d.add("web", drivers.StateRunning)
@@ -829,8 +872,8 @@ func TestEventsForMutations(t *testing.T) {
 	d := newFullDriver("fake")
 	h := newHarness(t, d, Options{Host: "h9"})
 	h.events.reset()
-	ctx := WithRequestID(bg, "req-1")
-	if RequestID(ctx) != "req-1" || RequestID(bg) != "" {
+	ctx := drivers.WithRequestID(bg, "req-1")
+	if drivers.RequestID(ctx) != "req-1" || drivers.RequestID(bg) != "" {
 		t.Fatal("request id round trip")
 	}
 	steps := []struct {

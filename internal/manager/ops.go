@@ -86,7 +86,7 @@ func (m *Manager) emitState(ctx context.Context, typ drivers.EventType, instance
 	m.publish(drivers.Event{
 		Type:      typ,
 		Instance:  instance,
-		RequestID: RequestID(ctx),
+		RequestID: drivers.RequestID(ctx),
 		Source:    drivers.SourceManager,
 		State:     st,
 		Details:   details,

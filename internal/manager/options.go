@@ -71,35 +71,8 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// ConfigKeys are the keys OptionsFromConfig reads in a driver's section
-// (and, as fallbacks, in global). A driver that decodes its own section
-// strictly must accept (and ignore) these keys; embedding SectionOptions
-// with `yaml:",inline"` does that.
-var ConfigKeys = []string{
-	"retry_attempts", "retry_delay", "retry_backoff", "retry_max_delay",
-	"connection_timeout", "operation_timeout", "health_check_interval",
-	"breaker_failures", "breaker_open_timeout", "stop_timeout", "lock_wait",
-}
-
-// SectionOptions declares the manager's keys of a driver section, so a
-// driver's options struct can embed it (`yaml:",inline"`) and still decode
-// its section with unknown keys rejected. The manager reads the values
-// itself (OptionsFromConfig); drivers ignore them.
-type SectionOptions struct {
-	RetryAttempts       any `yaml:"retry_attempts"`
-	RetryDelay          any `yaml:"retry_delay"`
-	RetryBackoff        any `yaml:"retry_backoff"`
-	RetryMaxDelay       any `yaml:"retry_max_delay"`
-	ConnectionTimeout   any `yaml:"connection_timeout"`
-	OperationTimeout    any `yaml:"operation_timeout"`
-	HealthCheckInterval any `yaml:"health_check_interval"`
-	BreakerFailures     any `yaml:"breaker_failures"`
-	BreakerOpenTimeout  any `yaml:"breaker_open_timeout"`
-	StopTimeout         any `yaml:"stop_timeout"`
-	LockWait            any `yaml:"lock_wait"`
-}
-
-// OptionsFromConfig reads the manager's settings for driver from cfg:
+// OptionsFromConfig reads the manager's settings for driver from cfg (the
+// keys config.SectionKeys lists, which every driver section accepts):
 // <driver>.retry_attempts (int ≥ 1), retry_delay (duration > 0),
 // retry_backoff (number ≥ 1), retry_max_delay, connection_timeout,
 // operation_timeout, health_check_interval, breaker_failures (int ≥ 1),

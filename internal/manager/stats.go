@@ -12,8 +12,9 @@ import (
 // duration histogram buckets; a last, unbounded bucket follows them.
 var BucketBoundsMs = []float64{1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000}
 
-// OpStats are the manager's operation metrics per driver,
-// JSON-serializable for the worker's STATS.
+// OpStats are the manager's operation metrics of one driver (counts,
+// errors by code, retries, cache hits, durations, breaker state, events
+// by type), JSON-serializable for the worker's STATS.
 type OpStats struct {
 	Driver  string            `json:"driver"`
 	Host    string            `json:"host"`

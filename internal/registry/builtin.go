@@ -8,15 +8,18 @@ import (
 	"github.com/subbus/subbus/internal/drivers/supervisor"
 )
 
-// Builtin returns every built-in driver. This file is where drivers are
-// registered: one entry per driver package.
-func Builtin() []Factory {
+// registrations lists every built-in driver, one line per driver package:
+// this is where a driver is registered, with its name, its configuration
+// section, its constructor and its detector.
+func registrations() []Factory {
 	return check([]Factory{
-		// process, docker, supervisor, lxc: each driver package adds its entry here.
-		{Name: process.Name, New: process.FromConfig, Detect: process.Detect},
-		{Name: "lxc", New: lxc.NewFromConfig, Detect: lxc.Detect},
-		{Name: "docker", New: docker.NewFromConfig, Detect: docker.Detect},
-		{Name: supervisor.Name, New: supervisor.FromConfig, Detect: supervisor.Detect},
-		{Name: proxmox.Name, New: proxmox.NewFromConfig, Detect: proxmox.Detect},
+		{Name: process.Name, Section: process.Name, New: process.FromConfig, Detect: process.Detect},
+		{Name: lxc.Name, Section: lxc.Name, New: lxc.FromConfig, Detect: lxc.Detect},
+		{Name: docker.Name, Section: docker.Name, New: docker.FromConfig, Detect: docker.Detect},
+		{Name: supervisor.Name, Section: supervisor.Name, New: supervisor.FromConfig, Detect: supervisor.Detect},
+		{Name: proxmox.Name, Section: proxmox.Name, New: proxmox.FromConfig, Detect: proxmox.Detect},
+		// Drivers being written: their sections are accepted already; each
+		// driver's registration line replaces its Reserve line.
+		Reserve("libvirt"),
 	})
 }

@@ -1,5 +1,8 @@
 // Package registry lists the built-in drivers (in builtin.go, the one
 // place a driver is registered) and builds them from the configuration.
+// Each registration declares the driver's configuration section; the
+// sections config accepts besides its own are exactly these (Sections,
+// CheckConfig). Adding a driver is its package plus one line in builtin.go.
 package registry
 
 import (
@@ -16,6 +19,10 @@ type Factory struct {
 	// Name is the driver name used in subjects ("docker"); it must be a
 	// valid subject token and never "events" or "metrics".
 	Name string
+	// Section is the top-level configuration section the driver owns: its
+	// own keys plus the manager's (config.SectionKeys). A Factory with only
+	// a Section (Reserve) accepts the section of a driver not built yet.
+	Section string
 	// New builds the driver from the configuration (its own section).
 	// Bad configuration is an error naming the key. It must not connect.
 	New func(cfg *config.Config) (drivers.Driver, error)
@@ -24,6 +31,38 @@ type Factory struct {
 	// configured. nil means found; the error says why not.
 	Detect func(ctx context.Context, cfg *config.Config) error
 }
+
+// Reserve returns a registration that only keeps a configuration section
+// known, for a driver whose package is still being written, so that
+// configurations written for it load. The driver's own registration line
+// replaces its Reserve line.
+func Reserve(section string) Factory { return Factory{Section: section} }
+
+// Builtin returns every built-in driver (Reserve lines excluded), in
+// registration order.
+func Builtin() []Factory {
+	var out []Factory
+	for _, f := range registrations() {
+		if f.New != nil {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// Sections returns the configuration sections the registrations declare
+// (drivers and reserved ones), in registration order.
+func Sections() []string {
+	var out []string
+	for _, f := range registrations() {
+		out = append(out, f.Section)
+	}
+	return out
+}
+
+// CheckConfig returns a *config.Error naming a top-level section of cfg
+// that is neither config's own nor a registered driver's.
+func CheckConfig(cfg *config.Config) error { return cfg.CheckSections(Sections()) }
 
 // Lookup returns the factory with the given name.
 func Lookup(name string) (Factory, bool) {
@@ -49,7 +88,18 @@ func Names() []string {
 // registry's test.
 func check(fs []Factory) []Factory {
 	seen := map[string]bool{}
+	sections := map[string]bool{}
+	for _, s := range config.OwnSections {
+		sections[s] = true
+	}
 	for _, f := range fs {
+		if f.Section == "" || sections[f.Section] {
+			panic(fmt.Sprintf("registry: registration %q: section %q is empty or taken", f.Name, f.Section))
+		}
+		sections[f.Section] = true
+		if f.Name == "" && f.New == nil && f.Detect == nil {
+			continue // Reserve
+		}
 		if drivers.ValidDriverName(f.Name) != nil || seen[f.Name] || f.New == nil || f.Detect == nil {
 			panic(fmt.Sprintf("registry: bad driver registration %q", f.Name))
 		}

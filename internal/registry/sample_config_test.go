@@ -21,7 +21,7 @@ func TestSampleConfigIsValid(t *testing.T) {
 		t.Fatalf("worker sections: %v", err)
 	}
 	for _, f := range registry.Builtin() {
-		if _, err := manager.OptionsFromConfig(cfg, f.Name); err != nil {
+		if _, err := manager.OptionsFromConfig(cfg, f.Section); err != nil {
 			t.Errorf("manager options for %s: %v", f.Name, err)
 		}
 		d, err := f.New(cfg)

@@ -16,7 +16,8 @@ import (
 	"github.com/subbus/subbus/internal/drivers"
 )
 
-// Retry defaults, the seed's retry_on_failure(retries=3, delay=…, backoff=2).
+// Retry defaults: 3 tries in all, the first retry after 200ms, each delay
+// twice the last, none longer than 5s.
 const (
 	DefaultAttempts     = 3
 	DefaultInitialDelay = 200 * time.Millisecond

@@ -23,6 +23,7 @@ import (
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
 	"github.com/subbus/subbus/internal/messages"
+	"github.com/subbus/subbus/internal/registry"
 )
 
 // Defaults of the worker section.
@@ -131,12 +132,12 @@ type workerSection struct {
 // own and the manager's defaults for every driver (read by
 // manager.OptionsFromConfig).
 type globalSection struct {
-	EnableMetrics          bool            `yaml:"enable_metrics"`
-	EnableEvents           bool            `yaml:"enable_events"`
-	EnableCaching          bool            `yaml:"enable_caching"`
-	MetricsInterval        config.Duration `yaml:"metrics_interval"`
-	CacheTTL               config.Duration `yaml:"cache_ttl"`
-	manager.SectionOptions `yaml:",inline"`
+	EnableMetrics         bool            `yaml:"enable_metrics"`
+	EnableEvents          bool            `yaml:"enable_events"`
+	EnableCaching         bool            `yaml:"enable_caching"`
+	MetricsInterval       config.Duration `yaml:"metrics_interval"`
+	CacheTTL              config.Duration `yaml:"cache_ttl"`
+	config.SectionOptions `yaml:",inline"`
 }
 
 // natsSection lists the keys of the nats section.
@@ -148,12 +149,16 @@ type natsSection struct {
 	MaxStore  int64  `yaml:"max_store"`
 }
 
-// OptionsFromConfig reads the worker, nats and global sections. Unknown
-// keys of any of them, and values of the wrong type, are errors naming
-// the key.
+// OptionsFromConfig reads the worker, nats and global sections. A
+// top-level section that is neither one of these nor a registered driver's
+// (registry.CheckConfig), unknown keys of these sections, and values of
+// the wrong type are errors naming the key.
 func OptionsFromConfig(cfg *config.Config) (Options, error) {
 	if cfg == nil {
 		cfg = &config.Config{}
+	}
+	if err := registry.CheckConfig(cfg); err != nil {
+		return Options{}, err
 	}
 	var s workerSection
 	if err := cfg.Decode("worker", &s); err != nil {

@@ -32,6 +32,8 @@ func TestOptionsFromConfig(t *testing.T) {
 		{name: "wrong type in global", yaml: "global:\n  enable_events: sometimes\n", wantErr: "global"},
 		{name: "bad duration", yaml: "global:\n  metrics_interval: often\n", wantErr: "global"},
 		{name: "bad host", yaml: "worker:\n  host: a.b\n", wantErr: "host"},
+		{name: "unknown section", yaml: "dokcer:\n  host: x\n", wantErr: "dokcer"},
+		{name: "section of a driver being written", yaml: "proxmox:\n  anything: 1\n", check: func(t *testing.T, o Options) {}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -10,7 +10,6 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/manager"
 	"github.com/subbus/subbus/internal/messages"
 )
 
@@ -19,7 +18,7 @@ const maxChunkData = 64 << 10
 
 // withRequestID makes the request id travel into the manager's events.
 func withRequestID(ctx context.Context, id string) context.Context {
-	return manager.WithRequestID(ctx, id)
+	return drivers.WithRequestID(ctx, id)
 }
 
 // chunkSender sends the chunks of one streamed reply, following the

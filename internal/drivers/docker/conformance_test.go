@@ -5,7 +5,7 @@ import (
 	"testing"
 
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/drivers/driverstest"
+	"github.com/subbus/subbus/internal/manager/driverstest"
 )
 
 // harness creates the suite's instances on the internal home network and

@@ -13,7 +13,6 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/manager"
 )
 
 // cleanupTimeout bounds the removal of a half-made container after a
@@ -40,7 +39,7 @@ func (d *Driver) createFrom(ctx context.Context, t drivers.InstanceTemplate, ima
 	if err != nil {
 		return drivers.Instance{}, err
 	}
-	reqID := manager.RequestID(ctx)
+	reqID := drivers.RequestID(ctx)
 	if err := d.ensureImage(ctx, image); err != nil {
 		return drivers.Instance{}, err
 	}
@@ -53,18 +52,18 @@ func (d *Driver) createFrom(ctx context.Context, t drivers.InstanceTemplate, ima
 	}
 	res, err := c.ContainerCreate(ctx, opts)
 	if err != nil {
-		if codeOf(err) == drivers.Conflict {
+		if classify(err) == drivers.Conflict {
 			return d.retriedCreate(ctx, t, reqID)
 		}
-		if codeOf(err) == drivers.NotFound && len(t.Networks) > 0 {
-			return drivers.Instance{}, drivers.Errorf(drivers.NotFound, "create %s: network %q: %w", t.Name, t.Networks[0].NetworkName, err)
+		if classify(err) == drivers.NotFound && len(t.Networks) > 0 {
+			return drivers.Instance{}, fmt.Errorf("create %s: network %q: %w", t.Name, t.Networks[0].NetworkName, err)
 		}
 		if ctx.Err() != nil {
 			// The daemon may have created it after we gave up: remove
 			// it if it is this very call's (its creation stamp matches).
 			d.removeAbandoned(t.Name, opts.Config.Labels[LabelCreated])
 		}
-		return drivers.Instance{}, d.wrap(err, "create "+t.Name)
+		return drivers.Instance{}, fmt.Errorf("create %s: %w", t.Name, err)
 	}
 	if err := d.connectNetworks(ctx, res.ID, t.Networks[min(1, len(t.Networks)):]); err != nil {
 		d.removeHalfMade(res.ID)
@@ -130,7 +129,7 @@ func (d *Driver) removeAbandoned(name, created string) {
 			}
 			return
 		}
-		if codeOf(err) != drivers.NotFound {
+		if classify(err) != drivers.NotFound {
 			return
 		}
 		// Not there (yet): the create may still be on its way.
@@ -156,22 +155,19 @@ func (d *Driver) ensureImage(ctx context.Context, image string) error {
 	if err == nil {
 		return nil
 	}
-	if codeOf(err) != drivers.NotFound {
-		return d.wrap(err, "inspect image "+image)
+	if classify(err) != drivers.NotFound {
+		return fmt.Errorf("inspect image %s: %w", image, err)
 	}
 	if !d.opts.AllowPull {
-		return drivers.Errorf(drivers.NotFound, "image %q not found (pulling is disabled: set docker.allow_pull: true to allow it)", image)
+		return fmt.Errorf("image %q not found (pulling is disabled: set docker.allow_pull: true to allow it): %w", image, err)
 	}
 	rc, err := c.ImagePull(ctx, image, client.ImagePullOptions{})
 	if err != nil {
-		if codeOf(err) == drivers.NotFound {
-			return drivers.Errorf(drivers.NotFound, "image %q not found: %w", image, err)
-		}
-		return d.wrap(err, "pull image "+image)
+		return fmt.Errorf("pull image %q: %w", image, err)
 	}
 	defer rc.Close()
 	if _, err := io.Copy(io.Discard, rc); err != nil {
-		return d.wrap(err, "pull image "+image)
+		return fmt.Errorf("pull image %s: %w", image, err)
 	}
 	if _, err := c.ImageInspect(ctx, image); err != nil {
 		return drivers.Errorf(drivers.NotFound, "image %q not found after pull: %w", image, err)
@@ -279,16 +275,13 @@ func (d *Driver) connectNetworks(ctx context.Context, id string, nets []drivers.
 		// A stopped container accepts any network name (resolved only at
 		// start): check that the network exists.
 		if _, err := c.NetworkInspect(ctx, n.NetworkName, client.NetworkInspectOptions{}); err != nil {
-			if codeOf(err) == drivers.NotFound {
-				return drivers.Errorf(drivers.NotFound, "network %q not found", n.NetworkName)
+			if classify(err) == drivers.NotFound {
+				return fmt.Errorf("network %q not found: %w", n.NetworkName, err)
 			}
-			return d.wrap(err, "inspect network "+n.NetworkName)
+			return fmt.Errorf("inspect network %s: %w", n.NetworkName, err)
 		}
 		if _, err := c.NetworkConnect(ctx, n.NetworkName, client.NetworkConnectOptions{Container: id, EndpointConfig: ep}); err != nil {
-			if codeOf(err) == drivers.NotFound {
-				return drivers.Errorf(drivers.NotFound, "network %q: %w", n.NetworkName, err)
-			}
-			return d.wrap(err, "connect network "+n.NetworkName)
+			return fmt.Errorf("connect network %s: %w", n.NetworkName, err)
 		}
 	}
 	return nil

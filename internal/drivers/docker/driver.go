@@ -21,7 +21,6 @@ import (
 
 	"github.com/subbus/subbus/internal/config"
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/manager"
 )
 
 // Name is the driver's name in subjects and configuration.
@@ -71,7 +70,7 @@ type Options struct {
 
 	// The manager's keys of this section (retries, timeouts, breaker),
 	// read by the manager itself.
-	manager.SectionOptions `yaml:",inline"`
+	config.SectionOptions `yaml:",inline"`
 }
 
 // Resources are resource limits in the configuration.
@@ -85,9 +84,9 @@ func (r Resources) limits() drivers.ResourceLimits {
 	return drivers.ResourceLimits{CPUCores: r.CPUCores, MemoryMB: r.MemoryMB, PIDs: r.PIDs}
 }
 
-// OptionsFrom decodes the `docker` section of cfg, applying defaults.
+// OptionsFromConfig decodes the `docker` section of cfg, applying defaults.
 // Unknown keys are errors naming the key.
-func OptionsFrom(cfg *config.Config) (Options, error) {
+func OptionsFromConfig(cfg *config.Config) (Options, error) {
 	var o Options
 	if cfg != nil {
 		if err := cfg.Decode(Name, &o); err != nil {
@@ -152,9 +151,9 @@ func New(opts Options) *Driver {
 	return d
 }
 
-// NewFromConfig builds the driver from the `docker` config section.
-func NewFromConfig(cfg *config.Config) (drivers.Driver, error) {
-	o, err := OptionsFrom(cfg)
+// FromConfig builds the driver from the `docker` config section.
+func FromConfig(cfg *config.Config) (drivers.Driver, error) {
+	o, err := OptionsFromConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -164,7 +163,7 @@ func NewFromConfig(cfg *config.Config) (drivers.Driver, error) {
 // Detect reports whether a Docker Engine answers at the configured
 // endpoint, and why not.
 func Detect(ctx context.Context, cfg *config.Config) error {
-	o, err := OptionsFrom(cfg)
+	o, err := OptionsFromConfig(cfg)
 	if err != nil {
 		return err
 	}
@@ -221,7 +220,7 @@ func (d *Driver) Connect(ctx context.Context) error {
 	}
 	if _, err := c.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true, ForceNegotiate: true}); err != nil {
 		c.Close()
-		return d.wrap(err, "connect to docker at "+d.opts.Host)
+		return fmt.Errorf("connect to docker at %s: %w", d.opts.Host, err)
 	}
 	d.mu.Lock()
 	old := d.cli

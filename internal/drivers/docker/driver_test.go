@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -20,7 +19,6 @@ import (
 
 	"github.com/subbus/subbus/internal/config"
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/manager"
 	"github.com/subbus/subbus/internal/testenv"
 )
 
@@ -60,7 +58,7 @@ func TestOptionsFromConfig(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			o, err := OptionsFrom(cfg)
+			o, err := OptionsFromConfig(cfg)
 			if c.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
 					t.Fatalf("err %v, want one naming %q", err, c.wantErr)
@@ -77,7 +75,7 @@ func TestOptionsFromConfig(t *testing.T) {
 	}
 	t.Run("DOCKER_HOST", func(t *testing.T) {
 		t.Setenv("DOCKER_HOST", "unix:///tmp/other.sock")
-		o, err := OptionsFrom(&config.Config{})
+		o, err := OptionsFromConfig(&config.Config{})
 		if err != nil || o.Host != "unix:///tmp/other.sock" {
 			t.Fatalf("Host %q (%v), want DOCKER_HOST", o.Host, err)
 		}
@@ -87,8 +85,8 @@ func TestOptionsFromConfig(t *testing.T) {
 func TestUnreachableIsUnavailable(t *testing.T) {
 	d := New(Options{Host: "unix:///nonexistent/docker.sock"})
 	err := d.Connect(testCtx(t, 5*time.Second))
-	if !errors.Is(err, drivers.ErrUnavailable) {
-		t.Fatalf("Connect to a missing socket: %v (code %s), want unavailable", err, drivers.CodeOf(err))
+	if classify(err) != drivers.Unavailable {
+		t.Fatalf("Connect to a missing socket: %v (code %s), want unavailable", err, classify(err))
 	}
 	if err := Detect(context.Background(), mustConfig(t, "docker:\n  host: unix:///nonexistent/docker.sock\n")); err == nil {
 		t.Fatal("Detect of a missing socket succeeded")
@@ -151,7 +149,7 @@ func TestCreateFromTemplate(t *testing.T) {
 	tmpl.Volumes = []drivers.Volume{{Source: dir, Target: "/data", ReadOnly: true}}
 	tmpl.Networks = []drivers.NetworkConfig{{NetworkName: net}, {NetworkName: net2}}
 	tmpl.Metadata = map[string]string{"team": "infra"}
-	ctx := manager.WithRequestID(testCtx(t, 60*time.Second), "req-"+name)
+	ctx := drivers.WithRequestID(testCtx(t, 60*time.Second), "req-"+name)
 	t.Cleanup(func() { forceRemove(name) })
 	inst, err := d.Create(ctx, tmpl)
 	if err != nil {
@@ -211,10 +209,10 @@ func TestMissingImage(t *testing.T) {
 	tmpl := busybox(t, name, "true")
 	tmpl.BaseImage = "subbus-test/does-not-exist:1"
 	_, err := d.Create(testCtx(t, 10*time.Second), tmpl)
-	if !errors.Is(err, drivers.ErrNotFound) || !strings.Contains(err.Error(), "subbus-test/does-not-exist:1") {
+	if classify(err) != drivers.NotFound || !strings.Contains(err.Error(), "subbus-test/does-not-exist:1") {
 		t.Fatalf("Create with a missing image: %v, want not_found naming the image", err)
 	}
-	if _, err := d.Get(testCtx(t, 10*time.Second), name); !errors.Is(err, drivers.ErrNotFound) {
+	if _, err := d.Get(testCtx(t, 10*time.Second), name); classify(err) != drivers.NotFound {
 		t.Errorf("a failed create left %s behind (%v)", name, err)
 	}
 }
@@ -227,7 +225,7 @@ func TestRetriedCreate(t *testing.T) {
 	name := uniqueName("retry")
 	tmpl := busybox(t, name, "sleep 60")
 	tmpl.Networks = []drivers.NetworkConfig{{NetworkName: homeNetwork(t)}, {NetworkName: net}}
-	ctx := manager.WithRequestID(testCtx(t, 60*time.Second), "req-"+name)
+	ctx := drivers.WithRequestID(testCtx(t, 60*time.Second), "req-"+name)
 	first := createT(t, d, tmpl)
 	// Simulate a create that timed out before its second network was
 	// connected: take that network away behind the driver's back.
@@ -241,7 +239,7 @@ func TestRetriedCreate(t *testing.T) {
 		t.Errorf("health issues %v (%v) do not name the leftover %s", h.Issues, err, name)
 	}
 	// createT used a ctx without request id: the retry with one is refused …
-	if _, err := d2.Create(ctx, tmpl); !errors.Is(err, drivers.ErrAlreadyExists) {
+	if _, err := d2.Create(ctx, tmpl); classify(err) != drivers.AlreadyExists {
 		t.Fatalf("create by another request: %v, want already_exists", err)
 	}
 	// … so make one with a request id, break it, and retry.
@@ -686,7 +684,7 @@ func TestMetricsMany(t *testing.T) {
 			t.Errorf("result %d: %+v", i, r)
 		}
 	}
-	if !errors.Is(res[3].Err, drivers.ErrNotFound) {
+	if classify(res[3].Err) != drivers.NotFound {
 		t.Errorf("absent container: %v, want not_found", res[3].Err)
 	}
 }
@@ -785,7 +783,7 @@ func TestLimitsMemoryAndSwap(t *testing.T) {
 		}
 	}
 	for _, bad := range []drivers.ResourceLimits{{DiskGB: 1}, {NetworkMbps: 10}} {
-		if _, err := d.SetLimits(ctx, name, bad); !errors.Is(err, drivers.ErrUnsupported) {
+		if _, err := d.SetLimits(ctx, name, bad); classify(err) != drivers.Unsupported {
 			t.Errorf("SetLimits(%+v): %v, want unsupported", bad, err)
 		}
 	}
@@ -831,7 +829,7 @@ func TestAttachStaticIP(t *testing.T) {
 		t.Errorf("re-attach with the same address: %v", err)
 	}
 	other := strings.TrimSuffix(subnet, "0/24") + "43"
-	if err := d.AttachNetwork(ctx, name, drivers.NetworkConfig{NetworkName: net, IPAddress: other}); !errors.Is(err, drivers.ErrConflict) {
+	if err := d.AttachNetwork(ctx, name, drivers.NetworkConfig{NetworkName: net, IPAddress: other}); classify(err) != drivers.Conflict {
 		t.Errorf("attach with another address: %v, want conflict", err)
 	}
 	nets, err := d.ListNetworks(ctx)
@@ -844,7 +842,7 @@ func TestAttachStaticIP(t *testing.T) {
 	if err := d.DetachNetwork(ctx, name, net); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.DetachNetwork(ctx, name, net); !errors.Is(err, drivers.ErrNotFound) {
+	if err := d.DetachNetwork(ctx, name, net); classify(err) != drivers.NotFound {
 		t.Errorf("second detach: %v, want not_found", err)
 	}
 }
@@ -962,7 +960,7 @@ func TestWatchReconnectMissesNothing(t *testing.T) {
 	px.cut()
 	select {
 	case err := <-done:
-		if !errors.Is(err, drivers.ErrUnavailable) {
+		if classify(err) != drivers.Unavailable {
 			t.Fatalf("Watch after the stream broke: %v, want unavailable", err)
 		}
 	case <-time.After(10 * time.Second):
@@ -992,8 +990,8 @@ func TestCreateDeadlineLeavesNothing(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	_, err := d.Create(ctx, busybox(t, name, "sleep 60"))
-	if !errors.Is(err, drivers.ErrTimeout) {
-		t.Fatalf("Create past its deadline: %v (code %s), want timeout", err, drivers.CodeOf(err))
+	if classify(err) != drivers.Timeout {
+		t.Fatalf("Create past its deadline: %v (code %s), want timeout", err, classify(err))
 	}
 	// It is gone by the time Create returned …
 	if out := dockerCLI(t, "ps", "-a", "-q", "--filter", "name=^"+name+"$"); out != "" {

@@ -3,6 +3,7 @@ package docker
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"syscall"
@@ -19,12 +20,10 @@ import (
 // reached is Unavailable; a context that ended is Timeout.
 func (d *Driver) ErrorCode(err error) drivers.Code { return codeOf(err) }
 
+var classify = drivers.ClassifyWith(codeOf)
+
 func codeOf(err error) drivers.Code {
 	switch {
-	case err == nil:
-		return 0
-	case drivers.IsClassified(err):
-		return drivers.CodeOf(err)
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled), cerrdefs.IsDeadlineExceeded(err), cerrdefs.IsCanceled(err):
 		return drivers.Timeout
 	case client.IsErrConnectionFailed(err), cerrdefs.IsUnavailable(err), isNetErr(err):
@@ -50,18 +49,11 @@ func isNetErr(err error) bool {
 	if errors.As(err, &op) {
 		return true
 	}
+	// A connection that dropped mid-answer (the daemon went away).
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return true
+	}
 	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOENT)
-}
-
-// wrap classifies err once and names what failed.
-func (d *Driver) wrap(err error, what string) error {
-	if err == nil {
-		return nil
-	}
-	if drivers.IsClassified(err) {
-		return err
-	}
-	return drivers.Wrap(codeOf(err), err, what)
 }
 
 // notModified reports a 304 (start of a running / stop of a stopped container).

@@ -116,9 +116,9 @@ func (d *Driver) Watch(ctx context.Context, emit func(drivers.Event)) error {
 				return nil
 			}
 			if err == nil {
-				err = fmt.Errorf("event stream closed")
+				return drivers.Errorf(drivers.Unavailable, "docker event stream closed")
 			}
-			return drivers.Wrap(drivers.Unavailable, err, "docker event stream")
+			return fmt.Errorf("docker event stream: %w", err)
 		case <-ctx.Done():
 			d.watch.put(&watchCursor{since: last, known: w.known})
 			return nil

@@ -2,6 +2,7 @@ package docker
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"sort"
 	"time"
@@ -45,11 +46,11 @@ func (d *Driver) Exec(ctx context.Context, name string, req drivers.ExecRequest,
 		AttachStderr: true,
 	})
 	if err != nil {
-		return 0, d.wrap(err, "exec in "+name)
+		return 0, fmt.Errorf("exec in %s: %w", name, err)
 	}
 	att, err := c.ExecAttach(ctx, ex.ID, client.ExecAttachOptions{})
 	if err != nil {
-		return 0, d.wrap(err, "exec in "+name)
+		return 0, fmt.Errorf("exec in %s: %w", name, err)
 	}
 	defer att.Close()
 	// The hijacked connection ignores ctx: close it when ctx ends.
@@ -64,22 +65,22 @@ func (d *Driver) Exec(ctx context.Context, name string, req drivers.ExecRequest,
 	}
 	if _, err := stdcopy.StdCopy(writerOf(stdout), writerOf(stderr), att.Reader); err != nil {
 		if ctx.Err() != nil {
-			return 0, drivers.Wrap(drivers.Timeout, ctx.Err(), "exec in "+name)
+			return 0, fmt.Errorf("exec in %s: %w", name, ctx.Err())
 		}
-		return 0, d.wrap(err, "exec in "+name+": read output")
+		return 0, fmt.Errorf("exec in %s: read output: %w", name, err)
 	}
 	// The exit code is recorded shortly after the stream ends.
 	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
 		st, err := c.ExecInspect(ctx, ex.ID, client.ExecInspectOptions{})
 		if err != nil {
-			return 0, d.wrap(err, "exec in "+name+": inspect")
+			return 0, fmt.Errorf("exec in %s: inspect: %w", name, err)
 		}
 		if !st.Running {
 			return st.ExitCode, nil
 		}
 		select {
 		case <-ctx.Done():
-			return 0, drivers.Wrap(drivers.Timeout, ctx.Err(), "exec in "+name)
+			return 0, fmt.Errorf("exec in %s: %w", name, ctx.Err())
 		case <-time.After(delay):
 		}
 	}

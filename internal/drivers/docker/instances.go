@@ -23,7 +23,7 @@ func (d *Driver) List(ctx context.Context) ([]drivers.Instance, error) {
 	}
 	res, err := c.ContainerList(ctx, client.ContainerListOptions{All: true})
 	if err != nil {
-		return nil, d.wrap(err, "list containers")
+		return nil, fmt.Errorf("list containers: %w", err)
 	}
 	out := make([]drivers.Instance, 0, len(res.Items))
 	for _, s := range res.Items {
@@ -51,10 +51,7 @@ func (d *Driver) inspect(ctx context.Context, name string) (container.InspectRes
 	}
 	res, err := c.ContainerInspect(ctx, name, client.ContainerInspectOptions{})
 	if err != nil {
-		if codeOf(err) == drivers.NotFound {
-			return container.InspectResponse{}, drivers.Errorf(drivers.NotFound, "docker: no container %q", name)
-		}
-		return container.InspectResponse{}, d.wrap(err, "inspect "+name)
+		return container.InspectResponse{}, fmt.Errorf("docker: inspect container %q: %w", name, err)
 	}
 	if containerName(res.Container.Name) != name {
 		return container.InspectResponse{}, drivers.Errorf(drivers.NotFound, "docker: no container %q", name)
@@ -168,7 +165,7 @@ func (d *Driver) Reconcile(ctx context.Context) (Reconciliation, error) {
 	}
 	res, err := c.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: make(client.Filters).Add("label", LabelManaged+"=true")})
 	if err != nil {
-		return Reconciliation{}, d.wrap(err, "reconcile: list managed containers")
+		return Reconciliation{}, fmt.Errorf("reconcile: list managed containers: %w", err)
 	}
 	var rep Reconciliation
 	for _, s := range res.Items {
@@ -209,11 +206,11 @@ func (d *Driver) Health(ctx context.Context) (drivers.Health, error) {
 		return drivers.Health{}, err
 	}
 	if _, err := c.Ping(ctx, client.PingOptions{}); err != nil {
-		return drivers.Health{}, d.wrap(err, "ping docker")
+		return drivers.Health{}, fmt.Errorf("ping docker: %w", err)
 	}
 	info, err := c.Info(ctx, client.InfoOptions{})
 	if err != nil {
-		return drivers.Health{}, d.wrap(err, "docker info")
+		return drivers.Health{}, fmt.Errorf("docker info: %w", err)
 	}
 	list, err := d.List(ctx)
 	if err != nil {

@@ -2,6 +2,7 @@ package docker
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"time"
 
@@ -26,12 +27,12 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 	}
 	if ins.State != nil && ins.State.Paused {
 		if _, err := c.ContainerUnpause(ctx, ins.ID, client.ContainerUnpauseOptions{}); err != nil {
-			return false, d.wrap(err, "unpause "+name)
+			return false, fmt.Errorf("unpause %s: %w", name, err)
 		}
 		return true, nil
 	}
 	if _, err := c.ContainerStart(ctx, ins.ID, client.ContainerStartOptions{}); err != nil {
-		return false, d.wrap(err, "start "+name)
+		return false, fmt.Errorf("start %s: %w", name, err)
 	}
 	return true, nil
 }
@@ -62,16 +63,16 @@ func (d *Driver) Stop(ctx context.Context, name string, opts drivers.StopOptions
 	}
 	if opts.Force {
 		if _, err := c.ContainerKill(ctx, ins.ID, client.ContainerKillOptions{Signal: "SIGKILL"}); err != nil {
-			if codeOf(err) == drivers.Conflict { // it stopped meanwhile
+			if classify(err) == drivers.Conflict { // it stopped meanwhile
 				return false, nil
 			}
-			return false, d.wrap(err, "kill "+name)
+			return false, fmt.Errorf("kill %s: %w", name, err)
 		}
 		// Kill returns before the container is reaped: wait for it.
 		return true, d.waitNotRunning(ctx, ins.ID, name)
 	}
 	if _, err := c.ContainerStop(ctx, ins.ID, client.ContainerStopOptions{Timeout: stopSeconds(opts.Timeout)}); err != nil {
-		return false, d.wrap(err, "stop "+name)
+		return false, fmt.Errorf("stop %s: %w", name, err)
 	}
 	return true, nil
 }
@@ -86,12 +87,12 @@ func (d *Driver) waitNotRunning(ctx context.Context, id, name string) error {
 	case <-res.Result:
 		return nil
 	case err := <-res.Error:
-		if codeOf(err) == drivers.NotFound {
+		if classify(err) == drivers.NotFound {
 			return nil
 		}
-		return d.wrap(err, "wait for "+name+" to stop")
+		return fmt.Errorf("wait for %s to stop: %w", name, err)
 	case <-ctx.Done():
-		return drivers.Wrap(drivers.Timeout, ctx.Err(), "wait for "+name+" to stop")
+		return fmt.Errorf("wait for %s to stop: %w", name, ctx.Err())
 	}
 }
 
@@ -111,7 +112,7 @@ func (d *Driver) Restart(ctx context.Context, name string, opts drivers.StopOpti
 		t = &zero
 	}
 	if _, err := c.ContainerRestart(ctx, ins.ID, client.ContainerRestartOptions{Timeout: t}); err != nil {
-		return d.wrap(err, "restart "+name)
+		return fmt.Errorf("restart %s: %w", name, err)
 	}
 	return nil
 }
@@ -121,7 +122,7 @@ func (d *Driver) Restart(ctx context.Context, name string, opts drivers.StopOpti
 func (d *Driver) Delete(ctx context.Context, name string, opts drivers.DeleteOptions) (bool, error) {
 	ins, err := d.inspect(ctx, name)
 	if err != nil {
-		if opts.Force && drivers.CodeOf(err) == drivers.NotFound {
+		if opts.Force && classify(err) == drivers.NotFound {
 			return false, nil
 		}
 		return false, err
@@ -134,10 +135,10 @@ func (d *Driver) Delete(ctx context.Context, name string, opts drivers.DeleteOpt
 		return false, err
 	}
 	if _, err := c.ContainerRemove(ctx, ins.ID, client.ContainerRemoveOptions{Force: opts.Force, RemoveVolumes: true}); err != nil {
-		if opts.Force && codeOf(err) == drivers.NotFound {
+		if opts.Force && classify(err) == drivers.NotFound {
 			return false, nil
 		}
-		return false, d.wrap(err, "delete "+name)
+		return false, fmt.Errorf("delete %s: %w", name, err)
 	}
 	d.stats.forget(ins.ID)
 	if ins.Config != nil && isManaged(ins.Config.Labels) {
@@ -241,7 +242,7 @@ func (d *Driver) SetLimits(ctx context.Context, name string, l drivers.ResourceL
 		return drivers.ResourceLimits{}, err
 	}
 	if _, err := c.ContainerUpdate(ctx, ins.ID, client.ContainerUpdateOptions{Resources: &r}); err != nil {
-		return drivers.ResourceLimits{}, d.wrap(err, "update limits of "+name)
+		return drivers.ResourceLimits{}, fmt.Errorf("update limits of %s: %w", name, err)
 	}
 	return d.GetLimits(ctx, name)
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strconv"
 	"strings"
@@ -42,7 +43,7 @@ func (d *Driver) Logs(ctx context.Context, name string, opts drivers.LogOptions,
 		if ctx.Err() != nil && opts.Follow {
 			return nil
 		}
-		return d.wrap(err, "logs of "+name)
+		return fmt.Errorf("logs of %s: %w", name, err)
 	}
 	defer rc.Close()
 
@@ -98,7 +99,7 @@ func (d *Driver) Logs(ctx context.Context, name string, opts drivers.LogOptions,
 				if errors.Is(it.err, io.EOF) || ctx.Err() != nil {
 					return nil
 				}
-				return d.wrap(it.err, "logs of "+name)
+				return fmt.Errorf("logs of %s: %w", name, it.err)
 			}
 			if err := emit(it.line); err != nil {
 				return err
@@ -107,7 +108,7 @@ func (d *Driver) Logs(ctx context.Context, name string, opts drivers.LogOptions,
 			if opts.Follow {
 				return nil
 			}
-			return drivers.Wrap(drivers.Timeout, ctx.Err(), "logs of "+name)
+			return fmt.Errorf("logs of %s: %w", name, ctx.Err())
 		}
 	}
 }

@@ -3,6 +3,7 @@ package docker
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -56,18 +57,15 @@ func (d *Driver) Metrics(ctx context.Context, name string) (drivers.ResourceUsag
 	}
 	res, err := c.ContainerStats(ctx, name, client.ContainerStatsOptions{Stream: false})
 	if err != nil {
-		if codeOf(err) == drivers.NotFound {
-			return drivers.ResourceUsage{}, drivers.Errorf(drivers.NotFound, "docker: no container %q", name)
-		}
-		return drivers.ResourceUsage{}, d.wrap(err, "stats of "+name)
+		return drivers.ResourceUsage{}, fmt.Errorf("stats of %s: %w", name, err)
 	}
 	defer res.Body.Close()
 	var st container.StatsResponse
 	if err := json.NewDecoder(res.Body).Decode(&st); err != nil {
 		if ctx.Err() != nil {
-			return drivers.ResourceUsage{}, drivers.Wrap(drivers.Timeout, ctx.Err(), "stats of "+name)
+			return drivers.ResourceUsage{}, fmt.Errorf("stats of %s: %w", name, ctx.Err())
 		}
-		return drivers.ResourceUsage{}, d.wrap(err, "decode stats of "+name)
+		return drivers.ResourceUsage{}, fmt.Errorf("decode stats of %s: %w", name, err)
 	}
 	if containerName(st.Name) != name && st.Name != "" {
 		// Docker resolves ID prefixes too; only exact names are instances.
@@ -191,7 +189,7 @@ func (d *Driver) MetricsMany(ctx context.Context, names []string) []MetricsResul
 			select {
 			case sem <- struct{}{}:
 			case <-ctx.Done():
-				out[i].Err = drivers.Wrap(drivers.Timeout, ctx.Err(), "stats of "+n)
+				out[i].Err = fmt.Errorf("stats of %s: %w", n, ctx.Err())
 				return
 			}
 			defer func() { <-sem }()

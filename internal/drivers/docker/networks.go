@@ -2,6 +2,7 @@ package docker
 
 import (
 	"context"
+	"fmt"
 	"sort"
 
 	"github.com/moby/moby/client"
@@ -17,7 +18,7 @@ func (d *Driver) ListNetworks(ctx context.Context) ([]drivers.Network, error) {
 	}
 	res, err := c.NetworkList(ctx, client.NetworkListOptions{})
 	if err != nil {
-		return nil, d.wrap(err, "list networks")
+		return nil, fmt.Errorf("list networks: %w", err)
 	}
 	out := make([]drivers.Network, 0, len(res.Items))
 	for _, n := range res.Items {
@@ -74,7 +75,7 @@ func (d *Driver) DetachNetwork(ctx context.Context, name, network string) error 
 		return err
 	}
 	if _, err := c.NetworkDisconnect(ctx, network, client.NetworkDisconnectOptions{Container: ins.ID}); err != nil {
-		return d.wrap(err, "detach "+name+" from "+network)
+		return fmt.Errorf("detach %s from %s: %w", name, network, err)
 	}
 	return nil
 }

@@ -78,8 +78,8 @@ func (d *Driver) CreateSnapshot(ctx context.Context, name, snapshot string) (dri
 	ref := SnapshotImage(name, snapshot)
 	if _, err := c.ImageInspect(ctx, ref); err == nil {
 		return drivers.Snapshot{}, drivers.Errorf(drivers.AlreadyExists, "snapshot %q of %s already exists", snapshot, name)
-	} else if codeOf(err) != drivers.NotFound {
-		return drivers.Snapshot{}, d.wrap(err, "inspect image "+ref)
+	} else if classify(err) != drivers.NotFound {
+		return drivers.Snapshot{}, fmt.Errorf("inspect image %s: %w", ref, err)
 	}
 	desc := fmt.Sprintf("subbus snapshot %s of %s", snapshot, name)
 	if _, err := c.ContainerCommit(ctx, ins.ID, client.ContainerCommitOptions{
@@ -87,11 +87,11 @@ func (d *Driver) CreateSnapshot(ctx context.Context, name, snapshot string) (dri
 		Comment:   desc,
 		Config:    &container.Config{Labels: commitLabels(map[string]string{LabelSnapInstance: name, LabelSnapName: snapshot})},
 	}); err != nil {
-		return drivers.Snapshot{}, d.wrap(err, "commit "+name)
+		return drivers.Snapshot{}, fmt.Errorf("commit %s: %w", name, err)
 	}
 	img, err := c.ImageInspect(ctx, ref)
 	if err != nil {
-		return drivers.Snapshot{}, d.wrap(err, "inspect snapshot "+ref)
+		return drivers.Snapshot{}, fmt.Errorf("inspect snapshot %s: %w", ref, err)
 	}
 	s := drivers.Snapshot{Name: snapshot, Instance: name, Description: desc, SizeBytes: img.Size}
 	s.Created, _ = time.Parse(time.RFC3339Nano, img.Created)
@@ -109,7 +109,7 @@ func (d *Driver) ListSnapshots(ctx context.Context, name string) ([]drivers.Snap
 	}
 	res, err := c.ImageList(ctx, client.ImageListOptions{Filters: make(client.Filters).Add("label", LabelSnapInstance+"="+name)})
 	if err != nil {
-		return nil, d.wrap(err, "list snapshots of "+name)
+		return nil, fmt.Errorf("list snapshots of %s: %w", name, err)
 	}
 	out := []drivers.Snapshot{}
 	for _, img := range res.Items {
@@ -146,10 +146,10 @@ func (d *Driver) snapshotRef(ctx context.Context, name, snapshot string) (string
 	}
 	ref := SnapshotImage(name, snapshot)
 	if _, err := c.ImageInspect(ctx, ref); err != nil {
-		if codeOf(err) == drivers.NotFound {
-			return "", drivers.Errorf(drivers.NotFound, "snapshot %q of %s not found", snapshot, name)
+		if classify(err) == drivers.NotFound {
+			return "", fmt.Errorf("snapshot %q of %s not found: %w", snapshot, name, err)
 		}
-		return "", d.wrap(err, "inspect snapshot "+ref)
+		return "", fmt.Errorf("inspect snapshot %s: %w", ref, err)
 	}
 	return ref, nil
 }
@@ -166,12 +166,12 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, name, snapshot string) erro
 		return err
 	}
 	if _, err := c.ImageRemove(ctx, ref, client.ImageRemoveOptions{}); err != nil {
-		if codeOf(err) == drivers.Conflict {
+		if classify(err) == drivers.Conflict {
 			// In use by a container restored from it: untag only.
 			_, err = c.ImageRemove(ctx, ref, client.ImageRemoveOptions{Force: true})
 		}
 		if err != nil {
-			return d.wrap(err, "delete snapshot "+ref)
+			return fmt.Errorf("delete snapshot %s: %w", ref, err)
 		}
 	}
 	return nil
@@ -204,7 +204,7 @@ func (d *Driver) RestoreSnapshot(ctx context.Context, name, snapshot string) err
 	}
 	aside := name + "-subbus-restore-" + randHex(4)
 	if _, err := c.ContainerRename(ctx, ins.ID, client.ContainerRenameOptions{NewName: aside}); err != nil {
-		return d.wrap(err, "restore "+name+": rename the old container")
+		return fmt.Errorf("restore %s: rename the old container: %w", name, err)
 	}
 	_, err = d.createFrom(ctx, t, ref, map[string]string{LabelRestoredFrom: snapshot})
 	if err != nil {
@@ -218,7 +218,7 @@ func (d *Driver) RestoreSnapshot(ctx context.Context, name, snapshot string) err
 		return fmt.Errorf("restore %s from %s: %w", name, snapshot, err)
 	}
 	if _, err := c.ContainerRemove(ctx, ins.ID, client.ContainerRemoveOptions{Force: true}); err != nil {
-		return d.wrap(err, "restore "+name+": remove the old container "+aside)
+		return fmt.Errorf("restore %s: remove the old container %s: %w", name, aside, err)
 	}
 	d.stats.forget(ins.ID)
 	if wasRunning {
@@ -240,7 +240,7 @@ func (d *Driver) Clone(ctx context.Context, source, target string) (drivers.Inst
 	}
 	if _, err := d.inspect(ctx, target); err == nil {
 		return drivers.Instance{}, drivers.Errorf(drivers.AlreadyExists, "clone %s: a container %q already exists", source, target)
-	} else if drivers.CodeOf(err) != drivers.NotFound {
+	} else if classify(err) != drivers.NotFound {
 		return drivers.Instance{}, err
 	}
 	c, err := d.client()
@@ -253,7 +253,7 @@ func (d *Driver) Clone(ctx context.Context, source, target string) (drivers.Inst
 		Comment:   fmt.Sprintf("subbus clone of %s as %s", source, target),
 		Config:    &container.Config{Labels: commitLabels(map[string]string{LabelCloneOf: source})},
 	}); err != nil {
-		return drivers.Instance{}, d.wrap(err, "clone "+source+": commit")
+		return drivers.Instance{}, fmt.Errorf("clone %s: commit: %w", source, err)
 	}
 	t := templateOf(src)
 	t.Name = target

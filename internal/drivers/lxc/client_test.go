@@ -42,7 +42,7 @@ func TestWaitCancelsCancellable(t *testing.T) {
 		_, err := c.wait(ctx, &operation{ID: "op1", StatusCode: opRunning, MayCancel: mayCancel})
 		cancel()
 		srv.Close()
-		if errorCode(err) != drivers.Timeout {
+		if classify(err) != drivers.Timeout {
 			t.Errorf("may_cancel=%v: wait returned %v, want timeout", mayCancel, err)
 		}
 		want := 0

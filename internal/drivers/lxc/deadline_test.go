@@ -146,7 +146,7 @@ func TestDeadlineMidCreate(t *testing.T) {
 	begin := time.Now()
 	_, err := d.Create(ctx, drivers.InstanceTemplate{Name: name, BaseImage: testImage})
 	cancel()
-	if code := errorCode(err); code != drivers.Timeout {
+	if code := classify(err); code != drivers.Timeout {
 		t.Fatalf("Create with its wait held past the deadline: %v (code %s), want timeout", err, code)
 	}
 	if el := time.Since(begin); el > 10*time.Second {
@@ -169,7 +169,7 @@ func TestDeadlineMidCreate(t *testing.T) {
 	// over, in the background.
 	testenv.Eventually(t, 90*time.Second, func() error {
 		_, err := d.Get(context.Background(), name)
-		if errorCode(err) == drivers.NotFound {
+		if classify(err) == drivers.NotFound {
 			return nil
 		}
 		return fmt.Errorf("instance %s still there (err %v)", name, err)

@@ -18,8 +18,10 @@ import (
 
 	"github.com/subbus/subbus/internal/config"
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/manager"
 )
+
+// Name is the driver's name in subjects and configuration.
+const Name = "lxc"
 
 // Options is the `lxc` section of the configuration.
 type Options struct {
@@ -46,7 +48,7 @@ type Options struct {
 
 	// The manager's keys of this section (retries, timeouts, breaker),
 	// read by the manager itself.
-	manager.SectionOptions `yaml:",inline"`
+	config.SectionOptions `yaml:",inline"`
 }
 
 // DefaultOptions are the defaults of the `lxc` section.
@@ -63,7 +65,7 @@ func DefaultOptions() Options {
 func OptionsFromConfig(cfg *config.Config) (Options, error) {
 	o := DefaultOptions()
 	if cfg != nil {
-		if err := cfg.Decode("lxc", &o); err != nil {
+		if err := cfg.Decode(Name, &o); err != nil {
 			return o, err
 		}
 	}
@@ -138,8 +140,8 @@ func New(opts Options) *Driver {
 	return &Driver{opts: opts, prev: map[string]sample{}}
 }
 
-// NewFromConfig builds the driver from the configuration's `lxc` section.
-func NewFromConfig(cfg *config.Config) (drivers.Driver, error) {
+// FromConfig builds the driver from the configuration's `lxc` section.
+func FromConfig(cfg *config.Config) (drivers.Driver, error) {
 	o, err := OptionsFromConfig(cfg)
 	if err != nil {
 		return nil, err
@@ -175,8 +177,8 @@ func Detect(ctx context.Context, cfg *config.Config) error {
 	return nil
 }
 
-// Name is "lxc", the driver's name in subjects and configuration.
-func (d *Driver) Name() string { return "lxc" }
+// Name implements drivers.Driver.
+func (d *Driver) Name() string { return Name }
 
 // Connect finds the server, reads GET /1.0 and checks that this client is
 // trusted. It may be called again to reconnect.

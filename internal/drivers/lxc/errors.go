@@ -1,7 +1,6 @@
 package lxc
 
 import (
-	"context"
 	"errors"
 	"net"
 	"strings"
@@ -15,17 +14,9 @@ import (
 // code), then transport failures.
 func (d *Driver) ErrorCode(err error) drivers.Code { return errorCode(err) }
 
+var classify = drivers.ClassifyWith(errorCode)
+
 func errorCode(err error) drivers.Code {
-	if err == nil {
-		return 0
-	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		return drivers.Timeout
-	}
-	var de *drivers.Error
-	if errors.As(err, &de) {
-		return de.Code
-	}
 	var ae *apiError
 	if errors.As(err, &ae) {
 		switch ae.Status {

@@ -2,6 +2,7 @@ package lxc
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"sort"
 	"strconv"
@@ -94,7 +95,7 @@ func (in *instance) portable() drivers.Instance {
 	out := drivers.Instance{
 		Name:        in.Name,
 		ID:          in.Config["volatile.uuid"],
-		Driver:      "lxc",
+		Driver:      Name,
 		State:       normState(in.StatusCode, in.Status),
 		NativeState: in.Status,
 		Created:     in.CreatedAt,
@@ -190,8 +191,8 @@ func (d *Driver) get(ctx context.Context, name string) (*instance, string, error
 
 // notFound names what was missing in a NotFound error; other errors pass.
 func notFound(err error, what, name string) error {
-	if errorCode(err) == drivers.NotFound {
-		return drivers.Errorf(drivers.NotFound, "lxc: %s %q not found: %w", what, name, err)
+	if classify(err) == drivers.NotFound {
+		return fmt.Errorf("lxc: %s %q not found: %w", what, name, err)
 	}
 	return err
 }

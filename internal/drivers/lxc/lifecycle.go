@@ -57,7 +57,7 @@ func (d *Driver) resolveImage(ctx context.Context, c *client, image string) (sou
 	if err == nil {
 		return source{Type: "image", Alias: image}, nil
 	}
-	if errorCode(err) != drivers.NotFound {
+	if classify(err) != drivers.NotFound {
 		return source{}, err
 	}
 	if hexPattern.MatchString(image) {
@@ -66,7 +66,7 @@ func (d *Driver) resolveImage(ctx context.Context, c *client, image string) (sou
 		}
 		if _, err := c.query(ctx, http.MethodGet, "/1.0/images/"+esc(image), nil, &img); err == nil && img.Fingerprint != "" {
 			return source{Type: "image", Fingerprint: img.Fingerprint}, nil
-		} else if err != nil && errorCode(err) != drivers.NotFound {
+		} else if err != nil && classify(err) != drivers.NotFound {
 			return source{}, err
 		}
 	}
@@ -162,7 +162,7 @@ func (d *Driver) Create(ctx context.Context, t drivers.InstanceTemplate) (driver
 	}
 	if _, _, err := d.get(ctx, t.Name); err == nil {
 		return drivers.Instance{}, drivers.Errorf(drivers.AlreadyExists, "lxc: instance %q already exists", t.Name)
-	} else if errorCode(err) != drivers.NotFound {
+	} else if classify(err) != drivers.NotFound {
 		return drivers.Instance{}, err
 	}
 	src, err := d.resolveImage(ctx, c, t.BaseImage)
@@ -364,7 +364,7 @@ func (d *Driver) Delete(ctx context.Context, name string, opts drivers.DeleteOpt
 	}
 	in, _, err := d.get(ctx, name)
 	if err != nil {
-		if opts.Force && errorCode(err) == drivers.NotFound {
+		if opts.Force && classify(err) == drivers.NotFound {
 			return false, nil
 		}
 		return false, err
@@ -373,13 +373,13 @@ func (d *Driver) Delete(ctx context.Context, name string, opts drivers.DeleteOpt
 		if !opts.Force {
 			return false, drivers.Errorf(drivers.Conflict, "lxc: instance %q is %s; stop it first or delete with force", name, st)
 		}
-		if err := d.changeState(ctx, name, stateBody{Action: "stop", Force: true}); err != nil && errorCode(err) != drivers.Conflict {
+		if err := d.changeState(ctx, name, stateBody{Action: "stop", Force: true}); err != nil && classify(err) != drivers.Conflict {
 			return false, err
 		}
 	}
 	_, err = c.async(ctx, http.MethodDelete, "/1.0/instances/"+esc(name), nil, nil)
 	if err != nil {
-		if opts.Force && errorCode(err) == drivers.NotFound {
+		if opts.Force && classify(err) == drivers.NotFound {
 			return false, nil
 		}
 		return false, notFound(err, "instance", name)

@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/drivers/driverstest"
+	"github.com/subbus/subbus/internal/manager/driverstest"
 	"github.com/subbus/subbus/internal/testenv"
 )
 
@@ -442,7 +442,7 @@ func TestCreateDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = bare.Close() })
-	if _, err := bare.Create(ctx, drivers.InstanceTemplate{Name: randName("sbt-def")}); drivers.CodeOf(err) != drivers.InvalidArgument {
+	if _, err := bare.Create(ctx, drivers.InstanceTemplate{Name: randName("sbt-def")}); classify(err) != drivers.InvalidArgument {
 		t.Errorf("Create with no image and no default image: %v, want invalid_argument", err)
 	}
 }
@@ -468,7 +468,7 @@ func TestStopBody(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			b, err := stopBody(c.ctx, "stop", c.opts)
 			if c.wantErr != 0 {
-				if drivers.CodeOf(err) != c.wantErr {
+				if classify(err) != c.wantErr {
 					t.Fatalf("err = %v, want %s", err, c.wantErr)
 				}
 				return

@@ -211,7 +211,7 @@ func TestExecOutputFilesRemoved(t *testing.T) {
 		}
 	}
 	_, err = d.Exec(context.Background(), name, drivers.ExecRequest{Command: []string{"true"}, User: "nosuchuser"}, &out, &errb)
-	if errorCode(err) != drivers.InvalidArgument {
+	if classify(err) != drivers.InvalidArgument {
 		t.Errorf("exec as a missing user: %v, want invalid_argument", err)
 	}
 }
@@ -238,7 +238,7 @@ func TestUnreachable(t *testing.T) {
 	if code := d.ErrorCode(err); code != drivers.Unavailable {
 		t.Errorf("Connect to a missing socket: %v (code %s), want unavailable", err, code)
 	}
-	if _, err := d.List(context.Background()); drivers.CodeOf(err) != drivers.Unavailable {
+	if _, err := d.List(context.Background()); classify(err) != drivers.Unavailable {
 		t.Errorf("List before Connect: %v, want unavailable", err)
 	}
 }
@@ -264,8 +264,8 @@ func TestErrorCode(t *testing.T) {
 		{errors.New("other"), drivers.Internal},
 	}
 	for _, c := range cases {
-		if got := errorCode(c.err); got != c.want {
-			t.Errorf("errorCode(%v) = %s, want %s", c.err, got, c.want)
+		if got := classify(c.err); got != c.want {
+			t.Errorf("classify(%v) = %s, want %s", c.err, got, c.want)
 		}
 	}
 }
@@ -311,7 +311,7 @@ func TestLimitsConfig(t *testing.T) {
 	for _, c := range cases {
 		cfg, err := limitsConfig(c.in)
 		if c.code != 0 {
-			if drivers.CodeOf(err) != c.code {
+			if classify(err) != c.code {
 				t.Errorf("limitsConfig(%+v) = %v, want %s", c.in, err, c.code)
 			}
 			continue

@@ -89,7 +89,7 @@ func (d *Driver) editDevices(ctx context.Context, name string, edit func(in *ins
 		if err == nil {
 			_, err = c.wait(ctx, op)
 		}
-		if err != nil && errorCode(err) == drivers.Conflict && attempt < 3 && strings.Contains(err.Error(), "(412)") {
+		if err != nil && classify(err) == drivers.Conflict && attempt < 3 && strings.Contains(err.Error(), "(412)") {
 			continue
 		}
 		return err

@@ -74,7 +74,7 @@ func TestRemoteHTTPS(t *testing.T) {
 		bad := o
 		bad.ServerCert = o.TLSClientCert // a valid certificate, but not the server's
 		err := New(bad).Connect(ctx)
-		if err == nil || errorCode(err) != drivers.Unavailable {
+		if err == nil || classify(err) != drivers.Unavailable {
 			t.Errorf("Connect with a wrong pinned certificate: %v, want unavailable", err)
 		}
 	})
@@ -85,7 +85,7 @@ func TestRemoteHTTPS(t *testing.T) {
 		bad := o
 		bad.TLSClientCert, bad.TLSClientKey = crt, key
 		err := New(bad).Connect(ctx)
-		if errorCode(err) != drivers.PermissionDenied {
+		if classify(err) != drivers.PermissionDenied {
 			t.Errorf("Connect with an untrusted client certificate: %v, want permission_denied", err)
 		}
 	})
@@ -105,7 +105,7 @@ func TestOptionsFromConfig(t *testing.T) {
 		t.Errorf("an unknown key was accepted")
 	}
 	cfg, _ = config.Parse([]byte("lxc:\n  url: https://h:8443\n"))
-	if _, err := NewFromConfig(cfg); err == nil {
+	if _, err := FromConfig(cfg); err == nil {
 		t.Errorf("a url without TLS files was accepted")
 	}
 }

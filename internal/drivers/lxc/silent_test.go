@@ -111,7 +111,7 @@ func TestNoSilentConnections(t *testing.T) {
 			if _, err := d.List(c); err != nil && c == ctx {
 				t.Errorf("List: %v", err)
 			}
-			if _, err := d.Get(c, randName("sbt-none")); c == ctx && drivers.CodeOf(err) != drivers.NotFound {
+			if _, err := d.Get(c, randName("sbt-none")); c == ctx && classify(err) != drivers.NotFound {
 				t.Errorf("Get of a missing instance: %v", err)
 			}
 		}()

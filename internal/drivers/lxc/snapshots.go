@@ -33,7 +33,7 @@ func snapPath(name, snap string) string {
 func (d *Driver) getSnapshot(ctx context.Context, c *client, name, snap string) (snapshotInfo, error) {
 	var s snapshotInfo
 	if _, err := c.query(ctx, http.MethodGet, snapPath(name, snap), nil, &s); err != nil {
-		if errorCode(err) == drivers.NotFound {
+		if classify(err) == drivers.NotFound {
 			if _, _, ierr := d.get(ctx, name); ierr != nil {
 				return s, ierr
 			}
@@ -53,7 +53,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, name, snap string) (drivers
 	}
 	if _, err := d.getSnapshot(ctx, c, name, snap); err == nil {
 		return drivers.Snapshot{}, drivers.Errorf(drivers.AlreadyExists, "lxc: snapshot %q of instance %q already exists", snap, name)
-	} else if errorCode(err) != drivers.NotFound || !strings.Contains(err.Error(), "snapshot") {
+	} else if classify(err) != drivers.NotFound || !strings.Contains(err.Error(), "snapshot") {
 		return drivers.Snapshot{}, err
 	}
 	body := map[string]any{"name": snap, "stateful": false}
@@ -127,7 +127,7 @@ func (d *Driver) Clone(ctx context.Context, src, target string) (drivers.Instanc
 	}
 	if _, _, err := d.get(ctx, target); err == nil {
 		return drivers.Instance{}, drivers.Errorf(drivers.AlreadyExists, "lxc: instance %q already exists", target)
-	} else if errorCode(err) != drivers.NotFound {
+	} else if classify(err) != drivers.NotFound {
 		return drivers.Instance{}, err
 	}
 	// The profiles are named explicitly: LXD 5.0 applies none to a copy

@@ -63,11 +63,11 @@ func TestCreateFromTemplate(t *testing.T) {
 	}
 
 	_, err = d.Create(ctx, drivers.InstanceTemplate{Name: randName("sbt-tmpl"), BaseImage: testImage, Command: []string{"sleep", "1"}})
-	if drivers.CodeOf(err) != drivers.Unsupported {
+	if classify(err) != drivers.Unsupported {
 		t.Errorf("create with a command: %v, want unsupported", err)
 	}
 	_, err = d.Create(ctx, drivers.InstanceTemplate{Name: randName("sbt-tmpl"), BaseImage: "no-such-image"})
-	if drivers.CodeOf(err) != drivers.NotFound || !strings.Contains(err.Error(), "no-such-image") {
+	if classify(err) != drivers.NotFound || !strings.Contains(err.Error(), "no-such-image") {
 		t.Errorf("create from a missing image: %v, want not_found naming it", err)
 	}
 }

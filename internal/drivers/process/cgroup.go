@@ -3,6 +3,7 @@ package process
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -143,7 +144,7 @@ func (d *Driver) checkLimits(l drivers.ResourceLimits) error {
 func (c *cgroups) apply(id string, l drivers.ResourceLimits) error {
 	for _, dir := range c.dirs(id) {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return drivers.Wrap(classifyOS(err), err, "creating cgroup")
+			return fmt.Errorf("creating cgroup: %w", err)
 		}
 	}
 	mem, cpuQuota, pids := "-1", "-1", "max"
@@ -176,7 +177,7 @@ func (c *cgroups) apply(id string, l drivers.ResourceLimits) error {
 			continue
 		}
 		if err := os.WriteFile(filepath.Join(c.dir(x.ctl, id), x.file), []byte(x.val), 0); err != nil {
-			return drivers.Errorf(classifyOS(err), "setting %s to %s: %w", x.file, x.val, err)
+			return fmt.Errorf("setting %s to %s: %w", x.file, x.val, err)
 		}
 	}
 	return nil
@@ -316,14 +317,14 @@ func (d *Driver) SetLimits(ctx context.Context, name string, l drivers.ResourceL
 			return r.Limits, err
 		}
 		if err := d.cg.addTree(r.ID, r.Pid); err != nil {
-			return r.Limits, drivers.Errorf(classifyOS(err), "moving %q into its cgroup: %w", name, err)
+			return r.Limits, fmt.Errorf("moving %q into its cgroup: %w", name, err)
 		}
 	}
 	old := r.Limits
 	r.Limits = next
 	if err := d.writeRecord(r); err != nil {
 		r.Limits = old
-		return old, drivers.Wrap(classifyOS(err), err, "recording limits of "+name)
+		return old, fmt.Errorf("recording limits of %s: %w", name, err)
 	}
 	return next, nil
 }

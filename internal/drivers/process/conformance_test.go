@@ -7,8 +7,8 @@ import (
 
 	"github.com/subbus/subbus/internal/config"
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/drivers/driverstest"
 	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/manager/driverstest"
 )
 
 // harness runs the conformance suite against the process driver with a

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -100,7 +101,7 @@ func (d *Driver) Exec(ctx context.Context, name string, req drivers.ExecRequest,
 	err = cmd.Wait()
 	close(waited)
 	if ctx.Err() != nil {
-		return -1, drivers.Wrap(drivers.Timeout, ctx.Err(), "exec in "+name)
+		return -1, fmt.Errorf("exec in %s: %w", name, ctx.Err())
 	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
@@ -113,7 +114,7 @@ func (d *Driver) Exec(ctx context.Context, name string, req drivers.ExecRequest,
 		return cmd.ProcessState.ExitCode(), nil
 	}
 	if err != nil {
-		return -1, drivers.Wrap(classifyOS(err), err, "exec in "+name)
+		return -1, fmt.Errorf("exec in %s: %w", name, err)
 	}
 	return 0, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -239,7 +240,7 @@ func (d *Driver) Logs(ctx context.Context, name string, opts drivers.LogOptions,
 	for _, s := range streams {
 		t, err := d.tail(name, s, n, opts.Follow)
 		if err != nil {
-			return drivers.Wrap(classifyOS(err), err, "reading logs of "+name)
+			return fmt.Errorf("reading logs of %s: %w", name, err)
 		}
 		tails = append(tails, t)
 	}

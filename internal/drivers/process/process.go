@@ -202,7 +202,7 @@ func (d *Driver) Connect(ctx context.Context) error {
 		return nil
 	}
 	if err := os.MkdirAll(d.instancesDir(), 0o700); err != nil {
-		return drivers.Wrap(d.ErrorCode(err), err, "process: state directory "+d.opts.StateDir)
+		return fmt.Errorf("process: state directory %s: %w", d.opts.StateDir, err)
 	}
 	if err := d.lockStateDir(); err != nil {
 		return err
@@ -210,7 +210,7 @@ func (d *Driver) Connect(ctx context.Context) error {
 	recs, bad, err := d.readRecords()
 	if err != nil {
 		d.unlockStateDir()
-		return drivers.Wrap(d.ErrorCode(err), err, "process: reading state")
+		return fmt.Errorf("process: reading state: %w", err)
 	}
 	d.issues = bad
 	d.boot = procfs.BootID()
@@ -276,7 +276,7 @@ func (d *Driver) Close() error {
 func (d *Driver) lockStateDir() error {
 	f, err := os.OpenFile(filepath.Join(d.opts.StateDir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return drivers.Wrap(classifyOS(err), err, "process: state directory lock")
+		return fmt.Errorf("process: state directory lock: %w", err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		holder, _ := os.ReadFile(f.Name())
@@ -285,7 +285,7 @@ func (d *Driver) lockStateDir() error {
 			return drivers.Errorf(drivers.Unavailable, "process: state directory %s is in use by another worker (pid %s)",
 				d.opts.StateDir, strings.TrimSpace(string(holder)))
 		}
-		return drivers.Wrap(classifyOS(err), err, "process: state directory lock")
+		return fmt.Errorf("process: state directory lock: %w", err)
 	}
 	_ = f.Truncate(0)
 	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
@@ -495,7 +495,7 @@ func resolveExecutable(argv0 string, env []string, dir string) (string, error) {
 	case errors.Is(err, fs.ErrNotExist):
 		return "", drivers.Errorf(drivers.NotFound, "executable %q not found", argv0)
 	case err != nil:
-		return "", drivers.Wrap(classifyOS(err), err, "executable "+argv0)
+		return "", fmt.Errorf("executable %s: %w", argv0, err)
 	case st.IsDir() || st.Mode()&0o111 == 0:
 		return "", drivers.Errorf(drivers.PermissionDenied, "executable %q is not executable", argv0)
 	}
@@ -538,12 +538,12 @@ func (d *Driver) add(r *record) (drivers.Instance, error) {
 		// Left over by an interrupted delete; it has no state file (else it
 		// would be loaded), so it is not an instance.
 		if err := os.RemoveAll(d.instanceDir(r.Name)); err != nil {
-			return drivers.Instance{}, drivers.Wrap(classifyOS(err), err, "create "+r.Name)
+			return drivers.Instance{}, fmt.Errorf("create %s: %w", r.Name, err)
 		}
 	}
 	if err := d.writeRecord(r); err != nil {
 		_ = os.RemoveAll(d.instanceDir(r.Name))
-		return drivers.Instance{}, drivers.Wrap(classifyOS(err), err, "create "+r.Name)
+		return drivers.Instance{}, fmt.Errorf("create %s: %w", r.Name, err)
 	}
 	in := &inst{rec: r}
 	d.insts[r.Name] = in
@@ -607,7 +607,7 @@ func (d *Driver) Delete(ctx context.Context, name string, opts drivers.DeleteOpt
 	}
 	// Remove the state file first: without it the directory is no instance.
 	if err := os.Remove(d.recordPath(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return false, drivers.Wrap(classifyOS(err), err, "delete "+name)
+		return false, fmt.Errorf("delete %s: %w", name, err)
 	}
 	delete(d.insts, name)
 	_ = os.RemoveAll(d.instanceDir(name))
@@ -617,13 +617,11 @@ func (d *Driver) Delete(ctx context.Context, name string, opts drivers.DeleteOpt
 	return true, nil
 }
 
-// ErrorCode classifies raw errors (os and syscall errors mostly).
-func (d *Driver) ErrorCode(err error) drivers.Code {
-	if drivers.IsClassified(err) {
-		return drivers.CodeOf(err)
-	}
-	return classifyOS(err)
-}
+// ErrorCode classifies the driver's native errors (os, exec and syscall
+// errors): the one place they map to codes. Errors the driver built with
+// drivers.Errorf carry their code and are not passed here
+// (drivers.Classify reads them first).
+func (d *Driver) ErrorCode(err error) drivers.Code { return classifyOS(err) }
 
 // classifyOS maps os/syscall errors to codes.
 func classifyOS(err error) drivers.Code {

@@ -80,11 +80,11 @@ func credentialOf(name string) (*syscall.Credential, error) {
 func startErr(argv0 string, err error) error {
 	switch {
 	case errors.Is(err, exec.ErrNotFound), errors.Is(err, os.ErrNotExist):
-		return drivers.Errorf(drivers.NotFound, "executable %q not found: %w", argv0, err)
+		return fmt.Errorf("executable %q not found: %w", argv0, err)
 	case errors.Is(err, os.ErrPermission):
-		return drivers.Errorf(drivers.PermissionDenied, "executable %q: %w", argv0, err)
+		return fmt.Errorf("executable %q: %w", argv0, err)
 	}
-	return drivers.Wrap(classifyOS(err), err, "starting "+argv0)
+	return fmt.Errorf("starting %s: %w", argv0, err)
 }
 
 // Start starts the instance's process in its own session, its output
@@ -100,7 +100,7 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 		return false, nil
 	}
 	if err := ctx.Err(); err != nil {
-		return false, drivers.Wrap(drivers.Timeout, err, "start "+name)
+		return false, fmt.Errorf("start %s: %w", name, err)
 	}
 	r := in.rec
 	t := r.Template
@@ -113,13 +113,13 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 	d.rotate(name) // start with room in the log files
 	stdout, stderr, err := d.openLogs(name)
 	if err != nil {
-		return false, drivers.Wrap(classifyOS(err), err, "opening logs of "+name)
+		return false, fmt.Errorf("opening logs of %s: %w", name, err)
 	}
 	defer stdout.Close()
 	defer stderr.Close()
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
-		return false, drivers.Wrap(classifyOS(err), err, "start "+name)
+		return false, fmt.Errorf("start %s: %w", name, err)
 	}
 	defer devnull.Close()
 	attr := &syscall.SysProcAttr{Setsid: true}
@@ -167,7 +167,7 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 		_ = syscall.Kill(-proc.Pid, syscall.SIGKILL)
 		_, _ = proc.Wait()
 		r.State, r.Pid, r.StartTicks = drivers.StateStopped, 0, 0
-		return false, drivers.Wrap(classifyOS(err), err, "recording state of "+name)
+		return false, fmt.Errorf("recording state of %s: %w", name, err)
 	}
 	go d.waitExit(in, proc, st.StartTicks, in.done)
 	d.events.emit(drivers.Event{Type: drivers.EventStarted, Instance: name, Time: r.StartedAt, State: r.State,

@@ -37,7 +37,7 @@ func (d *Driver) Clone(ctx context.Context, source, target string) (drivers.Inst
 	if m.Image == "" {
 		m.Image = src.displayName()
 	}
-	m.CloneOf, m.Created, m.CreateID = src.displayName(), time.Now().UTC().Truncate(time.Second), newCreateID()
+	m.CloneOf, m.Created, m.CreateID, m.RequestID = src.displayName(), time.Now().UTC().Truncate(time.Second), newCreateID(), drivers.RequestID(ctx)
 	r, err := d.createGuest(ctx, drivers.InstanceTemplate{Name: target}, source2(src), m)
 	if err != nil {
 		return drivers.Instance{}, err

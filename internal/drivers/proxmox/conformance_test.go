@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/drivers/driverstest"
+	"github.com/subbus/subbus/internal/manager/driverstest"
 	"github.com/subbus/subbus/internal/pvesim"
 )
 

@@ -167,7 +167,11 @@ func (d *Driver) Create(ctx context.Context, t drivers.InstanceTemplate) (driver
 	if err != nil {
 		return drivers.Instance{}, err
 	}
+	reqID := drivers.RequestID(ctx)
 	if r, err := match(list, t.Name); err == nil {
+		if in, ok := d.sameRequest(ctx, r, reqID); ok {
+			return in, nil
+		}
 		return drivers.Instance{}, &errNameTaken{name: t.Name, vmid: r.vmid()}
 	} else if amb := (*errAmbiguous)(nil); errors.As(err, &amb) {
 		return drivers.Instance{}, &errNameTaken{name: t.Name, vmid: amb.vmids[0]}
@@ -182,7 +186,7 @@ func (d *Driver) Create(ctx context.Context, t drivers.InstanceTemplate) (driver
 			meta[k] = v
 		}
 	}
-	m := marker{Image: t.BaseImage, Meta: meta, Created: time.Now().UTC().Truncate(time.Second), CreateID: newCreateID()}
+	m := marker{Image: t.BaseImage, Meta: meta, Created: time.Now().UTC().Truncate(time.Second), CreateID: newCreateID(), RequestID: reqID}
 	if len(meta) == 0 {
 		m.Meta = nil
 	}
@@ -191,6 +195,24 @@ func (d *Driver) Create(ctx context.Context, t drivers.InstanceTemplate) (driver
 		return drivers.Instance{}, err
 	}
 	return d.made(ctx, r.vmid())
+}
+
+// sameRequest reports whether the guest r holding the name was made by
+// this very request (a retry carrying the same request id, after the
+// first attempt's reply was lost): then it is the answer. A guest still
+// being made, or not made by this driver, is not.
+func (d *Driver) sameRequest(ctx context.Context, r resource, reqID string) (drivers.Instance, bool) {
+	if reqID == "" || !r.managed() || r.Lock != "" {
+		return drivers.Instance{}, false
+	}
+	cfg, err := d.config(ctx, r)
+	if err != nil {
+		return drivers.Instance{}, false
+	}
+	if m, ok := parseMarker(cfg.str("description")); !ok || m.RequestID != reqID {
+		return drivers.Instance{}, false
+	}
+	return d.instance(r, cfg), true
 }
 
 // madeReadTimeout bounds the read of a guest a create has finished.
@@ -555,7 +577,7 @@ func (d *Driver) destroyOwn(ctx context.Context, r resource, createID string) (f
 	}
 	cfg, err := d.config(ctx, *cur)
 	if err != nil {
-		if errorCode(err) == drivers.NotFound {
+		if classify(err) == drivers.NotFound {
 			return false, nil
 		}
 		return true, err

@@ -107,17 +107,9 @@ type Options struct {
 	// ReconcileTimeout bounds the background cleanup of an abandoned create.
 	ReconcileTimeout config.Duration `yaml:"reconcile_timeout"`
 
-	// Manager holds the keys the manager reads in every driver section
-	// (retries, timeouts, breaker); the driver checks their names only.
-	Manager map[string]any `yaml:",inline"`
-}
-
-// managerKeys are the keys the manager reads in a driver's section
-// (manager.ConfigKeys; a test keeps the two equal).
-var managerKeys = []string{
-	"retry_attempts", "retry_delay", "retry_backoff", "retry_max_delay",
-	"connection_timeout", "operation_timeout", "health_check_interval",
-	"breaker_failures", "breaker_open_timeout", "stop_timeout", "lock_wait",
+	// The manager's keys of this section (retries, timeouts, breaker),
+	// read by the manager itself.
+	config.SectionOptions `yaml:",inline"`
 }
 
 // DefaultOptions are the defaults of the `proxmox` section.
@@ -150,15 +142,6 @@ func OptionsFromConfig(cfg *config.Config) (Options, error) {
 func (o *Options) check() error {
 	bad := func(key, format string, args ...any) error {
 		return &config.Error{Key: Name + "." + key, Msg: fmt.Sprintf(format, args...)}
-	}
-	for k := range o.Manager {
-		known := false
-		for _, m := range managerKeys {
-			known = known || k == m
-		}
-		if !known {
-			return bad(k, "unknown key")
-		}
 	}
 	if o.URL != "" {
 		u, err := url.Parse(o.URL)
@@ -255,9 +238,9 @@ func New(opts Options) *Driver {
 	}}
 }
 
-// NewFromConfig builds the driver from the configuration's `proxmox`
+// FromConfig builds the driver from the configuration's `proxmox`
 // section. It does not connect.
-func NewFromConfig(cfg *config.Config) (drivers.Driver, error) {
+func FromConfig(cfg *config.Config) (drivers.Driver, error) {
 	o, err := OptionsFromConfig(cfg)
 	if err != nil {
 		return nil, err

@@ -28,7 +28,7 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 
 func wantCode(t *testing.T, what string, err error, want drivers.Code) {
 	t.Helper()
-	if got := errorCode(err); got != want {
+	if got := classify(err); got != want {
 		t.Fatalf("%s: %v (code %s), want %s", what, err, got, want)
 	}
 }
@@ -72,6 +72,20 @@ func TestCreateTimeoutLeavesNothing(t *testing.T) {
 			if n != 1 {
 				t.Errorf("%d guests called %s after the retry, want 1", n, tmpl.Name)
 			}
+			// A retry with the request id of a create that finished (its
+			// reply lost) answers that guest; another request gets
+			// already_exists.
+			rctx := drivers.WithRequestID(ctxT(t, 10*time.Second), "req-"+kind)
+			first, err := d.Create(rctx, drivers.InstanceTemplate{Name: "px-once-" + kind, BaseImage: tmpl.BaseImage})
+			if err != nil {
+				t.Fatal(err)
+			}
+			again, err := d.Create(rctx, drivers.InstanceTemplate{Name: "px-once-" + kind, BaseImage: tmpl.BaseImage})
+			if err != nil || again.ID != first.ID {
+				t.Errorf("retry with the same request id: %+v, %v; want VMID %s", again, err, first.ID)
+			}
+			_, err = d.Create(drivers.WithRequestID(ctxT(t, 10*time.Second), "other"), drivers.InstanceTemplate{Name: "px-once-" + kind, BaseImage: tmpl.BaseImage})
+			wantCode(t, "Create of a taken name by another request", err, drivers.AlreadyExists)
 			// A create whose caller gives up is removed once PVE's task ends.
 			_, err = d.Create(ctxT(t, 400*time.Millisecond), drivers.InstanceTemplate{Name: "px-timeout2", BaseImage: tmpl.BaseImage})
 			wantCode(t, "second Create past its deadline", err, drivers.Timeout)
@@ -131,8 +145,8 @@ func TestFailingTaskExitStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = d.Start(ctx, "px-fail")
-	if !strings.Contains(err.Error(), "VM is locked (backup)") || errorCode(err) != drivers.Conflict {
-		t.Fatalf("Start of a guest locked by a backup: %v (code %s), want conflict with PVE's text", err, errorCode(err))
+	if !strings.Contains(err.Error(), "VM is locked (backup)") || classify(err) != drivers.Conflict {
+		t.Fatalf("Start of a guest locked by a backup: %v (code %s), want conflict with PVE's text", err, classify(err))
 	}
 	var tfe interface{ Error() string }
 	if !errors.As(err, &tfe) {
@@ -544,7 +558,7 @@ func TestMetricsBatch(t *testing.T) {
 	if u := samples["px-m2"]; u.CPUPercent != 0 || u.MemoryMB != 0 {
 		t.Errorf("stopped guest's sample %+v", u)
 	}
-	if errorCode(failed["px-none"]) != drivers.NotFound || len(samples) != 2 {
+	if classify(failed["px-none"]) != drivers.NotFound || len(samples) != 2 {
 		t.Errorf("samples %v failed %v", samples, failed)
 	}
 }

@@ -18,17 +18,15 @@ import (
 
 // ErrorCode is the one place PVE errors map to codes: the driver's own
 // lookup errors, then failed tasks (by their exitstatus text), then API
-// errors (by status, then message), then transport failures.
+// errors (by status, then message), then transport failures. It sees
+// native errors only (drivers.Classify handles drivers.Errorf's codes).
 func (d *Driver) ErrorCode(err error) drivers.Code { return errorCode(err) }
 
+// classify is the manager's classification, for code in the driver that
+// branches on a code.
+var classify = drivers.ClassifyWith(errorCode)
+
 func errorCode(err error) drivers.Code {
-	if err == nil {
-		return 0
-	}
-	var de *drivers.Error
-	if errors.As(err, &de) {
-		return de.Code
-	}
 	var (
 		noGuest   *errNoGuest
 		ambiguous *errAmbiguous

@@ -171,7 +171,7 @@ func (d *Driver) pollTasks(ctx context.Context, known map[int]resource, seen map
 		if failed {
 			// The failure's code, as ErrorCode classifies the same task.
 			e.Type = drivers.EventFailed
-			e.Details["code"] = errorCode(&gp.TaskFailedError{UPID: gp.UPID(t.UPID), Type: t.Type, ID: t.ID, ExitStatus: t.Status}).String()
+			e.Details["code"] = classify(&gp.TaskFailedError{UPID: gp.UPID(t.UPID), Type: t.Type, ID: t.ID, ExitStatus: t.Status}).String()
 		}
 		emit(e)
 	}

@@ -109,7 +109,7 @@ func (d *Driver) Restart(ctx context.Context, name string, opts drivers.StopOpti
 func (d *Driver) Delete(ctx context.Context, name string, opts drivers.DeleteOptions) (bool, error) {
 	r, err := d.find(ctx, name)
 	if err != nil {
-		if opts.Force && errorCode(err) == drivers.NotFound {
+		if opts.Force && classify(err) == drivers.NotFound {
 			return false, nil
 		}
 		return false, err
@@ -129,7 +129,7 @@ func (d *Driver) Delete(ctx context.Context, name string, opts drivers.DeleteOpt
 		}
 	}
 	if err := d.destroy(ctx, r, r.managed()); err != nil {
-		if opts.Force && errorCode(err) == drivers.NotFound {
+		if opts.Force && classify(err) == drivers.NotFound {
 			return false, nil
 		}
 		return false, err

@@ -73,7 +73,7 @@ func (d *Driver) networks(ctx context.Context, node string) ([]drivers.Network, 
 		for _, v := range vnets {
 			out = append(out, drivers.Network{Name: v.VNet, ID: "sdn/" + v.Zone + "/" + v.VNet, Type: "vnet"})
 		}
-	} else if c := errorCode(err); c != drivers.Unsupported && c != drivers.NotFound {
+	} else if c := classify(err); c != drivers.Unsupported && c != drivers.NotFound {
 		return nil, fmt.Errorf("proxmox: GET /cluster/sdn/vnets: %w", err)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })

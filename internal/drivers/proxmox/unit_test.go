@@ -12,14 +12,7 @@ import (
 
 	"github.com/subbus/subbus/internal/config"
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/manager"
 )
-
-func TestManagerKeysMatch(t *testing.T) {
-	if !slices.Equal(managerKeys, manager.ConfigKeys) {
-		t.Fatalf("managerKeys %v differ from manager.ConfigKeys %v", managerKeys, manager.ConfigKeys)
-	}
-}
 
 func TestOptions(t *testing.T) {
 	cases := []struct {
@@ -28,7 +21,7 @@ func TestOptions(t *testing.T) {
 	}{
 		{"proxmox:\n  url: https://pve:8006\n  token_id: root@pam!x\n  token_secret: s\n", ""},
 		{"proxmox:\n  retry_attempts: 2\n  breaker_failures: 3\n", ""},
-		{"proxmox:\n  nope: 1\n", "proxmox.nope"},
+		{"proxmox:\n  nope: 1\n", "nope"},
 		{"proxmox:\n  url: ftp://x\n", "proxmox.url"},
 		{"proxmox:\n  token_secret: s\n", "proxmox.token_id"},
 		{"proxmox:\n  token_id: root@pam\n", "proxmox.token_id"},
@@ -115,8 +108,8 @@ func TestErrorCode(t *testing.T) {
 		{errors.New("?"), drivers.Internal},
 	}
 	for _, c := range cases {
-		if got := errorCode(c.err); got != c.want {
-			t.Errorf("errorCode(%v) = %s, want %s", c.err, got, c.want)
+		if got := classify(c.err); got != c.want {
+			t.Errorf("classify(%v) = %s, want %s", c.err, got, c.want)
 		}
 	}
 }
@@ -136,7 +129,7 @@ func TestMatch(t *testing.T) {
 	}
 	for _, c := range cases {
 		r, err := match(list, c.name)
-		if errorCode(err) != c.err || (err == nil && r.vmid() != c.vmid) {
+		if classify(err) != c.err || (err == nil && r.vmid() != c.vmid) {
 			t.Errorf("match(%q) = %d, %v; want %d, %s", c.name, r.vmid(), err, c.vmid, c.err)
 		}
 	}

@@ -92,7 +92,7 @@ func (d *Driver) Create(ctx context.Context, t drivers.InstanceTemplate) (driver
 	}
 	// supervisord looks the command up only at start; say now that it is missing.
 	if _, err := exec.LookPath(argv(t)[0]); err != nil {
-		return drivers.Instance{}, drivers.Errorf(drivers.NotFound, "command %q: not found on this host", argv(t)[0])
+		return drivers.Instance{}, fmt.Errorf("command %q: not found on this host: %w", argv(t)[0], err)
 	}
 	taken, err := d.exists(ctx, t.Name)
 	if err != nil {
@@ -104,7 +104,7 @@ func (d *Driver) Create(ctx context.Context, t drivers.InstanceTemplate) (driver
 	path := d.programFile(t.Name)
 	if err := writeExclusive(path, data); err != nil {
 		if errors.Is(err, fs.ErrExist) {
-			return drivers.Instance{}, drivers.Errorf(drivers.AlreadyExists, "program file %s already exists", path)
+			return drivers.Instance{}, fmt.Errorf("program file %s already exists: %w", path, err)
 		}
 		return drivers.Instance{}, fmt.Errorf("writing %s: %w", path, err)
 	}

@@ -23,7 +23,6 @@ import (
 
 	"github.com/subbus/subbus/internal/config"
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/manager"
 	"github.com/subbus/subbus/internal/procfs"
 )
 
@@ -58,7 +57,7 @@ type Options struct {
 	RequestTimeout config.Duration `yaml:"request_timeout"`
 	// The manager's keys of this section (retries, breaker …), read by
 	// the manager and ignored here.
-	manager.SectionOptions `yaml:",inline"`
+	config.SectionOptions `yaml:",inline"`
 }
 
 // DefaultOptions returns the defaults documented on Options.
@@ -78,8 +77,8 @@ func DefaultOptions() Options {
 	}
 }
 
-// OptionsFrom decodes the supervisor section over the defaults.
-func OptionsFrom(cfg *config.Config) (Options, error) {
+// OptionsFromConfig decodes the supervisor section over the defaults.
+func OptionsFromConfig(cfg *config.Config) (Options, error) {
 	o := DefaultOptions()
 	if cfg != nil {
 		if err := cfg.Decode(Name, &o); err != nil {
@@ -144,7 +143,7 @@ var (
 	_ drivers.EventSource = (*Driver)(nil)
 )
 
-// New builds a driver from options (see OptionsFrom). It does not connect.
+// New builds a driver from options (see OptionsFromConfig). It does not connect.
 func New(o Options) (*Driver, error) {
 	o.StopSignal = strings.TrimPrefix(strings.ToUpper(o.StopSignal), "SIG")
 	if err := o.validate(); err != nil {
@@ -159,7 +158,7 @@ func New(o Options) (*Driver, error) {
 
 // FromConfig builds the driver from the configuration's supervisor section.
 func FromConfig(cfg *config.Config) (drivers.Driver, error) {
-	o, err := OptionsFrom(cfg)
+	o, err := OptionsFromConfig(cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -156,7 +156,7 @@ func TestHostileValuesReachTheProgramVerbatim(t *testing.T) {
 	if _, err := os.Stat(d.programFile(bad.Name)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a rejected create left %s behind (%v)", d.programFile(bad.Name), err)
 	}
-	if _, err := d.Get(ctx, bad.Name); errorCode(err) != drivers.NotFound {
+	if _, err := d.Get(ctx, bad.Name); classify(err) != drivers.NotFound {
 		t.Errorf("Get after a rejected create: %v, want not_found", err)
 	}
 }
@@ -430,7 +430,7 @@ func TestDownSupervisordTripsBreaker(t *testing.T) {
 	for i := 0; i < 2; i++ {
 		_, err := m.List(ctx)
 		if !errors.Is(err, drivers.ErrUnavailable) {
-			t.Fatalf("List with supervisord down: %v (code %s), want unavailable", err, drivers.CodeOf(err))
+			t.Fatalf("List with supervisord down: %v (code %s), want unavailable", err, classify(err))
 		}
 	}
 	if s := m.BreakerState(); s != "open" {

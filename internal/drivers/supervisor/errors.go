@@ -1,11 +1,12 @@
 package supervisor
 
 import (
-	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"os"
+	"os/exec"
 	"syscall"
 
 	"github.com/subbus/subbus/internal/drivers"
@@ -77,16 +78,9 @@ func (e *connError) Unwrap() error { return e.err }
 // supervisor's faults and transport failures map to the contract's codes.
 func (d *Driver) ErrorCode(err error) drivers.Code { return errorCode(err) }
 
+var classify = drivers.ClassifyWith(errorCode)
+
 func errorCode(err error) drivers.Code {
-	if err == nil {
-		return 0
-	}
-	if drivers.IsClassified(err) {
-		return drivers.CodeOf(err)
-	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		return drivers.Timeout
-	}
 	var f *faultError
 	if errors.As(err, &f) {
 		switch f.code {
@@ -130,8 +124,15 @@ func errorCode(err error) drivers.Code {
 		// down or restarting.
 		return drivers.Unavailable
 	}
-	if errors.Is(err, os.ErrPermission) {
+	// Local file and command errors (program files, commands looked up
+	// before supervisord sees them).
+	switch {
+	case errors.Is(err, os.ErrPermission):
 		return drivers.PermissionDenied
+	case errors.Is(err, exec.ErrNotFound), errors.Is(err, fs.ErrNotExist):
+		return drivers.NotFound
+	case errors.Is(err, fs.ErrExist):
+		return drivers.AlreadyExists
 	}
 	return drivers.Internal
 }

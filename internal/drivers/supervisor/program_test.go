@@ -63,7 +63,7 @@ func TestRenderRejectsWhatCannotBeWrittenSafely(t *testing.T) {
 			tm := base()
 			c.mod(&tm)
 			_, err := renderProgram(tm, time.Now(), testSettings())
-			if got := drivers.CodeOf(err); got != c.code {
+			if got := classify(err); got != c.code {
 				t.Fatalf("renderProgram: %v (code %s), want %s", err, got, c.code)
 			}
 		})
@@ -262,8 +262,8 @@ func TestErrorCode(t *testing.T) {
 		{errors.New("other"), drivers.Internal},
 	}
 	for _, c := range cases {
-		if got := errorCode(c.err); got != c.want {
-			t.Errorf("errorCode(%v) = %s, want %s", c.err, got, c.want)
+		if got := classify(c.err); got != c.want {
+			t.Errorf("classify(%v) = %s, want %s", c.err, got, c.want)
 		}
 	}
 }
@@ -341,16 +341,16 @@ func TestOptionsFromConfig(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Parse(%q): %v", c.yaml, err)
 		}
-		_, err = OptionsFrom(cfg)
+		_, err = OptionsFromConfig(cfg)
 		var ce *config.Error
 		switch {
 		case c.wantKey == "" && err != nil:
-			t.Errorf("OptionsFrom(%q): %v", c.yaml, err)
+			t.Errorf("OptionsFromConfig(%q): %v", c.yaml, err)
 		case c.wantKey != "" && (!errors.As(err, &ce) || ce.Key != c.wantKey):
-			t.Errorf("OptionsFrom(%q): %v, want a config error naming %s", c.yaml, err, c.wantKey)
+			t.Errorf("OptionsFromConfig(%q): %v, want a config error naming %s", c.yaml, err, c.wantKey)
 		}
 	}
-	o, err := OptionsFrom(nil)
+	o, err := OptionsFromConfig(nil)
 	if err != nil || o.URL != "unix:///var/run/supervisor.sock" || o.ProgramsDir != "/etc/supervisor/conf.d" {
 		t.Errorf("defaults: %+v, %v", o, err)
 	}

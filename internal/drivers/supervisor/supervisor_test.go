@@ -11,7 +11,7 @@ import (
 
 	"github.com/subbus/subbus/internal/config"
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/drivers/driverstest"
+	"github.com/subbus/subbus/internal/manager/driverstest"
 	"github.com/subbus/subbus/internal/testenv"
 )
 
@@ -145,7 +145,7 @@ func cleanupDelete(t *testing.T, d *Driver, name string) {
 
 func wantCode(t *testing.T, what string, err error, code drivers.Code) {
 	t.Helper()
-	if got := errorCode(err); got != code {
+	if got := classify(err); got != code {
 		t.Fatalf("%s: %v (code %s), want %s", what, err, got, code)
 	}
 }

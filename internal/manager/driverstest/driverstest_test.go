@@ -13,9 +13,9 @@ import (
 
 	"github.com/subbus/subbus/internal/config"
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/drivers/driverstest"
 	"github.com/subbus/subbus/internal/drivers/process"
 	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/manager/driverstest"
 )
 
 // broken is the process driver with one contract violation per method it
