@@ -432,10 +432,21 @@ func TestCreateFromTemplateGuest(t *testing.T) {
 	env := startSim(t, pvesim.Options{})
 	ctx := ctxT(t, 20*time.Second)
 	d := env.driver(ctx)
-	if err := env.sim.CreateGuest(pvesim.GuestSpec{VMID: 9000, Kind: "lxc", Name: "px-tmpl", Template: true,
+	if err := env.sim.CreateGuest(pvesim.GuestSpec{VMID: 9000, Kind: "lxc", Name: "px-tmpl",
 		Config: map[string]any{"rootfs": "local-lvm:4", "net0": "name=eth0,bridge=vmbr0,ip=dhcp", "memory": 256, "tags": "golden"}}); err != nil {
 		t.Fatal(err)
 	}
+	// Converted as PVE's UI does (its disk becomes a base volume).
+	c, _ := d.client()
+	if err := c.Post(ctx, "/nodes/pve1/lxc/9000/template", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if g, _ := env.sim.Guest(9000); !g.Template {
+			return fmt.Errorf("9000 is not a template yet")
+		}
+		return nil
+	})
 	in, err := d.Create(ctx, drivers.InstanceTemplate{Name: "px-from-tmpl", BaseImage: "px-tmpl",
 		Resources: drivers.ResourceLimits{CPUCores: 2, MemoryMB: 1024}, Metadata: map[string]string{"team": "infra"}})
 	if err != nil {
@@ -448,6 +459,26 @@ func TestCreateFromTemplateGuest(t *testing.T) {
 	g, _ := env.sim.Guest(mustAtoi(t, in.Metadata[metaVMID]))
 	if !hasTag(g.Config["tags"], managedTag) || !hasTag(g.Config["tags"], "golden") {
 		t.Errorf("config %v: want the template's tag golden and %s", g.Config, managedTag)
+	}
+	// full_clone: false links the clone to the template.
+	o := env.options()
+	f := false
+	o.FullClone = &f
+	linked := New(o)
+	if err := linked.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := linked.Create(ctx, drivers.InstanceTemplate{Name: "px-linked", BaseImage: "9000"}); err != nil {
+		t.Fatalf("linked clone: %v", err)
+	}
+	fulls := map[string]any{}
+	for _, r := range env.sim.Requests() {
+		if r.Method == "POST" && strings.HasSuffix(r.Path, "/clone") {
+			fulls[fmt.Sprint(r.Params["newid"])] = r.Params["full"]
+		}
+	}
+	if len(fulls) != 2 || fulls[in.Metadata[metaVMID]] != true || slices.Contains([]any{true, "1", 1.0}, fulls[fmt.Sprint(mustAtoi(t, in.Metadata[metaVMID])+1)]) {
+		t.Errorf("clone requests' full parameters %v: want the first full, the second linked", fulls)
 	}
 	_, err = d.Create(ctx, drivers.InstanceTemplate{Name: "px-bad-kind", BaseImage: "px-tmpl", Metadata: map[string]string{"kind": "qemu"}})
 	wantCode(t, "Create with a kind that contradicts the template", err, drivers.InvalidArgument)
