@@ -212,8 +212,9 @@ type Driver struct {
 	watchMu sync.Mutex
 	known   map[int]resource // guests seen by the last poll of Watch
 
-	bg        sync.WaitGroup           // reconciliations of abandoned creates
-	pendingMu sync.Mutex               //
+	bg sync.WaitGroup // reconciliations of abandoned creates
+
+	pendingMu sync.Mutex
 	pending   map[string]chan struct{} // name → closed when its reconciliation ends
 }
 
