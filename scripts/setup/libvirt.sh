@@ -24,7 +24,7 @@ set -euo pipefail
 state="${SUBBUS_SETUP_DIR:-/var/lib/subbus-test}/libvirt"
 uri="${SUBBUS_LIBVIRT_URI:-qemu:///system}"
 guest="$state/guest"
-guest_version=3
+guest_version=4
 mkdir -p "$state"
 log() { echo "[setup libvirt] $*"; }
 
@@ -134,7 +134,7 @@ if [ "$(cat "$guest/version" 2>/dev/null)" != "$guest_version" ] || [ ! -s "$gue
 	cat >"$r/etc/inittab" <<'EOF'
 ::sysinit:/etc/rcS
 ::respawn:/usr/sbin/qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run
-::respawn:/bin/acpid -f -c /etc/acpi
+::respawn:/etc/subbus-acpid
 ::once:/etc/subbus-ticker
 ttyS0::respawn:/bin/sh
 ::shutdown:/bin/sync
@@ -180,12 +180,16 @@ hostname subbus-guest
 echo "subbus-guest ready: \$(ls /dev/virtio-ports)" >/dev/ttyS0
 EOF
 	chmod 755 "$r/etc/rcS"
+	# SUBBUS_IGNORE_STOP=1 (in the template's environment) makes a guest
+	# that ignores ACPI and agent shutdowns: only a destroy ends it.
+	printf '#!/bin/sh\n[ "$SUBBUS_IGNORE_STOP" = 1 ] && exec sleep 2147483647\nexec /bin/acpid -f -c /etc/acpi\n' >"$r/etc/subbus-acpid"
+	chmod 755 "$r/etc/subbus-acpid"
 	# busybox acpid chdir()s to its -c directory and runs PWRF/00000080 for KEY_POWER.
 	mkdir -p "$r/etc/acpi/PWRF"
 	printf '#!/bin/sh\nexec /bin/poweroff\n' >"$r/etc/acpi/PWRF/00000080"
 	chmod 755 "$r/etc/acpi/PWRF/00000080"
 	# qemu-ga's guest-shutdown runs /sbin/shutdown -h|-r ... +0 "...".
-	printf '#!/bin/sh\ncase " $* " in *" -r "*) exec /bin/reboot ;; *) exec /bin/poweroff ;; esac\n' >"$r/sbin/shutdown"
+	printf '#!/bin/sh\n[ "$SUBBUS_IGNORE_STOP" = 1 ] && exit 0\ncase " $* " in *" -r "*) exec /bin/reboot ;; *) exec /bin/poweroff ;; esac\n' >"$r/sbin/shutdown"
 	chmod 755 "$r/sbin/shutdown"
 	ln -sf /bin/busybox "$r/init"
 	(cd "$r" && find . | "$r/bin/busybox" cpio -o -H newc 2>/dev/null) | gzip -9 >"$guest/initrd.gz.tmp"
