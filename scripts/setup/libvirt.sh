@@ -24,7 +24,7 @@ set -euo pipefail
 state="${SUBBUS_SETUP_DIR:-/var/lib/subbus-test}/libvirt"
 uri="${SUBBUS_LIBVIRT_URI:-qemu:///system}"
 guest="$state/guest"
-guest_version=4
+guest_version=5
 mkdir -p "$state"
 log() { echo "[setup libvirt] $*"; }
 
@@ -136,7 +136,6 @@ if [ "$(cat "$guest/version" 2>/dev/null)" != "$guest_version" ] || [ ! -s "$gue
 ::respawn:/usr/sbin/qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run
 ::respawn:/etc/subbus-acpid
 ::once:/etc/subbus-ticker
-ttyS0::respawn:/bin/sh
 ::shutdown:/bin/sync
 EOF
 	# The conformance tests' log lines: with SUBBUS_TICK_NAME in init's

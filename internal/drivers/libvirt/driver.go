@@ -70,6 +70,10 @@ type Options struct {
 	// checks that /dev/kvm exists on a local URI.
 	ProbeKernel string `yaml:"probe_kernel"`
 	ProbeInitrd string `yaml:"probe_initrd"`
+	// AgentWait is how long Exec waits for a running domain's guest
+	// agent to connect (a booting guest starts it late) before answering
+	// Conflict.
+	AgentWait config.Duration `yaml:"agent_wait"`
 	// LogPollInterval is how often a followed console log is re-read.
 	LogPollInterval config.Duration `yaml:"log_poll_interval"`
 
@@ -89,6 +93,7 @@ func DefaultOptions() Options {
 		ConsoleLogDir:   "/var/log/libvirt/qemu",
 		MemoryMB:        256,
 		VCPUs:           1,
+		AgentWait:       config.Duration(60 * time.Second),
 		LogPollInterval: config.Duration(250 * time.Millisecond),
 	}
 }

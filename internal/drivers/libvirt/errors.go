@@ -89,8 +89,11 @@ func libvirtCode(e golibvirt.Error) drivers.Code {
 	case golibvirt.ErrDomExist, golibvirt.ErrStorageVolExist:
 		return drivers.AlreadyExists
 	case golibvirt.ErrOperationInvalid, golibvirt.ErrResourceBusy, golibvirt.ErrSnapshotRevertRisky:
-		if strings.Contains(e.Message, "already exists") {
+		switch {
+		case strings.Contains(e.Message, "already exists"):
 			return drivers.AlreadyExists
+		case strings.Contains(e.Message, "cgroup") && strings.Contains(e.Message, "controller"):
+			return drivers.Unsupported // e.g. a cpu quota without the cgroup cpu controller
 		}
 		return drivers.Conflict
 	case golibvirt.ErrNoSupport, golibvirt.ErrOperationUnsupported, golibvirt.ErrArgumentUnsupported,
@@ -109,8 +112,13 @@ func libvirtCode(e golibvirt.Error) drivers.Code {
 		return drivers.PermissionDenied
 	case golibvirt.ErrOperationTimeout:
 		return drivers.Timeout
-	case golibvirt.ErrAgentUnresponsive, golibvirt.ErrAgentUnsynced, golibvirt.ErrNoClient, golibvirt.ErrNoServer,
-		golibvirt.ErrRPC, golibvirt.ErrInvalidConn:
+	case golibvirt.ErrAgentUnresponsive, golibvirt.ErrAgentUnsynced:
+		// The guest agent of one domain is not connected (not installed,
+		// not started yet) or hangs: a state of that instance, not an
+		// unreachable substrate (Unavailable would open the breaker for
+		// every instance).
+		return drivers.Conflict
+	case golibvirt.ErrNoClient, golibvirt.ErrNoServer, golibvirt.ErrRPC, golibvirt.ErrInvalidConn:
 		return drivers.Unavailable
 	case golibvirt.ErrOperationFailed, golibvirt.ErrInternalError:
 		if strings.Contains(e.Message, "already exists") {

@@ -91,8 +91,14 @@ func (d *Driver) Exec(ctx context.Context, name string, req drivers.ExecRequest,
 	if !active(x.state) {
 		return 0, drivers.Errorf(drivers.Conflict, "domain %s is %s", name, nativeWord(x.state))
 	}
-	if present, _ := hasAgentChannel(x.def); !present {
+	present, connected := hasAgentChannel(x.def)
+	if !present {
 		return 0, drivers.Unsupportedf("domain %s has no guest agent channel (%s)", name, agentChannel)
+	}
+	if !connected {
+		if err := d.waitAgent(ctx, l, x.dom); err != nil {
+			return 0, err
+		}
 	}
 	id := rand.Int64N(1 << 40)
 	ret, err := d.agentCommand(ctx, l, x.dom, "guest-sync", map[string]any{"id": id})
@@ -183,4 +189,29 @@ func (d *Driver) Exec(ctx context.Context, name string, req drivers.ExecRequest,
 		}
 		wait = min(2*wait, 500*time.Millisecond)
 	}
+}
+
+// waitAgent waits (at most AgentWait) until the domain's live definition
+// shows its agent channel connected. Past that, the agent call itself
+// reports that the agent is not connected (Conflict).
+func (d *Driver) waitAgent(ctx context.Context, l *golibvirt.Libvirt, dom golibvirt.Domain) error {
+	deadline := time.Now().Add(time.Duration(d.opts.AgentWait))
+	for time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the guest agent of domain %s to connect: %w", dom.Name, ctx.Err())
+		case <-time.After(250 * time.Millisecond):
+		}
+		x, err := d.load(ctx, l, dom, 0)
+		if err != nil {
+			return err
+		}
+		if !active(x.state) {
+			return drivers.Errorf(drivers.Conflict, "domain %s is %s", dom.Name, nativeWord(x.state))
+		}
+		if _, connected := hasAgentChannel(x.def); connected {
+			return nil
+		}
+	}
+	return nil
 }
