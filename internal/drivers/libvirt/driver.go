@@ -137,6 +137,9 @@ type Driver struct {
 	metricsMu sync.Mutex
 	prev      map[string]cpuSample // previous cpu sample per domain UUID
 
+	hubMu sync.Mutex
+	hub   *hub // the lifecycle-event registration shared by watchers
+
 	watchMu sync.Mutex
 	known   map[string]drivers.State // states last seen by Watch, for resyncs
 }
@@ -248,6 +251,7 @@ func (d *Driver) Connect(ctx context.Context) error {
 
 // Close disconnects. Domains keep running.
 func (d *Driver) Close() error {
+	d.closeHub()
 	d.mu.Lock()
 	l := d.l
 	d.l = nil

@@ -3,6 +3,7 @@ package libvirt
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
@@ -17,32 +18,114 @@ func (d *Driver) Capabilities() drivers.Capabilities {
 		Networks: true, Events: true}
 }
 
-// Watch registers a lifecycle callback on the current connection, resyncs
+// hub is the one lifecycle-event registration of a connection (libvirt
+// refuses a second identical registration on one connection), fanned out
+// to every Watch. It ends when the connection is lost or the driver closes.
+type hub struct {
+	l      *golibvirt.Libvirt
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the stream ended
+
+	mu   sync.Mutex
+	subs map[*subscriber]bool
+}
+
+// subscriber is one Watch's queue. A watcher that falls more than
+// subBuffer events behind is told to resync (overflow closes).
+type subscriber struct {
+	ch       chan golibvirt.DomainEventLifecycleMsg
+	overflow chan struct{}
+	once     sync.Once
+}
+
+const subBuffer = 4096
+
+// subscribe adds a watcher to the hub of connection l, registering the
+// callback on l first if no live hub exists for it.
+func (d *Driver) subscribe(ctx context.Context, l *golibvirt.Libvirt) (*hub, *subscriber, error) {
+	d.hubMu.Lock()
+	defer d.hubMu.Unlock()
+	h := d.hub
+	if h != nil {
+		select {
+		case <-h.done:
+			h = nil
+		default:
+			if h.l != l {
+				h.cancel()
+				h = nil
+			}
+		}
+	}
+	if h == nil {
+		hctx, cancel := context.WithCancel(context.Background())
+		stream, err := call(ctx, func() (<-chan golibvirt.DomainEventLifecycleMsg, error) { return l.LifecycleEvents(hctx) })
+		if err != nil {
+			cancel()
+			return nil, nil, fmt.Errorf("registering for lifecycle events: %w", err)
+		}
+		h = &hub{l: l, cancel: cancel, done: make(chan struct{}), subs: map[*subscriber]bool{}}
+		go h.pump(stream)
+		d.hub = h
+	}
+	s := &subscriber{ch: make(chan golibvirt.DomainEventLifecycleMsg, subBuffer), overflow: make(chan struct{})}
+	h.mu.Lock()
+	h.subs[s] = true
+	h.mu.Unlock()
+	return h, s, nil
+}
+
+// pump hands every event to every subscriber, never blocking on one (a
+// slow consumer must not stall go-libvirt's event routing).
+func (h *hub) pump(stream <-chan golibvirt.DomainEventLifecycleMsg) {
+	defer close(h.done)
+	for ev := range stream {
+		h.mu.Lock()
+		for s := range h.subs {
+			select {
+			case s.ch <- ev:
+			default:
+				s.once.Do(func() { close(s.overflow) })
+			}
+		}
+		h.mu.Unlock()
+	}
+}
+
+func (h *hub) unsubscribe(s *subscriber) {
+	h.mu.Lock()
+	delete(h.subs, s)
+	h.mu.Unlock()
+}
+
+// closeHub ends the event registration (Close).
+func (d *Driver) closeHub() {
+	d.hubMu.Lock()
+	defer d.hubMu.Unlock()
+	if d.hub != nil {
+		d.hub.cancel()
+		d.hub = nil
+	}
+}
+
+// Watch subscribes to the connection's lifecycle events, resyncs
 // (emitting appeared, vanished and state changes against the states the
 // driver last saw), then turns each lifecycle event of any domain into an
 // Event. It returns nil when ctx ends, and an Unavailable error when the
-// connection is lost (the manager calls Watch again after reconnecting;
-// the callback is then registered again on the new connection). Several
-// watchers may run at once.
+// connection is lost (the manager calls Watch again after reconnecting,
+// and the callback is then registered on the new connection). Several
+// watchers may run at once; one that falls far behind returns an error so
+// that it is called again and resyncs.
 func (d *Driver) Watch(ctx context.Context, emit func(drivers.Event)) error {
 	l, err := d.conn()
 	if err != nil {
 		return err
 	}
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	ch, err := call(wctx, func() (<-chan golibvirt.DomainEventLifecycleMsg, error) { return l.LifecycleEvents(wctx) })
+	h, s, err := d.subscribe(ctx, l)
 	if err != nil {
-		return fmt.Errorf("registering for lifecycle events: %w", err)
+		return err
 	}
-	// Drain the stream after cancel, so go-libvirt's goroutine can end.
-	defer func() {
-		cancel()
-		go func() {
-			for range ch {
-			}
-		}()
-	}()
+	defer h.unsubscribe(s)
 	if err := d.resync(ctx, emit); err != nil {
 		return err
 	}
@@ -50,15 +133,14 @@ func (d *Driver) Watch(ctx context.Context, emit func(drivers.Event)) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-l.Disconnected():
-			return &connError{uri: d.opts.URI, err: errConnectionLost}
-		case ev, ok := <-ch:
-			if !ok {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return &connError{uri: d.opts.URI, err: errConnectionLost}
+		case <-s.overflow:
+			return fmt.Errorf("libvirt events: this watcher fell %d events behind; resyncing", subBuffer)
+		case <-h.done:
+			if ctx.Err() != nil {
+				return nil
 			}
+			return &connError{uri: d.opts.URI, err: errConnectionLost}
+		case ev := <-s.ch:
 			if e, ok := d.event(ev); ok {
 				emit(e)
 			}
