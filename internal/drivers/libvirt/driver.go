@@ -140,6 +140,8 @@ type Driver struct {
 	hubMu sync.Mutex
 	hub   *hub // the lifecycle-event registration shared by watchers
 
+	afterStep func(step string) // test hook: called after each mutating step of Create
+
 	watchMu sync.Mutex
 	known   map[string]drivers.State // states last seen by Watch, for resyncs
 }

@@ -365,6 +365,7 @@ func (d *Driver) Create(ctx context.Context, t drivers.InstanceTemplate) (driver
 		return drivers.Instance{}, fmt.Errorf("creating the overlay volume %s.qcow2 in pool %s: %w", s.name, d.opts.Pool, err)
 	}
 	undoVol := func() { _ = l.StorageVolDelete(vol, golibvirt.StorageVolDeleteNormal) }
+	d.step("volume")
 	path, err := l.StorageVolGetPath(vol)
 	if err != nil {
 		undoVol()
@@ -386,6 +387,7 @@ func (d *Driver) Create(ctx context.Context, t drivers.InstanceTemplate) (driver
 		undoVol()
 		return drivers.Instance{}, fmt.Errorf("defining domain %s: %w", s.name, err)
 	}
+	d.step("domain")
 	if err := ctx.Err(); err != nil {
 		_ = l.DomainUndefineFlags(dom, undefineFlags)
 		undoVol()
@@ -396,6 +398,13 @@ func (d *Driver) Create(ctx context.Context, t drivers.InstanceTemplate) (driver
 		return drivers.Instance{}, err
 	}
 	return d.instance(x), nil
+}
+
+// step calls the test hook after a mutating step of Create.
+func (d *Driver) step(name string) {
+	if d.afterStep != nil {
+		d.afterStep(name)
+	}
 }
 
 // undefineFlags remove a domain's snapshot, checkpoint, NVRAM and
