@@ -248,7 +248,31 @@ func (d *Driver) Connect(ctx context.Context) error {
 	}
 	d.l = l
 	d.mu.Unlock()
+	d.baseline(ctx)
 	return nil
+}
+
+// baseline records the domains' states at the first connection, so that
+// the first Watch, even one that starts late, reports what changed since.
+func (d *Driver) baseline(ctx context.Context) {
+	d.watchMu.Lock()
+	have := d.known != nil
+	d.watchMu.Unlock()
+	if have {
+		return
+	}
+	list, err := d.List(ctx)
+	if err != nil {
+		return
+	}
+	d.watchMu.Lock()
+	defer d.watchMu.Unlock()
+	if d.known == nil {
+		d.known = map[string]drivers.State{}
+		for _, in := range list {
+			d.known[in.Name] = in.State
+		}
+	}
 }
 
 // Close disconnects. Domains keep running.

@@ -51,7 +51,7 @@ func (d *Driver) subscribe(ctx context.Context, l *golibvirt.Libvirt) (*hub, *su
 		case <-h.done:
 			h = nil
 		default:
-			if h.l != l {
+			if h.l != l || !l.IsConnected() {
 				h.cancel()
 				h = nil
 			}
@@ -140,6 +140,8 @@ func (d *Driver) Watch(ctx context.Context, emit func(drivers.Event)) error {
 				return nil
 			}
 			return &connError{uri: d.opts.URI, err: errConnectionLost}
+		case <-l.Disconnected():
+			return &connError{uri: d.opts.URI, err: errConnectionLost}
 		case ev := <-s.ch:
 			if e, ok := d.event(ev); ok {
 				emit(e)
@@ -222,8 +224,9 @@ func lifecycleName(ev int32) string {
 }
 
 // resync lists every domain and emits what changed since the states the
-// driver last recorded: appeared, vanished and state changes. The first
-// resync of a driver only records.
+// driver last recorded (at its first connection, or by the previous
+// Watch): appeared, vanished and state changes. Without any record (the
+// baseline listing failed) it only records.
 func (d *Driver) resync(ctx context.Context, emit func(drivers.Event)) error {
 	list, err := d.List(ctx)
 	if err != nil {
