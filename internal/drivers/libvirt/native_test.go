@@ -304,8 +304,8 @@ func TestDeleteKeepsForeignVolumes(t *testing.T) {
 		name := randName("foreign")
 		vol := foreignVol(name + ".qcow2")
 		x, err := (&libvirtxml.Domain{Type: "qemu", Name: name,
-			Memory: &libvirtxml.DomainMemory{Value: 128, Unit: "MiB"},
-			OS:     &libvirtxml.DomainOS{Type: &libvirtxml.DomainOSType{Arch: "x86_64", Type: "hvm"}},
+			Memory:  &libvirtxml.DomainMemory{Value: 128, Unit: "MiB"},
+			OS:      &libvirtxml.DomainOS{Type: &libvirtxml.DomainOSType{Arch: "x86_64", Type: "hvm"}},
 			Devices: &libvirtxml.DomainDeviceList{Disks: []libvirtxml.DomainDisk{disk(vol, "vda")}}}).Marshal()
 		if err != nil {
 			t.Fatal(err)
