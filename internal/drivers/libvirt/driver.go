@@ -21,6 +21,7 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"slices"
 	"sync"
 	"time"
 
@@ -82,6 +83,15 @@ type Options struct {
 	Manager map[string]any `yaml:",inline"`
 }
 
+// managerKeys are the manager's keys of a driver section (retries,
+// timeouts, breaker), which the manager reads itself; the driver accepts
+// them and rejects any other unknown key.
+var managerKeys = []string{
+	"retry_attempts", "retry_delay", "retry_backoff", "retry_max_delay",
+	"connection_timeout", "operation_timeout", "health_check_interval",
+	"breaker_failures", "breaker_open_timeout", "stop_timeout", "lock_wait",
+}
+
 // DefaultOptions are the defaults of the `libvirt` section.
 func DefaultOptions() Options {
 	return Options{
@@ -105,6 +115,11 @@ func OptionsFromConfig(cfg *config.Config) (Options, error) {
 	if cfg != nil {
 		if err := cfg.Decode(Name, &o); err != nil {
 			return o, err
+		}
+	}
+	for k := range o.Manager {
+		if !slices.Contains(managerKeys, k) {
+			return o, &config.Error{Key: "libvirt." + k, Msg: "unknown key"}
 		}
 	}
 	if _, err := url.Parse(o.URI); err != nil || o.URI == "" {
