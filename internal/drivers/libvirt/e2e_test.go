@@ -37,7 +37,7 @@ func e2eOptions() libvirt.Options {
 
 // startFleet skips (fails in CI) without libvirtd and the test guest, then
 // starts a worker serving the libvirt driver and the CLI pointed at it.
-func startFleet(t *testing.T) *clitest.Fleet {
+func startFleet(t testing.TB) *clitest.Fleet {
 	t.Helper()
 	probe, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
