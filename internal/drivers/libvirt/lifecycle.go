@@ -218,6 +218,9 @@ func (d *Driver) domainXML(s *spec, domType, diskPath string, o *owner) (string,
 			MemBalloon:  &libvirtxml.DomainMemBalloon{Model: "virtio"},
 		},
 	}
+	if s.kernel == "" {
+		def.OS.Cmdline = "" // QEMU takes -append only with -kernel: a disk boot has no command line
+	}
 	for _, n := range s.networks {
 		def.Devices.Interfaces = append(def.Devices.Interfaces, networkInterface(n, ""))
 	}
