@@ -42,7 +42,7 @@ func BenchmarkLibvirt(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	testenv.Require(b, "libvirtd", d.Connect(ctx), "bash scripts/setup/libvirt.sh")
-	defer d.Close()
+	b.Cleanup(func() { _ = d.Close() }) // after the domains' cleanup (cleanups run last-in first-out)
 	names := startBenchDomains(b, ctx, d)
 
 	res := map[string]float64{}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -137,6 +138,37 @@ func TestOutsideChanges(t *testing.T) {
 	if err != nil || code != 5 || out.String() != "Linux\n" {
 		t.Fatalf("Exec: code %d, out %q, err %v; want 5, Linux", code, out.String(), err)
 	}
+
+	// An internal snapshot of the running guest (with its memory); restoring
+	// it leaves the domain running. (Before the vcpu hot-plug below: QEMU
+	// cannot load a memory state saved with hot-plugged vcpus.)
+	ctx, cancel = context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	if _, err := d.CreateSnapshot(ctx, name, "live"); err != nil {
+		t.Fatalf("CreateSnapshot of a running domain: %v", err)
+	}
+	if err := d.RestoreSnapshot(ctx, name, "live"); err != nil {
+		t.Fatalf("RestoreSnapshot: %v", err)
+	}
+	if in, err := d.Get(ctx, name); err != nil || in.State != drivers.StateRunning {
+		t.Errorf("after restoring a snapshot taken running: %+v, %v; want running", in, err)
+	}
+	if err := d.DeleteSnapshot(ctx, name, "live"); err != nil {
+		t.Errorf("DeleteSnapshot: %v", err)
+	}
+
+	// Live limits, up to the maxima set at create (2 vcpus, 512 MiB).
+	lim, err := d.SetLimits(ctx, name, drivers.ResourceLimits{MemoryMB: 384, CPUCores: 2})
+	if err != nil || lim.MemoryMB != 384 || lim.CPUCores != 2 {
+		t.Errorf("live SetLimits(384 MB, 2 cores) = %+v, %v", lim, err)
+	}
+	if n := virsh(t, "vcpucount", name, "--live", "--current"); strings.TrimSpace(n) != "2" {
+		t.Errorf("virsh vcpucount --live: %q, want 2", n)
+	}
+	if _, err := d.SetLimits(ctx, name, drivers.ResourceLimits{MemoryMB: 4096}); errorCode(err) != drivers.Conflict {
+		t.Errorf("live SetLimits beyond the maximum: %v, want conflict", err)
+	}
+
 	virsh(t, "shutdown", name)
 	testenv.Eventually(t, 60*time.Second, func() error {
 		return got.find(name, drivers.EventStopped, fmt.Sprint(int(golibvirt.DomainEventStoppedShutdown)))
@@ -162,6 +194,7 @@ func TestOutsideChanges(t *testing.T) {
 	for _, p := range x.owner.Volumes {
 		virsh(t, "vol-delete", p)
 	}
+	_ = os.Remove(d.consoleLog(name))
 }
 
 func mustLookup(t *testing.T, d *Driver, name string) golibvirt.Domain {
