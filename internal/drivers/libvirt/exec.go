@@ -107,7 +107,7 @@ func (d *Driver) Exec(ctx context.Context, name string, req drivers.ExecRequest,
 	}
 	var got int64
 	if err := json.Unmarshal(ret, &got); err != nil || got != id {
-		return 0, fmt.Errorf("guest-sync in domain %s: answered %s, want %d: %w", name, ret, id, golibvirt.Error{Code: uint32(golibvirt.ErrAgentUnsynced), Message: "guest agent out of sync"})
+		return 0, drivers.Errorf(drivers.Conflict, "guest-sync in domain %s: the agent answered %s, want %d (out of sync)", name, ret, id)
 	}
 
 	argv := req.Command

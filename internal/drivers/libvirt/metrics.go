@@ -50,16 +50,36 @@ func (d *Driver) MetricsBatch(ctx context.Context, names []string) (map[string]d
 	}
 	failed := map[string]error{}
 	var doms []golibvirt.Domain
-	for _, n := range names {
-		dom, err := d.lookup(ctx, l, n)
+	if len(names) == 1 {
+		dom, err := d.lookup(ctx, l, names[0])
 		if err != nil {
-			if errorCode(err) == drivers.NotFound {
-				failed[n] = err
-				continue
+			if errorCode(err) != drivers.NotFound {
+				return nil, nil, err
 			}
-			return nil, nil, err
+			failed[names[0]] = err
+		} else {
+			doms = append(doms, dom)
 		}
-		doms = append(doms, dom)
+	} else {
+		// One listing instead of a lookup per name.
+		all, err := call(ctx, func() ([]golibvirt.Domain, error) {
+			ds, _, err := l.ConnectListAllDomains(1, golibvirt.ConnectListDomainsActive|golibvirt.ConnectListDomainsInactive)
+			return ds, err
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("listing domains: %w", err)
+		}
+		byName := make(map[string]golibvirt.Domain, len(all))
+		for _, dom := range all {
+			byName[dom.Name] = dom
+		}
+		for _, n := range names {
+			if dom, ok := byName[n]; ok {
+				doms = append(doms, dom)
+			} else {
+				failed[n] = drivers.Errorf(drivers.NotFound, "domain %s not found", n)
+			}
+		}
 	}
 	out := map[string]drivers.ResourceUsage{}
 	if len(doms) == 0 {
@@ -128,8 +148,7 @@ func (d *Driver) MetricsBatch(ctx context.Context, names []string) (map[string]d
 	}
 	for _, dom := range doms {
 		if _, ok := out[dom.Name]; !ok {
-			failed[dom.Name] = fmt.Errorf("domain %s: no stats reported: %w", dom.Name,
-				golibvirt.Error{Code: uint32(golibvirt.ErrNoDomain), Message: "domain vanished while sampling"})
+			failed[dom.Name] = drivers.Errorf(drivers.NotFound, "domain %s vanished while it was sampled", dom.Name)
 		}
 	}
 	return out, failed, nil
