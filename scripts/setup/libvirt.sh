@@ -100,6 +100,10 @@ if [ "$(cat "$guest/version" 2>/dev/null)" != "$guest_version" ] || [ ! -s "$gue
 	mkdir -p "$debs" "$x" "$guest"
 	# The cloud kernel's real package name (linux-image-cloud-amd64 is a metapackage).
 	kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+	if [ -z "$kpkg" ]; then
+		apt-get update -qq >/dev/null 2>&1 || true
+		kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+	fi
 	[ -n "$kpkg" ] || { log "cannot resolve linux-image-cloud-amd64 (apt-get update?)"; exit 1; }
 	if ! (cd "$debs" && apt-get download -qq "$kpkg" busybox-static qemu-guest-agent liburing2 >"$state/download.log" 2>&1); then
 		apt-get update -qq >/dev/null 2>&1 || true
