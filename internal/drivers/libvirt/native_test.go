@@ -433,3 +433,33 @@ func TestErrorCode(t *testing.T) {
 		}
 	}
 }
+
+// TestStatsFallback: libvirt's test driver reports no cpu.time in
+// ConnectGetAllDomainStats, so metrics fall back to DomainGetInfo and
+// DomainMemoryStats, and the mask says what came back. No guest boots.
+func TestStatsFallback(t *testing.T) {
+	requireLibvirt(t)
+	o := testOptions()
+	o.URI = "test:///default"
+	d := New(o)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := d.Connect(ctx); err != nil {
+		t.Fatalf("Connect(test:///default): %v", err)
+	}
+	defer d.Close()
+	in, err := d.Get(ctx, "test")
+	if err != nil || in.State != drivers.StateRunning || in.Managed {
+		t.Fatalf("Get(test) = %+v, %v; want the test driver's running, unmanaged domain", in, err)
+	}
+	u, err := d.Metrics(ctx, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !u.Measured.Has(drivers.MeasureCPU|drivers.MeasureMemory) || u.Counters.CPUTimeNs == 0 || u.MemoryMB <= 0 {
+		t.Errorf("Metrics(test) = %+v, want cpu and memory from the fallbacks", u)
+	}
+	if u.Measured.Has(drivers.MeasureNetwork) || u.Measured.Has(drivers.MeasureDiskIO) {
+		t.Errorf("Metrics(test) claims network or disk I/O the test driver does not report: %v", u.Measured.Names())
+	}
+}
