@@ -463,3 +463,30 @@ func TestStatsFallback(t *testing.T) {
 		t.Errorf("Metrics(test) claims network or disk I/O the test driver does not report: %v", u.Measured.Names())
 	}
 }
+
+// TestHealth: versions, host, pools and the accelerator with its reason.
+// Without /dev/kvm the probe settles on TCG without booting anything.
+func TestHealth(t *testing.T) {
+	d := requireLibvirt(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	h, err := d.Health(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !h.Healthy || h.Version == "" || h.Details["hypervisor_version"] == "" || h.Details["host_cpus"] == "" ||
+		!strings.HasPrefix(h.Details["pool."+d.opts.Pool], "running=true") {
+		t.Errorf("Health = %+v", h)
+	}
+	want := map[string]string{"kvm": "kvm", "qemu": "tcg"}[h.Details["domain_type"]]
+	if want == "" || h.Details["accelerator"] != want || h.Details["domain_type_reason"] == "" {
+		t.Errorf("domain type %q, accelerator %q, reason %q", h.Details["domain_type"], h.Details["accelerator"], h.Details["domain_type_reason"])
+	}
+	if _, err := os.Stat("/dev/kvm"); err != nil && h.Details["domain_type"] != "qemu" {
+		t.Errorf("no /dev/kvm here, yet domain_type %q", h.Details["domain_type"])
+	}
+	d.opts.Pool = "lv-no-such-pool"
+	if h, err := d.Health(ctx); err != nil || h.Healthy || len(h.Issues) == 0 {
+		t.Errorf("Health with a missing pool = %+v, %v; want unhealthy with an issue", h, err)
+	}
+}
