@@ -40,7 +40,7 @@ func (d *Driver) Clone(ctx context.Context, source, target string) (drivers.Inst
 	}
 	if _, err := call(ctx, func() (golibvirt.Domain, error) { return l.DomainLookupByName(target) }); err == nil {
 		return drivers.Instance{}, drivers.Errorf(drivers.AlreadyExists, "domain %s already exists", target)
-	} else if errorCode(err) != drivers.NotFound {
+	} else if classify(err) != drivers.NotFound {
 		return drivers.Instance{}, fmt.Errorf("domain %s: %w", target, err)
 	}
 	pool, err := call(ctx, func() (golibvirt.StoragePool, error) { return l.StoragePoolLookupByName(d.opts.Pool) })

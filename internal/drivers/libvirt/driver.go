@@ -21,7 +21,6 @@ import (
 	"context"
 	"fmt"
 	"net/url"
-	"slices"
 	"sync"
 	"time"
 
@@ -78,18 +77,9 @@ type Options struct {
 	// LogPollInterval is how often a followed console log is re-read.
 	LogPollInterval config.Duration `yaml:"log_poll_interval"`
 
-	// Manager holds the manager's keys of this section (retries,
-	// timeouts, breaker), which the manager reads itself.
-	Manager map[string]any `yaml:",inline"`
-}
-
-// managerKeys are the manager's keys of a driver section (retries,
-// timeouts, breaker), which the manager reads itself; the driver accepts
-// them and rejects any other unknown key.
-var managerKeys = []string{
-	"retry_attempts", "retry_delay", "retry_backoff", "retry_max_delay",
-	"connection_timeout", "operation_timeout", "health_check_interval",
-	"breaker_failures", "breaker_open_timeout", "stop_timeout", "lock_wait",
+	// The manager's keys of this section (retries, timeouts, breaker),
+	// read by the manager itself.
+	config.SectionOptions `yaml:",inline"`
 }
 
 // DefaultOptions are the defaults of the `libvirt` section.
@@ -115,11 +105,6 @@ func OptionsFromConfig(cfg *config.Config) (Options, error) {
 	if cfg != nil {
 		if err := cfg.Decode(Name, &o); err != nil {
 			return o, err
-		}
-	}
-	for k := range o.Manager {
-		if !slices.Contains(managerKeys, k) {
-			return o, &config.Error{Key: "libvirt." + k, Msg: "unknown key"}
 		}
 	}
 	if _, err := url.Parse(o.URI); err != nil || o.URI == "" {
@@ -178,9 +163,9 @@ func New(opts Options) *Driver {
 	return &Driver{opts: opts, prev: map[string]cpuSample{}}
 }
 
-// NewFromConfig builds the driver from the configuration's `libvirt`
+// FromConfig builds the driver from the configuration's `libvirt`
 // section. It does not connect.
-func NewFromConfig(cfg *config.Config) (drivers.Driver, error) {
+func FromConfig(cfg *config.Config) (drivers.Driver, error) {
 	o, err := OptionsFromConfig(cfg)
 	if err != nil {
 		return nil, err

@@ -1,7 +1,6 @@
 package libvirt
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -36,21 +35,16 @@ type agentError struct {
 
 func (e *agentError) Error() string { return "guest agent: " + e.Class + ": " + e.Desc }
 
-// ErrorCode is the one place libvirt errors map to codes: libvirt's own
-// error numbers first, then go-libvirt's and the transport's errors.
+// ErrorCode is the one place libvirt's native errors map to codes:
+// libvirt's own error numbers first, then go-libvirt's and the
+// transport's errors.
 func (d *Driver) ErrorCode(err error) drivers.Code { return errorCode(err) }
 
+// classify is drivers.Classify with this driver's ErrorCode, for the places
+// that branch on a code.
+var classify = drivers.ClassifyWith(errorCode)
+
 func errorCode(err error) drivers.Code {
-	if err == nil {
-		return 0
-	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		return drivers.Timeout
-	}
-	var de *drivers.Error
-	if errors.As(err, &de) {
-		return de.Code
-	}
 	var le golibvirt.Error
 	if errors.As(err, &le) {
 		return libvirtCode(le)

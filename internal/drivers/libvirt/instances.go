@@ -116,7 +116,7 @@ func (d *Driver) List(ctx context.Context) ([]drivers.Instance, error) {
 	for _, dom := range doms {
 		x, err := d.load(ctx, l, dom, 0)
 		if err != nil {
-			if errorCode(err) == drivers.NotFound {
+			if classify(err) == drivers.NotFound {
 				continue // undefined meanwhile
 			}
 			return nil, err

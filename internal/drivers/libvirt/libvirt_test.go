@@ -15,7 +15,7 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/drivers/driverstest"
+	"github.com/subbus/subbus/internal/manager/driverstest"
 	"github.com/subbus/subbus/internal/testenv"
 )
 

@@ -330,7 +330,7 @@ func (d *Driver) Create(ctx context.Context, t drivers.InstanceTemplate) (driver
 	}
 	if _, err := call(ctx, func() (golibvirt.Domain, error) { return l.DomainLookupByName(s.name) }); err == nil {
 		return drivers.Instance{}, drivers.Errorf(drivers.AlreadyExists, "domain %s already exists", s.name)
-	} else if errorCode(err) != drivers.NotFound {
+	} else if classify(err) != drivers.NotFound {
 		return drivers.Instance{}, fmt.Errorf("domain %s: %w", s.name, err)
 	}
 	for _, n := range s.networks {
@@ -494,7 +494,7 @@ func (d *Driver) Stop(ctx context.Context, name string, opts drivers.StopOptions
 			err := call0(ctx, func() error {
 				return l.DomainShutdownFlags(dom, golibvirt.DomainShutdownAcpiPowerBtn|golibvirt.DomainShutdownGuestAgent)
 			})
-			if err != nil && errorCode(err) != drivers.Conflict { // Conflict: it stopped meanwhile
+			if err != nil && classify(err) != drivers.Conflict { // Conflict: it stopped meanwhile
 				return false, fmt.Errorf("shutting domain %s down: %w", name, err)
 			}
 		}
@@ -519,7 +519,7 @@ func (d *Driver) Stop(ctx context.Context, name string, opts drivers.StopOptions
 // destroy kills a domain's QEMU process; a domain already off is fine.
 func (d *Driver) destroy(ctx context.Context, l *golibvirt.Libvirt, dom golibvirt.Domain) error {
 	err := call0(ctx, func() error { return l.DomainDestroyFlags(dom, golibvirt.DomainDestroyDefault) })
-	if err != nil && errorCode(err) == drivers.Conflict {
+	if err != nil && classify(err) == drivers.Conflict {
 		if s, serr := d.state(ctx, l, dom); serr == nil && !active(s) {
 			return nil
 		}
@@ -537,7 +537,7 @@ func (d *Driver) destroy(ctx context.Context, l *golibvirt.Libvirt, dom golibvir
 func (d *Driver) Delete(ctx context.Context, name string, opts drivers.DeleteOptions) (bool, error) {
 	l, x, err := d.get(ctx, name)
 	if err != nil {
-		if opts.Force && errorCode(err) == drivers.NotFound {
+		if opts.Force && classify(err) == drivers.NotFound {
 			return false, nil
 		}
 		return false, err
@@ -557,13 +557,13 @@ func (d *Driver) Delete(ctx context.Context, name string, opts drivers.DeleteOpt
 		for _, p := range x.owner.Volumes {
 			v, err := call(ctx, func() (golibvirt.StorageVol, error) { return l.StorageVolLookupByPath(p) })
 			if err != nil {
-				if errorCode(err) == drivers.NotFound {
+				if classify(err) == drivers.NotFound {
 					continue
 				}
 				return true, fmt.Errorf("domain %s undefined, but its volume %s: %w", name, p, err)
 			}
 			if err := call0(ctx, func() error { return l.StorageVolDelete(v, golibvirt.StorageVolDeleteNormal) }); err != nil &&
-				errorCode(err) != drivers.NotFound {
+				classify(err) != drivers.NotFound {
 				return true, fmt.Errorf("domain %s undefined, but deleting its volume %s: %w", name, p, err)
 			}
 		}

@@ -53,7 +53,7 @@ func (d *Driver) MetricsBatch(ctx context.Context, names []string) (map[string]d
 	if len(names) == 1 {
 		dom, err := d.lookup(ctx, l, names[0])
 		if err != nil {
-			if errorCode(err) != drivers.NotFound {
+			if classify(err) != drivers.NotFound {
 				return nil, nil, err
 			}
 			failed[names[0]] = err

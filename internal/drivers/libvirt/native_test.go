@@ -120,8 +120,8 @@ func TestOutsideChanges(t *testing.T) {
 	began := time.Now()
 	_, err := d.Stop(ctx, name, drivers.StopOptions{Timeout: time.Minute})
 	cancel()
-	if errorCode(err) != drivers.Timeout {
-		t.Fatalf("Stop past the caller's deadline: %v (code %s), want timeout", err, errorCode(err))
+	if classify(err) != drivers.Timeout {
+		t.Fatalf("Stop past the caller's deadline: %v (code %s), want timeout", err, classify(err))
 	}
 	if took := time.Since(began); took > 3*time.Second {
 		t.Errorf("Stop returned %v after a 500ms deadline", took)
@@ -165,7 +165,7 @@ func TestOutsideChanges(t *testing.T) {
 	if n := virsh(t, "vcpucount", name, "--live", "--current"); strings.TrimSpace(n) != "2" {
 		t.Errorf("virsh vcpucount --live: %q, want 2", n)
 	}
-	if _, err := d.SetLimits(ctx, name, drivers.ResourceLimits{MemoryMB: 4096}); errorCode(err) != drivers.Conflict {
+	if _, err := d.SetLimits(ctx, name, drivers.ResourceLimits{MemoryMB: 4096}); classify(err) != drivers.Conflict {
 		t.Errorf("live SetLimits beyond the maximum: %v, want conflict", err)
 	}
 
@@ -258,9 +258,9 @@ func TestCreateDeadline(t *testing.T) {
 			}
 			defer func() { d.afterStep = nil }()
 			_, err := d.Create(ctx, (&harness{}).Template(name))
-			if errorCode(err) != drivers.Timeout {
+			if classify(err) != drivers.Timeout {
 				_, _ = d.Delete(context.Background(), name, drivers.DeleteOptions{Force: true})
-				t.Fatalf("Create with ctx ended after %q: %v (code %s), want timeout", step, err, errorCode(err))
+				t.Fatalf("Create with ctx ended after %q: %v (code %s), want timeout", step, err, classify(err))
 			}
 			if left := leftovers(t, d, name); len(left) > 0 {
 				t.Errorf("Create ended after %q left %v behind", step, left)
@@ -353,7 +353,7 @@ func TestDeleteKeepsForeignVolumes(t *testing.T) {
 		if _, err := d.Delete(ctx, name, drivers.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := d.Get(ctx, name); errorCode(err) != drivers.NotFound {
+		if _, err := d.Get(ctx, name); classify(err) != drivers.NotFound {
 			t.Errorf("Get after Delete: %v, want not_found", err)
 		}
 		if !exists(vol) {
@@ -395,8 +395,8 @@ func TestTemplateErrors(t *testing.T) {
 			tm := base(name)
 			c.edit(&tm)
 			_, err := d.Create(context.Background(), tm)
-			if errorCode(err) != c.code || err == nil || !strings.Contains(err.Error(), c.field) {
-				t.Errorf("Create: %v (code %s), want %s naming %q", err, errorCode(err), c.code, c.field)
+			if classify(err) != c.code || err == nil || !strings.Contains(err.Error(), c.field) {
+				t.Errorf("Create: %v (code %s), want %s naming %q", err, classify(err), c.code, c.field)
 			}
 			if left := leftovers(t, d, name); len(left) > 0 {
 				t.Errorf("a refused Create left %v", left)
@@ -428,8 +428,8 @@ func TestErrorCode(t *testing.T) {
 		{errors.New("boom"), drivers.Internal},
 	}
 	for _, c := range cases {
-		if got := errorCode(c.err); got != c.want {
-			t.Errorf("errorCode(%v) = %s, want %s", c.err, got, c.want)
+		if got := classify(c.err); got != c.want {
+			t.Errorf("classify(%v) = %s, want %s", c.err, got, c.want)
 		}
 	}
 }

@@ -31,7 +31,7 @@ func (d *Driver) ListNetworks(ctx context.Context) ([]drivers.Network, error) {
 	for _, n := range nets {
 		x, err := call(ctx, func() (string, error) { return l.NetworkGetXMLDesc(n, 0) })
 		if err != nil {
-			if errorCode(err) == drivers.NotFound {
+			if classify(err) == drivers.NotFound {
 				continue
 			}
 			return nil, fmt.Errorf("network %s: %w", n.Name, err)

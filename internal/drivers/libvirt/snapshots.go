@@ -113,7 +113,7 @@ func (d *Driver) ListSnapshots(ctx context.Context, name string) ([]drivers.Snap
 	for _, s := range snaps {
 		info, err := d.snapshotInfo(ctx, l, name, s)
 		if err != nil {
-			if errorCode(err) == drivers.NotFound {
+			if classify(err) == drivers.NotFound {
 				continue
 			}
 			return nil, err
