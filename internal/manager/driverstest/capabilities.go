@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/testenv"
 )
 
@@ -131,7 +132,7 @@ func testUnsupported(t *testing.T, e *env) {
 }
 
 // collectExec runs an exec through the manager, collecting the output.
-func (e *env) exec(name string, req drivers.ExecRequest) (drivers.ExecResult, error) {
+func (e *env) exec(name string, req drivers.ExecRequest) (messages.ExecResult, error) {
 	return e.m.Exec(e.ctx(), name, req, nil, nil)
 }
 
