@@ -203,7 +203,7 @@ func TestPollerSeesOutsideChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitEvent("started", func(ev drivers.Event) bool {
-		return ev.Type == drivers.EventStarted && ev.Instance == "px-outside" && ev.State == drivers.StateRunning && ev.Source == drivers.SourceNative
+		return ev.Type == drivers.EventStarted && ev.Instance == "px-outside" && ev.State == drivers.StateRunning
 	})
 	if err := env.sim.CreateGuest(pvesim.GuestSpec{VMID: 301, Kind: "lxc", Name: "px-new"}); err != nil {
 		t.Fatal(err)

@@ -99,7 +99,7 @@ func (d *Driver) pollResources(ctx context.Context, prev map[int]resource, emit 
 		for k, v := range details {
 			det[k] = v
 		}
-		return drivers.Event{Type: typ, Time: now, Instance: r.displayName(), Source: drivers.SourceNative, State: st, Details: det}
+		return drivers.Event{Type: typ, Time: now, Instance: r.displayName(), State: st, Details: det}
 	}
 	for id, r := range cur {
 		old, ok := prev[id]
@@ -163,7 +163,7 @@ func (d *Driver) pollTasks(ctx context.Context, known map[int]resource, seen map
 		if r, ok := known[vmid]; ok {
 			name = r.displayName()
 		}
-		e := drivers.Event{Type: typ, Time: time.Unix(int64(t.EndTime), 0), Instance: name, Source: drivers.SourceNative,
+		e := drivers.Event{Type: typ, Time: time.Unix(int64(t.EndTime), 0), Instance: name,
 			Details: map[string]string{"task": t.Type, "upid": t.UPID, "user": t.User, "exitstatus": t.Status, metaVMID: t.ID}}
 		if e.Time.Unix() <= 0 {
 			e.Time = time.Now()

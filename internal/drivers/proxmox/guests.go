@@ -365,7 +365,6 @@ func (d *Driver) instance(r resource, cfg guestConfig) drivers.Instance {
 	in := drivers.Instance{
 		Name:        r.displayName(),
 		ID:          strconv.Itoa(r.vmid()),
-		Driver:      Name,
 		State:       r.state(),
 		NativeState: r.Status,
 		Managed:     r.managed(),
