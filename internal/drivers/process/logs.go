@@ -11,6 +11,9 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/subbus/subbus/internal/drivers"
@@ -35,87 +38,209 @@ func (d *Driver) logPath(name, stream string, gen int) string {
 	return p
 }
 
-// openLogs opens the output files for appending (O_APPEND, so the process
-// keeps writing at the end after a copy-truncate rotation).
-func (d *Driver) openLogs(name string) (stdout, stderr *os.File, err error) {
-	open := func(stream string) (*os.File, error) {
-		return os.OpenFile(d.logPath(name, stream, 0), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	}
-	if stdout, err = open("stdout"); err != nil {
-		return nil, nil, err
-	}
-	if stderr, err = open("stderr"); err != nil {
-		stdout.Close()
-		return nil, nil, err
-	}
-	return stdout, stderr, nil
+// pipeSize is the capacity asked for each output pipe (F_SETPIPE_SZ; the
+// kernel's default maximum for unprivileged users). It is what an instance
+// can write while no worker reads its output before its writes block.
+const pipeSize = 1 << 20
+
+// pumpBuffer is how much one pump reads at a time, and so the most output
+// of one stream a worker killed with SIGKILL can lose (read, not written).
+const pumpBuffer = 64 << 10
+
+// logWriter appends one output stream of an instance to <stream>.log and
+// enforces the bound while writing: a write that would take the file past
+// LogMaxBytes first fills it up to its last complete line, then rotates
+// (<stream>.log becomes .1, older generations shift up, the one beyond
+// LogKeep is removed) and continues in a new file. A line longer than
+// LogMaxBytes is cut. So no file ever exceeds LogMaxBytes and a stream never
+// holds more than (LogKeep+1) x LogMaxBytes.
+//
+// Writes are synchronous: when the disk is slow, the pump reading the
+// instance's pipe waits, the pipe fills and the instance's writes block
+// (backpressure, nothing dropped). A write that fails (disk full, instance
+// deleted) drops that data and counts it in dropped.
+type logWriter struct {
+	d      *Driver
+	name   string
+	stream string
+
+	mu      sync.Mutex
+	f       *os.File
+	size    int64
+	closed  bool
+	dropped int64
 }
 
-// rotateLoop checks the size of every instance's output files every
-// LogCheckInterval, until the driver closes.
-func (d *Driver) rotateLoop(ctx context.Context) {
-	defer d.bgWG.Done()
-	tk := time.NewTicker(time.Duration(d.opts.LogCheckInterval))
-	defer tk.Stop()
-	for {
-		select {
-		case <-ctx.Done():
+// Write appends b; it never returns an error (see dropped).
+func (w *logWriter) Write(b []byte) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	limit := w.d.opts.LogMaxBytes
+	for len(b) > 0 {
+		if w.closed {
+			w.dropped += int64(len(b))
 			return
-		case <-tk.C:
 		}
-		d.mu.Lock()
-		var names []string
-		for n, in := range d.insts {
-			if in.rec.State == drivers.StateRunning {
-				names = append(names, n)
+		if w.f == nil {
+			f, err := os.OpenFile(w.d.logPath(w.name, w.stream, 0), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+			if err != nil {
+				w.dropped += int64(len(b))
+				return
+			}
+			fi, err := f.Stat()
+			if err != nil {
+				f.Close()
+				w.dropped += int64(len(b))
+				return
+			}
+			w.f, w.size = f, fi.Size()
+		}
+		room := max(limit-w.size, 0)
+		n := int64(len(b))
+		if n > room {
+			n = room
+			if i := bytes.LastIndexByte(b[:room], '\n'); i >= 0 {
+				n = int64(i) + 1 // fill up to the last complete line
+			} else if w.size > 0 {
+				n = 0 // the line starts the next file
 			}
 		}
-		d.mu.Unlock()
-		for _, n := range names {
-			d.rotate(n)
+		if n > 0 {
+			m, err := w.f.Write(b[:n])
+			w.size += int64(m)
+			if err != nil {
+				w.dropped += int64(len(b) - m)
+				return
+			}
+			b = b[n:]
+		}
+		if w.size >= limit || len(b) > 0 {
+			w.rotate()
 		}
 	}
 }
 
-// rotate rotates each output file of name larger than LogMaxBytes by
-// copy-truncate: the process keeps its file descriptor (it writes with
-// O_APPEND), older generations shift up, the oldest beyond LogKeep is
-// dropped. Output written between the copy and the truncation is lost.
-func (d *Driver) rotate(name string) {
+// rotate closes the current file and shifts the generations; w.mu is held.
+func (w *logWriter) rotate() {
+	_ = w.f.Close()
+	w.f, w.size = nil, 0
+	d := w.d
 	d.rotMu.Lock()
 	defer d.rotMu.Unlock()
-	for _, s := range streams {
-		cur := d.logPath(name, s, 0)
-		st, err := os.Stat(cur)
-		if err != nil || st.Size() <= d.opts.LogMaxBytes {
-			continue
-		}
-		_ = os.Remove(d.logPath(name, s, d.opts.LogKeep))
-		for g := d.opts.LogKeep - 1; g >= 1; g-- {
-			_ = os.Rename(d.logPath(name, s, g), d.logPath(name, s, g+1))
-		}
-		if err := copyFile(cur, d.logPath(name, s, 1)); err != nil {
-			continue
-		}
-		_ = os.Truncate(cur, 0)
+	_ = os.Remove(d.logPath(w.name, w.stream, d.opts.LogKeep))
+	for g := d.opts.LogKeep - 1; g >= 1; g-- {
+		_ = os.Rename(d.logPath(w.name, w.stream, g), d.logPath(w.name, w.stream, g+1))
+	}
+	_ = os.Rename(d.logPath(w.name, w.stream, 0), d.logPath(w.name, w.stream, 1))
+}
+
+// close ends writing: later writes are dropped (the instance was deleted
+// or the driver closed).
+func (w *logWriter) close() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.closed = true
+	if w.f != nil {
+		_ = w.f.Close()
+		w.f = nil
 	}
 }
 
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
+func (w *logWriter) droppedBytes() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.dropped
+}
+
+// outputPipes makes the two output pipes of a process being started: the
+// write ends become its stdout and stderr, and the read ends are passed to
+// it too (as fds 3 and 4) so that the pipes keep a reader while no worker
+// runs (its writes then block once the pipe is full, instead of failing
+// with EPIPE). The worker reads through its own descriptions of the pipes
+// (openPipe). All four files are blocking and close-on-exec in the worker.
+func outputPipes() (w, r [2]*os.File, err error) {
+	for i := range 2 {
+		var p [2]int
+		if err = syscall.Pipe2(p[:], syscall.O_CLOEXEC); err != nil {
+			closeAll(w[:i])
+			closeAll(r[:i])
+			return w, r, err
+		}
+		// Best effort: a smaller pipe only means less slack while no worker runs.
+		_, _, _ = syscall.Syscall(syscall.SYS_FCNTL, uintptr(p[1]), syscall.F_SETPIPE_SZ, pipeSize)
+		r[i] = os.NewFile(uintptr(p[0]), "output-r")
+		w[i] = os.NewFile(uintptr(p[1]), "output-w")
+	}
+	return w, r, nil
+}
+
+func closeAll(fs []*os.File) {
+	for _, f := range fs {
+		if f != nil {
+			_ = f.Close()
+		}
+	}
+}
+
+// openPipe opens a new read description of the pipe that path (a
+// /proc/<pid>/fd/<n> link) refers to: non-blocking, so the pump's reads go
+// through the runtime poller and Close interrupts them. Linux opens a pipe
+// through /proc like a FIFO; a process's fds can be opened by root or by
+// its own user.
+func openPipe(path string) (*os.File, error) {
+	link, err := os.Readlink(path)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if !strings.HasPrefix(link, "pipe:") {
+		return nil, fmt.Errorf("%s is %s, not a pipe", path, link)
+	}
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
 	if err != nil {
-		return err
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
 	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
+	return os.NewFile(uintptr(fd), link), nil
+}
+
+// startPumps reads the output pipes of in's process (the /proc fd links
+// in paths, stdout's then stderr's) into its log writers until every writer
+// of the pipe has closed it (EOF) or the driver closes. d.mu is held.
+func (d *Driver) startPumps(in *inst, paths [2]string) error {
+	for i, s := range streams {
+		r, err := openPipe(paths[i])
+		if err != nil {
+			return err
+		}
+		if in.logs[i] == nil {
+			in.logs[i] = &logWriter{d: d, name: in.rec.Name, stream: s}
+		}
+		w := in.logs[i]
+		d.pumpMu.Lock()
+		d.pumps[r] = struct{}{}
+		d.pumpMu.Unlock()
+		d.pumpWG.Add(1)
+		go d.pump(r, w)
 	}
-	return out.Close()
+	return nil
+}
+
+// pump copies one pipe into one log writer.
+func (d *Driver) pump(r *os.File, w *logWriter) {
+	defer d.pumpWG.Done()
+	buf := make([]byte, pumpBuffer)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			w.Write(buf[:n])
+		}
+		if err != nil {
+			break
+		}
+	}
+	d.pumpMu.Lock()
+	delete(d.pumps, r)
+	d.pumpMu.Unlock()
+	_ = r.Close()
 }
 
 // streamTail is the tail of one stream.

@@ -45,7 +45,8 @@ type Options struct {
 	LogMaxBytes int64 `yaml:"log_max_bytes"`
 	// LogKeep is how many rotated files are kept per stream (default 3).
 	LogKeep int `yaml:"log_keep"`
-	// LogCheckInterval is how often log sizes are checked (default 1s).
+	// LogCheckInterval is ignored: rotation is enforced while writing. It
+	// is still accepted so that existing configurations parse.
 	LogCheckInterval config.Duration `yaml:"log_check_interval"`
 	// StopTimeout is the graceful stop timeout when none is given (default 10s).
 	StopTimeout config.Duration `yaml:"stop_timeout"`
@@ -159,6 +160,13 @@ type Driver struct {
 	bgWG      sync.WaitGroup
 	boot      string
 	hostPrev  *procfs.HostCPU // host CPU reading of the previous Health
+	owner     string          // this state directory's marker id (loadOwner)
+	reaped    int             // unowned marked processes killed by reconcile
+
+	// Output pumps (logs.go): the read ends they hold, so Close can end them.
+	pumpMu sync.Mutex
+	pumps  map[*os.File]struct{}
+	pumpWG sync.WaitGroup
 
 	events watchers
 }
@@ -173,6 +181,17 @@ type inst struct {
 	stopping bool
 	// prev is the previous metrics sample, for rates.
 	prev *procfs.TreeSample
+	// logs are the writers of stdout and stderr (created at the first start).
+	logs [2]*logWriter
+}
+
+// closeLogs ends the instance's log writers (deleted or driver closed).
+func (in *inst) closeLogs() {
+	for _, w := range in.logs {
+		if w != nil {
+			w.close()
+		}
+	}
 }
 
 // New returns an unconnected driver.
@@ -223,6 +242,7 @@ func (d *Driver) Connect(ctx context.Context) error {
 	if err := d.lockStateDir(); err != nil {
 		return err
 	}
+	d.cleanTemp()
 	recs, bad, err := d.readRecords()
 	if err != nil {
 		d.unlockStateDir()
@@ -231,38 +251,19 @@ func (d *Driver) Connect(ctx context.Context) error {
 	d.issues = bad
 	d.boot = procfs.BootID()
 	d.cgroupsOnce()
+	if err := d.loadOwner(); err != nil {
+		d.unlockStateDir()
+		return fmt.Errorf("process: state directory owner id: %w", err)
+	}
 	d.bg, d.bgCancel = context.WithCancel(context.Background())
 	d.insts = map[string]*inst{}
+	d.pumps = map[*os.File]struct{}{}
 	d.backlog = nil
+	d.reaped = 0
 	for name, r := range recs {
-		in := &inst{rec: r}
-		d.insts[name] = in
-		if r.State != drivers.StateRunning {
-			continue
-		}
-		if r.BootID == d.boot && procfs.Alive(r.Pid, r.StartTicks) {
-			// The same process: re-adopt it and watch it by polling /proc.
-			in.done = make(chan struct{})
-			d.bgWG.Add(1)
-			go d.pollExit(in, r.Pid, r.StartTicks, in.done)
-			continue
-		}
-		// It exited (or the pid now belongs to another process) while no
-		// worker was watching: its exit status is unknown.
-		r.State = drivers.StateStopped
-		r.Native = fmt.Sprintf("exited while the worker was down (pid %d, status unknown)", r.Pid)
-		r.Pid, r.StartTicks = 0, 0
-		r.ExitedAt = time.Now()
-		if err := d.writeRecord(r); err != nil {
-			d.issues = append(d.issues, fmt.Sprintf("%s: %v", name, err))
-		}
-		d.backlog = append(d.backlog, drivers.Event{
-			Type: drivers.EventStopped, Instance: name, Time: r.ExitedAt, State: r.State,
-			Details: map[string]string{"reason": "exited while the worker was down"},
-		})
+		d.insts[name] = &inst{rec: r}
 	}
-	d.bgWG.Add(1)
-	go d.rotateLoop(d.bg)
+	d.reconcile()
 	d.connected = true
 	return nil
 }
@@ -280,7 +281,18 @@ func (d *Driver) Close() error {
 	d.mu.Unlock()
 	d.events.closeAll()
 	d.bgWG.Wait()
+	// End the output pumps: the instances keep their own read ends, so
+	// their output waits in the pipes for the next Connect.
+	d.pumpMu.Lock()
+	for r := range d.pumps {
+		_ = r.Close()
+	}
+	d.pumpMu.Unlock()
+	d.pumpWG.Wait()
 	d.mu.Lock()
+	for _, in := range d.insts {
+		in.closeLogs()
+	}
 	d.unlockStateDir()
 	d.mu.Unlock()
 	return nil
@@ -327,6 +339,16 @@ func (d *Driver) Health(ctx context.Context) (drivers.Health, error) {
 	}
 	h := drivers.Health{Healthy: true, Version: "native", Issues: append([]string(nil), d.issues...),
 		Details: map[string]string{"state_dir": d.opts.StateDir, "cgroups": "unsupported"}}
+	var dropped int64
+	for _, in := range d.insts {
+		for _, w := range in.logs {
+			if w != nil {
+				dropped += w.droppedBytes()
+			}
+		}
+	}
+	h.Details["log_bytes_dropped"] = strconv.FormatInt(dropped, 10)
+	h.Details["orphans_killed"] = strconv.Itoa(d.reaped)
 	if d.cg != nil {
 		h.Details["cgroups"] = d.cg.describe()
 	}
@@ -559,6 +581,7 @@ func (d *Driver) add(r *record) (drivers.Instance, error) {
 		_ = os.RemoveAll(d.instanceDir(r.Name))
 		return drivers.Instance{}, fmt.Errorf("create %s: %w", r.Name, err)
 	}
+	fault("create.recorded")
 	in := &inst{rec: r}
 	d.insts[r.Name] = in
 	return d.instanceOf(in), nil
@@ -619,11 +642,15 @@ func (d *Driver) Delete(ctx context.Context, name string, opts drivers.DeleteOpt
 	if in.rec.State == drivers.StateRunning {
 		return false, drivers.Errorf(drivers.Conflict, "instance %q was started again while being deleted", name)
 	}
-	// Remove the state file first: without it the directory is no instance.
+	// Remove the state file first: without it the directory is no
+	// instance (and Connect removes what is left of it).
 	if err := os.Remove(d.recordPath(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return false, fmt.Errorf("delete %s: %w", name, err)
 	}
+	syncDir(d.instanceDir(name))
+	fault("delete.unrecorded")
 	delete(d.insts, name)
+	in.closeLogs()
 	_ = os.RemoveAll(d.instanceDir(name))
 	if d.cg != nil {
 		d.cg.remove(in.rec.ID)

@@ -142,13 +142,6 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	d.rotate(name) // start with room in the log files
-	stdout, stderr, err := d.openLogs(name)
-	if err != nil {
-		return false, fmt.Errorf("opening logs of %s: %w", name, err)
-	}
-	defer stdout.Close()
-	defer stderr.Close()
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
 		return false, fmt.Errorf("start %s: %w", name, err)
@@ -172,18 +165,42 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 		}
 		defer done()
 	}
-	// The process gets the files directly (no pipes through the worker),
-	// so its output is captured while no worker runs.
+	pw, pr, err := outputPipes()
+	if err != nil {
+		return false, fmt.Errorf("output pipes of %s: %w", name, err)
+	}
+	defer closeAll(pw[:])
+	defer closeAll(pr[:])
+	// Intent before effect: the start is recorded (fsync'd) before the
+	// process exists, with the nonce its marker will carry, so a restart
+	// after a crash at any point finds it (reconcile).
+	nonce := newID()
+	r.Starting = &startIntent{Nonce: nonce, Planned: time.Now().UTC()}
+	if err := d.writeRecord(r); err != nil {
+		r.Starting = nil
+		return false, fmt.Errorf("recording start of %s: %w", name, err)
+	}
+	fault("start.intent")
+	env = append(env, markEnv+"="+d.markOf(r.ID, nonce))
+	// stdout and stderr are pipes read by the worker (logs.go); the process
+	// also holds the read ends (fds 3 and 4), so it never gets EPIPE while
+	// no worker runs.
 	proc, err := os.StartProcess(path, argv, &os.ProcAttr{
-		Dir: workDirOf(t), Env: env, Files: []*os.File{devnull, stdout, stderr}, Sys: attr,
+		Dir: workDirOf(t), Env: env, Files: []*os.File{devnull, pw[0], pw[1], pr[0], pr[1]}, Sys: attr,
 	})
 	if err != nil {
+		r.Starting = nil
+		_ = d.writeRecord(r)
 		return false, startErr(argv[0], err)
 	}
+	fault("start.spawned")
+	closeAll(pw[:]) // the worker must not keep a write end: EOF comes when the instance's are closed
 	st, err := procfs.ReadStat(proc.Pid)
 	if err != nil {
 		// Exited before we could read its start time: reap it and report.
 		ps, _ := proc.Wait()
+		r.Starting = nil
+		_ = d.writeRecord(r)
 		return false, drivers.Errorf(drivers.Internal, "instance %q exited at once (%v)", name, ps)
 	}
 	if limited {
@@ -191,7 +208,8 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 	}
 	r.State = drivers.StateRunning
 	r.Native = ""
-	r.Pid, r.StartTicks, r.BootID = proc.Pid, st.StartTicks, d.boot
+	r.Pid, r.StartTicks, r.BootID, r.Nonce = proc.Pid, st.StartTicks, d.boot, nonce
+	r.Starting = nil
 	r.StartedAt = time.Now().UTC()
 	r.ExitedAt, r.ExitCode, r.ExitSignal = time.Time{}, nil, ""
 	in.stopping = false
@@ -201,8 +219,15 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 		// Without a record the process could not be re-adopted: undo.
 		_ = syscall.Kill(-proc.Pid, syscall.SIGKILL)
 		_, _ = proc.Wait()
-		r.State, r.Pid, r.StartTicks = drivers.StateStopped, 0, 0
+		r.State, r.Pid, r.StartTicks, r.Nonce = drivers.StateStopped, 0, 0, ""
 		return false, fmt.Errorf("recording state of %s: %w", name, err)
+	}
+	fault("start.confirmed")
+	// The worker reads through its own copies of the read ends: output of
+	// a process that already exited is still in the pipes.
+	own := [2]string{fmt.Sprintf("/proc/self/fd/%d", pr[0].Fd()), fmt.Sprintf("/proc/self/fd/%d", pr[1].Fd())}
+	if err := d.startPumps(in, own); err != nil {
+		d.issues = append(d.issues, fmt.Sprintf("%s: output not captured: %v", name, err))
 	}
 	go d.waitExit(in, proc, st.StartTicks, in.done)
 	d.events.emit(drivers.Event{Type: drivers.EventStarted, Instance: name, Time: r.StartedAt, State: r.State,

@@ -34,6 +34,11 @@ type record struct {
 	ExitedAt   time.Time `json:"exited_at,omitzero"`
 	ExitCode   *int      `json:"exit_code,omitempty"`
 	ExitSignal string    `json:"exit_signal,omitempty"`
+	// Nonce is the marker nonce of the running process (see markEnv).
+	Nonce string `json:"nonce,omitempty"`
+	// Starting is the intent of a start not yet confirmed: written before
+	// the process is spawned, cleared when its pid is recorded.
+	Starting *startIntent `json:"starting,omitempty"`
 }
 
 func (d *Driver) instancesDir() string           { return filepath.Join(d.opts.StateDir, "instances") }
@@ -46,8 +51,11 @@ func (d *Driver) recordPath(name string) string {
 // directory, fsync, rename over the old file, fsync of the directory.
 func (d *Driver) writeRecord(r *record) error {
 	dir := d.instanceDir(r.Name)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
+	if _, err := os.Stat(dir); os.IsNotExist(err) {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		syncDir(d.instancesDir()) // the new directory's entry
 	}
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
@@ -73,6 +81,7 @@ func writeFileAtomic(path string, b []byte) error {
 		_ = f.Close()
 		return err
 	}
+	fault("write.tmp")
 	if err := f.Sync(); err != nil {
 		_ = f.Close()
 		return err
@@ -84,11 +93,16 @@ func writeFileAtomic(path string, b []byte) error {
 		return err
 	}
 	ok = true
+	syncDir(dir)
+	return nil
+}
+
+// syncDir fsyncs a directory, making renames and removals in it durable.
+func syncDir(dir string) {
 	if df, err := os.Open(dir); err == nil {
 		_ = df.Sync()
 		_ = df.Close()
 	}
-	return nil
 }
 
 // readRecords loads every state file. A file that does not parse is
@@ -113,7 +127,7 @@ func (d *Driver) readRecords() (map[string]*record, []string, error) {
 		}
 		b, err := os.ReadFile(d.recordPath(e.Name()))
 		if os.IsNotExist(err) {
-			continue // a directory left by an interrupted delete
+			continue // left by an interrupted create or delete (cleanTemp removes it)
 		}
 		if err != nil {
 			bad = append(bad, fmt.Sprintf("%s: %v", e.Name(), err))
