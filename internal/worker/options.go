@@ -94,6 +94,12 @@ type Options struct {
 	// metrics samples.
 	OutboxSize        int
 	MetricsOutboxSize int
+	// OutboxDir holds the durable outboxes (events.log, metrics.log): every
+	// event is fsync'd there before the operation replies and replayed
+	// after a restart until JetStream acknowledges it. Empty: in memory
+	// only (what a kill -9 loses). OptionsFromConfig sets it
+	// (worker.outbox_dir, default <dir of nats.data_dir>/outbox).
+	OutboxDir string
 
 	EnableMetrics   bool
 	MetricsInterval time.Duration
@@ -138,6 +144,7 @@ type workerSection struct {
 	IdempotencyEntries   int             `yaml:"idempotency_entries"`
 	OutboxSize           int             `yaml:"outbox_size"`
 	MetricsOutboxSize    int             `yaml:"metrics_outbox_size"`
+	OutboxDir            string          `yaml:"outbox_dir"`
 	EventsMaxAge         config.Duration `yaml:"events_max_age"`
 	EventsDuplicates     config.Duration `yaml:"events_duplicate_window"`
 	MetricsMaxAge        config.Duration `yaml:"metrics_max_age"`
@@ -228,6 +235,13 @@ func OptionsFromConfig(cfg *config.Config) (Options, error) {
 	}
 	if s.PooledDrivers != nil {
 		o.PooledDrivers = *s.PooledDrivers
+	}
+	switch s.OutboxDir {
+	case "none":
+	case "":
+		o.OutboxDir = filepath.Join(filepath.Dir(o.withDefaults().Embedded.DataDir), "outbox")
+	default:
+		o.OutboxDir = s.OutboxDir
 	}
 	return o, o.withDefaults().validate()
 }

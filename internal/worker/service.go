@@ -304,7 +304,11 @@ func (w *Worker) respondError(req micro.Request, requestID string, err error) {
 // than through req.Respond/req.Error: those record the outcome in the
 // request, which micro reads for its endpoint stats when the handler
 // returns, so calling them from the request's goroutine would race.
+//
+// Every event pushed before the reply is on disk (fsync'd) when the reply
+// leaves (a durable outbox; see docs/bus.md).
 func (w *Worker) send(req micro.Request, requestID string, data []byte, errMsg, errCode string) error {
+	w.events.sync()
 	w.replies.Add(1)
 	if req.Reply() == "" {
 		return errors.New("the request has no reply subject")

@@ -80,6 +80,26 @@ func New(ctx context.Context, opts Options) (*Worker, error) {
 		stopping: make(chan struct{}),
 		closed:   make(chan struct{}),
 	}
+	if opts.OutboxDir != "" {
+		if w.events, err = openOutbox(opts.OutboxDir, "events", opts.OutboxSize); err != nil {
+			return nil, fmt.Errorf("events outbox: %w", err)
+		}
+		if w.metrics, err = openOutbox(opts.OutboxDir, "metrics", opts.MetricsOutboxSize); err != nil {
+			w.events.close()
+			return nil, fmt.Errorf("metrics outbox: %w", err)
+		}
+		if n := w.events.replayed + w.metrics.replayed; n > 0 {
+			w.log.Info().Int("events", w.events.replayed).Int("metrics", w.metrics.replayed).Str("dir", opts.OutboxDir).
+				Msg("outbox: replaying what JetStream had not acknowledged")
+		}
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			w.events.close()
+			w.metrics.close()
+		}
+	}()
 	mgrs := opts.Managers
 	if mgrs == nil {
 		ds, err := selectDrivers(ctx, opts, w.log)
@@ -109,6 +129,7 @@ func New(ctx context.Context, opts Options) (*Worker, error) {
 	if len(w.managers) == 0 {
 		return nil, errors.New("no driver enabled")
 	}
+	ok = true
 	return w, nil
 }
 
@@ -284,8 +305,10 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	}
 	w.flush(5 * time.Second)
 	if n := w.events.len(); n > 0 {
-		w.log.Error().Int("events", n).Msg("events not published before shutdown")
+		w.log.Error().Int("events", n).Str("outbox", w.opts.OutboxDir).Msg("events not published before shutdown (a durable outbox replays them at the next start)")
 	}
+	w.events.close()
+	w.metrics.close()
 	w.drain()
 	w.log.Info().Msg("worker stopped")
 	return nil
@@ -438,13 +461,6 @@ func (w *Worker) enqueueEvent(e messages.Event) {
 		return
 	}
 	w.events.push(messages.EventSubject(e.Driver, e.Host, e.Instance, string(e.Type)), e.ID, data)
-}
-
-func (o *outbox) wake() {
-	select {
-	case o.notify <- struct{}{}:
-	default:
-	}
 }
 
 // publishLoop publishes the outbox's items to JetStream with async acks,
@@ -646,6 +662,8 @@ func (w *Worker) sampleMetrics(ctx context.Context, m *manager.Manager) {
 			continue
 		}
 		subj := messages.MetricsSubject(m.Driver(), w.host, name)
-		w.metrics.push(subj, fmt.Sprintf("%s@%d", subj, msg.Time.UnixNano()), data)
+		w.metrics.pushNoSync(subj, fmt.Sprintf("%s@%d", subj, msg.Time.UnixNano()), data)
 	}
+	w.metrics.sync() // one fsync per sampling pass
+	w.metrics.wake()
 }

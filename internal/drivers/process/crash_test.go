@@ -113,8 +113,18 @@ func markedPids(t *testing.T, dir string) map[string][]int {
 func checkConsistent(t *testing.T, dir, round string) *Driver {
 	t.Helper()
 	d := New(testOptions(dir))
-	if err := d.Connect(tctx(t)); err != nil {
-		t.Fatalf("%s: Connect after the crash: %v", round, err)
+	// A child the killed worker was forking may hold the state directory
+	// lock for an instant, until it execs (the fd is close-on-exec).
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := d.Connect(tctx(t))
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, drivers.ErrUnavailable) || time.Now().After(deadline) {
+			t.Fatalf("%s: Connect after the crash: %v", round, err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	list, err := d.List(tctx(t))
 	if err != nil {

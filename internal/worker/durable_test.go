@@ -1,0 +1,217 @@
+package worker
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/drivers/process"
+	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/messages"
+	"github.com/subbus/subbus/internal/testenv"
+)
+
+// TestHelperOutboxWorker is not a test: TestOutboxSurvivesKill9 runs the
+// test binary with SUBBUS_OUTBOX_HELPER=<nats url>|<dir> and this plays a
+// worker (process driver, durable outbox in <dir>/outbox) that runs until
+// it is killed. It appends the id of every event it emits to
+// <dir>/produced.<pid>.
+func TestHelperOutboxWorker(t *testing.T) {
+	arg := os.Getenv("SUBBUS_OUTBOX_HELPER")
+	if arg == "" {
+		t.Skip("helper process for TestOutboxSurvivesKill9")
+	}
+	url, dir, _ := strings.Cut(arg, "|")
+	m := manager.New(process.New(process.Options{StateDir: filepath.Join(dir, "process"), Cgroups: "off"}),
+		manager.Options{Host: "h1"})
+	f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("produced.%d", os.Getpid())), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		fmt.Println("helper:", err)
+		os.Exit(2)
+	}
+	var mu sync.Mutex
+	m.Subscribe(func(e drivers.Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintln(f, e.ID, e.Type)
+	})
+	w, err := New(context.Background(), Options{
+		Host: "h1", Managers: []*manager.Manager{m}, ManageStreams: true, Logger: testLogger(t),
+		OutboxDir: filepath.Join(dir, "outbox"),
+		Connect: func(extra ...nats.Option) (*nats.Conn, error) {
+			return nats.Connect(url, append([]nats.Option{nats.ReconnectWait(100 * time.Millisecond)}, extra...)...)
+		},
+	})
+	if err != nil {
+		fmt.Println("helper:", err)
+		os.Exit(2)
+	}
+	fmt.Println("started")
+	_ = w.Run(context.Background())
+	os.Exit(3)
+}
+
+// helperWorker runs TestHelperOutboxWorker and waits until it printed
+// "started".
+func helperWorker(t *testing.T, url, dir string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperOutboxWorker$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "SUBBUS_OUTBOX_HELPER="+url+"|"+dir)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		if sc.Text() == "started" {
+			go func() {
+				for sc.Scan() {
+				}
+			}()
+			return cmd
+		}
+		t.Log("helper:", sc.Text())
+	}
+	t.Fatal("helper worker did not start")
+	return nil
+}
+
+// producedIDs reads the ids of every event the helper workers emitted,
+// and those of the exits (stopped or failed).
+func producedIDs(t *testing.T, dir string) (ids, exits []string) {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(dir, "produced.*"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			id, typ, ok := strings.Cut(l, " ")
+			if !ok {
+				continue
+			}
+			ids = append(ids, id)
+			if typ == string(drivers.EventStopped) || typ == string(drivers.EventFailed) {
+				exits = append(exits, id)
+			}
+		}
+	}
+	return ids, exits
+}
+
+// TestOutboxSurvivesKill9: the issue's scenario. An external nats-server
+// goes down; instances exit meanwhile (their events can only be queued);
+// the worker is killed with SIGKILL; it is restarted while NATS is still
+// down; NATS comes back. Every event produced is then in SUBSTRATE_EVENTS
+// exactly once (none lost, none duplicated by the replay).
+func TestOutboxSurvivesKill9(t *testing.T) {
+	port, store, dir := freePort(t), t.TempDir(), t.TempDir()
+	s := startNATSAt(t, port, store)
+	url := s.ClientURL()
+	w1 := helperWorker(t, url, dir)
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	// Four instances that exit by themselves 1.5 s after their start.
+	var names []string
+	for i := range 4 {
+		name := fmt.Sprintf("du-exit%d", i)
+		names = append(names, name)
+		tmpl := drivers.InstanceTemplate{Name: name, BaseImage: "sh", Command: []string{"sh", "-c", fmt.Sprintf("sleep 1.5; exit %d", i)}}
+		testenv.Eventually(t, 20*time.Second, func() error {
+			_, err := callErr(nc, subj("process", messages.OpCreate), messages.CreateRequest{Template: tmpl}, nil, 5*time.Second)
+			return err
+		})
+	}
+	for _, name := range names {
+		ok(t, nc, subj("process", messages.OpStart), messages.NameRequest{Name: name}, nil)
+	}
+	s.Shutdown()
+	s.WaitForShutdown()
+	// The exits happen while NATS is down; once every one of them is in
+	// the worker's outbox file, the worker is killed.
+	testenv.Eventually(t, 20*time.Second, func() error {
+		_, exits := producedIDs(t, dir)
+		if len(exits) < 4 {
+			return fmt.Errorf("%d exits so far", len(exits))
+		}
+		log, _ := os.ReadFile(filepath.Join(dir, "outbox", "events.log"))
+		for _, id := range exits {
+			if !bytes.Contains(log, []byte(`"id":"`+id+`"`)) {
+				return fmt.Errorf("exit event %s not in the outbox file yet", id)
+			}
+		}
+		return nil
+	})
+	all, _ := producedIDs(t, dir)
+	before := len(all)
+	if err := w1.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = w1.Wait()
+	helperWorker(t, url, dir) // restarted while NATS is still down
+	time.Sleep(300 * time.Millisecond)
+	startNATSAt(t, port, store)
+	produced, _ := producedIDs(t, dir)
+	t.Logf("%d events produced (%d before the kill)", len(produced), before)
+	testenv.Eventually(t, 30*time.Second, func() error {
+		stored, err := streamEventsErr(nc)
+		if err != nil {
+			return err
+		}
+		count := map[string]int{}
+		for _, e := range stored {
+			count[e.ID]++
+		}
+		for id, n := range count {
+			if n > 1 {
+				return fmt.Errorf("event %s stored %d times", id, n)
+			}
+		}
+		var missing []string
+		produced, _ = producedIDs(t, dir)
+		for _, id := range produced {
+			if count[id] != 1 {
+				missing = append(missing, id)
+			}
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("%d of %d produced events not in the stream: %v", len(missing), len(produced), missing)
+		}
+		return nil
+	})
+	// The exits themselves are there: one failed event per exit status > 0
+	// and a stopped one for status 0.
+	stored, _ := streamEventsErr(nc)
+	exits := map[string]bool{}
+	for _, e := range stored {
+		if strings.HasSuffix(e.Type, ".failed") || strings.HasSuffix(e.Type, ".stopped") {
+			exits[e.Subject] = true
+		}
+	}
+	for _, name := range names {
+		if !exits[name] {
+			t.Errorf("no exit event of %s in the stream (%d events)", name, len(stored))
+		}
+	}
+}
