@@ -81,6 +81,12 @@ type Stats struct {
 	EventsDropped  uint64 `json:"events_dropped"`
 	MetricsPending int    `json:"metrics_pending"`
 	MetricsDropped uint64 `json:"metrics_dropped"`
+	// The durable outbox (worker.outbox_dir): bytes of its event and
+	// metrics logs, items replayed at start, and failed disk writes/fsyncs
+	// (such items are kept in memory only).
+	OutboxBytes      int64  `json:"outbox_bytes"`
+	OutboxReplayed   int    `json:"outbox_replayed"`
+	OutboxDiskErrors uint64 `json:"outbox_disk_errors"`
 	// Substrates holds each driver's operation metrics: counts, errors by
 	// code, retries, cache hits, durations, breaker state and events by type.
 	Substrates map[string]manager.OpStats `json:"substrates"`
@@ -88,15 +94,18 @@ type Stats struct {
 
 func (w *Worker) stats() Stats {
 	return Stats{
-		InFlight:       len(w.sem),
-		Replies:        w.replies.Load(),
-		ErrorReplies:   w.errorReplies.Load(),
-		EventsPending:  w.events.len(),
-		EventsStored:   w.events.stored.Load(),
-		EventsDropped:  w.events.dropped.Load(),
-		MetricsPending: w.metrics.len(),
-		MetricsDropped: w.metrics.dropped.Load(),
-		Substrates:     w.substrateStats(),
+		InFlight:         len(w.sem),
+		Replies:          w.replies.Load(),
+		ErrorReplies:     w.errorReplies.Load(),
+		EventsPending:    w.events.len(),
+		EventsStored:     w.events.stored.Load(),
+		EventsDropped:    w.events.dropped.Load(),
+		MetricsPending:   w.metrics.len(),
+		MetricsDropped:   w.metrics.dropped.Load(),
+		OutboxBytes:      w.events.diskBytes() + w.metrics.diskBytes(),
+		OutboxReplayed:   w.events.replayed + w.metrics.replayed,
+		OutboxDiskErrors: w.events.diskErrs.Load() + w.metrics.diskErrs.Load(),
+		Substrates:       w.substrateStats(),
 	}
 }
 
