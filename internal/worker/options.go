@@ -32,6 +32,8 @@ const (
 	DefaultListen               = "127.0.0.1:4222"
 	DefaultRootDataDir          = "/var/lib/subbus/nats"
 	DefaultMaxConcurrent        = 64
+	DefaultMaxStreams           = 256
+	DefaultMaxStreamsPerClient  = 32
 	DefaultGracePeriod          = 30 * time.Second
 	DefaultIdempotencyTTL       = 10 * time.Minute
 	DefaultIdempotencyEntries   = 10000
@@ -82,8 +84,12 @@ type Options struct {
 	MetricsMaxPerSubject int64
 	Replicas             int
 
-	// MaxConcurrent bounds requests handled at once.
+	// MaxConcurrent bounds unary requests handled at once.
 	MaxConcurrent int
+	// MaxStreams bounds streamed requests (logs follow, exec stream) at
+	// once, MaxStreamsPerClient those of one client (admission.go).
+	MaxStreams          int
+	MaxStreamsPerClient int
 	// GracePeriod is how long shutdown waits for in-flight requests.
 	GracePeriod time.Duration
 	// IdempotencyTTL and IdempotencyEntries bound the idempotency cache.
@@ -139,6 +145,8 @@ type workerSection struct {
 	PooledDrivers        *[]string       `yaml:"pooled_drivers"`
 	ManageStreams        *bool           `yaml:"manage_streams"`
 	MaxConcurrent        int             `yaml:"max_concurrent"`
+	MaxStreams           int             `yaml:"max_streams"`
+	MaxStreamsPerClient  int             `yaml:"max_streams_per_client"`
 	GracePeriod          config.Duration `yaml:"grace_period"`
 	IdempotencyTTL       config.Duration `yaml:"idempotency_ttl"`
 	IdempotencyEntries   int             `yaml:"idempotency_entries"`
@@ -211,6 +219,8 @@ func OptionsFromConfig(cfg *config.Config) (Options, error) {
 		ManageStreams:        s.ManageStreams == nil || *s.ManageStreams,
 		RestrictPooled:       s.PooledDrivers != nil,
 		MaxConcurrent:        s.MaxConcurrent,
+		MaxStreams:           s.MaxStreams,
+		MaxStreamsPerClient:  s.MaxStreamsPerClient,
 		GracePeriod:          time.Duration(s.GracePeriod),
 		IdempotencyTTL:       time.Duration(s.IdempotencyTTL),
 		IdempotencyEntries:   s.IdempotencyEntries,
@@ -259,6 +269,8 @@ func (o Options) withDefaults() Options {
 		}
 	}
 	defInt(&o.MaxConcurrent, DefaultMaxConcurrent)
+	defInt(&o.MaxStreams, DefaultMaxStreams)
+	defInt(&o.MaxStreamsPerClient, DefaultMaxStreamsPerClient)
 	def(&o.GracePeriod, DefaultGracePeriod)
 	def(&o.IdempotencyTTL, DefaultIdempotencyTTL)
 	defInt(&o.IdempotencyEntries, DefaultIdempotencyEntries)

@@ -73,14 +73,24 @@ func (w *Worker) addService() error {
 // Stats is the worker-wide data in each endpoint's micro stats
 // (`nats micro stats substrate`).
 type Stats struct {
-	InFlight       int    `json:"in_flight"`
-	Replies        uint64 `json:"replies"`
-	ErrorReplies   uint64 `json:"error_replies"`
-	EventsPending  int    `json:"events_pending"`
-	EventsStored   uint64 `json:"events_stored"`
-	EventsDropped  uint64 `json:"events_dropped"`
-	MetricsPending int    `json:"metrics_pending"`
-	MetricsDropped uint64 `json:"metrics_dropped"`
+	// InFlight is the unary slots in use, of MaxInFlight (max_concurrent).
+	InFlight    int `json:"in_flight"`
+	MaxInFlight int `json:"max_in_flight"`
+	// Streams in use (logs follow, exec stream), of MaxStreams; how many
+	// clients hold them; streams refused because the pool or the client's
+	// share (MaxStreamsPerClient) was full.
+	Streams             int    `json:"streams"`
+	MaxStreams          int    `json:"max_streams"`
+	MaxStreamsPerClient int    `json:"max_streams_per_client"`
+	StreamClients       int    `json:"stream_clients"`
+	StreamsRejected     uint64 `json:"streams_rejected"`
+	Replies             uint64 `json:"replies"`
+	ErrorReplies        uint64 `json:"error_replies"`
+	EventsPending       int    `json:"events_pending"`
+	EventsStored        uint64 `json:"events_stored"`
+	EventsDropped       uint64 `json:"events_dropped"`
+	MetricsPending      int    `json:"metrics_pending"`
+	MetricsDropped      uint64 `json:"metrics_dropped"`
 	// The durable outbox (worker.outbox_dir): bytes of its event and
 	// metrics logs, items replayed at start, and failed disk writes/fsyncs
 	// (such items are kept in memory only).
@@ -93,19 +103,26 @@ type Stats struct {
 }
 
 func (w *Worker) stats() Stats {
+	streams, clients := w.streams.stats()
 	return Stats{
-		InFlight:         len(w.sem),
-		Replies:          w.replies.Load(),
-		ErrorReplies:     w.errorReplies.Load(),
-		EventsPending:    w.events.len(),
-		EventsStored:     w.events.stored.Load(),
-		EventsDropped:    w.events.dropped.Load(),
-		MetricsPending:   w.metrics.len(),
-		MetricsDropped:   w.metrics.dropped.Load(),
-		OutboxBytes:      w.events.diskBytes() + w.metrics.diskBytes(),
-		OutboxReplayed:   w.events.replayed + w.metrics.replayed,
-		OutboxDiskErrors: w.events.diskErrs.Load() + w.metrics.diskErrs.Load(),
-		Substrates:       w.substrateStats(),
+		InFlight:            len(w.sem),
+		MaxInFlight:         cap(w.sem),
+		Streams:             streams,
+		MaxStreams:          w.streams.max,
+		MaxStreamsPerClient: w.streams.perClient,
+		StreamClients:       clients,
+		StreamsRejected:     w.streams.rejected.Load(),
+		Replies:             w.replies.Load(),
+		ErrorReplies:        w.errorReplies.Load(),
+		EventsPending:       w.events.len(),
+		EventsStored:        w.events.stored.Load(),
+		EventsDropped:       w.events.dropped.Load(),
+		MetricsPending:      w.metrics.len(),
+		MetricsDropped:      w.metrics.dropped.Load(),
+		OutboxBytes:         w.events.diskBytes() + w.metrics.diskBytes(),
+		OutboxReplayed:      w.events.replayed + w.metrics.replayed,
+		OutboxDiskErrors:    w.events.diskErrs.Load() + w.metrics.diskErrs.Load(),
+		Substrates:          w.substrateStats(),
 	}
 }
 
@@ -117,8 +134,9 @@ func (w *Worker) substrateStats() map[string]manager.OpStats {
 	return out
 }
 
-// handler hands each request to a goroutine (at most MaxConcurrent at
-// once), so a slow operation never holds up the endpoint.
+// handler hands each request to a goroutine, admitted as described in
+// admission.go: a unary request waits for one of MaxConcurrent slots, a
+// streamed one takes a stream slot or is refused at once.
 func (w *Worker) handler(m *manager.Manager) micro.Handler {
 	return micro.HandlerFunc(func(req micro.Request) {
 		received := time.Now()
@@ -127,14 +145,28 @@ func (w *Worker) handler(m *manager.Manager) micro.Handler {
 			w.respondError(req, "", drivers.Errorf(drivers.Unavailable, "worker %s is shutting down", w.host))
 			return
 		}
-		w.sem <- struct{}{}
+		release := func() { <-w.sem }
+		if isStream(req) {
+			client := clientOf(req.Reply())
+			if !w.streams.acquire(client) {
+				inUse, _ := w.streams.stats()
+				w.respondError(req, req.Headers().Get(messages.HeaderRequestID), drivers.Errorf(drivers.Unavailable,
+					"worker %s: too many streams (%d of %d in use; at most %d per client): retry later",
+					w.host, inUse, w.streams.max, w.streams.perClient))
+				w.inflight.done()
+				return
+			}
+			release = func() { w.streams.release(client) }
+		} else {
+			w.sem <- struct{}{}
+		}
 		go func() {
 			defer func() {
 				if p := recover(); p != nil {
 					w.log.Error().Interface("panic", p).Str("subject", req.Subject()).Msg("request handler panicked")
 					w.respondError(req, "", drivers.Errorf(drivers.Internal, "worker panic: %v", p))
 				}
-				<-w.sem
+				release()
 				w.inflight.done()
 			}()
 			w.serve(m, req, received)

@@ -36,7 +36,8 @@ type Worker struct {
 	js  jetstream.JetStream
 	svc micro.Service
 
-	sem          chan struct{}
+	sem          chan struct{} // unary request slots
+	streams      *streamPool   // streamed request slots
 	replies      atomic.Uint64 // replies sent (micro's stats count only what handlers answer synchronously)
 	errorReplies atomic.Uint64
 	inflight     *inflight
@@ -72,6 +73,7 @@ func New(ctx context.Context, opts Options) (*Worker, error) {
 		log:      opts.Logger.With().Str("host", host).Logger(),
 		byName:   map[string]*manager.Manager{},
 		sem:      make(chan struct{}, opts.MaxConcurrent),
+		streams:  newStreamPool(opts.MaxStreams, opts.MaxStreamsPerClient),
 		inflight: newInflight(),
 		idem:     newIdemCache(opts.IdempotencyTTL, opts.IdempotencyEntries),
 		events:   newOutbox(opts.OutboxSize),

@@ -1,0 +1,102 @@
+package worker
+
+import (
+	"encoding/json"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/subbus/subbus/internal/messages"
+)
+
+// Request admission. Unary requests and streamed ones (logs with follow,
+// exec with stream) never compete for the same slots:
+//
+//   - unary requests take one of MaxConcurrent slots; when all are busy the
+//     endpoint waits for one (backpressure; no unary request is refused),
+//     and no stream ever holds one of them;
+//   - streamed requests take one of MaxStreams slots, at most
+//     MaxStreamsPerClient of them per client; a stream that finds no slot
+//     is answered unavailable (retryable) at once, before any work;
+//   - a stream whose client is gone ends within one heartbeat interval
+//     (no responders on its inbox when a chunk or heartbeat is re-sent) or
+//     StreamIdle, and frees its slot.
+//
+// A client is the prefix of the stream's reply inbox: its first token and
+// the first 12 characters of the second. nats.go's inboxes are
+// <prefix>.<nuid>, and a nuid starts with 12 random characters fixed for
+// the process, so this is one client process (or one custom inbox prefix).
+
+// streamPool bounds streamed requests, overall and per client.
+type streamPool struct {
+	max, perClient int
+
+	mu       sync.Mutex
+	inUse    int
+	byClient map[string]int
+	rejected atomic.Uint64
+}
+
+func newStreamPool(max, perClient int) *streamPool {
+	return &streamPool{max: max, perClient: perClient, byClient: map[string]int{}}
+}
+
+// acquire takes a slot for client; it reports false (and counts a
+// rejection) when the pool or the client's share is full.
+func (p *streamPool) acquire(client string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.inUse >= p.max || p.byClient[client] >= p.perClient {
+		p.rejected.Add(1)
+		return false
+	}
+	p.inUse++
+	p.byClient[client]++
+	return true
+}
+
+func (p *streamPool) release(client string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.inUse--
+	if p.byClient[client]--; p.byClient[client] <= 0 {
+		delete(p.byClient, client)
+	}
+}
+
+func (p *streamPool) stats() (inUse, clients int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.inUse, len(p.byClient)
+}
+
+// clientOf is the client key of a reply inbox (see above).
+func clientOf(reply string) string {
+	root, rest, ok := strings.Cut(reply, ".")
+	if !ok {
+		return reply
+	}
+	tok, _, _ := strings.Cut(rest, ".")
+	return root + "." + tok[:min(len(tok), 12)]
+}
+
+// isStream reports whether req asks for a streamed reply, from its op (the
+// last subject token) and the follow/stream flag of its body. A body that
+// does not parse is unary here; the handler answers it invalid_argument.
+func isStream(req micro.Request) bool {
+	subj := req.Subject()
+	op := messages.Op(subj[strings.LastIndexByte(subj, '.')+1:])
+	if op != messages.OpLogs && op != messages.OpExec {
+		return false
+	}
+	var flags struct {
+		Follow bool `json:"follow"`
+		Stream bool `json:"stream"`
+	}
+	if json.Unmarshal(req.Data(), &flags) != nil {
+		return false
+	}
+	return (op == messages.OpLogs && flags.Follow) || (op == messages.OpExec && flags.Stream)
+}
