@@ -10,7 +10,9 @@
 #   BENCHTIME=2s RUNS=50 bash scripts/bench.sh
 #   BENCH_PKGS="./internal/client" bash scripts/bench.sh   # only these packages
 #   SKIP_CLI=1 bash scripts/bench.sh                       # only the Go benchmarks
-#   SKIP_GO=1 bash scripts/bench.sh                        # only the CLI comparison
+#   SKIP_GO=1 bash scripts/bench.sh                        # only the soak and the CLI comparison
+#   SKIP_SOAK=1 bash scripts/bench.sh                      # no soak benchmark
+#   SOAK_DURATION=2m bash scripts/bench.sh                 # soak length (default 60s, ~1.5x that in all)
 #   BENCH_OUT=/tmp/bench.txt bash scripts/bench.sh         # also write the output there
 set -euo pipefail
 
@@ -88,6 +90,21 @@ for p in "${pkgs[@]}"; do
 	fi
 	rm -f "$out"
 done
+
+# ---- soak: mixed load with crashes injected ----
+
+if [[ -z ${SKIP_SOAK:-} ]]; then
+	hr "soak (internal/worker TestSoak, ${SOAK_DURATION:-60s}): mixed load, worker kill -9 x3, NATS restart x1"
+	out=$(mktemp)
+	if SUBBUS_SOAK=1 SOAK_DURATION=${SOAK_DURATION:-60s} $GO test -count=1 -run '^TestSoak$' -v -timeout "$BENCH_TIMEOUT" ./internal/worker >"$out" 2>&1; then
+		sed -n '/soak_test.go/,/^--- /p' "$out" | grep -v '^--- ' | sed 's/^ *//' | grep -v '^soak_test.go:[0-9]*: *$'
+	else
+		echo "FAILED:"
+		grep -v ' INF \| DBG ' "$out" | tail -n 30
+		status=1
+	fi
+	rm -f "$out"
+fi
 
 # ---- subbus list vs the native CLI ----
 

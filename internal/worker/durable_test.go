@@ -49,7 +49,8 @@ func TestHelperOutboxWorker(t *testing.T) {
 	})
 	w, err := New(context.Background(), Options{
 		Host: "h1", Managers: []*manager.Manager{m}, ManageStreams: true, Logger: testLogger(t),
-		OutboxDir: filepath.Join(dir, "outbox"),
+		OutboxDir:     filepath.Join(dir, "outbox"),
+		EnableMetrics: true, MetricsInterval: time.Second,
 		Connect: func(extra ...nats.Option) (*nats.Conn, error) {
 			return nats.Connect(url, append([]nats.Option{nats.ReconnectWait(100 * time.Millisecond)}, extra...)...)
 		},

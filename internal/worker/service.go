@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -97,6 +100,9 @@ type Stats struct {
 	OutboxBytes      int64  `json:"outbox_bytes"`
 	OutboxReplayed   int    `json:"outbox_replayed"`
 	OutboxDiskErrors uint64 `json:"outbox_disk_errors"`
+	// Goroutines and RSSBytes describe the worker process (leak watch).
+	Goroutines int   `json:"goroutines"`
+	RSSBytes   int64 `json:"rss_bytes"`
 	// Substrates holds each driver's operation metrics: counts, errors by
 	// code, retries, cache hits, durations, breaker state and events by type.
 	Substrates map[string]manager.OpStats `json:"substrates"`
@@ -122,8 +128,24 @@ func (w *Worker) stats() Stats {
 		OutboxBytes:         w.events.diskBytes() + w.metrics.diskBytes(),
 		OutboxReplayed:      w.events.replayed + w.metrics.replayed,
 		OutboxDiskErrors:    w.events.diskErrs.Load() + w.metrics.diskErrs.Load(),
+		Goroutines:          runtime.NumGoroutine(),
+		RSSBytes:            selfRSS(),
 		Substrates:          w.substrateStats(),
 	}
+}
+
+// selfRSS is the resident set size of this process (0 when unknown).
+func selfRSS() int64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0
+	}
+	pages, _ := strconv.ParseInt(f[1], 10, 64)
+	return pages * int64(os.Getpagesize())
 }
 
 func (w *Worker) substrateStats() map[string]manager.OpStats {
