@@ -128,6 +128,9 @@ func checkTarget(driver, host string) error {
 func newRequest(ctx context.Context, subject string, op messages.Op, req any) (*nats.Msg, error) {
 	msg := nats.NewMsg(subject)
 	if req != nil {
+		if err := messages.CheckUTF8(req); err != nil {
+			return nil, err
+		}
 		b, err := json.Marshal(req)
 		if err != nil {
 			return nil, drivers.Errorf(drivers.InvalidArgument, "encoding the request: %v", err)

@@ -44,10 +44,11 @@ func NewRequest(op Op) (any, error) {
 // Decode strictly decodes the body of a request for op and checks its
 // shape only. It returns a pointer to the op's request type (see
 // NewRequest). Every failure is an invalid_argument error whose message
-// names the field: a body over MaxRequestBytes, malformed JSON, unknown
-// fields, wrong types, trailing data after the JSON value, bad durations,
-// unknown ops. Names and values are the manager's to check (one place for
-// each rule). Decode never panics.
+// names the field: a body over MaxRequestBytes, invalid UTF-8 or a lone
+// surrogate escape (checkEncoding: the JSON decoder would rewrite either to
+// U+FFFD), malformed JSON, unknown fields, wrong types, trailing data after
+// the JSON value, bad durations, unknown ops. Names and values are the
+// manager's to check (one place for each rule). Decode never panics.
 func Decode(op Op, data []byte) (any, error) {
 	req, err := NewRequest(op)
 	if err != nil {
@@ -55,6 +56,9 @@ func Decode(op Op, data []byte) (any, error) {
 	}
 	if len(data) > MaxRequestBytes {
 		return nil, drivers.Errorf(drivers.InvalidArgument, "body: %d bytes exceeds the limit of %d", len(data), MaxRequestBytes)
+	}
+	if err := checkEncoding(data); err != nil {
+		return nil, err
 	}
 	trimmed := bytes.TrimSpace(data)
 	if _, empty := req.(*EmptyRequest); empty && (len(trimmed) == 0 || string(trimmed) == "null") {

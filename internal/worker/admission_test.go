@@ -162,3 +162,33 @@ func TestStreamsNeverStarveUnary(t *testing.T) {
 		return nil
 	})
 }
+
+// TestInvalidUTF8ChangesNothing: through the bus, a create whose name,
+// environment, command or labels hold invalid UTF-8 (raw bytes or a lone
+// surrogate escape) is invalid_argument and creates nothing; nothing is
+// rewritten to U+FFFD.
+func TestInvalidUTF8ChangesNothing(t *testing.T) {
+	d := newToy()
+	s := startNATS(t)
+	startWorker(t, s, []*manager.Manager{toyManager(d)}, nil)
+	nc := connect(t, s.ClientURL())
+	for _, body := range []string{
+		"{\"template\":{\"name\":\"a\xff\",\"base_image\":\"x\"}}",
+		"{\"template\":{\"name\":\"a\",\"base_image\":\"x\",\"environment\":{\"K\":\"v\xff\"}}}",
+		`{"template":{"name":"a","base_image":"x","environment":{"K":"\udc80"}}}`,
+		"{\"template\":{\"name\":\"a\",\"base_image\":\"x\",\"command\":[\"echo\",\"\xc3\"]}}",
+		"{\"template\":{\"name\":\"a\",\"base_image\":\"x\",\"metadata\":{\"k\":\"\xe2\x82\"}}}",
+	} {
+		msg, err := nc.Request(subj("toy", messages.OpCreate), []byte(body), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r messages.Reply
+		if err := json.Unmarshal(msg.Data, &r); err != nil || r.Error == nil || r.Error.Code != drivers.InvalidArgument {
+			t.Errorf("create %q: %s, want invalid_argument", body, msg.Data)
+		}
+	}
+	if list, _ := d.List(context.Background()); len(list) != 0 {
+		t.Errorf("instances created: %+v", list)
+	}
+}
