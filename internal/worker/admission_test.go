@@ -78,7 +78,7 @@ func TestStreamsNeverStarveUnary(t *testing.T) {
 		o.MaxConcurrent = 8 // fewer unary slots than streams make the starvation obvious
 		o.MaxStreams = 256
 		o.MaxStreamsPerClient = 32
-		o.HeartbeatInterval = 2 * time.Second
+		o.HeartbeatInterval = 3 * time.Second
 	})
 	nc := connect(t, s.ClientURL())
 	list := func() time.Duration {
@@ -92,7 +92,9 @@ func TestStreamsNeverStarveUnary(t *testing.T) {
 	for range 10 {
 		normal = max(normal, list())
 	}
-	bound := max(10*normal, 250*time.Millisecond)
+	// Starvation means no answer at all (every unary slot taken: the list
+	// times out); the bound only absorbs the noise of a shared machine.
+	bound := max(10*normal, time.Second)
 
 	var conns []*nats.Conn
 	for i := range 200 {
@@ -155,7 +157,7 @@ func TestStreamsNeverStarveUnary(t *testing.T) {
 		c.Close()
 	}
 	greedy.Close()
-	testenv.Eventually(t, 5*time.Second, func() error {
+	testenv.Eventually(t, 20*time.Second, func() error {
 		if st := w.stats(); st.Streams != 0 {
 			return fmt.Errorf("%d streams still open after their clients left", st.Streams)
 		}

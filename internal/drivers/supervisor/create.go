@@ -60,7 +60,19 @@ func writeExclusive(path string, data []byte) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Link(tmp.Name(), path)
+	if err := os.Link(tmp.Name(), path); err != nil {
+		return err
+	}
+	syncDir(filepath.Dir(path)) // the file is the durable record of the program
+	return nil
+}
+
+// syncDir fsyncs a directory, making a link, rename or removal in it durable.
+func syncDir(dir string) {
+	if f, err := os.Open(dir); err == nil {
+		_ = f.Sync()
+		_ = f.Close()
+	}
 }
 
 // exists reports whether supervisord knows a program or group called name,
@@ -195,6 +207,13 @@ func (d *Driver) Delete(ctx context.Context, name string, opts drivers.DeleteOpt
 			return false, err
 		}
 	}
+	// Intent before effect: the file becomes <file>.deleting (durably)
+	// before the group goes, so a crash in between is finished by the next
+	// Connect instead of leaving a program nobody can delete.
+	if err := os.Rename(d.programFile(name), d.deletingFile(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return false, err
+	}
+	syncDir(d.opts.ProgramsDir)
 	if err := d.rpc.call(ctx, "supervisor.removeProcessGroup", nil, name); err != nil && !isFault(err, faultBadName) {
 		return false, err
 	}
@@ -214,6 +233,9 @@ func (d *Driver) Delete(ctx context.Context, name string, opts drivers.DeleteOpt
 // driver created.
 func (d *Driver) removeFiles(name string) error {
 	if err := os.Remove(d.programFile(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if err := d.removeDeleting(name); err != nil {
 		return err
 	}
 	out, errf := logFiles(d.opts.LogDir, name)

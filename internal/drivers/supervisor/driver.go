@@ -203,6 +203,11 @@ func (d *Driver) Connect(ctx context.Context) error {
 	first := d.seen == nil
 	d.mu.Unlock()
 	if first {
+		// Finish what a crash interrupted (reconcile.go) before anything
+		// is listed.
+		if err := d.reconcile(ctx); err != nil {
+			return err
+		}
 		// The event feed's first view: changes from here on are events,
 		// even those made before the first Watch polls.
 		procs, err := d.rpc.getAllProcessInfo(ctx)
