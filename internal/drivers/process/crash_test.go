@@ -183,7 +183,7 @@ func TestCrashPoints(t *testing.T) {
 		after time.Duration // random kill offset when at is ""
 	}
 	var rounds []round
-	for _, p := range []string{"write.tmp", "create.recorded", "start.intent", "start.spawned", "start.confirmed", "delete.unrecorded"} {
+	for _, p := range []string{"write.tmp", "create.recorded", "start.intent", "start.spawned", "start.confirmed", "stop.signalled", "delete.unrecorded"} {
 		for n := 1; n <= 3; n++ {
 			rounds = append(rounds, round{at: fmt.Sprintf("%s:%d", p, n)})
 		}

@@ -377,6 +377,7 @@ func (d *Driver) Stop(ctx context.Context, name string, opts drivers.StopOptions
 		sig = syscall.SIGKILL
 	}
 	d.signalGroup(pid, ticks, sig)
+	fault("stop.signalled")
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	select {
