@@ -1,11 +1,15 @@
 package worker
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/subbus/subbus/internal/messages"
@@ -22,7 +26,9 @@ import (
 //     is answered unavailable (retryable) at once, before any work;
 //   - a stream whose client is gone ends within one heartbeat interval
 //     (no responders on its inbox when a chunk or heartbeat is re-sent) or
-//     StreamIdle, and frees its slot.
+//     StreamIdle, and frees its slot;
+//   - a unary exec whose caller is gone is cancelled within
+//     callerProbeInterval (watchCaller), and frees its slot.
 //
 // A client is the prefix of the stream's reply inbox: its first token and
 // the first 12 characters of the second. nats.go's inboxes are
@@ -99,4 +105,54 @@ func isStream(req micro.Request) bool {
 		return false
 	}
 	return (op == messages.OpLogs && flags.Follow) || (op == messages.OpExec && flags.Stream)
+}
+
+// callerProbeInterval is how often a running unary exec checks that its
+// caller is still there.
+var callerProbeInterval = 2 * time.Second
+
+// probeSubject is a subject under the caller's reply inbox that its
+// connection receives while it lives, but that is not the reply itself:
+// nats.go's request inboxes are <prefix>.<nuid>.<token>, all served by one
+// wildcard subscription <prefix>.<nuid>.*, which drops an unknown token. ""
+// when the reply is not of that form (it cannot be probed without sending
+// the caller a false reply).
+func probeSubject(reply string) string {
+	i := strings.LastIndexByte(reply, '.')
+	if i < 0 || strings.Count(reply, ".") < 2 {
+		return ""
+	}
+	return reply[:i] + ".subbus-probe"
+}
+
+// watchCaller cancels a unary exec whose caller went away: every
+// callerProbeInterval it sends a request to probeSubject, and a "no
+// responders" answer (nobody subscribes to the caller's inbox any more)
+// cancels the operation, freeing its slot. A live caller ignores the probe
+// (it times out). The returned func stops watching.
+func (c *call) watchCaller(cancel context.CancelFunc) func() {
+	probe := probeSubject(c.req.Reply())
+	if probe == "" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(callerProbeInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			_, err := c.w.nc.Request(probe, nil, callerProbeInterval/2)
+			if errors.Is(err, nats.ErrNoResponders) {
+				c.w.callersGone.Add(1)
+				c.log.Info().Msg("the caller went away: operation cancelled")
+				cancel()
+				return
+			}
+		}
+	}()
+	return func() { close(done) }
 }

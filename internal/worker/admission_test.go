@@ -194,3 +194,54 @@ func TestInvalidUTF8ChangesNothing(t *testing.T) {
 		t.Errorf("instances created: %+v", list)
 	}
 }
+
+// TestGoneCallerFreesExecSlot: unary execs (sleeping until cancelled)
+// whose callers disconnect are cancelled within a probe interval and free
+// their slots, so they cannot fill the unary pool; an exec whose caller is
+// still waiting is not cancelled by the probes.
+func TestGoneCallerFreesExecSlot(t *testing.T) {
+	old := callerProbeInterval
+	callerProbeInterval = 200 * time.Millisecond
+	t.Cleanup(func() { callerProbeInterval = old })
+	d := newToy()
+	m := toyManager(d)
+	if _, err := m.Create(context.Background(), drivers.InstanceTemplate{Name: "x", BaseImage: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	s := startNATS(t)
+	w := startWorker(t, s, []*manager.Manager{m}, func(o *Options) { o.MaxConcurrent = 4 })
+	body, _ := json.Marshal(messages.ExecRequest{Name: "x", ExecRequest: drivers.ExecRequest{Command: []string{"sleep"}}})
+	var callers []*nats.Conn
+	for range 4 {
+		c := connect(t, s.ClientURL())
+		callers = append(callers, c)
+		go func() { _, _ = c.Request(subj("toy", messages.OpExec), body, time.Minute) }()
+	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if n := d.execs.Load(); n != 4 {
+			return fmt.Errorf("%d execs running", n)
+		}
+		return nil
+	})
+	// Live callers: several probe intervals later their execs still run.
+	time.Sleep(5 * callerProbeInterval)
+	if n := d.execs.Load(); n != 4 {
+		t.Fatalf("%d execs running while their callers wait, want 4", n)
+	}
+	for _, c := range callers {
+		c.Close()
+	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if n := d.execs.Load(); n != 0 {
+			return fmt.Errorf("%d execs still running after their callers left", n)
+		}
+		return nil
+	})
+	if st := w.stats(); st.CallersGone != 4 {
+		t.Errorf("callers_gone %d, want 4", st.CallersGone)
+	}
+	nc := connect(t, s.ClientURL())
+	if _, err := callErr(nc, subj("toy", messages.OpList), nil, nil, 5*time.Second); err != nil {
+		t.Fatalf("list after the slots were freed: %v", err)
+	}
+}

@@ -87,13 +87,15 @@ type Stats struct {
 	MaxStreamsPerClient int    `json:"max_streams_per_client"`
 	StreamClients       int    `json:"stream_clients"`
 	StreamsRejected     uint64 `json:"streams_rejected"`
-	Replies             uint64 `json:"replies"`
-	ErrorReplies        uint64 `json:"error_replies"`
-	EventsPending       int    `json:"events_pending"`
-	EventsStored        uint64 `json:"events_stored"`
-	EventsDropped       uint64 `json:"events_dropped"`
-	MetricsPending      int    `json:"metrics_pending"`
-	MetricsDropped      uint64 `json:"metrics_dropped"`
+	// CallersGone counts unary execs cancelled because their caller went away.
+	CallersGone    uint64 `json:"callers_gone"`
+	Replies        uint64 `json:"replies"`
+	ErrorReplies   uint64 `json:"error_replies"`
+	EventsPending  int    `json:"events_pending"`
+	EventsStored   uint64 `json:"events_stored"`
+	EventsDropped  uint64 `json:"events_dropped"`
+	MetricsPending int    `json:"metrics_pending"`
+	MetricsDropped uint64 `json:"metrics_dropped"`
 	// The durable outbox (worker.outbox_dir): bytes of its event and
 	// metrics logs, items replayed at start, and failed disk writes/fsyncs
 	// (such items are kept in memory only).
@@ -118,6 +120,7 @@ func (w *Worker) stats() Stats {
 		MaxStreamsPerClient: w.streams.perClient,
 		StreamClients:       clients,
 		StreamsRejected:     w.streams.rejected.Load(),
+		CallersGone:         w.callersGone.Load(),
 		Replies:             w.replies.Load(),
 		ErrorReplies:        w.errorReplies.Load(),
 		EventsPending:       w.events.len(),
@@ -269,6 +272,10 @@ func (c *busRequest) run(opTok string) (drivers.Code, error) {
 		return c.stream(ctx, body)
 	}
 
+	if op == messages.OpExec {
+		// The one unary op that can run for long on the caller's behalf.
+		defer c.watchCaller(cancel)()
+	}
 	key := c.req.Headers().Get(messages.HeaderIdempotencyKey)
 	if key == "" || !op.Mutating() {
 		result, err := c.dispatch(ctx, body)

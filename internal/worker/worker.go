@@ -38,6 +38,7 @@ type Worker struct {
 
 	sem          chan struct{} // unary request slots
 	streams      *streamPool   // streamed request slots
+	callersGone  atomic.Uint64 // unary execs cancelled: caller gone
 	replies      atomic.Uint64 // replies sent (micro's stats count only what handlers answer synchronously)
 	errorReplies atomic.Uint64
 	inflight     *inflight
