@@ -192,7 +192,11 @@ func (d *Driver) reconcile() {
 		if r.BootID == d.boot && procfs.Alive(r.Pid, r.StartTicks) {
 			// The same process: re-adopt it and watch it by polling /proc.
 			in.done = make(chan struct{})
-			if err := d.startPumps(in, pipePaths(r.Pid)); err != nil {
+			if r.Nonce == "" {
+				// Started by a version that gave the process its log files
+				// directly: it keeps writing them (unrotated) until restarted.
+				d.issues = append(d.issues, fmt.Sprintf("%s: started by an older worker, its logs are not rotated until it is restarted", name))
+			} else if err := d.startPumps(in, pipePaths(r.Pid)); err != nil {
 				d.issues = append(d.issues, fmt.Sprintf("%s: output of pid %d not re-attached (%v): its writes block once its pipe is full", name, r.Pid, err))
 			}
 			d.bgWG.Add(1)
@@ -232,7 +236,8 @@ func (d *Driver) reconcile() {
 
 // pipePaths are the /proc links through which the output pipes of a
 // running instance's main process are opened again: the read ends it was
-// started with (fds 3 and 4).
+// started with (fds 3 and 4; openPipe checks that they are pipes). Only
+// records with a Nonce (started with pipes) are re-attached this way.
 func pipePaths(pid int) [2]string {
 	return [2]string{fmt.Sprintf("/proc/%d/fd/3", pid), fmt.Sprintf("/proc/%d/fd/4", pid)}
 }
