@@ -88,23 +88,20 @@ func clientOf(reply string) string {
 	return root + "." + tok[:min(len(tok), 12)]
 }
 
-// isStream reports whether req asks for a streamed reply, from its op (the
-// last subject token) and the follow/stream flag of its body. A body that
-// does not parse is unary here; the handler answers it invalid_argument.
+// isStream reports whether req asks for a streamed reply: its op can
+// stream (the op table's Streams) and its body says so (Streamed). A body
+// that does not parse is unary here; serving it answers invalid_argument.
 func isStream(req micro.Request) bool {
 	subj := req.Subject()
-	op := messages.Op(subj[strings.LastIndexByte(subj, '.')+1:])
-	if op != messages.OpLogs && op != messages.OpExec {
+	spec, ok := messages.Spec(messages.Op(subj[strings.LastIndexByte(subj, '.')+1:]))
+	if !ok || !spec.Streams {
 		return false
 	}
-	var flags struct {
-		Follow bool `json:"follow"`
-		Stream bool `json:"stream"`
-	}
-	if json.Unmarshal(req.Data(), &flags) != nil {
+	body := spec.Request()
+	if json.Unmarshal(req.Data(), body) != nil {
 		return false
 	}
-	return (op == messages.OpLogs && flags.Follow) || (op == messages.OpExec && flags.Stream)
+	return streamed(body)
 }
 
 // callerProbeInterval is how often a running unary exec checks that its
@@ -130,7 +127,7 @@ func probeSubject(reply string) string {
 // responders" answer (nobody subscribes to the caller's inbox any more)
 // cancels the operation, freeing its slot. A live caller ignores the probe
 // (it times out). The returned func stops watching.
-func (c *call) watchCaller(cancel context.CancelFunc) func() {
+func (c *busRequest) watchCaller(cancel context.CancelFunc) func() {
 	probe := probeSubject(c.req.Reply())
 	if probe == "" {
 		return func() {}

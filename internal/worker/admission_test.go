@@ -210,7 +210,7 @@ func TestGoneCallerFreesExecSlot(t *testing.T) {
 	}
 	s := startNATS(t)
 	w := startWorker(t, s, []*manager.Manager{m}, func(o *Options) { o.MaxConcurrent = 4 })
-	body, _ := json.Marshal(messages.ExecRequest{Name: "x", ExecRequest: drivers.ExecRequest{Command: []string{"sleep"}}})
+	body, _ := json.Marshal(messages.ExecRequest{Name: "x", Command: []string{"sleep"}})
 	var callers []*nats.Conn
 	for range 4 {
 		c := connect(t, s.ClientURL())

@@ -128,7 +128,7 @@ func TestSoak(t *testing.T) {
 				}
 				_ = call(messages.OpCreate, messages.CreateRequest{Template: drivers.InstanceTemplate{Name: name, BaseImage: cmd[0], Command: cmd}}, name+"-c")
 				_ = call(messages.OpStart, messages.NameRequest{Name: name}, name+"-s")
-				_ = call(messages.OpExec, messages.ExecRequest{Name: name, ExecRequest: drivers.ExecRequest{Command: []string{"true"}}}, "")
+				_ = call(messages.OpExec, messages.ExecRequest{Name: name, Command: []string{"true"}}, "")
 				_ = call(messages.OpStop, messages.StopRequest{Name: name}, name+"-t")
 				_ = call(messages.OpDelete, messages.DeleteRequest{Name: name, Force: true}, name+"-d")
 			}
