@@ -78,12 +78,12 @@ func TestCheckUTF8(t *testing.T) {
 		req  any
 		want string // "" for valid
 	}{
-		{"valid", &CreateRequest{Template: drivers.InstanceTemplate{Name: "a", Command: []string{"é", "\uFFFD"}}}, ""},
+		{"valid", &CreateRequest{Template: Template{Name: "a", Command: []string{"é", "\uFFFD"}}}, ""},
 		{"name", &NameRequest{Name: "a\xff"}, "request.name"},
-		{"env value", &CreateRequest{Template: drivers.InstanceTemplate{Name: "a", Environment: map[string]string{"K": "\xc3"}}}, `request.template.environment["K"]`},
-		{"env key", &CreateRequest{Template: drivers.InstanceTemplate{Name: "a", Environment: map[string]string{"K\xff": "v"}}}, "request.template.environment"},
-		{"command", &CreateRequest{Template: drivers.InstanceTemplate{Name: "a", Command: []string{"ok", "\x80"}}}, "request.template.command[1]"},
-		{"label", &CreateRequest{Template: drivers.InstanceTemplate{Name: "a", Metadata: map[string]string{"k": "\xfe"}}}, `request.template.metadata["k"]`},
+		{"env value", &CreateRequest{Template: Template{Name: "a", Environment: map[string]string{"K": "\xc3"}}}, `request.template.environment["K"]`},
+		{"env key", &CreateRequest{Template: Template{Name: "a", Environment: map[string]string{"K\xff": "v"}}}, "request.template.environment"},
+		{"command", &CreateRequest{Template: Template{Name: "a", Command: []string{"ok", "\x80"}}}, "request.template.command[1]"},
+		{"label", &CreateRequest{Template: Template{Name: "a", Metadata: map[string]string{"k": "\xfe"}}}, `request.template.metadata["k"]`},
 		{"stdin bytes are not text", &ExecRequest{Name: "a", Command: []string{"cat"}, Stdin: []byte{0xff}}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

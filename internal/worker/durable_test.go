@@ -42,7 +42,7 @@ func TestHelperOutboxWorker(t *testing.T) {
 		os.Exit(2)
 	}
 	var mu sync.Mutex
-	m.Subscribe(func(e drivers.Event) {
+	m.Subscribe(func(e messages.Event) {
 		mu.Lock()
 		defer mu.Unlock()
 		fmt.Fprintln(f, e.ID, e.Type)
@@ -140,7 +140,7 @@ func TestOutboxSurvivesKill9(t *testing.T) {
 		names = append(names, name)
 		tmpl := drivers.InstanceTemplate{Name: name, BaseImage: "sh", Command: []string{"sh", "-c", fmt.Sprintf("sleep 1.5; exit %d", i)}}
 		testenv.Eventually(t, 20*time.Second, func() error {
-			_, err := callErr(nc, subj("process", messages.OpCreate), messages.CreateRequest{Template: tmpl}, nil, 5*time.Second)
+			_, err := callErr(nc, subj("process", messages.OpCreate), messages.CreateRequest{Template: messages.TemplateFrom(tmpl)}, nil, 5*time.Second)
 			return err
 		})
 	}

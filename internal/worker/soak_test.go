@@ -15,7 +15,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/messages"
 )
 
@@ -126,7 +125,7 @@ func TestSoak(t *testing.T) {
 				if rng.IntN(3) == 0 {
 					cmd = []string{"sh", "-c", fmt.Sprintf("echo hi; sleep 0.%d; exit %d", rng.IntN(9), rng.IntN(2))}
 				}
-				_ = call(messages.OpCreate, messages.CreateRequest{Template: drivers.InstanceTemplate{Name: name, BaseImage: cmd[0], Command: cmd}}, name+"-c")
+				_ = call(messages.OpCreate, messages.CreateRequest{Template: messages.Template{Name: name, BaseImage: cmd[0], Command: cmd}}, name+"-c")
 				_ = call(messages.OpStart, messages.NameRequest{Name: name}, name+"-s")
 				_ = call(messages.OpExec, messages.ExecRequest{Name: name, Command: []string{"true"}}, "")
 				_ = call(messages.OpStop, messages.StopRequest{Name: name}, name+"-t")
