@@ -286,6 +286,15 @@ func TestChunkEventMetricsMatchSchemas(t *testing.T) {
 		}
 		validateSchema(t, "event.schema.json", NewCloudEvent(e))
 	}
+	// CloudEvents 1.0: an optional attribute, if present, is non-empty, so
+	// a substrate event has no subject rather than an empty one.
+	b, _ := json.Marshal(NewCloudEvent(Event{ID: "1", Type: drivers.EventConnected, Time: t0, Driver: "d", Host: "h"}))
+	if strings.Contains(string(b), `"subject"`) {
+		t.Errorf("substrate event carries a subject: %s", b)
+	}
+	if err := validateJSON(t, "event.schema.json", []byte(strings.Replace(string(b), `"time"`, `"subject":"","time"`, 1))); err == nil {
+		t.Error("event schema accepts an empty subject")
+	}
 	validateSchema(t, "metrics.schema.json", MetricsMessage{Driver: "process", Host: "h1", Instance: "web.1", Time: t0, Usage: usage})
 	// Every event type the contract defines is in the schema.
 	for _, typ := range allEventTypes() {
