@@ -26,9 +26,13 @@ func (d *Driver) Watch(ctx context.Context, emit func(drivers.Event)) error {
 	d.mu.Lock()
 	prev := d.seen
 	d.mu.Unlock()
+	// ownBefore is the driver's own-change counts read before the previous
+	// poll: a start or stop counted since then may be what this poll sees.
+	ownBefore := d.ownCounts()
 	t := time.NewTicker(time.Duration(d.opts.PollInterval))
 	defer t.Stop()
 	for {
+		ownNow := d.ownCounts()
 		c, cancel := d.ctx(ctx)
 		procs, err := d.rpc.getAllProcessInfo(c)
 		var exit map[string][]int
@@ -47,11 +51,16 @@ func (d *Driver) Watch(ctx context.Context, emit func(drivers.Event)) error {
 		d.seen = cur
 		d.mu.Unlock()
 		if prev != nil {
-			for _, ev := range diff(prev, cur, exit, time.Now().UTC()) {
+			ownAfter := d.ownCounts()
+			ours := map[string]bool{}
+			for name, n := range ownAfter {
+				ours[name] = n != ownBefore[name]
+			}
+			for _, ev := range diff(prev, cur, exit, ours, time.Now().UTC()) {
 				emit(ev)
 			}
 		}
-		prev = cur
+		prev, ownBefore = cur, ownNow
 		select {
 		case <-ctx.Done():
 			return nil
@@ -69,8 +78,27 @@ func view(procs []processInfo) map[string]processInfo {
 	return cur
 }
 
-// diff returns the events that lead from the view prev to cur.
-func diff(prev, cur map[string]processInfo, exit map[string][]int, now time.Time) []drivers.Event {
+// ownChange counts a start or stop of name made by this driver.
+func (d *Driver) ownChange(name string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.own == nil {
+		d.own = map[string]uint64{}
+	}
+	d.own[name]++
+}
+
+// ownCounts copies the own-change counts.
+func (d *Driver) ownCounts() map[string]uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return maps.Clone(d.own)
+}
+
+// diff returns the events that lead from the view prev to cur. ours names
+// the programs this driver started or stopped between the two views: a new
+// pid of theirs is the driver's own restart, not a crash.
+func diff(prev, cur map[string]processInfo, exit map[string][]int, ours map[string]bool, now time.Time) []drivers.Event {
 	var evs []drivers.Event
 	for _, name := range sortedKeys(cur) {
 		p := cur[name]
@@ -88,7 +116,7 @@ func diff(prev, cur map[string]processInfo, exit map[string][]int, now time.Time
 			continue
 		}
 		details["from"] = old.StateName
-		for _, typ := range transition(old, p, state) {
+		for _, typ := range transition(old, p, state, ours[name]) {
 			ev := drivers.Event{Type: typ, Instance: name, Time: now, State: state, Details: maps.Clone(details)}
 			if p.StateName == "EXITED" {
 				ev.Details["exitstatus"] = strconv.Itoa(p.ExitStatus)
@@ -131,9 +159,10 @@ func respawned(old, p processInfo) bool {
 // a crash: failed, then the state it is in now. (supervisord resets the
 // exit status when it respawns, so the status of such an exit is not
 // known; a restart made by hand that falls entirely between two polls
-// looks the same.)
-func transition(old, p processInfo, state drivers.State) []drivers.EventType {
-	crashed := (old.StateName == "RUNNING" || old.StateName == "STARTING") && respawned(old, p) &&
+// looks the same.) A new pid after a start or stop this driver made
+// between the two polls (ours: a restart through subbus) is not a crash.
+func transition(old, p processInfo, state drivers.State, ours bool) []drivers.EventType {
+	crashed := !ours && (old.StateName == "RUNNING" || old.StateName == "STARTING") && respawned(old, p) &&
 		(p.StateName == "STARTING" || p.StateName == "RUNNING")
 	var out []drivers.EventType
 	if crashed {

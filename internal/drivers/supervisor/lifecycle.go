@@ -66,6 +66,8 @@ func untilRunning(p processInfo) (bool, error) {
 func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 	ctx, cancel := d.ctx(ctx)
 	defer cancel()
+	d.ownChange(name)
+	defer d.ownChange(name)
 	p, err := d.rpc.getProcessInfo(ctx, name)
 	if err != nil {
 		return false, err
@@ -106,6 +108,8 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 func (d *Driver) Stop(ctx context.Context, name string, opts drivers.StopOptions) (bool, error) {
 	ctx, cancel := d.ctx(ctx)
 	defer cancel()
+	d.ownChange(name)
+	defer d.ownChange(name)
 	p, err := d.rpc.getProcessInfo(ctx, name)
 	if err != nil {
 		return false, err
