@@ -931,7 +931,7 @@ func TestEventsForMutations(t *testing.T) {
 		d.then("snapshot-create", step{code: c})
 		_, err = h.m.CreateSnapshot(ctx, "web2", "s1")
 		wantCode(t, err, c)
-		var evs []drivers.Event // of the instance (unavailable also emits disconnected)
+		var evs []messages.Event // of the instance (unavailable also emits disconnected)
 		for _, e := range h.events.all() {
 			if e.Instance != "" {
 				evs = append(evs, e)

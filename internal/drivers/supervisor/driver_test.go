@@ -624,8 +624,8 @@ func TestRestartThroughSubbusIsNotACrash(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = m.Close() })
 	var mu sync.Mutex
-	var published []drivers.Event
-	m.Subscribe(func(ev drivers.Event) { mu.Lock(); published = append(published, ev); mu.Unlock() })
+	var published []messages.Event
+	m.Subscribe(func(ev messages.Event) { mu.Lock(); published = append(published, ev); mu.Unlock() })
 	name := uniqueName("sbsv-restart")
 	cleanupDelete(t, d, name)
 	t.Cleanup(func() { _, _ = d.Stop(context.Background(), name, drivers.StopOptions{Force: true}) })
@@ -676,4 +676,38 @@ func TestRestartThroughSubbusIsNotACrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	got.wait(t, "failed after a crash", name, func(ev drivers.Event) bool { return ev.Type == drivers.EventFailed })
+}
+
+// create --image X -- ARGS: the command is the whole command line on every
+// driver; --image is optional with a command, and must name its program.
+func TestCommandIsTheWholeCommandLine(t *testing.T) {
+	o := testOptions(t)
+	d, ctx := newDriver(t, o)
+	cases := []struct {
+		desc string
+		tmpl drivers.InstanceTemplate
+		code drivers.Code // 0: created
+	}{
+		{"command only", drivers.InstanceTemplate{Command: []string{"sleep", "30"}}, 0},
+		{"same executable by PATH", drivers.InstanceTemplate{BaseImage: "/bin/sh", Command: []string{"sh", "-c", "sleep 30"}}, 0},
+		{"arguments meant for the image", drivers.InstanceTemplate{BaseImage: "/bin/sh", Command: []string{"-c", "sleep 30"}}, drivers.InvalidArgument},
+		{"another program", drivers.InstanceTemplate{BaseImage: "/bin/true", Command: []string{"sleep", "30"}}, drivers.InvalidArgument},
+	}
+	for _, c := range cases {
+		t.Run(c.desc, func(t *testing.T) {
+			c.tmpl.Name = uniqueName("sbsv-cmd")
+			cleanupDelete(t, d, c.tmpl.Name)
+			_, err := d.Create(ctx, c.tmpl)
+			if c.code == 0 {
+				if err != nil {
+					t.Fatalf("Create: %v", err)
+				}
+				return
+			}
+			wantCode(t, "Create", err, c.code)
+			if _, err := d.Get(ctx, c.tmpl.Name); err == nil {
+				t.Errorf("a refused create left %s behind", c.tmpl.Name)
+			}
+		})
+	}
 }

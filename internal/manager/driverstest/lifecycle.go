@@ -10,6 +10,7 @@ import (
 
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/messages"
 )
 
 // tests lists the top-level subtests in the order they run.
@@ -234,8 +235,8 @@ func testDeleteRunningConflict(t *testing.T, e *env) {
 // that failed.
 func testRefusedEmitsNothing(t *testing.T, e *env) {
 	var mu sync.Mutex
-	var failed []drivers.Event
-	unsub := e.m.Subscribe(func(ev drivers.Event) {
+	var failed []messages.Event
+	unsub := e.m.Subscribe(func(ev messages.Event) {
 		if ev.Type == drivers.EventFailed {
 			mu.Lock()
 			failed = append(failed, ev)
