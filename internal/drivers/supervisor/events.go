@@ -53,8 +53,12 @@ func (d *Driver) Watch(ctx context.Context, emit func(drivers.Event)) error {
 		if prev != nil {
 			ownAfter := d.ownCounts()
 			ours := map[string]bool{}
-			for name, n := range ownAfter {
-				ours[name] = n != ownBefore[name]
+			// A new pid is ours when the driver started or stopped the
+			// program since before the previous poll, and a start is still
+			// running or left exactly this process; a crash after that
+			// is a crash.
+			for name, s := range ownAfter {
+				ours[name] = s.gen != ownBefore[name].gen && (s.inflight > 0 || (s.pid > 0 && cur[name].PID == s.pid))
 			}
 			for _, ev := range diff(prev, cur, exit, ours, time.Now().UTC()) {
 				emit(ev)
@@ -78,18 +82,43 @@ func view(procs []processInfo) map[string]processInfo {
 	return cur
 }
 
-// ownChange counts a start or stop of name made by this driver.
-func (d *Driver) ownChange(name string) {
+// ownState is what the driver did to one program: gen counts the
+// beginnings and ends of its starts and stops, inflight how many run now,
+// pid the process its last start saw running.
+type ownState struct {
+	gen      uint64
+	inflight int
+	pid      int
+}
+
+// ownBegin records that a start or stop of name begins.
+func (d *Driver) ownBegin(name string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.own == nil {
-		d.own = map[string]uint64{}
+		d.own = map[string]ownState{}
 	}
-	d.own[name]++
+	s := d.own[name]
+	s.gen++
+	s.inflight++
+	d.own[name] = s
 }
 
-// ownCounts copies the own-change counts.
-func (d *Driver) ownCounts() map[string]uint64 {
+// ownEnd records that it ended; pid > 0 is the process a start left running.
+func (d *Driver) ownEnd(name string, pid int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := d.own[name]
+	s.gen++
+	s.inflight--
+	if pid > 0 {
+		s.pid = pid
+	}
+	d.own[name] = s
+}
+
+// ownCounts copies the own states.
+func (d *Driver) ownCounts() map[string]ownState {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return maps.Clone(d.own)
