@@ -90,9 +90,9 @@ func TestEndToEndProcess(t *testing.T) {
 	name := unique("e2e")
 	t.Cleanup(func() { subbus(t, url, "process", "delete", name, "--force") })
 
-	// create: --image is the executable, the words after -- its arguments.
-	r := subbus(t, url, "process", "create", name, "--image", "/bin/sh", "--label", "team=qa", "--env", "GREETING=hello",
-		"--json", "--", "-c", `echo "$GREETING from the instance"; echo warning >&2; exec sleep 300`).want(t, 0, "create")
+	// create: the words after -- are the whole command (--image optional).
+	r := subbus(t, url, "process", "create", name, "--label", "team=qa", "--env", "GREETING=hello",
+		"--json", "--", "/bin/sh", "-c", `echo "$GREETING from the instance"; echo warning >&2; exec sleep 300`).want(t, 0, "create")
 	inst := decode[messages.Instance](t, r.stdout)
 	if inst.Name != name || inst.Metadata["team"] != "qa" || inst.Host != "h1" {
 		t.Fatalf("created %+v", inst)
@@ -288,6 +288,12 @@ func TestErrors(t *testing.T) {
 		{"not found", []string{"process", "get", "nope-" + unique("x")}, ExitNotFound, "error: not_found: "},
 		{"unsupported op", []string{"process", "snapshot", "list", "web"}, ExitUnsupported, "error: unsupported: "},
 		{"create without image", []string{"process", "create", "web"}, ExitUsage, "--image is required"},
+		// One rule for -- on every driver: the whole command. The old
+		// process reading (arguments to --image) is a contradiction.
+		{"arguments after -- for --image", []string{"process", "create", "web", "--image", "/bin/sh", "--", "-c", "true"},
+			ExitInvalidArgument, "name different executables"},
+		{"image and command disagree", []string{"process", "create", "web", "--image", "/bin/true", "--", "sleep", "1"},
+			ExitInvalidArgument, "name different executables"},
 		{"bad volume", []string{"process", "create", "web", "--image", "x", "--volume", "onlyone"}, ExitUsage, "SRC:DST"},
 	}
 	for _, tc := range cases {
@@ -362,7 +368,7 @@ func TestAllHostsAndWorkers(t *testing.T) {
 	brokenHost(t, url, "h2")
 	name := unique("multi")
 	t.Cleanup(func() { subbus(t, url, "process", "delete", name, "--force") })
-	subbus(t, url, "process", "create", name, "--host", "h1", "--image", "/bin/sleep", "--", "300").want(t, 0, "create")
+	subbus(t, url, "process", "create", name, "--host", "h1", "--image", "/bin/sleep", "--", "/bin/sleep", "300").want(t, 0, "create")
 
 	r := subbus(t, url, "process", "list", "--all-hosts").want(t, ExitUnavailable, "list --all-hosts with h2 failing")
 	if !strings.Contains(r.stdout, name) || !strings.Contains(r.stderr, "error: host h2: unavailable: process substrate on h2 is down") {
@@ -496,8 +502,8 @@ func TestStreamsWatchAndClone(t *testing.T) {
 		subbus(t, url, "process", "delete", name, "--force")
 		subbus(t, url, "process", "delete", clone, "--force")
 	})
-	subbus(t, url, "process", "create", name, "--image", "/bin/sh", "--",
-		"-c", `i=0; while true; do echo "tick $i"; i=$((i+1)); sleep 0.1; done`).want(t, 0, "create")
+	subbus(t, url, "process", "create", name, "--",
+		"/bin/sh", "-c", `i=0; while true; do echo "tick $i"; i=$((i+1)); sleep 0.1; done`).want(t, 0, "create")
 	subbus(t, url, "process", "start", name).want(t, 0, "start")
 
 	// logs --follow streams new lines until interrupted, then exits 0.
@@ -616,7 +622,7 @@ func TestEndToEndProcessLimitsUnsupported(t *testing.T) {
 	startWorker(t, url, "h1")
 	name := unique("nolim")
 	t.Cleanup(func() { subbus(t, url, "process", "delete", name, "--force") })
-	subbus(t, url, "process", "create", name, "--image", "/bin/sleep", "--", "300").want(t, 0, "create")
+	subbus(t, url, "process", "create", name, "--", "sleep", "300").want(t, 0, "create")
 	r := subbus(t, url, "process", "capabilities", "--json").want(t, 0, "capabilities")
 	if c := decode[messages.CapabilitiesResult](t, r.stdout); c.Capabilities.Limits {
 		t.Fatalf("limits declared with cgroups off: %+v", c)

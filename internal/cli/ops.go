@@ -306,14 +306,11 @@ func buildTemplate(c *invocation) (messages.Template, error) {
 			return t, usagef("create: usage: subbus <driver> create <name> --image IMAGE … (or -f template.yaml)")
 		}
 		if o.image == "" && len(c.trailing) == 0 {
-			return t, usagef("create: --image is required")
+			return t, usagef("create: --image is required (process and supervisor: --image or -- COMMAND ARG...)")
 		}
+		// One rule on every driver (docs/cli.md): the words after -- are
+		// the whole command, program first.
 		command := c.trailing
-		// For the process driver the image is the executable and the words
-		// after -- are its arguments (repeating the executable is allowed).
-		if c.driver == "process" && o.image != "" && len(command) > 0 && command[0] != o.image {
-			command = append([]string{o.image}, command...)
-		}
 		t = messages.Template{
 			Name: c.args[0], BaseImage: o.image, Command: command, WorkDir: o.workdir, User: o.user,
 			Resources: messages.ResourceLimits{CPUCores: o.cpu, MemoryMB: o.memory, DiskGB: o.disk, PIDs: o.pids},

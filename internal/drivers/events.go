@@ -11,7 +11,7 @@ const (
 	EventStopped          EventType = "stopped"
 	EventDeleted          EventType = "deleted"
 	EventRestarted        EventType = "restarted"
-	EventFailed           EventType = "failed" // a mutation failed, or the instance crashed / was OOM-killed
+	EventFailed           EventType = "failed" // a mutation failed on the substrate (not a refused request), or the instance crashed / was OOM-killed
 	EventSnapshotCreated  EventType = "snapshot_created"
 	EventSnapshotRestored EventType = "snapshot_restored"
 	EventSnapshotDeleted  EventType = "snapshot_deleted"

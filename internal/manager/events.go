@@ -131,8 +131,15 @@ func (m *Manager) publish(ev messages.Event) {
 	m.bus.publish(ev)
 }
 
-// emitFailed emits failed for a mutation that got past validation.
+// emitFailed emits failed for a mutation that got past validation and
+// failed on the substrate. A refused request (see Refused) emits nothing:
+// failed means something went wrong, and anything alerting on it must not
+// fire because a user asked for a taken name or a missing instance. The
+// refusal is still counted in the operation metrics.
 func (m *Manager) emitFailed(ctx context.Context, op, instance string, details map[string]string, err error) {
+	if Refused(err) {
+		return
+	}
 	d := map[string]string{"op": op}
 	for k, v := range details {
 		d[k] = v
@@ -236,4 +243,19 @@ func (m *Manager) native(ev drivers.Event) {
 	w := messages.EventFrom(ev)
 	w.Source = messages.SourceNative
 	m.publish(w)
+}
+
+// Refused reports whether err refuses a request rather than reporting a
+// substrate operation that failed: the request was invalid
+// (invalid_argument, unsupported), named something missing (not_found) or
+// taken (already_exists), or met the instance in the wrong state or busy
+// (conflict). Drivers answer these codes only when they changed nothing.
+// The other codes (internal, unavailable, timeout, permission_denied) mean
+// the substrate did not do what it was asked, and emit failed.
+func Refused(err error) bool {
+	switch drivers.CodeOf(err) {
+	case drivers.InvalidArgument, drivers.Unsupported, drivers.NotFound, drivers.AlreadyExists, drivers.Conflict:
+		return true
+	}
+	return false
 }

@@ -82,8 +82,8 @@ func ValidateTemplate(t drivers.InstanceTemplate) error {
 	}
 	size := len(t.Name) + len(t.BaseImage) + len(t.WorkDir) + len(t.User)
 	switch {
-	case t.BaseImage == "":
-		return invalid("template.base_image", "is required")
+	case t.BaseImage == "" && len(t.Command) == 0:
+		return invalid("template.base_image", "is required (or, on drivers whose image is the executable, a command)")
 	case len(t.BaseImage) > MaxImageLen:
 		return invalid("template.base_image", "longer than %d bytes", MaxImageLen)
 	case hasControl(t.BaseImage):

@@ -8,13 +8,13 @@ import (
 // in SUBSTRATE_EVENTS. ID is also the Nats-Msg-Id, so a retried publish is
 // stored once.
 type CloudEvent struct {
-	SpecVersion     string    `json:"specversion"`     // "1.0"
-	ID              string    `json:"id"`              // = Data.ID
-	Source          string    `json:"source"`          // "subbus://<host>/<driver>"
-	Type            string    `json:"type"`            // "io.subbus.instance.<event type>"
-	Subject         string    `json:"subject"`         // instance name ("" for substrate events)
-	Time            time.Time `json:"time"`            // RFC 3339
-	DataContentType string    `json:"datacontenttype"` // "application/json"
+	SpecVersion     string    `json:"specversion"`       // "1.0"
+	ID              string    `json:"id"`                // = Data.ID
+	Source          string    `json:"source"`            // "subbus://<host>/<driver>"
+	Type            string    `json:"type"`              // "io.subbus.instance.<event type>"
+	Subject         string    `json:"subject,omitempty"` // instance name; absent for substrate events (an optional CloudEvents attribute is never empty)
+	Time            time.Time `json:"time"`              // RFC 3339
+	DataContentType string    `json:"datacontenttype"`   // "application/json"
 	Data            Event     `json:"data"`
 }
 

@@ -286,6 +286,15 @@ func TestChunkEventMetricsMatchSchemas(t *testing.T) {
 		}
 		validateSchema(t, "event.schema.json", NewCloudEvent(e))
 	}
+	// CloudEvents 1.0: an optional attribute, if present, is non-empty, so
+	// a substrate event has no subject rather than an empty one.
+	b, _ := json.Marshal(NewCloudEvent(Event{ID: "1", Type: drivers.EventConnected, Time: t0, Driver: "d", Host: "h"}))
+	if strings.Contains(string(b), `"subject"`) {
+		t.Errorf("substrate event carries a subject: %s", b)
+	}
+	if err := validateJSON(t, "event.schema.json", []byte(strings.Replace(string(b), `"time"`, `"subject":"","time"`, 1))); err == nil {
+		t.Error("event schema accepts an empty subject")
+	}
 	validateSchema(t, "metrics.schema.json", MetricsMessage{Driver: "process", Host: "h1", Instance: "web.1", Time: t0, Usage: usage})
 	// Every event type the contract defines is in the schema.
 	for _, typ := range allEventTypes() {
@@ -311,6 +320,140 @@ func allEventTypes() []drivers.EventType {
 	}
 	if len(out) < 10 {
 		panic(fmt.Sprintf("found only %d event types", len(out)))
+	}
+	return out
+}
+
+// keywords2020 are the keywords of JSON Schema 2020-12 (core, applicator,
+// unevaluated, validation, format, content, meta-data vocabularies).
+var keywords2020 = map[string]bool{
+	"$schema": true, "$id": true, "$ref": true, "$anchor": true, "$dynamicRef": true, "$dynamicAnchor": true,
+	"$vocabulary": true, "$comment": true, "$defs": true,
+	"allOf": true, "anyOf": true, "oneOf": true, "not": true, "if": true, "then": true, "else": true,
+	"dependentSchemas": true, "prefixItems": true, "items": true, "contains": true, "properties": true,
+	"patternProperties": true, "additionalProperties": true, "propertyNames": true,
+	"unevaluatedItems": true, "unevaluatedProperties": true,
+	"type": true, "enum": true, "const": true, "multipleOf": true, "maximum": true, "exclusiveMaximum": true,
+	"minimum": true, "exclusiveMinimum": true, "maxLength": true, "minLength": true, "pattern": true,
+	"maxItems": true, "minItems": true, "uniqueItems": true, "maxContains": true, "minContains": true,
+	"maxProperties": true, "minProperties": true, "required": true, "dependentRequired": true,
+	"format": true, "contentEncoding": true, "contentMediaType": true, "contentSchema": true,
+	"title": true, "description": true, "default": true, "deprecated": true, "readOnly": true,
+	"writeOnly": true, "examples": true,
+}
+
+// schemaValued lists the keywords whose value is a schema, an array of
+// schemas or a map of schemas.
+var schemaValued = map[string]string{
+	"allOf": "list", "anyOf": "list", "oneOf": "list", "prefixItems": "list",
+	"not": "one", "if": "one", "then": "one", "else": "one", "items": "one", "contains": "one",
+	"additionalProperties": "one", "propertyNames": "one", "unevaluatedItems": "one",
+	"unevaluatedProperties": "one", "contentSchema": "one",
+	"$defs": "map", "properties": "map", "patternProperties": "map", "dependentSchemas": "map",
+}
+
+// objectKeywords apply to objects only.
+var objectKeywords = []string{"properties", "required", "additionalProperties", "patternProperties",
+	"propertyNames", "minProperties", "maxProperties", "dependentRequired", "dependentSchemas"}
+
+// TestSchemasAreStrict holds every schema to the rules of a strict
+// validator (ajv's strict mode, which tools built on it apply): only
+// 2020-12 keywords; an object keyword only where "type": "object" is
+// declared in the same schema object or an enclosing one; every "required"
+// name declared in "properties" of the same schema object. Reply schemas
+// without "type" and reply.schema.json's oneOf branches broke these rules.
+func TestSchemasAreStrict(t *testing.T) {
+	dir := schemaDir(t)
+	var files []string
+	for _, pat := range []string{"*.schema.json", "replies/*.schema.json", "requests/*.schema.json"} {
+		m, _ := filepath.Glob(filepath.Join(dir, pat))
+		files = append(files, m...)
+	}
+	if len(files) < 30 {
+		t.Fatalf("found only %d schema files", len(files))
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var doc any
+		if err := json.Unmarshal(b, &doc); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		rel, _ := filepath.Rel(dir, f)
+		for _, p := range strictProblems(doc, "#", false) {
+			t.Errorf("%s: %s", rel, p)
+		}
+		schema(t, rel) // and it compiles
+	}
+	// The rules catch what they are for.
+	for _, bad := range []string{
+		`{"properties":{"a":{}}}`,
+		`{"type":"object","oneOf":[{"required":["a"]}],"properties":{"a":{}}}`,
+		`{"type":"object","propertise":{}}`,
+	} {
+		var doc any
+		_ = json.Unmarshal([]byte(bad), &doc)
+		if len(strictProblems(doc, "#", false)) == 0 {
+			t.Errorf("strict rules accept %s", bad)
+		}
+	}
+}
+
+// strictProblems lists the strict-mode problems of schema s at path;
+// object says an enclosing schema object declares "type": "object".
+func strictProblems(s any, path string, object bool) []string {
+	m, ok := s.(map[string]any)
+	if !ok {
+		return nil // boolean schema
+	}
+	var out []string
+	switch typ := m["type"].(type) {
+	case string:
+		object = object || typ == "object"
+	case []any:
+		for _, x := range typ {
+			object = object || x == "object"
+		}
+	}
+	props, _ := m["properties"].(map[string]any)
+	for k, v := range m {
+		if !keywords2020[k] {
+			out = append(out, fmt.Sprintf("%s: unknown keyword %q", path, k))
+		}
+		for _, ok := range objectKeywords {
+			if k == ok && !object {
+				out = append(out, fmt.Sprintf("%s: %q without \"type\": \"object\"", path, k))
+			}
+		}
+		if k == "required" {
+			req, _ := v.([]any)
+			for _, r := range req {
+				if _, ok := props[fmt.Sprint(r)]; !ok {
+					out = append(out, fmt.Sprintf("%s: required %q not in this schema's properties", path, r))
+				}
+			}
+		}
+		// In-place applicators see the same value, so the enclosing type
+		// holds there; the others apply to items, members or names.
+		inPlace := object && (k == "allOf" || k == "anyOf" || k == "oneOf" || k == "not" || k == "if" || k == "then" || k == "else")
+		switch schemaValued[k] {
+		case "one":
+			out = append(out, strictProblems(v, path+"/"+k, inPlace)...)
+		case "list":
+			l, _ := v.([]any)
+			for i, e := range l {
+				out = append(out, strictProblems(e, fmt.Sprintf("%s/%s/%d", path, k, i), inPlace)...)
+			}
+		case "map":
+			mm, _ := v.(map[string]any)
+			for name, e := range mm {
+				// dependentSchemas apply in place; $defs and properties
+				// hold schemas of other values.
+				out = append(out, strictProblems(e, path+"/"+k+"/"+name, object && k == "dependentSchemas")...)
+			}
+		}
 	}
 	return out
 }

@@ -369,7 +369,8 @@ func wantErr(t testing.TB, nc *nats.Conn, subject string, body any, hdr map[stri
 	return r
 }
 
-// streamEvents returns every event stored in SUBSTRATE_EVENTS.
+// streamEvents returns every event stored in SUBSTRATE_EVENTS, each checked
+// with checkCloudEvent.
 func streamEvents(t testing.TB, nc *nats.Conn) []messages.CloudEvent {
 	t.Helper()
 	out, err := streamEventsErr(nc)
@@ -401,6 +402,9 @@ func streamEventsErr(nc *nats.Conn) ([]messages.CloudEvent, error) {
 			continue
 		}
 		if err != nil {
+			return nil, err
+		}
+		if err := checkCloudEvent(m.Data); err != nil {
 			return nil, err
 		}
 		var ce messages.CloudEvent

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
 	"testing"
 
+	cloudevent "github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/santhosh-tekuri/jsonschema/v6"
@@ -105,5 +107,34 @@ func lastMetrics(t testing.TB, nc *nats.Conn, subject string) error {
 		return err
 	}
 	validateJSONSchema(t, "metrics.schema.json", m.Data)
+	return nil
+}
+
+// checkCloudEvent checks a stored event as an outside CloudEvents consumer
+// reads it: the CloudEvents Go SDK's validation, and no optional attribute
+// present but empty. CloudEvents 1.0 says an optional attribute, if present,
+// MUST be a non-empty string; the Go SDK drops empty strings when decoding,
+// so its validation alone does not see them (stricter SDKs reject them).
+func checkCloudEvent(raw []byte) error {
+	var ev cloudevent.Event
+	if err := json.Unmarshal(raw, &ev); err != nil {
+		return fmt.Errorf("CloudEvents SDK cannot read %s: %w", raw, err)
+	}
+	if err := ev.Validate(); err != nil {
+		return fmt.Errorf("CloudEvents SDK rejects %s: %w", raw, err)
+	}
+	var attrs map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &attrs); err != nil {
+		return err
+	}
+	for name, v := range attrs {
+		if name == "data" || name == "data_base64" {
+			continue
+		}
+		var s string
+		if json.Unmarshal(v, &s) == nil && s == "" {
+			return fmt.Errorf("event %s: attribute %q is present but empty", ev.ID(), name)
+		}
+	}
 	return nil
 }

@@ -187,6 +187,10 @@ func TestToyOpsAndDiscovery(t *testing.T) {
 	if _, err := nc.Request("$SRV.PING", nil, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	// An error reply: micro's own num_errors does not see it (the reply is
+	// sent from the request's goroutine, docs/bus.md), the data's
+	// error_replies does.
+	wantErr(t, nc, subj("toy", messages.OpGet), messages.NameRequest{Name: "nope"}, nil, drivers.NotFound)
 	msg, err = nc.Request("$SRV.STATS.substrate", nil, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -198,6 +202,9 @@ func TestToyOpsAndDiscovery(t *testing.T) {
 	var data Stats
 	if err := json.Unmarshal(stats.Endpoints[0].Data, &data); err != nil {
 		t.Fatalf("stats data %s: %v", stats.Endpoints[0].Data, err)
+	}
+	if data.ErrorReplies < 1 || data.Replies <= data.ErrorReplies {
+		t.Fatalf("stats data counts %d replies, %d error replies; want the not_found counted", data.Replies, data.ErrorReplies)
 	}
 	if op := data.Substrates["toy"].Ops["start"]; op.Count < 1 || data.Substrates["toy"].Breaker != "closed" {
 		t.Fatalf("substrate op metrics in stats data: %+v", data.Substrates["toy"])

@@ -28,7 +28,7 @@ func TestHarness(t *testing.T) {
 		manager.Options{Host: "h1"}))
 	name := clitest.Unique("harness")
 	t.Cleanup(func() { clitest.Subbus(t, url, "process", "delete", name, "--force") })
-	clitest.Subbus(t, url, "process", "create", name, "--image", "/bin/sleep", "--", "60").Want(t, 0, "create")
+	clitest.Subbus(t, url, "process", "create", name, "--image", "/bin/sleep", "--", "/bin/sleep", "60").Want(t, 0, "create")
 	r := clitest.Subbus(t, url, "process", "list", "--json").Want(t, 0, "list")
 	var list []messages.Instance
 	if err := json.Unmarshal([]byte(r.Stdout), &list); err != nil || len(list) != 1 || list[0].Name != name {
@@ -71,7 +71,7 @@ func TestFleet(t *testing.T) {
 	name := clitest.Unique("fleet")
 	t.Cleanup(func() { f.Run("process", "delete", name, "--force") })
 	events := f.WatchEvents("process", name)
-	f.OK("process", "create", name, "--image", "/bin/sleep", "--", "60")
+	f.OK("process", "create", name, "--", "sleep", "60")
 	if r := f.Expect(cli.ExitAlreadyExists, "process", "create", name, "--image", "/bin/sleep"); !strings.Contains(r.Stderr, "already_exists") {
 		t.Errorf("second create: stderr %q", r.Stderr)
 	}

@@ -156,6 +156,9 @@ func nicDevice(n drivers.NetworkConfig, iface string) map[string]string {
 // background once the server's operation is over, so nothing half-made
 // stays behind.
 func (d *Driver) Create(ctx context.Context, t drivers.InstanceTemplate) (drivers.Instance, error) {
+	if t.BaseImage == "" {
+		return drivers.Instance{}, drivers.Errorf(drivers.InvalidArgument, "lxc: base_image is required (the image to create the container from)")
+	}
 	c, srv, err := d.conn()
 	if err != nil {
 		return drivers.Instance{}, err

@@ -495,6 +495,16 @@ func (d *Driver) checkTemplate(t drivers.InstanceTemplate) error {
 	if _, err := d.runAs(t.User); err != nil {
 		return err
 	}
+	if t.BaseImage != "" && len(t.Command) > 0 {
+		image, err := resolveExecutable(t.BaseImage, envOf(t, nil), t.WorkDir)
+		if err != nil {
+			return err
+		}
+		// command[0] not found next to a base_image that is: the words
+		// were meant as arguments to base_image.
+		path, _ := resolveExecutable(t.Command[0], envOf(t, nil), t.WorkDir)
+		return drivers.SameExecutable(t, image, path)
+	}
 	_, err := resolveExecutable(argv[0], envOf(t, nil), t.WorkDir)
 	return err
 }

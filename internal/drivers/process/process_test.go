@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -546,6 +547,10 @@ func TestCreateErrors(t *testing.T) {
 		{"volumes", drivers.InstanceTemplate{BaseImage: "sh", Volumes: []drivers.Volume{{Source: "/a", Target: "/b"}}}, drivers.Unsupported, "volumes"},
 		{"disk-limit", drivers.InstanceTemplate{BaseImage: "sh", Resources: drivers.ResourceLimits{DiskGB: 1}}, drivers.Unsupported, "disk"},
 		{"missing-user", drivers.InstanceTemplate{BaseImage: "sh", User: "subbus-no-such-user"}, drivers.NotFound, "user"},
+		// The command is the whole command line: words meant as arguments
+		// to base_image, or a command naming another program, contradict it.
+		{"args-for-image", drivers.InstanceTemplate{BaseImage: "/bin/sh", Command: []string{"-c", "true"}}, drivers.InvalidArgument, "different executables"},
+		{"image-vs-command", drivers.InstanceTemplate{BaseImage: "/bin/true", Command: []string{"sleep", "1"}}, drivers.InvalidArgument, "different executables"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -1102,3 +1107,48 @@ func TestCgroupV2Probe(t *testing.T) {
 }
 
 var classify = drivers.ClassifyWith(classifyOS)
+
+// create --image X -- ARGS: one rule on every driver, the words after --
+// are the whole command. For the process driver --image is optional then
+// (the image reported is the executable), and may name the command's
+// program by another path.
+func TestCommandIsTheWholeCommandLine(t *testing.T) {
+	m, _ := newManager(t, testOptions(t.TempDir()))
+	cases := []struct {
+		name  string
+		tmpl  drivers.InstanceTemplate
+		image string // reported
+		out   string // first line of output
+	}{
+		{"cmd-only", drivers.InstanceTemplate{Command: []string{"sh", "-c", "echo only; exec sleep 30"}}, "sh", "only"},
+		{"same-exe", drivers.InstanceTemplate{BaseImage: "/bin/sh", Command: []string{"/bin/sh", "-c", "echo same; exec sleep 30"}}, "/bin/sh", "same"},
+		{"path-lookup", drivers.InstanceTemplate{BaseImage: "/bin/sh", Command: []string{"sh", "-c", "echo lookup; exec sleep 30"}}, "/bin/sh", "lookup"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			c.tmpl.Name = "cl-cmd-" + c.name
+			t.Cleanup(func() { _, _ = m.Delete(context.Background(), c.tmpl.Name, drivers.DeleteOptions{Force: true}) })
+			inst, err := m.Create(tctx(t), c.tmpl)
+			if err != nil {
+				t.Fatalf("Create: %v", err)
+			}
+			if inst.Image != c.image {
+				t.Errorf("image %q, want %q", inst.Image, c.image)
+			}
+			if _, err := m.Start(tctx(t), c.tmpl.Name); err != nil {
+				t.Fatalf("Start: %v", err)
+			}
+			testenv.Eventually(t, 10*time.Second, func() error {
+				var lines []string
+				err := m.Logs(tctx(t), c.tmpl.Name, drivers.LogOptions{}, func(l drivers.LogLine) error {
+					lines = append(lines, l.Line)
+					return nil
+				})
+				if err == nil && !slices.Contains(lines, c.out) {
+					err = fmt.Errorf("output %q, want %q", lines, c.out)
+				}
+				return err
+			})
+		})
+	}
+}

@@ -103,6 +103,16 @@ func (d *Driver) Create(ctx context.Context, t drivers.InstanceTemplate) (driver
 		return drivers.Instance{}, err
 	}
 	// supervisord looks the command up only at start; say now that it is missing.
+	if t.BaseImage != "" && len(t.Command) > 0 {
+		image, err := exec.LookPath(t.BaseImage)
+		if err != nil {
+			return drivers.Instance{}, fmt.Errorf("base_image %q: not found on this host: %w", t.BaseImage, err)
+		}
+		exe, _ := exec.LookPath(t.Command[0]) // not found: meant as arguments to base_image
+		if err := drivers.SameExecutable(t, image, exe); err != nil {
+			return drivers.Instance{}, err
+		}
+	}
 	if _, err := exec.LookPath(argv(t)[0]); err != nil {
 		return drivers.Instance{}, fmt.Errorf("command %q: not found on this host: %w", argv(t)[0], err)
 	}

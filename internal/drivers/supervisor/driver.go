@@ -134,6 +134,10 @@ type Driver struct {
 	mu      sync.Mutex
 	samples map[string]procfs.TreeSample // previous metrics sample per program
 	seen    map[string]processInfo       // the event feed's last view, kept across Watch calls
+	// own records, per program, the starts and stops this driver makes,
+	// so the feed tells a restart made through subbus from a crash that
+	// supervisord respawned.
+	own map[string]ownState
 }
 
 var (

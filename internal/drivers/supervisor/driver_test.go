@@ -45,6 +45,13 @@ func (e *events) count(instance string, typ drivers.EventType) int {
 	return n
 }
 
+// countLocked is count for callers outside wait.
+func (e *events) countLocked(instance string, typ drivers.EventType) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.count(instance, typ)
+}
+
 // wait polls until an event for instance matches.
 func (e *events) wait(t *testing.T, what, instance string, match func(drivers.Event) bool) drivers.Event {
 	t.Helper()
@@ -600,4 +607,107 @@ func processGroup(pgid int) []int {
 		}
 	}
 	return pids
+}
+
+// A restart made through subbus (stop then start, under the manager's
+// lock) is not a crash: the feed sees a new pid without a stop in between,
+// and used to report "failed ... exited without being stopped and
+// supervisord restarted it" for every restart. A crash right after is
+// still one.
+func TestRestartThroughSubbusIsNotACrash(t *testing.T) {
+	o := testOptions(t)
+	d, ctx := newDriver(t, o)
+	got := watch(t, d)
+	m := manager.New(d, manager.Options{CacheTTL: -1})
+	if err := m.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Close() })
+	var mu sync.Mutex
+	var published []messages.Event
+	m.Subscribe(func(ev messages.Event) { mu.Lock(); published = append(published, ev); mu.Unlock() })
+	name := uniqueName("sbsv-restart")
+	cleanupDelete(t, d, name)
+	t.Cleanup(func() { _, _ = d.Stop(context.Background(), name, drivers.StopOptions{Force: true}) })
+	if _, err := m.Create(ctx, harness{opts: o}.Template(name)); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	if _, err := m.Start(ctx, name); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	got.wait(t, "started", name, func(ev drivers.Event) bool { return ev.Type == drivers.EventStarted })
+	for i := range 3 {
+		before := got.countLocked(name, drivers.EventStarted)
+		if err := m.Restart(ctx, name, drivers.StopOptions{Timeout: 5 * time.Second}); err != nil {
+			t.Fatalf("Restart %d: %v", i, err)
+		}
+		// The feed has seen the new process once it reports it started.
+		got.wait(t, "started after restart", name, func(ev drivers.Event) bool {
+			return ev.Type == drivers.EventStarted && got.count(name, drivers.EventStarted) > before
+		})
+	}
+	got.mu.Lock()
+	for _, ev := range got.evs {
+		if ev.Instance == name && ev.Type == drivers.EventFailed {
+			t.Errorf("restart through subbus seen as %+v", ev)
+		}
+	}
+	got.mu.Unlock()
+	mu.Lock()
+	restarted := 0
+	for _, ev := range published {
+		if ev.Instance == name && ev.Type == drivers.EventFailed {
+			t.Errorf("manager published %+v for a restart", ev)
+		}
+		if ev.Instance == name && ev.Type == drivers.EventRestarted {
+			restarted++
+		}
+	}
+	mu.Unlock()
+	if restarted != 3 {
+		t.Errorf("%d restarted events, want 3", restarted)
+	}
+	// A crash is still a crash.
+	p, err := d.rpc.getProcessInfo(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(p.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	got.wait(t, "failed after a crash", name, func(ev drivers.Event) bool { return ev.Type == drivers.EventFailed })
+}
+
+// create --image X -- ARGS: the command is the whole command line on every
+// driver; --image is optional with a command, and must name its program.
+func TestCommandIsTheWholeCommandLine(t *testing.T) {
+	o := testOptions(t)
+	d, ctx := newDriver(t, o)
+	cases := []struct {
+		desc string
+		tmpl drivers.InstanceTemplate
+		code drivers.Code // 0: created
+	}{
+		{"command only", drivers.InstanceTemplate{Command: []string{"sleep", "30"}}, 0},
+		{"same executable by PATH", drivers.InstanceTemplate{BaseImage: "/bin/sh", Command: []string{"sh", "-c", "sleep 30"}}, 0},
+		{"arguments meant for the image", drivers.InstanceTemplate{BaseImage: "/bin/sh", Command: []string{"-c", "sleep 30"}}, drivers.InvalidArgument},
+		{"another program", drivers.InstanceTemplate{BaseImage: "/bin/true", Command: []string{"sleep", "30"}}, drivers.InvalidArgument},
+	}
+	for _, c := range cases {
+		t.Run(c.desc, func(t *testing.T) {
+			c.tmpl.Name = uniqueName("sbsv-cmd")
+			cleanupDelete(t, d, c.tmpl.Name)
+			_, err := d.Create(ctx, c.tmpl)
+			if c.code == 0 {
+				if err != nil {
+					t.Fatalf("Create: %v", err)
+				}
+				return
+			}
+			wantCode(t, "Create", err, c.code)
+			if _, err := d.Get(ctx, c.tmpl.Name); err == nil {
+				t.Errorf("a refused create left %s behind", c.tmpl.Name)
+			}
+		})
+	}
 }

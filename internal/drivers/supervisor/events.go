@@ -26,9 +26,13 @@ func (d *Driver) Watch(ctx context.Context, emit func(drivers.Event)) error {
 	d.mu.Lock()
 	prev := d.seen
 	d.mu.Unlock()
+	// ownBefore is the driver's own-change counts read before the previous
+	// poll: a start or stop counted since then may be what this poll sees.
+	ownBefore := d.ownCounts()
 	t := time.NewTicker(time.Duration(d.opts.PollInterval))
 	defer t.Stop()
 	for {
+		ownNow := d.ownCounts()
 		c, cancel := d.ctx(ctx)
 		procs, err := d.rpc.getAllProcessInfo(c)
 		var exit map[string][]int
@@ -47,11 +51,20 @@ func (d *Driver) Watch(ctx context.Context, emit func(drivers.Event)) error {
 		d.seen = cur
 		d.mu.Unlock()
 		if prev != nil {
-			for _, ev := range diff(prev, cur, exit, time.Now().UTC()) {
+			ownAfter := d.ownCounts()
+			ours := map[string]bool{}
+			// A new pid is ours when the driver started or stopped the
+			// program since before the previous poll, and a start is still
+			// running or left exactly this process; a crash after that
+			// is a crash.
+			for name, s := range ownAfter {
+				ours[name] = s.gen != ownBefore[name].gen && (s.inflight > 0 || (s.pid > 0 && cur[name].PID == s.pid))
+			}
+			for _, ev := range diff(prev, cur, exit, ours, time.Now().UTC()) {
 				emit(ev)
 			}
 		}
-		prev = cur
+		prev, ownBefore = cur, ownNow
 		select {
 		case <-ctx.Done():
 			return nil
@@ -69,8 +82,52 @@ func view(procs []processInfo) map[string]processInfo {
 	return cur
 }
 
-// diff returns the events that lead from the view prev to cur.
-func diff(prev, cur map[string]processInfo, exit map[string][]int, now time.Time) []drivers.Event {
+// ownState is what the driver did to one program: gen counts the
+// beginnings and ends of its starts and stops, inflight how many run now,
+// pid the process its last start saw running.
+type ownState struct {
+	gen      uint64
+	inflight int
+	pid      int
+}
+
+// ownBegin records that a start or stop of name begins.
+func (d *Driver) ownBegin(name string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.own == nil {
+		d.own = map[string]ownState{}
+	}
+	s := d.own[name]
+	s.gen++
+	s.inflight++
+	d.own[name] = s
+}
+
+// ownEnd records that it ended; pid > 0 is the process a start left running.
+func (d *Driver) ownEnd(name string, pid int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := d.own[name]
+	s.gen++
+	s.inflight--
+	if pid > 0 {
+		s.pid = pid
+	}
+	d.own[name] = s
+}
+
+// ownCounts copies the own states.
+func (d *Driver) ownCounts() map[string]ownState {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return maps.Clone(d.own)
+}
+
+// diff returns the events that lead from the view prev to cur. ours names
+// the programs this driver started or stopped between the two views: a new
+// pid of theirs is the driver's own restart, not a crash.
+func diff(prev, cur map[string]processInfo, exit map[string][]int, ours map[string]bool, now time.Time) []drivers.Event {
 	var evs []drivers.Event
 	for _, name := range sortedKeys(cur) {
 		p := cur[name]
@@ -88,7 +145,7 @@ func diff(prev, cur map[string]processInfo, exit map[string][]int, now time.Time
 			continue
 		}
 		details["from"] = old.StateName
-		for _, typ := range transition(old, p, state) {
+		for _, typ := range transition(old, p, state, ours[name]) {
 			ev := drivers.Event{Type: typ, Instance: name, Time: now, State: state, Details: maps.Clone(details)}
 			if p.StateName == "EXITED" {
 				ev.Details["exitstatus"] = strconv.Itoa(p.ExitStatus)
@@ -131,9 +188,10 @@ func respawned(old, p processInfo) bool {
 // a crash: failed, then the state it is in now. (supervisord resets the
 // exit status when it respawns, so the status of such an exit is not
 // known; a restart made by hand that falls entirely between two polls
-// looks the same.)
-func transition(old, p processInfo, state drivers.State) []drivers.EventType {
-	crashed := (old.StateName == "RUNNING" || old.StateName == "STARTING") && respawned(old, p) &&
+// looks the same.) A new pid after a start or stop this driver made
+// between the two polls (ours: a restart through subbus) is not a crash.
+func transition(old, p processInfo, state drivers.State, ours bool) []drivers.EventType {
+	crashed := !ours && (old.StateName == "RUNNING" || old.StateName == "STARTING") && respawned(old, p) &&
 		(p.StateName == "STARTING" || p.StateName == "RUNNING")
 	var out []drivers.EventType
 	if crashed {

@@ -66,6 +66,9 @@ func untilRunning(p processInfo) (bool, error) {
 func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 	ctx, cancel := d.ctx(ctx)
 	defer cancel()
+	var started processInfo
+	d.ownBegin(name)
+	defer func() { d.ownEnd(name, started.PID) }()
 	p, err := d.rpc.getProcessInfo(ctx, name)
 	if err != nil {
 		return false, err
@@ -95,7 +98,7 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	_, err = d.wait(ctx, name, untilRunning)
+	started, err = d.wait(ctx, name, untilRunning)
 	return changed, err
 }
 
@@ -106,6 +109,8 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 func (d *Driver) Stop(ctx context.Context, name string, opts drivers.StopOptions) (bool, error) {
 	ctx, cancel := d.ctx(ctx)
 	defer cancel()
+	d.ownBegin(name)
+	defer d.ownEnd(name, 0)
 	p, err := d.rpc.getProcessInfo(ctx, name)
 	if err != nil {
 		return false, err

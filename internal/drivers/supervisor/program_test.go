@@ -296,12 +296,18 @@ func TestDiffEvents(t *testing.T) {
 		{"crashed while seen starting", []processInfo{{Name: "p", Group: "p", StateName: "STARTING", PID: 10, Start: 1}},
 			[]processInfo{{Name: "p", Group: "p", StateName: "STARTING", PID: 11, Start: 9, Stop: 9}},
 			[]drivers.EventType{drivers.EventFailed, drivers.EventStateChanged}},
+		{"restarted through subbus", []processInfo{running(10, 1, 0)}, []processInfo{{Name: "p", Group: "p", StateName: "STARTING", PID: 11, Start: 9, Stop: 9}},
+			[]drivers.EventType{drivers.EventStateChanged}},
+		{"restarted through subbus, running", []processInfo{running(10, 1, 0)}, []processInfo{running(11, 9, 9)},
+			[]drivers.EventType{drivers.EventStarted}},
 		{"backoff after running", []processInfo{running(10, 1, 0)}, []processInfo{{Name: "p", Group: "p", StateName: "BACKOFF", Start: 9, Stop: 9, SpawnErr: "x"}},
 			[]drivers.EventType{drivers.EventFailed}},
 	}
 	for _, c := range cases {
 		t.Run(c.desc, func(t *testing.T) {
-			evs := diff(view(c.old), view(c.cur), nil, time.Now())
+			// "through subbus": the driver started or stopped p between the views.
+			ours := map[string]bool{"p": strings.Contains(c.desc, "through subbus")}
+			evs := diff(view(c.old), view(c.cur), nil, ours, time.Now())
 			var got []drivers.EventType
 			for _, ev := range evs {
 				got = append(got, ev.Type)

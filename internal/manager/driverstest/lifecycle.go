@@ -3,12 +3,14 @@ package driverstest
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/messages"
 )
 
 // tests lists the top-level subtests in the order they run.
@@ -26,6 +28,7 @@ func (su *suite) tests() []namedTest {
 		{"Unreachable", testUnreachable},
 		{"ForceDeleteRunning", testForceDeleteRunning},
 		{"DeleteRunningConflict", testDeleteRunningConflict},
+		{"RefusedEmitsNothing", testRefusedEmitsNothing},
 		{"InvalidNames", testInvalidNames},
 		{"Restart", testRestart},
 		{"Exec", testExec},
@@ -224,6 +227,60 @@ func testDeleteRunningConflict(t *testing.T, e *env) {
 	_, err := e.m.Delete(e.ctx(), name, drivers.DeleteOptions{})
 	e.wantCode("Delete of a running instance without force", err, drivers.Conflict)
 	e.waitState(name, drivers.StateRunning)
+}
+
+// testRefusedEmitsNothing: a request the substrate refuses (a taken name,
+// a missing instance, a running instance deleted without force) changes
+// nothing and emits no failed event; failed is for a substrate operation
+// that failed.
+func testRefusedEmitsNothing(t *testing.T, e *env) {
+	var mu sync.Mutex
+	var failed []messages.Event
+	unsub := e.m.Subscribe(func(ev messages.Event) {
+		if ev.Type == drivers.EventFailed {
+			mu.Lock()
+			failed = append(failed, ev)
+			mu.Unlock()
+		}
+	})
+	defer unsub()
+	name, missing := e.running("refused"), e.name("missing")
+	refusals := []struct {
+		what string
+		code drivers.Code
+		fn   func(ctx context.Context) error
+	}{
+		{"Create of a taken name", drivers.AlreadyExists, func(ctx context.Context) error {
+			_, err := e.m.Create(ctx, e.h.Template(name))
+			return err
+		}},
+		{"Delete of a running instance", drivers.Conflict, func(ctx context.Context) error {
+			_, err := e.m.Delete(ctx, name, drivers.DeleteOptions{})
+			return err
+		}},
+		{"Delete of a missing instance", drivers.NotFound, func(ctx context.Context) error {
+			_, err := e.m.Delete(ctx, missing, drivers.DeleteOptions{})
+			return err
+		}},
+		{"Start of a missing instance", drivers.NotFound, func(ctx context.Context) error {
+			_, err := e.m.Start(ctx, missing)
+			return err
+		}},
+		{"Restart of a missing instance", drivers.NotFound, func(ctx context.Context) error {
+			return e.m.Restart(ctx, missing, e.stopOpts())
+		}},
+	}
+	for _, r := range refusals {
+		e.wantCode(r.what, r.fn(e.ctx()), r.code)
+	}
+	e.waitState(name, drivers.StateRunning)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, ev := range failed {
+		if ev.Instance == name || ev.Instance == missing {
+			t.Errorf("refused request emitted %+v", ev)
+		}
+	}
 }
 
 func testRestart(t *testing.T, e *env) {
