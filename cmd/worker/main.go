@@ -15,9 +15,11 @@ import (
 
 	"github.com/mattn/go-isatty"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/subbus/subbus/internal/config"
+	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/natsconn"
 	"github.com/subbus/subbus/internal/worker"
 )
@@ -35,6 +37,7 @@ func run(args []string) int {
 	host := fs.String("host", "", "host identity in subjects (default worker.host, else the short hostname)")
 	driverList := fs.String("drivers", "", "comma-separated drivers to serve (default worker.drivers, else process plus every detected substrate)")
 	check := fs.Bool("check-config", false, "validate the configuration and exit")
+	createStreams := fs.Bool("create-streams", false, "create SUBSTRATE_EVENTS and SUBSTRATE_METRICS (as configured) on the NATS server and exit; for an administrator when workers run with worker.manage_streams: false")
 	level := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
 	logFormat := fs.String("log-format", "auto", "log format: json, console, or auto (console on a terminal)")
 	if err := fs.Parse(args); err != nil {
@@ -62,8 +65,16 @@ func run(args []string) int {
 	if *driverList != "" {
 		opts.Drivers = strings.Split(*driverList, ",")
 	}
-	if conn.URL == "" {
-		conn.URL = cfg.String("nats.url", "")
+	// The nats section's connection keys apply where no flag or
+	// environment variable set them.
+	for _, k := range []struct {
+		dst *string
+		key string
+	}{{&conn.URL, "nats.url"}, {&conn.Creds, "nats.creds"}, {&conn.NKey, "nats.nkey"}, {&conn.InboxPrefix, "nats.inbox_prefix"},
+		{&conn.TLSCert, "nats.tls_cert"}, {&conn.TLSKey, "nats.tls_key"}, {&conn.TLSCA, "nats.tls_ca"}} {
+		if *k.dst == "" {
+			*k.dst = cfg.String(k.key, "")
+		}
 	}
 	if !conn.IsZero() {
 		opts.Connect = func(extra ...nats.Option) (*nats.Conn, error) {
@@ -72,6 +83,9 @@ func run(args []string) int {
 	}
 	opts.Version = version
 	opts.Logger = log
+	if *createStreams {
+		return runCreateStreams(conn, opts, log)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -103,6 +117,33 @@ func run(args []string) int {
 		}
 		return 1
 	}
+	return 0
+}
+
+// runCreateStreams creates the streams on an external server and exits.
+func runCreateStreams(conn natsconn.Options, opts worker.Options, log zerolog.Logger) int {
+	if opts.Connect == nil {
+		log.Error().Msg("--create-streams needs a NATS server (--server, NATS_URL, nats.url or a context)")
+		return 2
+	}
+	nc, err := conn.Connect("subbus-create-streams")
+	if err != nil {
+		log.Error().Err(err).Msg("connecting")
+		return 1
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		log.Error().Err(err).Msg("jetstream")
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := worker.EnsureStreams(ctx, js, opts, true, log); err != nil {
+		log.Error().Err(err).Msg("creating the streams")
+		return 1
+	}
+	fmt.Println("streams ready:", messages.EventsStream, messages.MetricsStream)
 	return 0
 }
 

@@ -90,6 +90,7 @@ type runningBinary struct {
 	done chan error // Wait's result
 	logs *bytes.Buffer
 	nc   *nats.Conn // connected to the embedded server once it answers
+	cred string     // the local credential (nkey seed) the worker wrote
 }
 
 // startBinary runs the worker binary for host with the process driver and
@@ -100,9 +101,10 @@ func startBinary(t *testing.T, host, extra string) *runningBinary {
 	t.Helper()
 	bin := buildWorker(t)
 	port := freePort(t)
-	cfg := writeConfig(t, fmt.Sprintf("nats:\n  listen: 127.0.0.1:%d\n  data_dir: %s\nprocess:\n  state_dir: %s\n  cgroups: \"off\"\n",
-		port, t.TempDir(), t.TempDir())+extra)
-	r := &runningBinary{done: make(chan error, 1), logs: &bytes.Buffer{}}
+	cred := filepath.Join(t.TempDir(), "client.nk")
+	cfg := writeConfig(t, fmt.Sprintf("nats:\n  listen: 127.0.0.1:%d\n  data_dir: %s\n  credential: %s\nprocess:\n  state_dir: %s\n  cgroups: \"off\"\n",
+		port, t.TempDir(), cred, t.TempDir())+extra)
+	r := &runningBinary{done: make(chan error, 1), logs: &bytes.Buffer{}, cred: cred}
 	r.cmd = exec.Command(bin, "--config", cfg, "--host", host, "--drivers", "process", "--log-format", "json")
 	r.cmd.Env = isolatedEnv(t)
 	r.cmd.Stderr = r.logs
@@ -120,7 +122,11 @@ func startBinary(t *testing.T, host, extra string) *runningBinary {
 	testenv.Eventually(t, 30*time.Second, func() error {
 		var err error
 		if r.nc == nil {
-			if r.nc, err = nats.Connect(url); err != nil {
+			opt, err := nats.NkeyOptionFromSeed(cred)
+			if err != nil {
+				return err
+			}
+			if r.nc, err = nats.Connect(url, opt); err != nil {
 				return err
 			}
 		}

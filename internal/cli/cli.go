@@ -149,6 +149,10 @@ func (e *env) client() (*client.Client, error) {
 		return e.cl, nil
 	}
 	nc, err := e.conn.Connect("subbus")
+	var na *natsconn.NotAuthorizedError
+	if errors.As(err, &na) {
+		return nil, drivers.Wrap(drivers.PermissionDenied, err, "")
+	}
 	if err != nil {
 		return nil, drivers.Wrap(drivers.Unavailable, err, "cannot reach NATS")
 	}

@@ -41,7 +41,7 @@ func startWorker(t *testing.T, url, host string) {
 // option ("auto": limits are served when the cgroup tree is writable).
 func startWorkerCgroups(t *testing.T, url, host, cgroups string) {
 	t.Helper()
-	d := process.New(process.Options{StateDir: t.TempDir(), Cgroups: cgroups})
+	d := process.New(process.Options{StateDir: t.TempDir(), Cgroups: cgroups, DefaultUser: "root", AllowRoot: true})
 	workertest.StartWorker(t, url, host, manager.New(d, manager.Options{Host: host}))
 }
 

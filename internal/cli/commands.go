@@ -37,6 +37,7 @@ type opts struct {
 	instance    string
 	eventType   string
 	stdin       bool
+	admin       adminOpts
 }
 
 // stringList is a repeatable flag.
@@ -97,6 +98,20 @@ var flagDefs = map[string]func(fs *flag.FlagSet, o *opts){
 		fs.StringVar(&o.eventDriver, "driver", "", "only events of this driver")
 		fs.StringVar(&o.instance, "instance", "", "only events of this instance")
 		fs.StringVar(&o.eventType, "type", "", "only events of this type (created, started, …)")
+	},
+	"admin-creds": func(fs *flag.FlagSet, o *opts) {
+		a := &o.admin
+		fs.StringVar(&a.hosts, "hosts", "", "worker hosts `H1,H2,…`: one identity each")
+		fs.StringVar(&a.clusterDrivers, "cluster-drivers", "", "drivers served on pooled subjects (cluster-wide substrates) `D1,…`")
+		fs.Var(&a.clients, "client", "client identity `NAME:ROLE[:drivers=D,…][:hosts=H,…]`, ROLE operator|reader|events|admin (repeatable; default admin, operator, reader, events)")
+		fs.StringVar(&a.out, "out", "", "directory to write into (must not hold earlier output)")
+		fs.BoolVar(&a.envKeys, "env-keys", false, "write $SUBBUS_NKEY_<NAME> references in accounts.conf and the keys to nkeys.env")
+		fs.StringVar(&a.url, "url", "", "server URL(s) to put in the generated nats contexts")
+		fs.DurationVar(&a.streamFor, "stream-for", time.Hour, "how long a worker may stream replies to one request")
+		fs.StringVar(&a.account, "account", "SUBBUS", "account of the fleet")
+		fs.StringVar(&a.names, "names", "", "certs: the servers' DNS names and IPs `N1,N2,…`")
+		fs.StringVar(&a.clientCerts, "client-certs", "", "certs: also issue client certificates for `NAME1,…` (optional mTLS)")
+		fs.DurationVar(&a.validity, "validity", 365*24*time.Hour, "certs: validity of the CA and certificates")
 	},
 	"stdin": func(fs *flag.FlagSet, o *opts) {
 		fs.BoolVar(&o.stdin, "i", false, "send standard input to the command (read fully first, up to 512 KiB)")
@@ -200,6 +215,11 @@ func init() {
 			run: cmdEvents},
 		{name: "workers", top: true, usage: "workers", summary: "list workers with drivers, capabilities, health and version",
 			run: cmdWorkers},
+		{name: "admin", top: true,
+			usage: "admin creds --hosts H1,H2,… --out DIR [--cluster-drivers D,…] [--client NAME:ROLE[:drivers=…][:hosts=…]]... [--env-keys] [--url URL]\n" +
+				"       subbus admin certs --names N1,N2,… --out DIR [--client-certs NAME,…] [--validity D]",
+			summary: "generate a fleet's NATS identities and permissions, or its TLS certificates (docs/security.md)",
+			flags:   []string{"admin-creds"}, minArgs: 1, maxArgs: 1, run: cmdAdmin},
 		{name: "version", top: true, usage: "version", summary: "print subbus's version", run: cmdVersion},
 		{name: "help", top: true, usage: "help", summary: "show this help", maxArgs: -1},
 	}

@@ -22,6 +22,16 @@
 // ~/.config/nats/context.txt) is used unless --no-context is given.
 // Contexts are read from $XDG_CONFIG_HOME/nats/context/<name>.json with the
 // keys url, creds, nkey, user, password, token, cert, key, ca, inbox_prefix.
+//
+// Local credential: a worker's embedded server requires authentication
+// with an nkey whose seed the worker writes to LocalCredential() (mode
+// 0600). When no credential is given (no --creds, --nkey, --user or
+// --token, from a flag, the environment or the context) and every server
+// URL is on a loopback address, Resolve uses the first readable file of
+// LocalCredentials(): root's worker's for root, the user's own worker's,
+// then root's worker's (readable when an administrator granted the group)
+// for anyone else. An authorization failure then names the file to ask
+// access for (*NotAuthorizedError). docs/security.md describes the model.
 package natsconn
 
 import (
@@ -29,6 +39,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -61,7 +73,61 @@ type Options struct {
 	InboxPrefix string
 	// ConnectTimeout bounds dialling; 0 means DefaultConnectTimeout.
 	ConnectTimeout time.Duration
+
+	// localCred is set by Resolve when NKey is a discovered local
+	// credential; localCandidates are the files it looked at.
+	localCred       bool
+	localCandidates []string
 }
+
+// SystemCredential is the local credential of a worker run by root: the
+// nkey seed its embedded server accepts. A variable so tests can move it.
+var SystemCredential = "/var/lib/subbus/client.nk"
+
+// LocalCredential is where a worker run by the current user keeps the
+// seed of its embedded server's credential: SystemCredential for root,
+// else $XDG_STATE_HOME/subbus/client.nk (~/.local/state/subbus/client.nk).
+func LocalCredential() string {
+	if os.Geteuid() == 0 {
+		return SystemCredential
+	}
+	base := os.Getenv("XDG_STATE_HOME")
+	if base == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return SystemCredential
+		}
+		base = filepath.Join(home, ".local", "state")
+	}
+	return filepath.Join(base, "subbus", "client.nk")
+}
+
+// LocalCredentials lists, in order, the files a client looks for a local
+// credential in: the current user's own worker's, then root's worker's.
+func LocalCredentials() []string {
+	own := LocalCredential()
+	if own == SystemCredential {
+		return []string{own}
+	}
+	return []string{own, SystemCredential}
+}
+
+// NotAuthorizedError: the server refused the connection's credentials, or
+// the lack of them. Path is the local credential to ask access to ("" when
+// credentials were given explicitly).
+type NotAuthorizedError struct {
+	Path string
+	Err  error
+}
+
+func (e *NotAuthorizedError) Error() string {
+	if e.Path == "" {
+		return "not authorized: the NATS server refused these credentials (" + e.Err.Error() + ")"
+	}
+	return "not authorized - ask an administrator for access to " + e.Path + " or use --creds"
+}
+
+func (e *NotAuthorizedError) Unwrap() error { return e.Err }
 
 // FromEnv returns the options set by the natscli environment variables.
 // Call it before RegisterFlags so flags override the environment.
@@ -242,7 +308,61 @@ func (o Options) Resolve() (Options, error) {
 	if r.ConnectTimeout <= 0 {
 		r.ConnectTimeout = DefaultConnectTimeout
 	}
+	if r.Creds == "" && r.NKey == "" && r.User == "" && r.Token == "" && allLoopback(r.URL) {
+		r.localCandidates = LocalCredentials()
+		for _, p := range r.localCandidates {
+			if f, err := os.Open(p); err == nil {
+				f.Close()
+				r.NKey, r.localCred = p, true
+				break
+			}
+		}
+	}
 	return r, nil
+}
+
+// allLoopback reports whether every URL of the comma-separated list names
+// a loopback host: the local credential is offered to local servers only.
+func allLoopback(urls string) bool {
+	for _, u := range strings.Split(urls, ",") {
+		u = strings.TrimSpace(u)
+		if !strings.Contains(u, "://") {
+			u = "nats://" + u
+		}
+		pu, err := url.Parse(u)
+		if err != nil {
+			return false
+		}
+		h := pu.Hostname()
+		if h == "localhost" {
+			continue
+		}
+		ip := net.ParseIP(h)
+		if ip == nil || !ip.IsLoopback() {
+			return false
+		}
+	}
+	return true
+}
+
+// notAuthorized names the local credential to ask access to: the first
+// candidate that exists (the caller cannot read it), else root's.
+func (o Options) notAuthorized(err error) error {
+	if o.Creds != "" || o.User != "" || o.Token != "" || (o.NKey != "" && !o.localCred) {
+		return &NotAuthorizedError{Err: err}
+	}
+	path := SystemCredential
+	if o.localCred {
+		path = o.NKey
+	} else {
+		for _, p := range o.localCandidates {
+			if _, serr := os.Stat(p); serr == nil {
+				path = p
+				break
+			}
+		}
+	}
+	return &NotAuthorizedError{Path: path, Err: err}
 }
 
 func firstNonEmpty(a, b string) string {
@@ -308,6 +428,9 @@ func (o Options) Connect(name string, extra ...nats.Option) (*nats.Conn, error) 
 		return nil, err
 	}
 	nc, err := nats.Connect(r.URL, append(opts, extra...)...)
+	if errors.Is(err, nats.ErrAuthorization) {
+		return nil, r.notAuthorized(err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("connecting to NATS at %s: %w", r.URL, err)
 	}

@@ -8,13 +8,16 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
 	"github.com/rs/zerolog"
 )
 
 // startEmbedded starts a nats-server with JetStream listening on
-// o.Listen, its store in o.DataDir. It never traps signals (NoSigs): the
-// worker owns SIGINT/SIGTERM and shuts the server down itself.
-func startEmbedded(o EmbeddedOptions, name string, log zerolog.Logger) (*server.Server, error) {
+// o.Listen, its store in o.DataDir, accepting only clients that
+// authenticate with the nkey kp (the local credential). It never traps
+// signals (NoSigs): the worker owns SIGINT/SIGTERM and shuts the server
+// down itself.
+func startEmbedded(o EmbeddedOptions, name string, kp nkeys.KeyPair, log zerolog.Logger) (*server.Server, error) {
 	host, port, err := splitListen(o.Listen)
 	if err != nil {
 		return nil, err
@@ -31,7 +34,12 @@ func startEmbedded(o EmbeddedOptions, name string, log zerolog.Logger) (*server.
 	if err := os.MkdirAll(o.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("nats data dir: %w", err)
 	}
+	pub, err := kp.PublicKey()
+	if err != nil {
+		return nil, err
+	}
 	opts := &server.Options{
+		Nkeys:              []*server.NkeyUser{{Nkey: pub}},
 		ServerName:         name,
 		Host:               host,
 		Port:               port,

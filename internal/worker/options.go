@@ -23,6 +23,7 @@ import (
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
 	"github.com/subbus/subbus/internal/messages"
+	"github.com/subbus/subbus/internal/natsconn"
 	"github.com/subbus/subbus/internal/registry"
 )
 
@@ -63,6 +64,14 @@ type Options struct {
 	// be applied last. nil starts the embedded server (Embedded).
 	Connect  func(extra ...nats.Option) (*nats.Conn, error)
 	Embedded EmbeddedOptions
+
+	// RestrictPooled limits the pooled endpoints (substrate.<driver>.<op>,
+	// answered by any worker serving the driver) to PooledDrivers; without
+	// it every served driver has one. A fleet whose NATS permissions let a
+	// worker subscribe only to its own host's subjects and to the pooled
+	// subjects of its cluster-wide drivers sets it (worker.pooled_drivers).
+	RestrictPooled bool
+	PooledDrivers  []string
 
 	// ManageStreams creates SUBSTRATE_EVENTS/SUBSTRATE_METRICS when absent;
 	// false only checks that they exist.
@@ -108,12 +117,20 @@ type EmbeddedOptions struct {
 	DataDir   string
 	MaxMemory int64 // JetStream memory limit (default 256 MiB)
 	MaxStore  int64 // JetStream file store limit (default 10 GiB)
+	// Credential is the nkey seed file clients authenticate with, created
+	// on first start, mode 0600 (default natsconn.LocalCredential():
+	// /var/lib/subbus/client.nk as root, where subbus looks without flags).
+	Credential string
+	// CredentialGroup, when set, may read Credential (mode 0640): its
+	// members can use subbus without being root.
+	CredentialGroup string
 }
 
 // workerSection is the worker section of substrate_config.yaml.
 type workerSection struct {
 	Host                 string          `yaml:"host"`
 	Drivers              []string        `yaml:"drivers"`
+	PooledDrivers        *[]string       `yaml:"pooled_drivers"`
 	ManageStreams        *bool           `yaml:"manage_streams"`
 	MaxConcurrent        int             `yaml:"max_concurrent"`
 	GracePeriod          config.Duration `yaml:"grace_period"`
@@ -142,11 +159,21 @@ type globalSection struct {
 
 // natsSection lists the keys of the nats section.
 type natsSection struct {
-	URL       string `yaml:"url"`
-	Listen    string `yaml:"listen"`
-	DataDir   string `yaml:"data_dir"`
-	MaxMemory int64  `yaml:"max_memory"`
-	MaxStore  int64  `yaml:"max_store"`
+	URL             string `yaml:"url"`
+	Listen          string `yaml:"listen"`
+	DataDir         string `yaml:"data_dir"`
+	MaxMemory       int64  `yaml:"max_memory"`
+	MaxStore        int64  `yaml:"max_store"`
+	Credential      string `yaml:"credential"`
+	CredentialGroup string `yaml:"credential_group"`
+	// Connection to an external server, used when no flag or environment
+	// variable sets them (read by cmd/worker).
+	InboxPrefix string `yaml:"inbox_prefix"`
+	Creds       string `yaml:"creds"`
+	NKey        string `yaml:"nkey"`
+	TLSCert     string `yaml:"tls_cert"`
+	TLSKey      string `yaml:"tls_key"`
+	TLSCA       string `yaml:"tls_ca"`
 }
 
 // OptionsFromConfig reads the worker, nats and global sections. A
@@ -175,6 +202,7 @@ func OptionsFromConfig(cfg *config.Config) (Options, error) {
 		Drivers:              s.Drivers,
 		Config:               cfg,
 		ManageStreams:        s.ManageStreams == nil || *s.ManageStreams,
+		RestrictPooled:       s.PooledDrivers != nil,
 		MaxConcurrent:        s.MaxConcurrent,
 		GracePeriod:          time.Duration(s.GracePeriod),
 		IdempotencyTTL:       time.Duration(s.IdempotencyTTL),
@@ -193,7 +221,13 @@ func OptionsFromConfig(cfg *config.Config) (Options, error) {
 			DataDir:   cfg.String("nats.data_dir", ""),
 			MaxMemory: int64(cfg.Int("nats.max_memory", 0)),
 			MaxStore:  int64(cfg.Int("nats.max_store", 0)),
+
+			Credential:      cfg.String("nats.credential", ""),
+			CredentialGroup: cfg.String("nats.credential_group", ""),
 		},
+	}
+	if s.PooledDrivers != nil {
+		o.PooledDrivers = *s.PooledDrivers
 	}
 	return o, o.withDefaults().validate()
 }
@@ -238,6 +272,9 @@ func (o Options) withDefaults() Options {
 	if o.Embedded.MaxStore <= 0 {
 		o.Embedded.MaxStore = 10 << 30
 	}
+	if o.Embedded.Credential == "" {
+		o.Embedded.Credential = natsconn.LocalCredential()
+	}
 	if o.Version == "" {
 		o.Version = "0.1.0"
 	}
@@ -252,6 +289,11 @@ func (o Options) validate() error {
 	for _, d := range o.Drivers {
 		if drivers.ValidDriverName(d) != nil {
 			return &config.Error{Key: "worker.drivers", Msg: fmt.Sprintf("%q is not a driver name", d)}
+		}
+	}
+	for _, d := range o.PooledDrivers {
+		if !messages.ValidToken(d) || d == messages.EventsToken || d == messages.MetricsToken {
+			return &config.Error{Key: "worker.pooled_drivers", Msg: fmt.Sprintf("%q is not a driver name", d)}
 		}
 	}
 	if o.EventsDuplicates > o.EventsMaxAge {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,8 +23,8 @@ import (
 const QueueGroup = "substrate"
 
 // addService registers the micro service: per driver, one endpoint on
-// substrate.<driver>.* (any worker) and one on substrate.<driver>.<host>.*
-// (this host only). The op is the last subject token, so an unknown op is
+// substrate.<driver>.* (any worker; only for PooledDrivers when
+// RestrictPooled) and one on substrate.<driver>.<host>.* (this host only). The op is the last subject token, so an unknown op is
 // answered invalid_argument rather than "no responders".
 func (w *Worker) addService() error {
 	caps := map[string]drivers.Capabilities{}
@@ -51,7 +52,9 @@ func (w *Worker) addService() error {
 		d := m.Driver()
 		meta := map[string]string{"driver": d, "host": w.host, "ops": strings.Join(messages.OpNames(messages.OpsFor(m.Capabilities())), ",")}
 		h := w.handler(m)
-		if err := svc.AddEndpoint(d, h, micro.WithEndpointSubject(messages.SubjectRoot+"."+d+".*"),
+		if w.opts.RestrictPooled && !slices.Contains(w.opts.PooledDrivers, d) {
+			w.log.Info().Str("driver", d).Msg("serving this host's subjects only (not in worker.pooled_drivers)")
+		} else if err := svc.AddEndpoint(d, h, micro.WithEndpointSubject(messages.SubjectRoot+"."+d+".*"),
 			micro.WithEndpointMetadata(meta)); err != nil {
 			_ = svc.Stop()
 			return fmt.Errorf("endpoint %s: %w", d, err)

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 
 	"github.com/subbus/subbus/internal/messages"
 )
@@ -19,8 +20,14 @@ var (
 	metricsSubjects = []string{messages.SubjectRoot + "." + messages.MetricsToken + ".>"}
 )
 
-func (w *Worker) streamConfigs() []jetstream.StreamConfig {
-	o := w.opts
+func (w *Worker) streamConfigs() []jetstream.StreamConfig { return StreamConfigs(w.opts) }
+
+// StreamConfigs are the configurations of SUBSTRATE_EVENTS and
+// SUBSTRATE_METRICS for o (defaults filled in): what the worker creates
+// with manage_streams, and what an administrator creates for workers
+// running without it (`worker --create-streams`).
+func StreamConfigs(o Options) []jetstream.StreamConfig {
+	o = o.withDefaults()
 	metricsDup := o.MetricsMaxAge
 	if metricsDup > o.EventsDuplicates {
 		metricsDup = o.EventsDuplicates
@@ -53,17 +60,24 @@ func (w *Worker) streamConfigs() []jetstream.StreamConfig {
 // that they exist. Existing streams are checked, not changed: their
 // subjects must stay inside the event/metric trees.
 func (w *Worker) ensureStreams(ctx context.Context) error {
-	for _, cfg := range w.streamConfigs() {
-		s, err := w.js.Stream(ctx, cfg.Name)
+	return EnsureStreams(ctx, w.js, w.opts, w.opts.ManageStreams, w.log)
+}
+
+// EnsureStreams creates the streams of o when absent (create) or checks
+// that they exist; existing streams are checked, never changed. It needs
+// STREAM.INFO on both streams, and STREAM.CREATE to create them.
+func EnsureStreams(ctx context.Context, js jetstream.JetStream, o Options, create bool, log zerolog.Logger) error {
+	for _, cfg := range StreamConfigs(o) {
+		s, err := js.Stream(ctx, cfg.Name)
 		switch {
 		case errors.Is(err, jetstream.ErrStreamNotFound):
-			if !w.opts.ManageStreams {
-				return fmt.Errorf("stream %s does not exist and worker.manage_streams is false: create it with subjects %v", cfg.Name, cfg.Subjects)
+			if !create {
+				return fmt.Errorf("stream %s does not exist and worker.manage_streams is false: create it with subjects %v (worker --create-streams as an administrator)", cfg.Name, cfg.Subjects)
 			}
-			if _, err := w.js.CreateStream(ctx, cfg); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			if _, err := js.CreateStream(ctx, cfg); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 				return fmt.Errorf("creating stream %s: %w", cfg.Name, err)
 			}
-			w.log.Info().Str("stream", cfg.Name).Strs("subjects", cfg.Subjects).Msg("stream created")
+			log.Info().Str("stream", cfg.Name).Strs("subjects", cfg.Subjects).Msg("stream created")
 		case err != nil:
 			return fmt.Errorf("stream %s: %w", cfg.Name, err)
 		default:

@@ -341,14 +341,20 @@ func (w *Worker) connect() error {
 		w.nc = nc
 		return nil
 	}
-	srv, err := startEmbedded(w.opts.Embedded, name, w.log)
+	kp, err := localCredential(w.opts.Embedded.Credential, w.opts.Embedded.CredentialGroup)
+	if err != nil {
+		return err
+	}
+	srv, err := startEmbedded(w.opts.Embedded, name, kp, w.log)
 	if err != nil {
 		return err
 	}
 	w.srv = srv
 	w.clientURL = srv.ClientURL()
-	w.log.Info().Str("url", w.clientURL).Str("data_dir", w.opts.Embedded.DataDir).Msg("embedded NATS server started")
-	nc, err := nats.Connect(w.clientURL, append(handlers, nats.InProcessServer(srv))...)
+	w.log.Info().Str("url", w.clientURL).Str("data_dir", w.opts.Embedded.DataDir).
+		Str("credential", w.opts.Embedded.Credential).Msg("embedded NATS server started; clients authenticate with the credential")
+	pub, _ := kp.PublicKey()
+	nc, err := nats.Connect(w.clientURL, append(handlers, nats.InProcessServer(srv), nats.Nkey(pub, kp.Sign))...)
 	if err != nil {
 		srv.Shutdown()
 		return fmt.Errorf("connecting to the embedded server: %w", err)

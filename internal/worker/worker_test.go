@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
+	"github.com/nats-io/nkeys"
 
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
@@ -521,14 +525,48 @@ func TestMetricsPublished(t *testing.T) {
 	})
 }
 
+// TestEmbeddedServer: the embedded server serves requests to clients
+// holding the local credential it created (mode 0600), refuses everyone
+// else, and stops with the worker.
 func TestEmbeddedServer(t *testing.T) {
+	cred := filepath.Join(t.TempDir(), "state", "client.nk")
 	w := startWorker(t, nil, []*manager.Manager{toyManager(newToy())}, func(o *Options) {
-		o.Embedded = EmbeddedOptions{Listen: "127.0.0.1:-1", DataDir: t.TempDir()}
+		o.Embedded = EmbeddedOptions{Listen: "127.0.0.1:-1", DataDir: t.TempDir(), Credential: cred}
 	})
 	if w.ClientURL() == "" {
 		t.Fatal("no client URL")
 	}
-	nc := connect(t, w.ClientURL())
+	st, err := os.Stat(cred)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Fatalf("credential mode %v, want 0600", st.Mode().Perm())
+	}
+	// No credential, a wrong one: authorization violation.
+	if nc, err := nats.Connect(w.ClientURL()); !errors.Is(err, nats.ErrAuthorization) {
+		if nc != nil {
+			nc.Close()
+		}
+		t.Fatalf("connect without credential: %v, want authorization violation", err)
+	}
+	other, _ := nkeys.CreateUser()
+	otherPub, _ := other.PublicKey()
+	if nc, err := nats.Connect(w.ClientURL(), nats.Nkey(otherPub, other.Sign)); !errors.Is(err, nats.ErrAuthorization) {
+		if nc != nil {
+			nc.Close()
+		}
+		t.Fatalf("connect with another nkey: %v, want authorization violation", err)
+	}
+	opt, err := nats.NkeyOptionFromSeed(cred)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(w.ClientURL(), opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
 	ok(t, nc, subj("toy", messages.OpList), nil, nil)
 	if _, err := nc.Request("$SRV.PING.substrate", nil, 5*time.Second); err != nil {
 		t.Fatal(err)
@@ -543,6 +581,63 @@ func TestEmbeddedServer(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestLocalCredential: the seed is created once and reused (a second
+// start accepts the same clients), is 0600, or 0640 owned by the
+// configured group, and an unknown group or a file that is not a seed
+// are errors naming the file.
+func TestLocalCredential(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sub", "client.nk")
+	kp1, err := localCredential(path, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp2, err := localCredential(path, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1, _ := kp1.PublicKey()
+	p2, _ := kp2.PublicKey()
+	if p1 != p2 {
+		t.Fatal("a second start made a new credential")
+	}
+	mode := func() os.FileMode {
+		st, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Mode().Perm()
+	}
+	if m := mode(); m != 0o600 {
+		t.Fatalf("mode %v, want 0600", m)
+	}
+	if os.Geteuid() == 0 {
+		g, err := user.LookupGroupId("0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := localCredential(path, g.Name); err != nil {
+			t.Fatal(err)
+		}
+		if m := mode(); m != 0o640 {
+			t.Fatalf("mode with a group %v, want 0640", m)
+		}
+		if _, err := localCredential(path, ""); err != nil || mode() != 0o600 {
+			t.Fatalf("revoking the group: %v, mode %v", err, mode())
+		}
+	}
+	if _, err := localCredential(path, "no-such-group-sc"); err == nil || !strings.Contains(err.Error(), "credential_group") {
+		t.Fatalf("unknown group: %v", err)
+	}
+	bad := filepath.Join(dir, "bad.nk")
+	if err := os.WriteFile(bad, []byte("hello\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := localCredential(bad, ""); err == nil || !strings.Contains(err.Error(), bad) {
+		t.Fatalf("not a seed: %v", err)
+	}
 }
 
 // subjectMatches reports whether filter (with * and >) matches subject.
@@ -563,7 +658,7 @@ func TestEmbeddedPortInUse(t *testing.T) {
 	s := startNATS(t) // holds a port
 	addr := strings.TrimPrefix(s.ClientURL(), "nats://")
 	w, err := New(context.Background(), Options{Host: "h1", Managers: []*manager.Manager{toyManager(newToy())}, Logger: testLogger(t),
-		Embedded: EmbeddedOptions{Listen: addr, DataDir: t.TempDir()}})
+		Embedded: EmbeddedOptions{Listen: addr, DataDir: t.TempDir(), Credential: filepath.Join(t.TempDir(), "client.nk")}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,7 +24,7 @@ import (
 func TestHarness(t *testing.T) {
 	clitest.Isolate(t)
 	url := clitest.StartNATS(t)
-	clitest.StartWorker(t, url, "h1", manager.New(process.New(process.Options{StateDir: t.TempDir(), Cgroups: "off"}),
+	clitest.StartWorker(t, url, "h1", manager.New(process.New(process.Options{StateDir: t.TempDir(), Cgroups: "off", DefaultUser: "root", AllowRoot: true}),
 		manager.Options{Host: "h1"}))
 	name := clitest.Unique("harness")
 	t.Cleanup(func() { clitest.Subbus(t, url, "process", "delete", name, "--force") })
@@ -66,7 +66,7 @@ func (r *recorder) failures() string {
 }
 
 func TestFleet(t *testing.T) {
-	f := clitest.StartFleet(t, "h1", time.Minute, manager.New(process.New(process.Options{StateDir: t.TempDir(), Cgroups: "off"}),
+	f := clitest.StartFleet(t, "h1", time.Minute, manager.New(process.New(process.Options{StateDir: t.TempDir(), Cgroups: "off", DefaultUser: "root", AllowRoot: true}),
 		manager.Options{Host: "h1"}))
 	name := clitest.Unique("fleet")
 	t.Cleanup(func() { f.Run("process", "delete", name, "--force") })

@@ -212,6 +212,37 @@ func (c *cgroups) addTree(id string, pid int) error {
 // those of the command: exec keeps both.
 const enterScript = `while [ "$1" != -- ]; do echo $$ > "$1" || { echo "subbus: cannot enter cgroup $1" >&2; exit 126; }; shift; done; shift; exec "$@"`
 
+// enter arranges for a process started with attr (its credential set)
+// and path/argv to start inside the instance's cgroups, and returns the
+// path and argv to start plus a cleanup to call once it started. A
+// process of the worker's own user (or root) goes through wrap. For
+// another user: on cgroup v2 the kernel places it at clone time
+// (CgroupFD: moving itself would need write access to the common
+// ancestor's cgroup.procs); on v1 each cgroup.procs is handed to that
+// user, so the wrap script can move itself.
+func (c *cgroups) enter(id string, attr *syscall.SysProcAttr, path string, argv []string) (string, []string, func(), error) {
+	cred := attr.Credential
+	if cred == nil || cred.Uid == 0 || int(cred.Uid) == os.Geteuid() {
+		path, argv = c.wrap(id, path, argv)
+		return path, argv, func() {}, nil
+	}
+	if c.v2 {
+		f, err := os.Open(c.dirs(id)[0])
+		if err != nil {
+			return "", nil, nil, drivers.Wrap(classifyOS(err), err, "opening cgroup")
+		}
+		attr.UseCgroupFD, attr.CgroupFD = true, int(f.Fd())
+		return path, argv, func() { f.Close() }, nil
+	}
+	for _, dir := range c.dirs(id) {
+		if err := os.Chown(filepath.Join(dir, "cgroup.procs"), int(cred.Uid), -1); err != nil {
+			return "", nil, nil, drivers.Wrap(classifyOS(err), err, "handing the cgroup to uid "+strconv.Itoa(int(cred.Uid)))
+		}
+	}
+	path, argv = c.wrap(id, path, argv)
+	return path, argv, func() {}, nil
+}
+
 // wrap returns the path and argv that start path/argv inside the
 // instance's cgroup. Without /bin/sh it returns them unchanged (the
 // caller moves the process right after it starts).

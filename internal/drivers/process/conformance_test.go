@@ -50,10 +50,13 @@ var _ driverstest.StubbornHarness = (*harness)(nil)
 // noEndpoint is the reason the Unreachable case does not apply.
 const noEndpoint = "the process driver has no daemon or endpoint to be unreachable"
 
-// testOptions are quick-polling options for tests.
+// testOptions are quick-polling options for tests. Processes run as the
+// test's user, root included (TestRootRule covers the default).
 func testOptions(dir string) Options {
 	return Options{
 		StateDir:         dir,
+		DefaultUser:      "root",
+		AllowRoot:        true,
 		PollInterval:     config.Duration(50 * time.Millisecond),
 		LogCheckInterval: config.Duration(100 * time.Millisecond),
 	}

@@ -58,11 +58,7 @@ func (d *Driver) Exec(ctx context.Context, name string, req drivers.ExecRequest,
 		return -1, err
 	}
 	args := req.Command
-	if limited {
-		path, args = d.cg.wrap(id, path, args)
-	}
 	cmd := exec.Command(path)
-	cmd.Args = args
 	cmd.Env = env
 	cmd.Dir = dir
 	cmd.Stdout = stdout
@@ -76,13 +72,21 @@ func (d *Driver) Exec(ctx context.Context, name string, req drivers.ExecRequest,
 	if req.User != "" {
 		user = req.User
 	}
-	if user != "" {
-		cred, err := credentialOf(user)
+	cred, err := d.runAs(user)
+	if err != nil {
+		return -1, err
+	}
+	cmd.SysProcAttr.Credential = cred
+	if limited {
+		var done func()
+		path, args, done, err = d.cg.enter(id, cmd.SysProcAttr, path, args)
 		if err != nil {
 			return -1, err
 		}
-		cmd.SysProcAttr.Credential = cred
+		defer done()
+		cmd.Path = path
 	}
+	cmd.Args = args
 	if err := cmd.Start(); err != nil {
 		return -1, startErr(req.Command[0], err)
 	}

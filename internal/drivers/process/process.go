@@ -59,6 +59,15 @@ type Options struct {
 	CgroupParent string `yaml:"cgroup_parent"`
 	// CgroupRoot is where cgroup file systems are mounted (default /sys/fs/cgroup).
 	CgroupRoot string `yaml:"cgroup_root"`
+	// DefaultUser is the user (name or uid) instances and exec commands
+	// run as when the request names none. Default: "nobody" when the
+	// worker runs as root. A worker that is not root ignores it: it can
+	// only run processes as itself.
+	DefaultUser string `yaml:"default_user"`
+	// AllowRoot lets instances and exec commands run as root (uid 0),
+	// whether the request names root or DefaultUser is root. Default
+	// false: such requests are permission_denied. See docs/security.md.
+	AllowRoot bool `yaml:"allow_root"`
 }
 
 // DefaultStateDir is the default state directory for this user.
@@ -104,6 +113,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.CgroupRoot == "" {
 		o.CgroupRoot = "/sys/fs/cgroup"
+	}
+	if o.DefaultUser == "" && os.Geteuid() == 0 {
+		o.DefaultUser = "nobody"
 	}
 }
 
@@ -454,10 +466,8 @@ func (d *Driver) checkTemplate(t drivers.InstanceTemplate) error {
 			return drivers.Errorf(drivers.NotFound, "workdir: %q is not a directory", t.WorkDir)
 		}
 	}
-	if t.User != "" {
-		if _, err := credentialOf(t.User); err != nil {
-			return err
-		}
+	if _, err := d.runAs(t.User); err != nil {
+		return err
 	}
 	_, err := resolveExecutable(argv[0], envOf(t, nil), t.WorkDir)
 	return err

@@ -577,7 +577,7 @@ func TestCreateErrors(t *testing.T) {
 }
 
 func TestErrorCode(t *testing.T) {
-	d := New(Options{StateDir: t.TempDir()})
+	d := New(Options{StateDir: t.TempDir(), DefaultUser: "root", AllowRoot: true})
 	cases := []struct {
 		err  error
 		want drivers.Code

@@ -59,6 +59,31 @@ func workDirOf(t drivers.InstanceTemplate) string {
 	return "/"
 }
 
+// runAs returns the credential a process of a request naming user runs
+// with: user, else DefaultUser; nil means the worker's own (a worker that
+// is not root, and the request names no user). Root (uid 0) is
+// permission_denied unless AllowRoot.
+func (d *Driver) runAs(name string) (*syscall.Credential, error) {
+	if name == "" {
+		if os.Geteuid() != 0 {
+			return nil, nil
+		}
+		name = d.opts.DefaultUser
+		if name == "" {
+			name = "0"
+		}
+	}
+	cred, err := credentialOf(name)
+	if err != nil {
+		return nil, err
+	}
+	if cred.Uid == 0 && !d.opts.AllowRoot {
+		return nil, drivers.Errorf(drivers.PermissionDenied,
+			"user: running as root (%q) is not allowed on this worker (process.allow_root is false): run as another user (--run-as)", name)
+	}
+	return cred, nil
+}
+
 // credentialOf resolves a user name or numeric uid.
 func credentialOf(name string) (*syscall.Credential, error) {
 	u, err := user.Lookup(name)
@@ -123,19 +148,22 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 	}
 	defer devnull.Close()
 	attr := &syscall.SysProcAttr{Setsid: true}
-	if t.User != "" {
-		cred, err := credentialOf(t.User)
-		if err != nil {
-			return false, err
-		}
-		attr.Credential = cred
+	cred, err := d.runAs(t.User)
+	if err != nil {
+		return false, err
 	}
+	attr.Credential = cred
 	limited := d.cg != nil && !r.Limits.IsZero()
 	if limited {
 		if err := d.cg.apply(r.ID, r.Limits); err != nil {
 			return false, err
 		}
-		path, argv = d.cg.wrap(r.ID, path, argv)
+		var done func()
+		path, argv, done, err = d.cg.enter(r.ID, attr, path, argv)
+		if err != nil {
+			return false, err
+		}
+		defer done()
 	}
 	// The process gets the files directly (no pipes through the worker),
 	// so its output is captured while no worker runs.

@@ -86,11 +86,11 @@ func (h brokenHarness) StubbornTemplate(name string) drivers.InstanceTemplate {
 }
 
 func (h brokenHarness) Unreachable(ctx context.Context) (drivers.Driver, error) {
-	return deadEndpoint{process.New(process.Options{StateDir: h.dir})}, nil
+	return deadEndpoint{process.New(process.Options{StateDir: h.dir, DefaultUser: "root", AllowRoot: true})}, nil
 }
 
 func (h brokenHarness) MakeDriver(ctx context.Context) (drivers.Driver, error) {
-	return broken{process.New(process.Options{StateDir: h.dir, PollInterval: config.Duration(50 * time.Millisecond)})}, nil
+	return broken{process.New(process.Options{StateDir: h.dir, DefaultUser: "root", AllowRoot: true, PollInterval: config.Duration(50 * time.Millisecond)})}, nil
 }
 
 func (h brokenHarness) Template(name string) drivers.InstanceTemplate {
