@@ -222,3 +222,77 @@ func TestSecondSignalForcesExit(t *testing.T) {
 		t.Fatalf("second signal did not force exit\n%s", logs.String())
 	}
 }
+
+// TestLocalAuthAndRootRule is the issue's scenario: a worker run by root
+// with the embedded server. User nobody running subbus is refused with
+// the "ask an administrator" message (exit 7); root with the credential
+// creates and starts `/usr/bin/id`, which runs as nobody
+// (process.default_user), and asking for root is permission_denied.
+func TestLocalAuthAndRootRule(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the scenario needs root (a root worker, subbus run as nobody)")
+	}
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("setpriv (util-linux) not installed")
+	}
+	r := startBinary(t, "authtest", "")
+	binDir, err := os.MkdirTemp("", "security-bin-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(binDir) })
+	if err := os.Chmod(binDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	subbus := filepath.Join(binDir, "subbus")
+	if out, err := exec.Command("go", "build", "-o", subbus, "../subbus").CombinedOutput(); err != nil {
+		t.Fatalf("go build subbus: %v\n%s", err, out)
+	}
+	url := r.nc.ConnectedUrl()
+	run := func(asNobody bool, args ...string) (int, string) {
+		var cmd *exec.Cmd
+		if asNobody {
+			cmd = exec.Command(setpriv, append([]string{"--reuid", "nobody", "--regid", "nogroup", "--clear-groups", "--",
+				subbus, "--server", url}, args...)...)
+		} else {
+			cmd = exec.Command(subbus, append([]string{"--server", url, "--nkey", r.cred}, args...)...)
+		}
+		cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/nonexistent", "XDG_CONFIG_HOME=/nonexistent"}
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatalf("%v: %v", args, err)
+		}
+		return cmd.ProcessState.ExitCode(), string(out)
+	}
+	name := fmt.Sprintf("id-%d", time.Now().UnixNano())
+	for _, args := range [][]string{
+		{"process", "create", name, "--image", "/usr/bin/id"},
+		{"process", "list"},
+		{"workers"},
+	} {
+		code, out := run(true, args...)
+		if code != 7 || !strings.Contains(out, "not authorized - ask an administrator for access to /var/lib/subbus/client.nk or use --creds") {
+			t.Fatalf("nobody: subbus %v exited %d:\n%s", args, code, out)
+		}
+	}
+	if code, out := run(false, "process", "create", name, "--image", "/usr/bin/id"); code != 0 {
+		t.Fatalf("root create: exit %d\n%s", code, out)
+	}
+	t.Cleanup(func() { run(false, "process", "delete", name, "--force") })
+	if code, out := run(false, "process", "start", name); code != 0 {
+		t.Fatalf("root start: exit %d\n%s", code, out)
+	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		_, out := run(false, "process", "logs", name)
+		if !strings.Contains(out, "uid=65534(nobody)") {
+			return fmt.Errorf("logs: %s", out)
+		}
+		return nil
+	})
+	code, out := run(false, "process", "create", name+"-root", "--image", "/usr/bin/id", "--run-as", "root")
+	if code != 7 || !strings.Contains(out, "allow_root") {
+		t.Fatalf("create --run-as root: exit %d, want 7 (permission_denied)\n%s", code, out)
+	}
+}
