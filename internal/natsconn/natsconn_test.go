@@ -2,6 +2,7 @@ package natsconn
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"os"
 	"path/filepath"
@@ -212,4 +213,83 @@ func TestConnectNKey(t *testing.T) {
 		t.Fatalf("nkey from a context: %v", err)
 	}
 	nc.Close()
+}
+
+// TestLocalCredentialDiscovery: with no credential given, a loopback
+// server is offered the local credential (root's worker's for root, the
+// user's own worker's first otherwise); a remote one never is; an
+// explicit credential wins; and a refusal names the file to ask for.
+func TestLocalCredentialDiscovery(t *testing.T) {
+	isolate(t)
+	dir := t.TempDir()
+	t.Setenv("XDG_STATE_HOME", dir)
+	old := SystemCredential
+	SystemCredential = filepath.Join(dir, "system", "client.nk")
+	t.Cleanup(func() { SystemCredential = old })
+	own := LocalCredential()
+	if os.Geteuid() == 0 && own != SystemCredential {
+		t.Fatalf("root's local credential is %s, want %s", own, SystemCredential)
+	}
+	if os.Geteuid() != 0 && own != filepath.Join(dir, "subbus", "client.nk") {
+		t.Fatalf("local credential %s", own)
+	}
+	kp, _ := nkeys.CreateUser()
+	seed, _ := kp.Seed()
+	pub, _ := kp.PublicKey()
+	s := startServer(t, func(o *server.Options) { o.Nkeys = []*server.NkeyUser{{Nkey: pub}} })
+	url := s.ClientURL()
+
+	// Nothing there yet: refused, naming root's file.
+	_, err := Options{URL: url}.Connect("t")
+	var na *NotAuthorizedError
+	if !errors.As(err, &na) || na.Path != SystemCredential ||
+		err.Error() != "not authorized - ask an administrator for access to "+SystemCredential+" or use --creds" {
+		t.Fatalf("no credential: %v", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(own), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(own, append(seed, '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := Options{URL: url}.Connect("t")
+	if err != nil {
+		t.Fatalf("with the local credential: %v", err)
+	}
+	nc.Close()
+
+	tests := []struct {
+		name    string
+		o       Options
+		wantKey string
+	}{
+		{"loopback IP", Options{URL: "nats://127.0.0.1:4333"}, own},
+		{"localhost list", Options{URL: "nats://localhost:1,nats://[::1]:2"}, own},
+		{"remote host", Options{URL: "nats://nats.example:4222"}, ""},
+		{"explicit creds", Options{URL: "nats://127.0.0.1:1", Creds: "/x.creds"}, ""},
+		{"explicit user", Options{URL: "nats://127.0.0.1:1", User: "u"}, ""},
+		{"explicit nkey", Options{URL: "nats://127.0.0.1:1", NKey: "/mine.nk"}, "/mine.nk"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := tt.o.Resolve()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.NKey != tt.wantKey {
+				t.Fatalf("nkey %q, want %q", r.NKey, tt.wantKey)
+			}
+		})
+	}
+	// An explicit, wrong credential: refused without pointing at the file.
+	other, _ := nkeys.CreateUser()
+	oseed, _ := other.Seed()
+	bad := filepath.Join(dir, "other.nk")
+	if err := os.WriteFile(bad, oseed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Options{URL: url, NKey: bad}.Connect("t")
+	if !errors.As(err, &na) || na.Path != "" {
+		t.Fatalf("wrong explicit nkey: %v", err)
+	}
 }
