@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -13,7 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 
 	"github.com/subbus/subbus/internal/testenv"
 )
@@ -294,5 +298,61 @@ func TestLocalAuthAndRootRule(t *testing.T) {
 	code, out := run(false, "process", "create", name+"-root", "--image", "/usr/bin/id", "--run-as", "root")
 	if code != 7 || !strings.Contains(out, "allow_root") {
 		t.Fatalf("create --run-as root: exit %d, want 7 (permission_denied)\n%s", code, out)
+	}
+}
+
+// TestCreateStreams: `worker --create-streams` (the administrator's step
+// for workers with manage_streams: false) connects with the nats section's
+// url, nkey and inbox_prefix, creates both streams and exits 0; without a
+// server to connect to it is a usage error.
+func TestCreateStreams(t *testing.T) {
+	bin := buildWorker(t)
+	kp, _ := nkeys.CreateUser()
+	seed, _ := kp.Seed()
+	pub, _ := kp.PublicKey()
+	seedFile := filepath.Join(t.TempDir(), "admin.nk")
+	if err := os.WriteFile(seedFile, seed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true,
+		Nkeys: []*server.NkeyUser{{Nkey: pub, Permissions: &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: []string{"$JS.API.>"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX_admin.>"}}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+
+	cfg := writeConfig(t, fmt.Sprintf("nats:\n  url: %s\n  nkey: %s\n  inbox_prefix: _INBOX_admin\nworker:\n  events_max_age: 48h\n", s.ClientURL(), seedFile))
+	cmd := exec.Command(bin, "--create-streams", "--config", cfg, "--log-format", "json")
+	cmd.Env = isolatedEnv(t)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("--create-streams: %v\n%s", err, out)
+	}
+	nc, err := nats.Connect(s.ClientURL(), nats.Nkey(pub, kp.Sign), nats.CustomInboxPrefix("_INBOX_admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	for _, name := range []string{"SUBSTRATE_EVENTS", "SUBSTRATE_METRICS"} {
+		st, err := js.Stream(context.Background(), name)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if name == "SUBSTRATE_EVENTS" && st.CachedInfo().Config.MaxAge != 48*time.Hour {
+			t.Fatalf("events max age %v, want the configured 48h", st.CachedInfo().Config.MaxAge)
+		}
+	}
+	cmd = exec.Command(bin, "--create-streams", "--log-format", "json", "--no-context")
+	cmd.Env = isolatedEnv(t)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "needs a NATS server") {
+		t.Fatalf("--create-streams without a server: %v\n%s", err, out)
 	}
 }

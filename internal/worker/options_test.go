@@ -34,6 +34,28 @@ func TestOptionsFromConfig(t *testing.T) {
 		{name: "bad host", yaml: "worker:\n  host: a.b\n", wantErr: "host"},
 		{name: "unknown section", yaml: "dokcer:\n  host: x\n", wantErr: "dokcer"},
 		{name: "section of a driver being written", yaml: "proxmox:\n  anything: 1\n", check: func(t *testing.T, o Options) {}},
+		{name: "pooled drivers absent: all pooled", yaml: "", check: func(t *testing.T, o Options) {
+			if o.RestrictPooled {
+				t.Fatal("restricted without worker.pooled_drivers")
+			}
+		}},
+		{name: "pooled drivers empty: none pooled", yaml: "worker:\n  pooled_drivers: []\n", check: func(t *testing.T, o Options) {
+			if !o.RestrictPooled || len(o.PooledDrivers) != 0 {
+				t.Fatalf("options: %+v", o)
+			}
+		}},
+		{name: "pooled drivers listed", yaml: "worker:\n  pooled_drivers: [proxmox]\n", check: func(t *testing.T, o Options) {
+			if !o.RestrictPooled || len(o.PooledDrivers) != 1 || o.PooledDrivers[0] != "proxmox" {
+				t.Fatalf("options: %+v", o)
+			}
+		}},
+		{name: "bad pooled driver", yaml: "worker:\n  pooled_drivers: [events]\n", wantErr: "worker.pooled_drivers"},
+		{name: "credential keys", yaml: "nats:\n  credential: /x/c.nk\n  credential_group: subbus\n  inbox_prefix: _INBOX_w\n  nkey: /k.nk\n  creds: /c.creds\n  tls_ca: /ca.pem\n  tls_cert: /c.pem\n  tls_key: /k.pem\n",
+			check: func(t *testing.T, o Options) {
+				if o.Embedded.Credential != "/x/c.nk" || o.Embedded.CredentialGroup != "subbus" {
+					t.Fatalf("options: %+v", o.Embedded)
+				}
+			}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
