@@ -428,6 +428,15 @@ func (o Options) Connect(name string, extra ...nats.Option) (*nats.Conn, error) 
 		return nil, err
 	}
 	nc, err := nats.Connect(r.URL, append(opts, extra...)...)
+	if errors.Is(err, nats.ErrNkeysNotSupported) && r.localCred {
+		// A local server that asks for no authentication: the discovered
+		// credential is not for it.
+		r.NKey, r.localCred = "", false
+		if opts, err = r.NATSOptions(name); err != nil {
+			return nil, err
+		}
+		nc, err = nats.Connect(r.URL, append(opts, extra...)...)
+	}
 	if errors.Is(err, nats.ErrAuthorization) {
 		return nil, r.notAuthorized(err)
 	}

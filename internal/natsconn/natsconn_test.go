@@ -257,6 +257,13 @@ func TestLocalCredentialDiscovery(t *testing.T) {
 		t.Fatalf("with the local credential: %v", err)
 	}
 	nc.Close()
+	// A local server without authentication still works with the file there.
+	noAuth := startServer(t, nil)
+	nc, err = Options{URL: noAuth.ClientURL()}.Connect("t")
+	if err != nil {
+		t.Fatalf("a server without authentication: %v", err)
+	}
+	nc.Close()
 
 	tests := []struct {
 		name    string
