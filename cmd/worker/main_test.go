@@ -8,7 +8,9 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -354,5 +356,84 @@ func TestCreateStreams(t *testing.T) {
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "needs a NATS server") {
 		t.Fatalf("--create-streams without a server: %v\n%s", err, out)
+	}
+}
+
+// TestNonRootWorker: a worker run by an ordinary user (nobody) keeps its
+// credential in that user's state directory, mode 0600; subbus run by the
+// same user finds it without flags, and another user (daemon) is refused.
+func TestNonRootWorker(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run the worker as nobody")
+	}
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("setpriv (util-linux) not installed")
+	}
+	nobody, err1 := user.Lookup("nobody")
+	_, err2 := user.Lookup("daemon")
+	if err1 != nil || err2 != nil {
+		t.Skip("users nobody and daemon are needed")
+	}
+	uid, _ := strconv.Atoi(nobody.Uid)
+	home, err := os.MkdirTemp("", "security-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(home) })
+	if err := os.Chmod(home, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []string{"worker", "subbus"} {
+		if out, err := exec.Command("go", "build", "-o", filepath.Join(home, b), "../"+b).CombinedOutput(); err != nil {
+			t.Fatalf("go build %s: %v\n%s", b, err, out)
+		}
+	}
+	port := freePort(t)
+	cfg := filepath.Join(home, "config.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("nats:\n  listen: 127.0.0.1:%d\nprocess:\n  cgroups: \"off\"\n", port)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := filepath.Walk(home, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Chown(p, uid, -1)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	as := func(who string, args ...string) *exec.Cmd {
+		cmd := exec.Command(setpriv, append([]string{"--reuid", who, "--regid", "nogroup", "--clear-groups", "--"}, args...)...)
+		cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=" + home, "XDG_CONFIG_HOME=" + filepath.Join(home, "config")}
+		return cmd
+	}
+	w := as("nobody", filepath.Join(home, "worker"), "--config", cfg, "--host", "nobodyhost", "--drivers", "process", "--log-format", "json")
+	var logs bytes.Buffer
+	w.Stderr = &logs
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Process.Kill(); _ = w.Wait() })
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	cred := filepath.Join(home, ".local", "state", "subbus", "client.nk")
+	testenv.Eventually(t, 30*time.Second, func() error {
+		out, err := as("nobody", filepath.Join(home, "subbus"), "--server", url, "process", "list").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("subbus as nobody: %v: %s\n%s", err, out, logs.String())
+		}
+		return nil
+	})
+	st, err := os.Stat(cred)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 || st.Sys().(*syscall.Stat_t).Uid != uint32(uid) {
+		t.Fatalf("credential %s: mode %v, owner %d", cred, st.Mode().Perm(), st.Sys().(*syscall.Stat_t).Uid)
+	}
+	// Another user, with the same environment, cannot read it.
+	out, err := as("daemon", filepath.Join(home, "subbus"), "--server", url, "process", "list").CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 7 || !strings.Contains(string(out), "not authorized - ask an administrator for access to "+cred) {
+		t.Fatalf("subbus as daemon: %v\n%s", err, out)
 	}
 }
