@@ -62,10 +62,18 @@ const (
 	OpsToken = "ops"
 )
 
-// ReadOnlyOps are the ops a reader may send. logs is not among them:
-// output can carry secrets.
-var ReadOnlyOps = []messages.Op{messages.OpList, messages.OpGet, messages.OpMetrics, messages.OpHealth,
-	messages.OpCapabilities, messages.OpLimitsGet, messages.OpSnapshotList, messages.OpNetworkList}
+// ReadOnlyOps are the ops a reader may send: every op that changes
+// nothing (messages.Op.Mutating), except logs, whose output can carry
+// secrets.
+func ReadOnlyOps() []messages.Op {
+	var out []messages.Op
+	for _, op := range messages.Ops() {
+		if !op.Mutating() && op != messages.OpLogs {
+			out = append(out, op)
+		}
+	}
+	return out
+}
 
 // Identity is one NATS user.
 type Identity struct {
@@ -305,7 +313,7 @@ func requestSubjects(id Identity) []string {
 	ops := []string{"*"}
 	if id.Role == RoleReader {
 		ops = nil
-		for _, op := range ReadOnlyOps {
+		for _, op := range ReadOnlyOps() {
 			ops = append(ops, string(op))
 		}
 	}
