@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,16 +25,53 @@ import (
 	"github.com/subbus/subbus/internal/testenv"
 )
 
-// buildWorker builds the worker binary once per test.
-func buildWorker(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "worker")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+// binDir holds the binaries the tests build, once per run; it is
+// world-readable so tests can run them as other users.
+var (
+	binDir  string
+	binMu   sync.Mutex
+	binOnce = map[string]string{}
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "security-bin-")
+	if err == nil {
+		err = os.Chmod(dir, 0o755)
 	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// buildBin builds the command in pkg ("." for the worker, "../subbus")
+// once per test run and returns its path.
+func buildBin(t *testing.T, pkg string) string {
+	t.Helper()
+	binMu.Lock()
+	defer binMu.Unlock()
+	if p, ok := binOnce[pkg]; ok {
+		return p
+	}
+	name := filepath.Base(pkg)
+	if pkg == "." {
+		name = "worker"
+	}
+	bin := filepath.Join(binDir, name)
+	out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+	}
+	binOnce[pkg] = bin
 	return bin
 }
+
+// buildWorker builds the worker binary (once per test run).
+func buildWorker(t *testing.T) string { return buildBin(t, ".") }
 
 func writeConfig(t *testing.T, body string) string {
 	t.Helper()
@@ -243,18 +281,7 @@ func TestLocalAuthAndRootRule(t *testing.T) {
 		t.Skip("setpriv (util-linux) not installed")
 	}
 	r := startBinary(t, "authtest", "")
-	binDir, err := os.MkdirTemp("", "security-bin-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(binDir) })
-	if err := os.Chmod(binDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	subbus := filepath.Join(binDir, "subbus")
-	if out, err := exec.Command("go", "build", "-o", subbus, "../subbus").CombinedOutput(); err != nil {
-		t.Fatalf("go build subbus: %v\n%s", err, out)
-	}
+	subbus := buildBin(t, "../subbus")
 	url := r.nc.ConnectedUrl()
 	run := func(asNobody bool, args ...string) (int, string) {
 		var cmd *exec.Cmd
@@ -384,11 +411,7 @@ func TestNonRootWorker(t *testing.T) {
 	if err := os.Chmod(home, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, b := range []string{"worker", "subbus"} {
-		if out, err := exec.Command("go", "build", "-o", filepath.Join(home, b), "../"+b).CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s", b, err, out)
-		}
-	}
+	workerBin, subbusBin := buildWorker(t), buildBin(t, "../subbus")
 	port := freePort(t)
 	cfg := filepath.Join(home, "config.yaml")
 	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("nats:\n  listen: 127.0.0.1:%d\nprocess:\n  cgroups: \"off\"\n", port)), 0o644); err != nil {
@@ -407,7 +430,7 @@ func TestNonRootWorker(t *testing.T) {
 		cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=" + home, "XDG_CONFIG_HOME=" + filepath.Join(home, "config")}
 		return cmd
 	}
-	w := as("nobody", filepath.Join(home, "worker"), "--config", cfg, "--host", "nobodyhost", "--drivers", "process", "--log-format", "json")
+	w := as("nobody", workerBin, "--config", cfg, "--host", "nobodyhost", "--drivers", "process", "--log-format", "json")
 	var logs bytes.Buffer
 	w.Stderr = &logs
 	if err := w.Start(); err != nil {
@@ -417,7 +440,7 @@ func TestNonRootWorker(t *testing.T) {
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 	cred := filepath.Join(home, ".local", "state", "subbus", "client.nk")
 	testenv.Eventually(t, 30*time.Second, func() error {
-		out, err := as("nobody", filepath.Join(home, "subbus"), "--server", url, "process", "list").CombinedOutput()
+		out, err := as("nobody", subbusBin, "--server", url, "process", "list").CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("subbus as nobody: %v: %s\n%s", err, out, logs.String())
 		}
@@ -431,7 +454,7 @@ func TestNonRootWorker(t *testing.T) {
 		t.Fatalf("credential %s: mode %v, owner %d", cred, st.Mode().Perm(), st.Sys().(*syscall.Stat_t).Uid)
 	}
 	// Another user, with the same environment, cannot read it.
-	out, err := as("daemon", filepath.Join(home, "subbus"), "--server", url, "process", "list").CombinedOutput()
+	out, err := as("daemon", subbusBin, "--server", url, "process", "list").CombinedOutput()
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 7 || !strings.Contains(string(out), "not authorized - ask an administrator for access to "+cred) {
 		t.Fatalf("subbus as daemon: %v\n%s", err, out)
