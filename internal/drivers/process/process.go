@@ -19,6 +19,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -61,7 +62,7 @@ type Options struct {
 	CgroupRoot string `yaml:"cgroup_root"`
 	// DefaultUser is the user (name or uid) instances and exec commands
 	// run as when the request names none. Default: "nobody" when the
-	// worker runs as root. A worker that is not root ignores it: it can
+	// worker runs as root (uid 65534 where no such user exists). A worker that is not root ignores it: it can
 	// only run processes as itself.
 	DefaultUser string `yaml:"default_user"`
 	// AllowRoot lets instances and exec commands run as root (uid 0),
@@ -116,6 +117,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.DefaultUser == "" && os.Geteuid() == 0 {
 		o.DefaultUser = "nobody"
+		if _, err := user.Lookup("nobody"); err != nil {
+			o.DefaultUser = "65534" // no passwd entry (e.g. a scratch image): nobody's usual uid
+		}
 	}
 }
 

@@ -39,6 +39,7 @@ func TestRootRule(t *testing.T) {
 	}{
 		{name: "default runs as nobody", as: "", wantUID: nobody.Uid, wantExec: nobody.Uid},
 		{name: "root by name refused", as: "root"},
+		{name: "a uid without passwd entry", as: "54321", wantUID: "54321", wantExec: "54321"},
 		{name: "root by uid refused", as: "0"},
 		{name: "exec as root refused", as: "", execAs: "root", wantUID: nobody.Uid},
 		{name: "exec as uid 0 refused", as: "", execAs: "0", wantUID: nobody.Uid},

@@ -91,6 +91,13 @@ func credentialOf(name string) (*syscall.Credential, error) {
 		u, err = user.LookupId(name)
 	}
 	if err != nil {
+		// A numeric uid without a passwd entry (a minimal image) runs
+		// with the group of the same number.
+		if n, perr := strconv.ParseUint(name, 10, 32); perr == nil {
+			u, err = &user.User{Uid: name, Gid: strconv.FormatUint(n, 10)}, nil
+		}
+	}
+	if err != nil {
 		return nil, drivers.Errorf(drivers.NotFound, "user: %q not found", name)
 	}
 	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
