@@ -31,7 +31,7 @@ type adminOpts struct {
 
 // cmdAdmin runs `subbus admin creds`: it generates the fleet's identities
 // and permissions (internal/natsauth) into --out. See docs/security.md.
-func cmdAdmin(e *env, c *call) error {
+func cmdAdmin(e *env, c *invocation) error {
 	a := c.o.admin
 	if len(c.args) == 1 && c.args[0] == "certs" {
 		return adminCerts(e, a)

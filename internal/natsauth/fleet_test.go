@@ -339,7 +339,7 @@ func TestShippedConfiguration(t *testing.T) {
 		var out strings.Builder
 		var final bool
 		err := ops.Stream(tctx(t, 20*time.Second), "process", "h1", messages.OpExec,
-			messages.ExecRequest{Name: inst, ExecRequest: drivers.ExecRequest{Command: []string{"/bin/sh", "-c", "for i in 1 2 3; do echo line $i; done"}}, Stream: true},
+			messages.ExecRequest{Name: inst, Command: []string{"/bin/sh", "-c", "for i in 1 2 3; do echo line $i; done"}, Stream: true},
 			func(ch messages.Chunk) error {
 				out.Write(ch.Data)
 				final = final || ch.Final

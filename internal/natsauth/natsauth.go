@@ -22,6 +22,7 @@ import (
 
 	"github.com/nats-io/nkeys"
 
+	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/messages"
 )
 
@@ -203,9 +204,10 @@ func (f Fleet) Identities() ([]Identity, error) {
 	return ids, nil
 }
 
-// validToken: a driver name (not one of the reserved trees).
+// validToken: a driver name (drivers.ValidDriverName), and not the
+// progress tree either.
 func validToken(s string) bool {
-	return messages.ValidToken(s) && s != messages.EventsToken && s != messages.MetricsToken && s != OpsToken
+	return drivers.ValidDriverName(s) == nil && s != OpsToken
 }
 
 // Permissions are one user's permissions, as nats-server reads them.

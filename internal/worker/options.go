@@ -292,7 +292,7 @@ func (o Options) validate() error {
 		}
 	}
 	for _, d := range o.PooledDrivers {
-		if !messages.ValidToken(d) || d == messages.EventsToken || d == messages.MetricsToken {
+		if drivers.ValidDriverName(d) != nil {
 			return &config.Error{Key: "worker.pooled_drivers", Msg: fmt.Sprintf("%q is not a driver name", d)}
 		}
 	}
