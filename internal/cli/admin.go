@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/subbus/subbus/internal/natsauth"
+	"github.com/subbus/subbus/internal/cli/natsauth"
 	"github.com/subbus/subbus/internal/natsconn"
 )
 
@@ -30,7 +30,7 @@ type adminOpts struct {
 }
 
 // cmdAdmin runs `subbus admin creds`: it generates the fleet's identities
-// and permissions (internal/natsauth) into --out. See docs/security.md.
+// and permissions (internal/cli/natsauth) into --out. See docs/security.md.
 func cmdAdmin(e *env, c *invocation) error {
 	a := c.o.admin
 	if len(c.args) == 1 && c.args[0] == "certs" {

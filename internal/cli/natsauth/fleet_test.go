@@ -22,7 +22,7 @@ import (
 	"github.com/subbus/subbus/internal/drivers/process"
 	"github.com/subbus/subbus/internal/manager"
 	"github.com/subbus/subbus/internal/messages"
-	"github.com/subbus/subbus/internal/natsauth"
+	"github.com/subbus/subbus/internal/cli/natsauth"
 	"github.com/subbus/subbus/internal/natsconn"
 	"github.com/subbus/subbus/internal/testenv"
 	"github.com/subbus/subbus/internal/worker"
@@ -32,7 +32,7 @@ import (
 func shipped(t *testing.T, name string) string {
 	t.Helper()
 	_, file, _, _ := runtime.Caller(0)
-	p, err := filepath.Abs(filepath.Join(filepath.Dir(file), "..", "..", "deployments", "nats", name))
+	p, err := filepath.Abs(filepath.Join(filepath.Dir(file), "..", "..", "..", "deployments", "nats", name))
 	if err != nil {
 		t.Fatal(err)
 	}
