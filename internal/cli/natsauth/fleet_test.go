@@ -17,12 +17,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/subbus/subbus/internal/cli/natsauth"
 	"github.com/subbus/subbus/internal/client"
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/drivers/process"
 	"github.com/subbus/subbus/internal/manager"
 	"github.com/subbus/subbus/internal/messages"
-	"github.com/subbus/subbus/internal/cli/natsauth"
 	"github.com/subbus/subbus/internal/natsconn"
 	"github.com/subbus/subbus/internal/testenv"
 	"github.com/subbus/subbus/internal/worker"
