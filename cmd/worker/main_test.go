@@ -431,8 +431,8 @@ func TestNonRootWorker(t *testing.T) {
 		return cmd
 	}
 	w := as("nobody", workerBin, "--config", cfg, "--host", "nobodyhost", "--drivers", "process", "--log-format", "json")
-	var logs bytes.Buffer
-	w.Stderr = &logs
+	logs := &lockedBuffer{}
+	w.Stderr = logs
 	if err := w.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -459,4 +459,22 @@ func TestNonRootWorker(t *testing.T) {
 	if !errors.As(err, &ee) || ee.ExitCode() != 7 || !strings.Contains(string(out), "not authorized - ask an administrator for access to "+cred) {
 		t.Fatalf("subbus as daemon: %v\n%s", err, out)
 	}
+}
+
+// lockedBuffer is a bytes.Buffer safe to read while a process writes it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
