@@ -51,8 +51,9 @@ VERSION      ?=
 STATIC        = CGO_ENABLED=0 $(GO) build -trimpath
 images:
 	rm -rf $(IMAGE_DIR)
-	mkdir -p $(IMAGE_DIR)/worker/tmp $(IMAGE_DIR)/nats-server
+	mkdir -p $(IMAGE_DIR)/worker/tmp $(IMAGE_DIR)/worker/etc $(IMAGE_DIR)/nats-server
 	chmod 1777 $(IMAGE_DIR)/worker/tmp
+	cp deployments/images/passwd deployments/images/group $(IMAGE_DIR)/worker/etc/
 	$(STATIC) -ldflags "-s -w $(if $(VERSION),-X main.version=$(VERSION))" -o $(IMAGE_DIR)/worker/worker ./cmd/worker
 	$(STATIC) -ldflags "-s -w $(if $(VERSION),-X github.com/subbus/subbus/internal/cli.Version=$(VERSION))" -o $(IMAGE_DIR)/worker/subbus ./cmd/subbus
 	$(STATIC) -ldflags "-s -w" -o $(IMAGE_DIR)/nats-server/nats-server github.com/nats-io/nats-server/v2

@@ -23,18 +23,19 @@ import (
 // repoRoot is the repository, relative to this package's directory.
 const repoRoot = ".."
 
-// run runs name with args in dir, bounded by ctx, and returns its combined
-// output.
+// run runs name with args in dir, bounded by ctx, and returns its
+// standard output; an error carries the standard error too.
 func run(ctx context.Context, dir string, env []string, name string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), env...)
 	cmd.WaitDelay = 5 * time.Second
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, out)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("%s %s: %w\n%s%s", name, strings.Join(args, " "), err, stdout.String(), stderr.String())
 	}
-	return string(out), nil
+	return stdout.String(), nil
 }
 
 // buildWorker builds the worker binary into a temporary directory.
@@ -80,8 +81,9 @@ func TestSystemdUnit(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	out, err := run(ctx, dir, nil, analyze, "verify", path)
-	if err != nil || strings.TrimSpace(out) != "" {
+	// verify reports problems on standard error and may still exit 0.
+	out, err := exec.CommandContext(ctx, analyze, "verify", path).CombinedOutput()
+	if err != nil || len(bytes.TrimSpace(out)) > 0 {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
 	// 7.8 today ("EXPOSED": the worker runs as root and its instances
@@ -97,9 +99,9 @@ func TestSystemdUnit(t *testing.T) {
 			args[i], _ = filepath.Abs("substrate_config.yaml")
 		}
 	}
-	out, err = run(ctx, dir, []string{"XDG_STATE_HOME=" + t.TempDir()}, worker, args...)
-	if err != nil || !strings.Contains(out, "configuration OK") {
-		t.Errorf("worker %s: %v\n%s", strings.Join(args, " "), err, out)
+	conf, err := run(ctx, dir, []string{"XDG_STATE_HOME=" + t.TempDir()}, worker, args...)
+	if err != nil || !strings.Contains(conf, "configuration OK") {
+		t.Errorf("worker %s: %v\n%s", strings.Join(args, " "), err, conf)
 	}
 }
 
@@ -131,16 +133,18 @@ func (c compose) run(ctx context.Context, args ...string) (string, error) {
 	return run(ctx, repoRoot, c.env, "docker-compose", append(base, args...)...)
 }
 
-// subbus runs the CLI inside service's container.
-func (c compose) subbus(ctx context.Context, service string, args ...string) (string, error) {
-	return c.run(ctx, append([]string{"exec", "-T", service, "subbus"}, args...)...)
+// subbus runs the CLI as the operator identity (the cli service).
+func (c compose) subbus(ctx context.Context, args ...string) (string, error) {
+	return c.run(ctx, append([]string{"run", "--rm", "-T", "cli"}, args...)...)
 }
 
-// TestCompose builds the offline images (make images), brings up the
-// shipped docker-compose.yml (three NATS nodes, two workers) on an
-// internal network, checks that `subbus workers` lists both workers, runs
-// a process-driver lifecycle on w1 from w2's container (so requests, replies
-// and events cross the cluster), and tears everything down.
+// TestCompose builds the offline images (make images), generates the
+// fleet's credentials and certificates (subbus admin), brings up the
+// shipped docker-compose.yml (three NATS nodes with the shipped permissions
+// and TLS, the admin's stream creation, two workers) on an internal
+// network, checks that `subbus workers` lists both workers and that a
+// client without a credential is refused, runs a process-driver lifecycle
+// on h1 as the operator, and tears everything down.
 func TestCompose(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds images and runs a cluster; not with -short")
@@ -156,15 +160,37 @@ func TestCompose(t *testing.T) {
 	const prefix, tag = "subbus-test", "dp"
 	buildCtx, cancelBuild := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancelBuild()
+	images := filepath.Join(t.TempDir(), "images")
 	if out, err := run(buildCtx, repoRoot, nil, "make", "images", "IMAGE_PREFIX="+prefix, "IMAGE_TAG="+tag,
-		"IMAGE_DIR="+filepath.Join(t.TempDir(), "images")); err != nil {
+		"IMAGE_DIR="+images); err != nil {
 		t.Fatalf("make images: %v\n%s", err, out)
+	}
+	// The secrets, as docs/deploy.md makes them, with the subbus just built.
+	secrets := filepath.Join(t.TempDir(), "secrets")
+	subbus := filepath.Join(images, "worker", "subbus")
+	for _, args := range [][]string{
+		{"admin", "creds", "--hosts", "h1,h2", "--env-keys", "--out", secrets},
+		{"admin", "certs", "--names", "n1,n2,n3,localhost", "--out", filepath.Join(secrets, "tls")},
+	} {
+		if out, err := run(buildCtx, ".", nil, subbus, args...); err != nil {
+			t.Fatal(err, out)
+		}
+	}
+	// The servers run the shipped accounts.conf: it must be what the
+	// generator makes for these hosts.
+	generated, err := os.ReadFile(filepath.Join(secrets, "accounts.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if shipped, err := os.ReadFile("nats/accounts.conf"); err != nil || !bytes.Equal(shipped, generated) {
+		t.Fatalf("deployments/nats/accounts.conf differs from `subbus admin creds --hosts h1,h2 --env-keys` (%v)", err)
 	}
 
 	c := compose{t: t, project: fmt.Sprintf("dp%d", time.Now().UnixNano()%1e9), env: []string{
 		"SUBBUS_WORKER_IMAGE=" + prefix + "/worker:" + tag,
 		"SUBBUS_NATS_IMAGE=" + prefix + "/nats-server:" + tag,
 		"SUBBUS_NATS_PORT=14722", // not published: the network is internal
+		"SUBBUS_SECRETS=" + secrets,
 	}}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -202,9 +228,9 @@ func TestCompose(t *testing.T) {
 		}
 	}
 	// Both workers are ready once the JetStream cluster has elected its
-	// leaders and their R3 streams exist.
+	// leaders and the admin has created the R3 streams.
 	poll(3*time.Minute, func() error {
-		out, err := c.subbus(ctx, "worker1", "workers", "--json")
+		out, err := c.subbus(ctx, "workers", "--json")
 		if err != nil {
 			return err
 		}
@@ -221,31 +247,38 @@ func TestCompose(t *testing.T) {
 				hosts[w.Host] = true
 			}
 		}
-		if !hosts["w1"] || !hosts["w2"] {
+		if !hosts["h1"] || !hosts["h2"] {
 			return fmt.Errorf("workers: %s", out)
 		}
 		return nil
 	})
 
-	// A lifecycle on w1, asked from w2's container. The instance is a
-	// second worker with its own embedded server: a long-running program
-	// that the scratch image has.
-	// on is `process OP NAME --host w1 ARGS…`.
-	on := func(op, name string, args ...string) []string {
-		return append([]string{"process", op, name, "--host", "w1"}, args...)
+	// Without a credential the servers refuse the connection.
+	if out, err := c.run(ctx, "run", "--rm", "-T", "-e", "NATS_NKEY=", "cli", "workers"); err == nil ||
+		!strings.Contains(strings.ToLower(err.Error()), "authorization") {
+		t.Fatalf("subbus without a credential: %v\n%s", err, out)
 	}
-	if _, err := c.subbus(ctx, "worker2", on("create", "inner", "--image", "/usr/local/bin/worker",
+
+	// A lifecycle on h1. The instance is a second worker with its own
+	// embedded server (run as nobody, process.default_user, so its state
+	// goes to /tmp): a long-running program that the scratch image has.
+	// on is `process OP NAME --host h1 ARGS…`.
+	on := func(op, name string, args ...string) []string {
+		return append([]string{"process", op, name, "--host", "h1"}, args...)
+	}
+	if _, err := c.subbus(ctx, on("create", "inner", "--image", "/usr/local/bin/worker",
 		"--env", "SUBBUS__NATS__LISTEN=127.0.0.1:-1", "--env", "SUBBUS__NATS__DATA_DIR=/tmp/inner/nats",
 		"--env", "SUBBUS__PROCESS__STATE_DIR=/tmp/inner/process", "--env", "SUBBUS__GLOBAL__ENABLE_METRICS=false",
+		"--env", "XDG_STATE_HOME=/tmp/inner/state",
 		"--", "--host", "inner", "--drivers", "process", "--log-format", "json")...); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.subbus(ctx, "worker2", on("start", "inner")...); err != nil {
+	if _, err := c.subbus(ctx, on("start", "inner")...); err != nil {
 		t.Fatal(err)
 	}
 	state := func(want string) func() error {
 		return func() error {
-			out, err := c.subbus(ctx, "worker2", on("get", "inner", "--json")...)
+			out, err := c.subbus(ctx, on("get", "inner", "--json")...)
 			if err != nil {
 				return err
 			}
@@ -260,7 +293,7 @@ func TestCompose(t *testing.T) {
 	}
 	poll(time.Minute, state("running"))
 	poll(time.Minute, func() error {
-		out, err := c.subbus(ctx, "worker2", on("logs", "inner", "--lines", "50")...)
+		out, err := c.subbus(ctx, on("logs", "inner", "--lines", "50")...)
 		if err != nil {
 			return err
 		}
@@ -269,28 +302,28 @@ func TestCompose(t *testing.T) {
 		}
 		return nil
 	})
-	if _, err := c.subbus(ctx, "worker2", on("stop", "inner")...); err != nil {
+	if _, err := c.subbus(ctx, on("stop", "inner")...); err != nil {
 		t.Fatal(err)
 	}
 	poll(time.Minute, state("stopped"))
-	if _, err := c.subbus(ctx, "worker2", on("delete", "inner")...); err != nil {
+	if _, err := c.subbus(ctx, on("delete", "inner")...); err != nil {
 		t.Fatal(err)
 	}
-	_, err = c.subbus(ctx, "worker2", on("get", "inner")...)
+	_, err = c.subbus(ctx, on("get", "inner")...)
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 4 {
 		t.Fatalf("get after delete: %v, want exit status 4 (not_found)", err)
 	}
 	// The events went through the outbox into the R3 stream.
 	poll(time.Minute, func() error {
-		out, err := c.subbus(ctx, "worker1", "events", "--host", "w1", "--instance", "inner")
+		out, err := c.subbus(ctx, "events", "--host", "h1", "--instance", "inner")
 		if err != nil {
 			return err
 		}
 		// Columns: TIME DRIVER HOST INSTANCE TYPE SOURCE DETAILS.
 		var types []string
 		for _, line := range strings.Split(out, "\n")[1:] {
-			if f := strings.Fields(line); len(f) >= 5 && f[2] == "w1" && f[3] == "inner" {
+			if f := strings.Fields(line); len(f) >= 5 && f[2] == "h1" && f[3] == "inner" {
 				types = append(types, f[4])
 			}
 		}

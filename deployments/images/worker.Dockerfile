@@ -7,8 +7,10 @@
 FROM scratch
 COPY worker subbus /usr/local/bin/
 COPY substrate_config.yaml /etc/subbus/substrate_config.yaml
-# /tmp (mode 1777) for the processes the process driver runs.
+# /tmp (mode 1777) for the processes the process driver runs, and the
+# users it runs them as (root, and nobody: process.default_user).
 COPY tmp /tmp
+COPY etc /etc
 ENV PATH=/usr/local/bin
 # Process driver state and logs; the embedded NATS store when no --server.
 VOLUME ["/var/lib/subbus"]
