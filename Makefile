@@ -51,13 +51,14 @@ VERSION      ?=
 STATIC        = CGO_ENABLED=0 $(GO) build -trimpath
 images:
 	rm -rf $(IMAGE_DIR)
-	mkdir -p $(IMAGE_DIR)/worker/tmp $(IMAGE_DIR)/worker/etc $(IMAGE_DIR)/nats-server
-	chmod 1777 $(IMAGE_DIR)/worker/tmp
-	cp deployments/images/passwd deployments/images/group $(IMAGE_DIR)/worker/etc/
-	$(STATIC) -ldflags "-s -w $(if $(VERSION),-X main.version=$(VERSION))" -o $(IMAGE_DIR)/worker/worker ./cmd/worker
-	$(STATIC) -ldflags "-s -w $(if $(VERSION),-X github.com/subbus/subbus/internal/cli.Version=$(VERSION))" -o $(IMAGE_DIR)/worker/subbus ./cmd/subbus
+	mkdir -p $(IMAGE_DIR)/worker/rootfs/usr/local/bin $(IMAGE_DIR)/worker/rootfs/etc/subbus \
+		$(IMAGE_DIR)/worker/rootfs/tmp $(IMAGE_DIR)/nats-server
+	chmod 1777 $(IMAGE_DIR)/worker/rootfs/tmp
+	cp deployments/images/passwd deployments/images/group $(IMAGE_DIR)/worker/rootfs/etc/
+	cp deployments/substrate_config.yaml $(IMAGE_DIR)/worker/rootfs/etc/subbus/
+	$(STATIC) -ldflags "-s -w $(if $(VERSION),-X main.version=$(VERSION))" -o $(IMAGE_DIR)/worker/rootfs/usr/local/bin/worker ./cmd/worker
+	$(STATIC) -ldflags "-s -w $(if $(VERSION),-X github.com/subbus/subbus/internal/cli.Version=$(VERSION))" -o $(IMAGE_DIR)/worker/rootfs/usr/local/bin/subbus ./cmd/subbus
 	$(STATIC) -ldflags "-s -w" -o $(IMAGE_DIR)/nats-server/nats-server github.com/nats-io/nats-server/v2
-	cp deployments/substrate_config.yaml $(IMAGE_DIR)/worker/
 	docker build -q -f deployments/images/worker.Dockerfile -t $(IMAGE_PREFIX)/worker:$(IMAGE_TAG) $(IMAGE_DIR)/worker
 	docker build -q -f deployments/images/nats-server.Dockerfile -t $(IMAGE_PREFIX)/nats-server:$(IMAGE_TAG) $(IMAGE_DIR)/nats-server
 

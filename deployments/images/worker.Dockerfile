@@ -5,12 +5,12 @@
 # scratch pulls no base image and no step downloads anything, so the image
 # builds offline. See docs/deploy.md.
 FROM scratch
-COPY worker subbus /usr/local/bin/
-COPY substrate_config.yaml /etc/subbus/substrate_config.yaml
-# /tmp (mode 1777) for the processes the process driver runs, and the
-# users it runs them as (root, and nobody: process.default_user).
-COPY tmp /tmp
-COPY etc /etc
+# bin/images/worker/rootfs, laid out by `make images`:
+#   /usr/local/bin/worker, /usr/local/bin/subbus   static binaries
+#   /etc/subbus/substrate_config.yaml              the sample configuration
+#   /etc/passwd, /etc/group                        root, and nobody (process.default_user)
+#   /tmp                                           mode 1777, for the instances
+COPY rootfs/ /
 ENV PATH=/usr/local/bin
 # Process driver state and logs; the embedded NATS store when no --server.
 VOLUME ["/var/lib/subbus"]
