@@ -87,8 +87,8 @@ func TestPrometheusEndpoint(t *testing.T) {
 	url := "http://" + w.PrometheusAddr().String() + "/metrics"
 	var body []byte
 	var fams map[string]*dto.MetricFamily
-	// The instance gauge follows the metrics loop and events are
-	// published asynchronously: wait for both.
+	// The instance gauge follows the metrics loop, and events and samples
+	// are published asynchronously: wait for all three.
 	testenv.Eventually(t, 20*time.Second, func() error {
 		var err error
 		if body, fams, err = scrape(url); err != nil {
@@ -99,6 +99,9 @@ func TestPrometheusEndpoint(t *testing.T) {
 		}
 		if v, _ := sample(fams, "subbus_events_published_total", nil); v < 2 {
 			return fmt.Errorf("subbus_events_published_total = %v, want ≥ 2 (created, started)", v)
+		}
+		if v, _ := sample(fams, "subbus_metrics_samples_published_total", nil); v < 1 {
+			return fmt.Errorf("subbus_metrics_samples_published_total = %v, want ≥ 1 (web is running)", v)
 		}
 		return nil
 	})
@@ -158,9 +161,6 @@ func TestPrometheusEndpoint(t *testing.T) {
 	}
 	if fams["go_goroutines"] == nil || fams["process_resident_memory_bytes"] == nil {
 		t.Error("the Go runtime and process collectors are not served")
-	}
-	if v, _ := sample(fams, "subbus_metrics_samples_published_total", nil); v < 1 {
-		t.Errorf("subbus_metrics_samples_published_total = %v, want ≥ 1 (web is running)", v)
 	}
 
 	// The histogram is the manager's: cumulative buckets in seconds.
