@@ -122,6 +122,9 @@ fi
 if command -v lxc >/dev/null && timeout 5 lxc list --format csv >/dev/null 2>&1; then
 	drivers+=(lxc); native[lxc]="lxc list --format csv"
 fi
+if command -v virsh >/dev/null && timeout 30 virsh -c qemu:///system list --all >/dev/null 2>&1; then
+	drivers+=(libvirt); native[libvirt]="virsh -c qemu:///system list --all"
+fi
 
 cat >"$TMP/config.yaml" <<EOF
 worker:
