@@ -93,7 +93,7 @@ func TestEndToEndProcess(t *testing.T) {
 	// create: --image is the executable, the words after -- its arguments.
 	r := subbus(t, url, "process", "create", name, "--image", "/bin/sh", "--label", "team=qa", "--env", "GREETING=hello",
 		"--json", "--", "-c", `echo "$GREETING from the instance"; echo warning >&2; exec sleep 300`).want(t, 0, "create")
-	inst := decode[drivers.Instance](t, r.stdout)
+	inst := decode[messages.Instance](t, r.stdout)
 	if inst.Name != name || inst.Metadata["team"] != "qa" || inst.Host != "h1" {
 		t.Fatalf("created %+v", inst)
 	}
@@ -115,7 +115,7 @@ func TestEndToEndProcess(t *testing.T) {
 	}
 	r = subbus(t, url, "process", "list", "--host", "h1", "--json").want(t, 0, "list --json")
 	found := false
-	for _, i := range decode[[]drivers.Instance](t, r.stdout) {
+	for _, i := range decode[[]messages.Instance](t, r.stdout) {
 		found = found || (i.Name == name && i.State == drivers.StateRunning)
 	}
 	if !found {
@@ -145,13 +145,13 @@ func TestEndToEndProcess(t *testing.T) {
 		return nil
 	})
 	r = subbus(t, url, "process", "logs", name, "--json").want(t, 0, "logs --json")
-	if lines := decode[[]drivers.LogLine](t, r.stdout); len(lines) == 0 {
+	if lines := decode[[]messages.LogLine](t, r.stdout); len(lines) == 0 {
 		t.Fatal("logs --json gave no lines")
 	}
 
 	// metrics
 	r = subbus(t, url, "process", "metrics", name, "--json").want(t, 0, "metrics")
-	if u := decode[drivers.ResourceUsage](t, r.stdout); !u.Measured.Has(drivers.MeasureMemory) || u.MemoryMB <= 0 {
+	if u := decode[messages.ResourceUsage](t, r.stdout); !u.Measured.Has(drivers.MeasureMemory) || u.MemoryMB <= 0 {
 		t.Fatalf("metrics: %+v", u)
 	}
 	r = subbus(t, url, "process", "metrics", name).want(t, 0, "metrics table")
@@ -251,7 +251,7 @@ func TestCreateFromTemplate(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := subbus(t, url, "process", "create", name, "-f", good, "--json").want(t, 0, "create -f")
-	if inst := decode[drivers.Instance](t, r.stdout); inst.Name != name || inst.Metadata["tier"] != "web" {
+	if inst := decode[messages.Instance](t, r.stdout); inst.Name != name || inst.Metadata["tier"] != "web" {
 		t.Fatalf("created from template: %+v", inst)
 	}
 	r = subbus(t, url, "process", "create", "-f", bad).want(t, ExitInvalidArgument, "unknown template key")
@@ -528,7 +528,7 @@ func TestStreamsWatchAndClone(t *testing.T) {
 		t.Fatalf("metrics --watch ended with %d: %s", code, merr.String())
 	}
 	for _, line := range strings.Split(strings.TrimSpace(mout.String()), "\n") {
-		decode[drivers.ResourceUsage](t, line)
+		decode[messages.ResourceUsage](t, line)
 	}
 
 	// Interrupting exec stops the command on the worker.
@@ -555,7 +555,7 @@ func TestStreamsWatchAndClone(t *testing.T) {
 	// clone
 	subbus(t, url, "process", "stop", name, "--force").want(t, 0, "stop")
 	r := subbus(t, url, "process", "clone", name, clone, "--json").want(t, 0, "clone")
-	if inst := decode[drivers.Instance](t, r.stdout); inst.Name != clone || inst.Image != "/bin/sh" {
+	if inst := decode[messages.Instance](t, r.stdout); inst.Name != clone || inst.Image != "/bin/sh" {
 		t.Fatalf("clone: %+v", inst)
 	}
 	subbus(t, url, "process", "clone", name, clone).want(t, ExitAlreadyExists, "clone onto an existing name")
@@ -599,7 +599,7 @@ func checkLimitsCLI(t *testing.T, url, name string, supported bool) {
 	}
 	subbus(t, url, set...).want(t, 0, "limits set")
 	r := subbus(t, url, "process", "limits", "get", name, "--json").want(t, 0, "limits get --json")
-	if l := decode[drivers.ResourceLimits](t, r.stdout); l.MemoryMB != 128 || l.PIDs != 100 {
+	if l := decode[messages.ResourceLimits](t, r.stdout); l.MemoryMB != 128 || l.PIDs != 100 {
 		t.Fatalf("limits get after set: %+v", l)
 	}
 	r = subbus(t, url, "process", "limits", "get", name).want(t, 0, "limits get")

@@ -99,8 +99,8 @@ type workerStatus struct {
 }
 
 type healthOrError struct {
-	*drivers.Health
-	Error *drivers.ErrorInfo `json:"error,omitempty"`
+	*messages.Health
+	Error *messages.ErrorInfo `json:"error,omitempty"`
 }
 
 func cmdWorkers(e *env, c *invocation) error {
@@ -125,12 +125,12 @@ func cmdWorkers(e *env, c *invocation) error {
 				defer wg.Done()
 				ctx, cancel := e.reqCtx(5 * time.Second)
 				defer cancel()
-				var h drivers.Health
+				var h messages.Health
 				err := cl.Do(ctx, d, w.Host, messages.OpHealth, nil, &h)
 				mu.Lock()
 				defer mu.Unlock()
 				if err != nil {
-					out[i].Health[d] = healthOrError{Error: drivers.InfoOf(err)}
+					out[i].Health[d] = healthOrError{Error: messages.InfoOf(err)}
 				} else {
 					out[i].Health[d] = healthOrError{Health: &h}
 				}
@@ -184,10 +184,10 @@ func cmdVersion(e *env, c *invocation) error {
 // ---- templates ----
 
 // readTemplate reads an instance template in YAML. Keys are the JSON names
-// of drivers.InstanceTemplate (name, base_image, command, resources.memory_mb…);
+// of messages.Template (name, base_image, command, resources.memory_mb…);
 // unknown keys, duplicate keys and wrong types are errors.
-func readTemplate(path string) (drivers.InstanceTemplate, error) {
-	var t drivers.InstanceTemplate
+func readTemplate(path string) (messages.Template, error) {
+	var t messages.Template
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return t, drivers.Wrap(drivers.InvalidArgument, err, "reading the template")
@@ -195,8 +195,8 @@ func readTemplate(path string) (drivers.InstanceTemplate, error) {
 	return parseTemplate(path, b)
 }
 
-func parseTemplate(path string, b []byte) (drivers.InstanceTemplate, error) {
-	var t drivers.InstanceTemplate
+func parseTemplate(path string, b []byte) (messages.Template, error) {
+	var t messages.Template
 	if len(b) > messages.MaxRequestBytes {
 		return t, drivers.Errorf(drivers.InvalidArgument, "template %s: larger than %d bytes", path, messages.MaxRequestBytes)
 	}

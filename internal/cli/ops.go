@@ -102,27 +102,27 @@ func age(t time.Time) string {
 
 // hostFailure is a host that did not answer a --all-hosts list.
 type hostFailure struct {
-	Host  string             `json:"host"`
-	Error *drivers.ErrorInfo `json:"error"`
+	Host  string              `json:"host"`
+	Error *messages.ErrorInfo `json:"error"`
 	err   error
 }
 
 // allHostsResult is the --json shape of list --all-hosts.
 type allHostsResult struct {
-	Instances []drivers.Instance `json:"instances"`
-	Failed    []hostFailure      `json:"failed"`
+	Instances []messages.Instance `json:"instances"`
+	Failed    []hostFailure       `json:"failed"`
 }
 
 func cmdList(e *env, c *invocation) error {
 	if c.o.allHosts {
 		return listAllHosts(e, c)
 	}
-	var list []drivers.Instance
+	var list []messages.Instance
 	if err := do(e, c, messages.OpList, nil, &list, quickWait); err != nil {
 		return err
 	}
 	if list == nil {
-		list = []drivers.Instance{}
+		list = []messages.Instance{}
 	}
 	if e.json {
 		return e.printJSON(list)
@@ -131,7 +131,7 @@ func cmdList(e *env, c *invocation) error {
 	return nil
 }
 
-func printInstances(e *env, list []drivers.Instance) {
+func printInstances(e *env, list []messages.Instance) {
 	tw := e.table()
 	fmt.Fprintln(tw, "NAME\tSTATE\tHOST\tIMAGE\tCREATED\tMANAGED")
 	for _, i := range list {
@@ -166,7 +166,7 @@ func listAllHosts(e *env, c *invocation) error {
 	if len(hosts) == 0 {
 		return &client.NoWorkerError{Driver: c.driver}
 	}
-	lists := make([][]drivers.Instance, len(hosts))
+	lists := make([][]messages.Instance, len(hosts))
 	errs := make([]error, len(hosts))
 	var wg sync.WaitGroup
 	for i, h := range hosts {
@@ -179,10 +179,10 @@ func listAllHosts(e *env, c *invocation) error {
 		}()
 	}
 	wg.Wait()
-	res := allHostsResult{Instances: []drivers.Instance{}, Failed: []hostFailure{}}
+	res := allHostsResult{Instances: []messages.Instance{}, Failed: []hostFailure{}}
 	for i, h := range hosts {
 		if errs[i] != nil {
-			info := drivers.InfoOf(errs[i])
+			info := messages.InfoOf(errs[i])
 			res.Failed = append(res.Failed, hostFailure{Host: h, Error: info, err: errs[i]})
 			continue
 		}
@@ -213,14 +213,14 @@ func listAllHosts(e *env, c *invocation) error {
 
 func cmdGet(e *env, c *invocation) error {
 	name := c.args[0]
-	var inst drivers.Instance
+	var inst messages.Instance
 	if err := do(e, c, messages.OpGet, messages.NameRequest{Name: name}, &inst, quickWait); err != nil {
 		return err
 	}
 	return printInstance(e, inst)
 }
 
-func printInstance(e *env, i drivers.Instance) error {
+func printInstance(e *env, i messages.Instance) error {
 	if e.json {
 		return e.printJSON(i)
 	}
@@ -247,7 +247,7 @@ func printInstance(e *env, i drivers.Instance) error {
 	return tw.Flush()
 }
 
-func limitsText(l drivers.ResourceLimits) string {
+func limitsText(l messages.ResourceLimits) string {
 	var parts []string
 	if l.CPUCores > 0 {
 		parts = append(parts, fmt.Sprintf("cpu=%g", l.CPUCores))
@@ -276,7 +276,7 @@ func cmdCreate(e *env, c *invocation) error {
 		return err
 	}
 	stop := e.progress("creating " + t.Name)
-	var inst drivers.Instance
+	var inst messages.Instance
 	err = do(e, c, messages.OpCreate, messages.CreateRequest{Template: t}, &inst, longWait)
 	stop()
 	if err != nil {
@@ -286,9 +286,9 @@ func cmdCreate(e *env, c *invocation) error {
 }
 
 // buildTemplate builds the template from -f or from the flags.
-func buildTemplate(c *invocation) (drivers.InstanceTemplate, error) {
+func buildTemplate(c *invocation) (messages.Template, error) {
 	o := c.o
-	var t drivers.InstanceTemplate
+	var t messages.Template
 	if o.file != "" {
 		if o.image != "" || len(o.env) > 0 || len(o.volumes) > 0 || len(o.networks) > 0 || len(o.labels) > 0 ||
 			o.workdir != "" || o.user != "" || o.cpu != 0 || o.memory != 0 || o.disk != 0 || o.pids != 0 || len(c.trailing) > 0 {
@@ -314,9 +314,9 @@ func buildTemplate(c *invocation) (drivers.InstanceTemplate, error) {
 		if c.driver == "process" && o.image != "" && len(command) > 0 && command[0] != o.image {
 			command = append([]string{o.image}, command...)
 		}
-		t = drivers.InstanceTemplate{
+		t = messages.Template{
 			Name: c.args[0], BaseImage: o.image, Command: command, WorkDir: o.workdir, User: o.user,
-			Resources: drivers.ResourceLimits{CPUCores: o.cpu, MemoryMB: o.memory, DiskGB: o.disk, PIDs: o.pids},
+			Resources: messages.ResourceLimits{CPUCores: o.cpu, MemoryMB: o.memory, DiskGB: o.disk, PIDs: o.pids},
 		}
 		var err error
 		if t.Environment, err = parseKV("--env", o.env); err != nil {
@@ -363,12 +363,12 @@ func parseKV(flagName string, list []string) (map[string]string, error) {
 }
 
 // parseVolume parses SRC:DST[:ro|rw].
-func parseVolume(s string) (drivers.Volume, error) {
+func parseVolume(s string) (messages.Volume, error) {
 	parts := strings.Split(s, ":")
 	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
-		return drivers.Volume{}, usagef("--volume %q: want SRC:DST[:ro]", s)
+		return messages.Volume{}, usagef("--volume %q: want SRC:DST[:ro]", s)
 	}
-	v := drivers.Volume{Source: parts[0], Target: parts[1]}
+	v := messages.Volume{Source: parts[0], Target: parts[1]}
 	if len(parts) == 3 {
 		switch parts[2] {
 		case "ro":
@@ -385,18 +385,18 @@ func parseVolume(s string) (drivers.Volume, error) {
 }
 
 // parseNetwork parses NAME[=IP].
-func parseNetwork(s string) (drivers.NetworkConfig, error) {
+func parseNetwork(s string) (messages.NetworkConfig, error) {
 	name, ip, hasIP := strings.Cut(s, "=")
 	if hasIP && net.ParseIP(ip) == nil {
-		return drivers.NetworkConfig{}, drivers.Errorf(drivers.InvalidArgument, "network %s: %q is not an IP address", name, ip)
+		return messages.NetworkConfig{}, drivers.Errorf(drivers.InvalidArgument, "network %s: %q is not an IP address", name, ip)
 	}
-	return drivers.NetworkConfig{NetworkName: name, IPAddress: ip}, nil
+	return messages.NetworkConfig{NetworkName: name, IPAddress: ip}, nil
 }
 
 func cmdClone(e *env, c *invocation) error {
 	src, dst := c.args[0], c.args[1]
 	stop := e.progress("cloning " + src + " to " + dst)
-	var inst drivers.Instance
+	var inst messages.Instance
 	err := do(e, c, messages.OpClone, messages.CloneRequest{Source: src, Target: dst}, &inst, longWait)
 	stop()
 	if err != nil {
@@ -553,7 +553,7 @@ func cmdExec(e *env, c *invocation) error {
 
 func cmdLogs(e *env, c *invocation) error {
 	name := c.args[0]
-	print := func(l drivers.LogLine) error {
+	print := func(l messages.LogLine) error {
 		if e.json {
 			return jsonLine(e.stdout, l)
 		}
@@ -581,13 +581,13 @@ func cmdLogs(e *env, c *invocation) error {
 		}
 		return err
 	}
-	var lines []drivers.LogLine
+	var lines []messages.LogLine
 	if err := do(e, c, messages.OpLogs, req, &lines, quickWait); err != nil {
 		return err
 	}
 	if e.json {
 		if lines == nil {
-			lines = []drivers.LogLine{}
+			lines = []messages.LogLine{}
 		}
 		return e.printJSON(lines)
 	}
@@ -603,14 +603,14 @@ func cmdLogs(e *env, c *invocation) error {
 
 func cmdMetrics(e *env, c *invocation) error {
 	name := c.args[0]
-	sample := func() (drivers.ResourceUsage, error) {
-		var u drivers.ResourceUsage
+	sample := func() (messages.ResourceUsage, error) {
+		var u messages.ResourceUsage
 		err := do(e, c, messages.OpMetrics, messages.NameRequest{Name: name}, &u, quickWait)
 		return u, err
 	}
 	header := fmt.Sprintf("%-20s %8s %10s %8s %10s %10s %10s %10s", "TIME", "CPU%", "MEM(MB)", "DISK(GB)",
 		"READ(MB/s)", "WRITE(MB/s)", "RX(Mbps)", "TX(Mbps)")
-	row := func(u drivers.ResourceUsage) string {
+	row := func(u messages.ResourceUsage) string {
 		f := func(m drivers.Measure, format string, v float64) string {
 			if !u.Measured.Has(m) {
 				return "-"
@@ -670,7 +670,7 @@ func cmdMetrics(e *env, c *invocation) error {
 // ---- health, capabilities ----
 
 func cmdHealth(e *env, c *invocation) error {
-	var h drivers.Health
+	var h messages.Health
 	if err := do(e, c, messages.OpHealth, nil, &h, quickWait); err != nil {
 		return err
 	}
@@ -722,7 +722,7 @@ func cmdCapabilities(e *env, c *invocation) error {
 	return tw.Flush()
 }
 
-func capsList(caps drivers.Capabilities) string {
+func capsList(caps messages.Capabilities) string {
 	var out []string
 	for _, x := range []struct {
 		n string
@@ -749,7 +749,7 @@ func cmdSnapshot(e *env, c *invocation) error {
 	stop := e.progress(verb + " snapshot " + snap + " of " + name)
 	defer stop()
 	if op == messages.OpSnapshotCreate {
-		var s drivers.Snapshot
+		var s messages.Snapshot
 		if err := do(e, c, op, req, &s, longWait); err != nil {
 			return err
 		}
@@ -774,13 +774,13 @@ func cmdSnapshot(e *env, c *invocation) error {
 
 func cmdSnapshotList(e *env, c *invocation) error {
 	name := c.args[0]
-	var list []drivers.Snapshot
+	var list []messages.Snapshot
 	if err := do(e, c, messages.OpSnapshotList, messages.NameRequest{Name: name}, &list, quickWait); err != nil {
 		return err
 	}
 	if e.json {
 		if list == nil {
-			list = []drivers.Snapshot{}
+			list = []messages.Snapshot{}
 		}
 		return e.printJSON(list)
 	}
@@ -800,13 +800,13 @@ func cmdSnapshotList(e *env, c *invocation) error {
 
 func cmdLimits(e *env, c *invocation) error {
 	name := c.args[0]
-	var l drivers.ResourceLimits
+	var l messages.ResourceLimits
 	if c.op == messages.OpLimitsGet {
 		if err := do(e, c, messages.OpLimitsGet, messages.NameRequest{Name: name}, &l, quickWait); err != nil {
 			return err
 		}
 	} else {
-		want := drivers.ResourceLimits{CPUCores: c.o.cpu, MemoryMB: c.o.memory, DiskGB: c.o.disk, PIDs: c.o.pids}
+		want := messages.ResourceLimits{CPUCores: c.o.cpu, MemoryMB: c.o.memory, DiskGB: c.o.disk, PIDs: c.o.pids}
 		if want.IsZero() {
 			return usagef("limits set: give at least one of --cpu, --memory, --disk, --pids")
 		}
@@ -824,13 +824,13 @@ func cmdLimits(e *env, c *invocation) error {
 // ---- networks ----
 
 func cmdNetworkList(e *env, c *invocation) error {
-	var list []drivers.Network
+	var list []messages.Network
 	if err := do(e, c, messages.OpNetworkList, nil, &list, quickWait); err != nil {
 		return err
 	}
 	if e.json {
 		if list == nil {
-			list = []drivers.Network{}
+			list = []messages.Network{}
 		}
 		return e.printJSON(list)
 	}

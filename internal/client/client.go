@@ -240,7 +240,7 @@ func headerError(code, msg string) error {
 }
 
 // InfoError converts the wire form of an error back into a *drivers.Error.
-func InfoError(info *drivers.ErrorInfo) error {
+func InfoError(info *messages.ErrorInfo) error {
 	if info == nil {
 		return nil
 	}

@@ -70,7 +70,7 @@ func standIn(t *testing.T, nc *nats.Conn, seen chan<- nats.Header) {
 			_ = r.Respond(messages.ErrorReply(id, "h1", drivers.Errorf(drivers.NotFound, "instance %q not found", req.Name)))
 			return
 		}
-		_ = r.Respond(messages.ResultReply(id, "h1", drivers.Instance{Name: "web", State: drivers.StateRunning}))
+		_ = r.Respond(messages.ResultReply(id, "h1", messages.Instance{Name: "web", State: drivers.StateRunning}))
 	})
 	handle(messages.OpStart, func(r micro.Request) {
 		if seen != nil {
@@ -118,7 +118,7 @@ func TestDo(t *testing.T) {
 	c := New(nc, 2*time.Second)
 	ctx := context.Background()
 
-	var inst drivers.Instance
+	var inst messages.Instance
 	if err := c.Do(WithRequestID(ctx, "req-1"), "test", "h1", messages.OpGet, messages.NameRequest{Name: "web"}, &inst); err != nil {
 		t.Fatal(err)
 	}
@@ -246,7 +246,7 @@ func TestEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	publish := func(inst string, typ drivers.EventType, at time.Time) {
-		e := drivers.Event{ID: messages.NewRequestID(), Type: typ, Time: at, Driver: "test", Host: "h1", Instance: inst}
+		e := messages.Event{ID: messages.NewRequestID(), Type: typ, Time: at, Driver: "test", Host: "h1", Instance: inst}
 		b, _ := json.Marshal(messages.NewCloudEvent(e))
 		if _, err := js.Publish(ctx, messages.EventSubject("test", "h1", inst, string(typ)), b); err != nil {
 			t.Fatal(err)

@@ -21,16 +21,16 @@ import (
 //
 //	host          the worker's host token
 //	drivers       comma-separated driver names it serves
-//	capabilities  JSON object: driver name -> drivers.Capabilities
+//	capabilities  JSON object: driver name -> messages.Capabilities
 //
 // and the service version as the micro version.
 type Worker struct {
-	Host         string                          `json:"host"`
-	ID           string                          `json:"id"` // micro instance id
-	Version      string                          `json:"version"`
-	Drivers      []string                        `json:"drivers"`
-	Capabilities map[string]drivers.Capabilities `json:"capabilities,omitempty"`
-	Metadata     map[string]string               `json:"metadata,omitempty"`
+	Host         string                           `json:"host"`
+	ID           string                           `json:"id"` // micro instance id
+	Version      string                           `json:"version"`
+	Drivers      []string                         `json:"drivers"`
+	Capabilities map[string]messages.Capabilities `json:"capabilities,omitempty"`
+	Metadata     map[string]string                `json:"metadata,omitempty"`
 }
 
 // Metadata keys of the substrate service's micro INFO.

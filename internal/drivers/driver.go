@@ -159,13 +159,13 @@ type EventSource interface {
 // Capabilities says which optional operations a driver supports. It is
 // derived from the interfaces the driver implements (CapabilitiesOf).
 type Capabilities struct {
-	Exec      bool `json:"exec"`
-	Logs      bool `json:"logs"`
-	Limits    bool `json:"limits"`
-	Snapshots bool `json:"snapshots"`
-	Clone     bool `json:"clone"`
-	Networks  bool `json:"networks"`
-	Events    bool `json:"events"`
+	Exec      bool
+	Logs      bool
+	Limits    bool
+	Snapshots bool
+	Clone     bool
+	Networks  bool
+	Events    bool
 }
 
 // CapabilitiesReporter lets a driver narrow what its interfaces claim (for

@@ -82,24 +82,6 @@ func TestCodesRoundTripAndRetryable(t *testing.T) {
 	}
 }
 
-func TestMeasureJSON(t *testing.T) {
-	u := ResourceUsage{Measured: MeasureCPU | MeasureMemory}
-	b, _ := json.Marshal(u)
-	if !strings.Contains(string(b), `"measured":["cpu","memory"]`) {
-		t.Fatalf("measured encoded as %s", b)
-	}
-	var back ResourceUsage
-	if err := json.Unmarshal(b, &back); err != nil || back.Measured != u.Measured {
-		t.Fatalf("decoded %v %v", back.Measured, err)
-	}
-	if back.Measured.Has(MeasureNetwork) {
-		t.Fatal("network must be not-measured")
-	}
-	if err := json.Unmarshal([]byte(`{"measured":["gpu"]}`), &back); err == nil {
-		t.Fatal("unknown measure accepted")
-	}
-}
-
 func TestValidateName(t *testing.T) {
 	tests := []struct {
 		name string

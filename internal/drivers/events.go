@@ -33,42 +33,16 @@ const (
 	EventDisconnected    EventType = "disconnected"
 )
 
-// Event sources.
-const (
-	SourceManager = "manager" // a mutation made through this system
-	SourceNative  = "native"  // the substrate's own feed (changes made elsewhere)
-)
-
-// Event is an instance (or substrate) lifecycle event. Drivers emit it from
-// their native feed filling Type, Instance, Time, State and Details; the
-// manager fills the rest.
+// Event is an instance (or substrate) lifecycle event as a driver's native
+// feed reports it. The manager adds what it owns (an id, the driver and
+// host, the request id, the source) when it re-emits the event; the wire
+// form is messages.Event.
 type Event struct {
-	ID        string            `json:"id"`
-	Type      EventType         `json:"type"`
-	Time      time.Time         `json:"time"`
-	Driver    string            `json:"driver"`
-	Host      string            `json:"host"`
-	Instance  string            `json:"instance,omitempty"`
-	RequestID string            `json:"request_id,omitempty"`
-	Source    string            `json:"source"`
-	State     State             `json:"state,omitempty"`
-	Details   map[string]string `json:"details,omitempty"`
-	// Error is set on EventFailed.
-	Error *ErrorInfo `json:"error,omitempty"`
-}
-
-// ErrorInfo is the wire form of a classified error.
-type ErrorInfo struct {
-	Code      Code   `json:"code"`
-	Message   string `json:"message"`
-	Retryable bool   `json:"retryable"`
-}
-
-// InfoOf returns the wire form of err (nil for nil).
-func InfoOf(err error) *ErrorInfo {
-	if err == nil {
-		return nil
-	}
-	c := CodeOf(err)
-	return &ErrorInfo{Code: c, Message: err.Error(), Retryable: c.Retryable()}
+	Type     EventType
+	Time     time.Time
+	Instance string // "" for substrate-level events
+	State    State
+	Details  map[string]string
+	// Err is set on EventFailed: why the instance failed.
+	Err error
 }

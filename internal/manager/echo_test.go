@@ -24,7 +24,7 @@ func TestNativeEchoOfMutationIsDropped(t *testing.T) {
 	native := func(typ drivers.EventType, inst string) int {
 		n := 0
 		for _, e := range h.events.all() {
-			if e.Source == drivers.SourceNative && e.Type == typ && e.Instance == inst {
+			if e.Source == messages.SourceNative && e.Type == typ && e.Instance == inst {
 				n++
 			}
 		}
@@ -62,7 +62,7 @@ func TestNativeEchoOfMutationIsDropped(t *testing.T) {
 	}
 }
 
-func countType(evs []drivers.Event, typ drivers.EventType, inst string) int {
+func countType(evs []messages.Event, typ drivers.EventType, inst string) int {
 	n := 0
 	for _, e := range evs {
 		if e.Type == typ && e.Instance == inst {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/resilience"
 )
 
@@ -26,21 +27,21 @@ func newEventID() string {
 // subscriber that calls back into the manager does not deadlock (its
 // events are queued and delivered right after it returns).
 type bus struct {
-	log func(v any, ev drivers.Event) // reports a panicking subscriber
+	log func(v any, ev messages.Event) // reports a panicking subscriber
 
 	mu         sync.Mutex
-	subs       map[int]func(drivers.Event)
+	subs       map[int]func(messages.Event)
 	order      []int
 	next       int
-	queue      []drivers.Event
+	queue      []messages.Event
 	delivering bool
 }
 
-func (b *bus) subscribe(fn func(drivers.Event)) func() {
+func (b *bus) subscribe(fn func(messages.Event)) func() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.subs == nil {
-		b.subs = map[int]func(drivers.Event){}
+		b.subs = map[int]func(messages.Event){}
 	}
 	id := b.next
 	b.next++
@@ -62,7 +63,7 @@ func (b *bus) subscribe(fn func(drivers.Event)) func() {
 	}
 }
 
-func (b *bus) publish(ev drivers.Event) {
+func (b *bus) publish(ev messages.Event) {
 	b.mu.Lock()
 	b.queue = append(b.queue, ev)
 	if b.delivering {
@@ -73,7 +74,7 @@ func (b *bus) publish(ev drivers.Event) {
 	for len(b.queue) > 0 {
 		ev := b.queue[0]
 		b.queue = b.queue[1:]
-		fns := make([]func(drivers.Event), 0, len(b.order))
+		fns := make([]func(messages.Event), 0, len(b.order))
 		for _, id := range b.order {
 			fns = append(fns, b.subs[id])
 		}
@@ -88,7 +89,7 @@ func (b *bus) publish(ev drivers.Event) {
 	b.mu.Unlock()
 }
 
-func (b *bus) deliver(fn func(drivers.Event), ev drivers.Event) {
+func (b *bus) deliver(fn func(messages.Event), ev messages.Event) {
 	defer func() {
 		if v := recover(); v != nil && b.log != nil {
 			b.log(v, ev)
@@ -99,18 +100,19 @@ func (b *bus) deliver(fn func(drivers.Event), ev drivers.Event) {
 
 // emit stamps and publishes an event of the manager's own making.
 func (m *Manager) emit(ctx context.Context, typ drivers.EventType, instance string, details map[string]string, err error) {
-	m.publish(drivers.Event{
+	m.publish(messages.Event{
 		Type:      typ,
 		Instance:  instance,
 		RequestID: drivers.RequestID(ctx),
-		Source:    drivers.SourceManager,
+		Source:    messages.SourceManager,
 		Details:   details,
-		Error:     drivers.InfoOf(err),
+		Error:     messages.InfoOf(err),
 	})
 }
 
-// publish fills the common fields and hands ev to the bus.
-func (m *Manager) publish(ev drivers.Event) {
+// publish fills the fields the manager owns (id, time, driver, host,
+// source) and hands ev to the bus.
+func (m *Manager) publish(ev messages.Event) {
 	m.stats.event(ev.Type)
 	if m.opts.DisableEvents {
 		return
@@ -124,7 +126,7 @@ func (m *Manager) publish(ev drivers.Event) {
 	ev.Driver = m.d.Name()
 	ev.Host = m.opts.Host
 	if ev.Source == "" {
-		ev.Source = drivers.SourceManager
+		ev.Source = messages.SourceManager
 	}
 	m.bus.publish(ev)
 }
@@ -170,10 +172,10 @@ func (m *Manager) flushBreaker() {
 			typ = drivers.EventBreakerClosed
 			m.log.Info().Str("driver", m.d.Name()).Str("from", string(c.from)).Msg("circuit breaker closed")
 		}
-		m.publish(drivers.Event{
+		m.publish(messages.Event{
 			Type:    typ,
 			Time:    c.at.UTC(),
-			Source:  drivers.SourceManager,
+			Source:  messages.SourceManager,
 			Details: map[string]string{"from": string(c.from), "to": string(c.to)},
 		})
 	}
@@ -231,8 +233,7 @@ func (m *Manager) native(ev drivers.Event) {
 		m.stats.echo()
 		return
 	}
-	ev.ID = ""
-	ev.Source = drivers.SourceNative
-	ev.RequestID = ""
-	m.publish(ev)
+	w := messages.EventFrom(ev)
+	w.Source = messages.SourceNative
+	m.publish(w)
 }

@@ -43,13 +43,15 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/resilience"
 )
 
 // Options configure a Manager. The zero value is usable: every zero field
 // takes the documented default.
 type Options struct {
-	// Host is this worker's host identity, stamped on instances and events.
+	// Host is this worker's host identity, stamped on events (and, by the
+	// worker, on instances on the wire).
 	Host string
 	// ConnectionTimeout bounds Connect and health checks (default 30s).
 	ConnectionTimeout time.Duration
@@ -128,7 +130,7 @@ func New(d drivers.Driver, opts Options) *Manager {
 		OpenTimeout:   opts.BreakerOpenTimeout,
 		OnStateChange: m.breakerChanged,
 	})
-	m.bus.log = func(v any, ev drivers.Event) {
+	m.bus.log = func(v any, ev messages.Event) {
 		m.log.Error().Str("driver", d.Name()).Str("event", string(ev.Type)).Interface("panic", v).Msg("event subscriber panicked")
 	}
 	return m
@@ -222,10 +224,10 @@ func (m *Manager) setConnected(v bool) {
 	}
 	if v {
 		m.log.Info().Str("driver", m.d.Name()).Msg("connected")
-		m.publish(drivers.Event{Type: drivers.EventConnected})
+		m.publish(messages.Event{Type: drivers.EventConnected})
 	} else {
 		m.log.Warn().Str("driver", m.d.Name()).Msg("substrate unavailable: disconnected")
-		m.publish(drivers.Event{Type: drivers.EventDisconnected})
+		m.publish(messages.Event{Type: drivers.EventDisconnected})
 	}
 }
 
@@ -269,7 +271,7 @@ func (m *Manager) Close() error {
 // Subscribe registers fn to receive every event, in order. fn runs on the
 // emitting goroutine and must not block; a panic in fn is logged and
 // does not reach the manager. The returned func unsubscribes.
-func (m *Manager) Subscribe(fn func(drivers.Event)) (unsubscribe func()) { return m.bus.subscribe(fn) }
+func (m *Manager) Subscribe(fn func(messages.Event)) (unsubscribe func()) { return m.bus.subscribe(fn) }
 
 // Stats returns the operation metrics.
 func (m *Manager) Stats() OpStats {
@@ -284,10 +286,10 @@ func (m *Manager) Stats() OpStats {
 	}
 }
 
-// stamp fills the fields the manager owns on an instance the driver returned.
+// stamp normalizes an instance the driver returned: an empty state is
+// unknown. (The driver and host serving it are added on the wire, by
+// messages.InstanceFrom.)
 func (m *Manager) stamp(i drivers.Instance) drivers.Instance {
-	i.Driver = m.d.Name()
-	i.Host = m.opts.Host
 	if i.State == "" {
 		i.State = drivers.StateUnknown
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/resilience"
 	"github.com/subbus/subbus/internal/testenv"
 )
@@ -59,19 +60,19 @@ func (s *syncBuffer) String() string {
 // recorder collects events.
 type recorder struct {
 	mu  sync.Mutex
-	evs []drivers.Event
+	evs []messages.Event
 }
 
-func (r *recorder) add(ev drivers.Event) {
+func (r *recorder) add(ev messages.Event) {
 	r.mu.Lock()
 	r.evs = append(r.evs, ev)
 	r.mu.Unlock()
 }
 
-func (r *recorder) all() []drivers.Event {
+func (r *recorder) all() []messages.Event {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]drivers.Event(nil), r.evs...)
+	return append([]messages.Event(nil), r.evs...)
 }
 
 // types lists the event types, skipping connection events.
@@ -936,7 +937,7 @@ func TestEventsForMutations(t *testing.T) {
 	ids := map[string]bool{}
 	for _, e := range h.events.all() {
 		if e.ID == "" || ids[e.ID] || e.Time.IsZero() || e.Driver != "fake" || e.Host != "h9" ||
-			e.RequestID != "req-1" || e.Source != drivers.SourceManager || e.Instance != "web2" {
+			e.RequestID != "req-1" || e.Source != messages.SourceManager || e.Instance != "web2" {
 			t.Fatalf("badly stamped event %+v", e)
 		}
 		ids[e.ID] = true
@@ -953,9 +954,9 @@ func TestSubscribers(t *testing.T) {
 	var order []string
 	var mu sync.Mutex
 	note := func(s string) { mu.Lock(); order = append(order, s); mu.Unlock() }
-	unsub := h.m.Subscribe(func(e drivers.Event) { note("a:" + string(e.Type)) })
-	h.m.Subscribe(func(e drivers.Event) { panic("bad subscriber") })
-	h.m.Subscribe(func(e drivers.Event) {
+	unsub := h.m.Subscribe(func(e messages.Event) { note("a:" + string(e.Type)) })
+	h.m.Subscribe(func(e messages.Event) { panic("bad subscriber") })
+	h.m.Subscribe(func(e messages.Event) {
 		note("c:" + string(e.Type))
 		if e.Type == drivers.EventStarted {
 			// Calling back into the manager from a subscriber must not deadlock.
@@ -1014,8 +1015,9 @@ func TestNativeEvents(t *testing.T) {
 		return nil
 	})
 	at := time.Date(2026, 2, 3, 4, 5, 6, 0, time.UTC)
-	d.events <- drivers.Event{Type: drivers.EventAppeared, Instance: "outside", Time: at, State: drivers.StateRunning, RequestID: "forged", Source: "forged"}
-	var got drivers.Event
+	d.events <- drivers.Event{Type: drivers.EventAppeared, Instance: "outside", Time: at, State: drivers.StateRunning,
+		Err: drivers.Errorf(drivers.Internal, "crashed")}
+	var got messages.Event
 	testenv.Eventually(t, 2*time.Second, func() error {
 		for _, e := range h.events.all() {
 			if e.Type == drivers.EventAppeared {
@@ -1025,8 +1027,9 @@ func TestNativeEvents(t *testing.T) {
 		}
 		return errors.New("native event not re-emitted")
 	})
-	if got.Source != drivers.SourceNative || got.Instance != "outside" || got.Driver != "fake" || got.Host != "h2" ||
-		got.ID == "" || !got.Time.Equal(at) || got.RequestID != "" || got.State != drivers.StateRunning {
+	if got.Source != messages.SourceNative || got.Instance != "outside" || got.Driver != "fake" || got.Host != "h2" ||
+		got.ID == "" || !got.Time.Equal(at) || got.RequestID != "" || got.State != drivers.StateRunning ||
+		got.Error == nil || got.Error.Code != drivers.Internal || got.Error.Message != "crashed" {
 		t.Fatalf("native event %+v", got)
 	}
 	if !strings.Contains(h.logs.String(), "feed broke") {
@@ -1098,32 +1101,6 @@ func TestRestart(t *testing.T) {
 			t.Fatal("native restart was retried")
 		}
 	})
-}
-
-func TestStampsDriverAndHost(t *testing.T) {
-	d := newFullDriver("fake")
-	d.add("web", drivers.StateRunning)
-	h := newHarness(t, d, Options{Host: "node-7"})
-	check := func(i drivers.Instance) {
-		t.Helper()
-		if i.Driver != "fake" || i.Host != "node-7" {
-			t.Fatalf("instance %s stamped %q/%q", i.Name, i.Driver, i.Host)
-		}
-	}
-	i, err := h.m.Get(bg, "web")
-	if err != nil {
-		t.Fatal(err)
-	}
-	check(i)
-	l, err := h.m.List(bg)
-	if err != nil || len(l) != 1 {
-		t.Fatal(l, err)
-	}
-	check(l[0])
-	i, _ = h.m.Create(bg, drivers.InstanceTemplate{Name: "n", BaseImage: "img"})
-	check(i)
-	i, _ = h.m.Clone(bg, "web", "web-copy")
-	check(i)
 }
 
 func TestExecCollectsOrStreams(t *testing.T) {
@@ -1332,7 +1309,7 @@ func TestConcurrentCallers(t *testing.T) {
 	h := newHarness(t, d, Options{RetryAttempts: 1})
 	h.events.reset()
 	var inside, overlaps atomic.Int32
-	h.m.Subscribe(func(drivers.Event) {
+	h.m.Subscribe(func(messages.Event) {
 		if inside.Add(1) > 1 {
 			overlaps.Add(1)
 		}

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/resilience"
 )
 
@@ -16,7 +17,7 @@ import (
 // no writers; output beyond it is dropped.
 const MaxExecOutput = 16 << 20
 
-// List returns every instance, stamped with driver and host. An
+// List returns every instance. An
 // unreachable substrate is an Unavailable error, never a list of
 // instances in a made-up state.
 func (m *Manager) List(ctx context.Context) ([]drivers.Instance, error) {
@@ -83,11 +84,11 @@ func (m *Manager) Create(ctx context.Context, t drivers.InstanceTemplate) (drive
 
 // emitState emits a successful mutation's event carrying the new state.
 func (m *Manager) emitState(ctx context.Context, typ drivers.EventType, instance string, st drivers.State, details map[string]string) {
-	m.publish(drivers.Event{
+	m.publish(messages.Event{
 		Type:      typ,
 		Instance:  instance,
 		RequestID: drivers.RequestID(ctx),
-		Source:    drivers.SourceManager,
+		Source:    messages.SourceManager,
 		State:     st,
 		Details:   details,
 	})
@@ -384,16 +385,16 @@ func (e *errWriter) failed(err error, other *errWriter) error {
 // is streamed to the writers; an error of a writer that ends the exec is
 // returned as it is. Exec is not a lifecycle mutation: it takes
 // no instance lock, emits no event and is never retried.
-func (m *Manager) Exec(ctx context.Context, name string, req drivers.ExecRequest, stdout, stderr drivers.Writer) (drivers.ExecResult, error) {
+func (m *Manager) Exec(ctx context.Context, name string, req drivers.ExecRequest, stdout, stderr drivers.Writer) (messages.ExecResult, error) {
 	if err := drivers.ValidateName("name", name); err != nil {
-		return drivers.ExecResult{}, m.reject("exec", err)
+		return messages.ExecResult{}, m.reject("exec", err)
 	}
 	if err := validateExec(req); err != nil {
-		return drivers.ExecResult{}, m.reject("exec", err)
+		return messages.ExecResult{}, m.reject("exec", err)
 	}
 	x, ok := m.d.(drivers.Execer)
 	if !ok || !m.caps.Exec {
-		return drivers.ExecResult{}, m.unsupported("exec")
+		return messages.ExecResult{}, m.unsupported("exec")
 	}
 	var outBuf, errBuf *limitWriter
 	if stdout == nil {
@@ -414,12 +415,12 @@ func (m *Manager) Exec(ctx context.Context, name string, req drivers.ExecRequest
 		return code, err
 	})
 	if werr := ow.failed(err, ew); werr != nil {
-		return drivers.ExecResult{}, werr
+		return messages.ExecResult{}, werr
 	}
 	if err != nil {
-		return drivers.ExecResult{}, err
+		return messages.ExecResult{}, err
 	}
-	res := drivers.ExecResult{ExitCode: code}
+	res := messages.ExecResult{ExitCode: code}
 	if outBuf != nil {
 		res.Stdout = outBuf.buf.Bytes()
 	}

@@ -72,7 +72,7 @@ func (d *scriptDriver) totalCalls() int {
 func (d *scriptDriver) add(name string, st drivers.State) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.instances[name] = &drivers.Instance{Name: name, ID: "id-" + name, State: st, Image: "img", Driver: "forged", Host: "forged"}
+	d.instances[name] = &drivers.Instance{Name: name, ID: "id-" + name, State: st, Image: "img"}
 }
 
 var errRawDown = errors.New("dial unix /fake.sock: connection refused")

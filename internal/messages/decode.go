@@ -145,14 +145,14 @@ func ResultReply(requestID, host string, result any) []byte {
 
 // ErrorReply encodes an error reply for err (classified with drivers.CodeOf).
 func ErrorReply(requestID, host string, err error) []byte {
-	b, _ := json.Marshal(Reply{RequestID: requestID, Host: host, Error: drivers.InfoOf(err)})
+	b, _ := json.Marshal(Reply{RequestID: requestID, Host: host, Error: InfoOf(err)})
 	return b
 }
 
 // ErrorHeaders returns micro's error headers for err: the message (one
 // line, at most 512 bytes) and the numeric code.
 func ErrorHeaders(err error) (message, code string) {
-	info := drivers.InfoOf(err)
+	info := InfoOf(err)
 	msg := strings.Map(func(r rune) rune {
 		if r == '\r' || r == '\n' {
 			return ' '

@@ -40,7 +40,7 @@ type NameRequest struct {
 
 // CreateRequest serves create.
 type CreateRequest struct {
-	Template drivers.InstanceTemplate `json:"template"`
+	Template Template `json:"template"`
 }
 
 // StopRequest serves stop and restart. Timeout is a Go duration string ("30s").
@@ -88,8 +88,8 @@ func (r LogsRequest) Streamed() bool { return r.Follow }
 
 // LimitsSetRequest serves limits-set.
 type LimitsSetRequest struct {
-	Name   string                 `json:"name"`
-	Limits drivers.ResourceLimits `json:"limits"`
+	Name   string         `json:"name"`
+	Limits ResourceLimits `json:"limits"`
 }
 
 // SnapshotRequest serves snapshot-create, snapshot-restore, snapshot-delete.
@@ -106,8 +106,8 @@ type CloneRequest struct {
 
 // NetworkAttachRequest serves network-attach.
 type NetworkAttachRequest struct {
-	Name    string                `json:"name"`
-	Network drivers.NetworkConfig `json:"network"`
+	Name    string        `json:"name"`
+	Network NetworkConfig `json:"network"`
 }
 
 // NetworkDetachRequest serves network-detach.
@@ -132,16 +132,16 @@ func (r NetworkDetachRequest) Instance() string { return r.Name }
 
 // Reply is the body of every non-streamed reply: exactly one of Result and Error.
 type Reply struct {
-	RequestID string             `json:"request_id,omitempty"`
-	Host      string             `json:"host,omitempty"`
-	Result    json.RawMessage    `json:"result,omitempty"`
-	Error     *drivers.ErrorInfo `json:"error,omitempty"`
+	RequestID string          `json:"request_id,omitempty"`
+	Host      string          `json:"host,omitempty"`
+	Result    json.RawMessage `json:"result,omitempty"`
+	Error     *ErrorInfo      `json:"error,omitempty"`
 }
 
 // ChangedResult is the result of start, stop, delete (and restart): whether anything changed.
 type ChangedResult struct {
-	Changed  bool              `json:"changed"`
-	Instance *drivers.Instance `json:"instance,omitempty"`
+	Changed  bool      `json:"changed"`
+	Instance *Instance `json:"instance,omitempty"`
 }
 
 // Chunk is one message of a streamed reply (exec with stream, logs with
@@ -166,15 +166,15 @@ type ChangedResult struct {
 // carries an error also has the Nats-Service-Error(-Code) headers, which
 // clients check first.
 type Chunk struct {
-	RequestID string             `json:"request_id,omitempty"`
-	Seq       uint64             `json:"seq"`
-	Stream    string             `json:"stream,omitempty"` // stdout, stderr, console
-	Data      []byte             `json:"data,omitempty"`   // exec output bytes (base64 in JSON)
-	Line      *drivers.LogLine   `json:"line,omitempty"`   // a log line
-	Heartbeat bool               `json:"heartbeat,omitempty"`
-	Final     bool               `json:"final,omitempty"`
-	ExitCode  *int               `json:"exit_code,omitempty"`
-	Error     *drivers.ErrorInfo `json:"error,omitempty"`
+	RequestID string     `json:"request_id,omitempty"`
+	Seq       uint64     `json:"seq"`
+	Stream    string     `json:"stream,omitempty"` // stdout, stderr, console
+	Data      []byte     `json:"data,omitempty"`   // exec output bytes (base64 in JSON)
+	Line      *LogLine   `json:"line,omitempty"`   // a log line
+	Heartbeat bool       `json:"heartbeat,omitempty"`
+	Final     bool       `json:"final,omitempty"`
+	ExitCode  *int       `json:"exit_code,omitempty"`
+	Error     *ErrorInfo `json:"error,omitempty"`
 }
 
 // HeartbeatInterval is how often a quiet stream sends a heartbeat chunk.
@@ -185,8 +185,8 @@ const DefaultStreamIdle = 30 * time.Second
 
 // CapabilitiesResult is the result of the capabilities op.
 type CapabilitiesResult struct {
-	Driver       string               `json:"driver"`
-	Host         string               `json:"host"`
-	Capabilities drivers.Capabilities `json:"capabilities"`
-	Ops          []string             `json:"ops"`
+	Driver       string       `json:"driver"`
+	Host         string       `json:"host"`
+	Capabilities Capabilities `json:"capabilities"`
+	Ops          []string     `json:"ops"`
 }

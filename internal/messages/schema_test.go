@@ -101,21 +101,21 @@ func requestSchemaFile(t testing.TB, op Op) string {
 
 var (
 	t0       = time.Date(2026, 11, 25, 10, 0, 0, 123456789, time.UTC)
-	limits   = drivers.ResourceLimits{CPUCores: 1.5, MemoryMB: 512, DiskGB: 10, NetworkMbps: 100, PIDs: 64}
-	netCfg   = drivers.NetworkConfig{NetworkName: "lan", IPAddress: "10.0.0.5", Gateway: "10.0.0.1", DNSServers: []string{"10.0.0.1"}}
-	instance = drivers.Instance{Name: "web.1", ID: "abc", Driver: "process", Host: "h1", State: drivers.StateRunning,
+	limits   = ResourceLimits{CPUCores: 1.5, MemoryMB: 512, DiskGB: 10, NetworkMbps: 100, PIDs: 64}
+	netCfg   = NetworkConfig{NetworkName: "lan", IPAddress: "10.0.0.5", Gateway: "10.0.0.1", DNSServers: []string{"10.0.0.1"}}
+	instance = Instance{Name: "web.1", ID: "abc", Driver: "process", Host: "h1", State: drivers.StateRunning,
 		NativeState: "R", Image: "/bin/sleep", Created: t0, Metadata: map[string]string{"k": "v"}, Limits: limits,
-		Networks: []drivers.NetworkConfig{netCfg}, Managed: true}
-	usage = drivers.ResourceUsage{Time: t0, CPUPercent: 12.5, MemoryMB: 30, DiskGB: 1, DiskReadMBps: 1, DiskWriteMBps: 2,
-		NetworkRxMbps: 3, NetworkTxMbps: 4, Counters: drivers.UsageCounters{CPUTimeNs: 1, MemoryBytes: 2, DiskUsedBytes: 3,
-			DiskReadBytes: 4, DiskWriteBytes: 5, NetRxBytes: 6, NetTxBytes: 7}, Measured: drivers.MeasureCPU | drivers.MeasureMemory}
+		Networks: []NetworkConfig{netCfg}, Managed: true}
+	usage = ResourceUsage{Time: t0, CPUPercent: 12.5, MemoryMB: 30, DiskGB: 1, DiskReadMBps: 1, DiskWriteMBps: 2,
+		NetworkRxMbps: 3, NetworkTxMbps: 4, Counters: UsageCounters{CPUTimeNs: 1, MemoryBytes: 2, DiskUsedBytes: 3,
+			DiskReadBytes: 4, DiskWriteBytes: 5, NetRxBytes: 6, NetTxBytes: 7}, Measured: Measure(drivers.MeasureCPU | drivers.MeasureMemory)}
 )
 
 // fullRequests has one request per op with every field set.
 func fullRequests() map[Op]any {
-	tmpl := drivers.InstanceTemplate{Name: "web.1", BaseImage: "/bin/sleep", Command: []string{"/bin/sleep", "60"}, WorkDir: "/tmp",
-		User: "nobody", Resources: limits, Networks: []drivers.NetworkConfig{netCfg}, Environment: map[string]string{"A": "1"},
-		Volumes: []drivers.Volume{{Source: "/src", Target: "/dst", ReadOnly: true}}, Metadata: map[string]string{"team": "x"}}
+	tmpl := Template{Name: "web.1", BaseImage: "/bin/sleep", Command: []string{"/bin/sleep", "60"}, WorkDir: "/tmp",
+		User: "nobody", Resources: limits, Networks: []NetworkConfig{netCfg}, Environment: map[string]string{"A": "1"},
+		Volumes: []Volume{{Source: "/src", Target: "/dst", ReadOnly: true}}, Metadata: map[string]string{"team": "x"}}
 	exec := ExecRequest{Name: "web.1", Command: []string{"ls", "-l"}, Env: map[string]string{"A": "1"},
 		WorkDir: "/", User: "root", Stdin: []byte("input"), Stream: true}
 	return map[Op]any{
@@ -135,23 +135,23 @@ func fullRequests() map[Op]any {
 // fullResults has one result per op, as the worker returns it.
 func fullResults() map[Op]any {
 	changed := ChangedResult{Changed: true, Instance: &instance}
-	snap := drivers.Snapshot{Name: "s1", Instance: "a", Created: t0, Description: "d", SizeBytes: 10}
+	snap := Snapshot{Name: "s1", Instance: "a", Created: t0, Description: "d", SizeBytes: 10}
 	return map[Op]any{
-		OpList: []drivers.Instance{instance, {Name: "b", ID: "b", Driver: "process", Host: "h1", State: drivers.StateStopped}},
+		OpList: []Instance{instance, {Name: "b", ID: "b", Driver: "process", Host: "h1", State: drivers.StateStopped}},
 		OpGet:  instance, OpCreate: instance, OpClone: instance,
 		OpStart: changed, OpStop: ChangedResult{Changed: false}, OpRestart: changed, OpDelete: ChangedResult{Changed: true},
-		OpExec:    drivers.ExecResult{ExitCode: 2, Stdout: []byte("out"), Stderr: []byte("err")},
-		OpLogs:    []drivers.LogLine{{Time: t0, Stream: "stdout", Line: "hello"}, {Stream: "stderr", Line: ""}},
+		OpExec:    ExecResult{ExitCode: 2, Stdout: []byte("out"), Stderr: []byte("err")},
+		OpLogs:    []LogLine{{Time: t0, Stream: "stdout", Line: "hello"}, {Stream: "stderr", Line: ""}},
 		OpMetrics: usage,
-		OpHealth: drivers.Health{Healthy: true, Version: "1", APIVersion: "1.4", Issues: []string{"w"},
+		OpHealth: Health{Healthy: true, Version: "1", APIVersion: "1.4", Issues: []string{"w"},
 			Instances: map[drivers.State]int{drivers.StateRunning: 2}, Usage: &usage, Details: map[string]string{"a": "b"}},
-		OpCapabilities: CapabilitiesResult{Driver: "process", Host: "h1", Capabilities: drivers.Capabilities{Exec: true, Logs: true},
+		OpCapabilities: CapabilitiesResult{Driver: "process", Host: "h1", Capabilities: Capabilities{Exec: true, Logs: true},
 			Ops: []string{"list"}},
-		OpLimitsGet: limits, OpLimitsSet: drivers.ResourceLimits{MemoryMB: 1},
-		OpSnapshotCreate: snap, OpSnapshotList: []drivers.Snapshot{snap}, OpSnapshotRestore: ChangedResult{Changed: true},
+		OpLimitsGet: limits, OpLimitsSet: ResourceLimits{MemoryMB: 1},
+		OpSnapshotCreate: snap, OpSnapshotList: []Snapshot{snap}, OpSnapshotRestore: ChangedResult{Changed: true},
 		OpSnapshotDelete: ChangedResult{Changed: true}, OpNetworkAttach: ChangedResult{Changed: true},
 		OpNetworkDetach: ChangedResult{Changed: true},
-		OpNetworkList:   []drivers.Network{{Name: "lan", ID: "1", Type: "bridge", Subnet: "10.0.0.0/24", Gateway: "10.0.0.1", Internal: true, Managed: true}},
+		OpNetworkList:   []Network{{Name: "lan", ID: "1", Type: "bridge", Subnet: "10.0.0.0/24", Gateway: "10.0.0.1", Internal: true, Managed: true}},
 	}
 }
 
@@ -269,27 +269,27 @@ func TestChunkEventMetricsMatchSchemas(t *testing.T) {
 	code := 3
 	chunks := []Chunk{
 		{RequestID: "r", Seq: 1, Stream: "stdout", Data: []byte("out")},
-		{RequestID: "r", Seq: 2, Stream: "stdout", Line: &drivers.LogLine{Time: t0, Stream: "stdout", Line: "l"}},
+		{RequestID: "r", Seq: 2, Stream: "stdout", Line: &LogLine{Time: t0, Stream: "stdout", Line: "l"}},
 		{Seq: 3, Heartbeat: true},
 		{Seq: 4, Final: true, ExitCode: &code},
-		{Seq: 1, Final: true, Error: drivers.InfoOf(drivers.Errorf(drivers.NotFound, "x"))},
+		{Seq: 1, Final: true, Error: InfoOf(drivers.Errorf(drivers.NotFound, "x"))},
 	}
 	for _, c := range chunks {
 		validateSchema(t, "chunk.schema.json", c)
 	}
 	for _, typ := range []drivers.EventType{drivers.EventCreated, drivers.EventFailed, drivers.EventBreakerOpened, drivers.EventStateChanged} {
-		e := drivers.Event{ID: NewRequestID(), Type: typ, Time: t0, Driver: "process", Host: "h1", Instance: "web.1", RequestID: "r1",
-			Source: drivers.SourceManager, State: drivers.StateRunning, Details: map[string]string{"a": "b"},
-			Error: drivers.InfoOf(drivers.Errorf(drivers.Conflict, "busy"))}
+		e := Event{ID: NewRequestID(), Type: typ, Time: t0, Driver: "process", Host: "h1", Instance: "web.1", RequestID: "r1",
+			Source: SourceManager, State: drivers.StateRunning, Details: map[string]string{"a": "b"},
+			Error: InfoOf(drivers.Errorf(drivers.Conflict, "busy"))}
 		if typ == drivers.EventBreakerOpened {
-			e.Instance, e.State, e.Error, e.Source = "", "", nil, drivers.SourceNative
+			e.Instance, e.State, e.Error, e.Source = "", "", nil, SourceNative
 		}
 		validateSchema(t, "event.schema.json", NewCloudEvent(e))
 	}
 	validateSchema(t, "metrics.schema.json", MetricsMessage{Driver: "process", Host: "h1", Instance: "web.1", Time: t0, Usage: usage})
 	// Every event type the contract defines is in the schema.
 	for _, typ := range allEventTypes() {
-		e := drivers.Event{ID: "1", Type: typ, Time: t0, Driver: "d", Host: "h", Source: drivers.SourceManager}
+		e := Event{ID: "1", Type: typ, Time: t0, Driver: "d", Host: "h", Source: SourceManager}
 		validateSchema(t, "event.schema.json", NewCloudEvent(e))
 	}
 }

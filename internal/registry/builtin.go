@@ -5,6 +5,7 @@ import (
 	"github.com/subbus/subbus/internal/drivers/libvirt"
 	"github.com/subbus/subbus/internal/drivers/lxc"
 	"github.com/subbus/subbus/internal/drivers/process"
+	"github.com/subbus/subbus/internal/drivers/proxmox"
 	"github.com/subbus/subbus/internal/drivers/supervisor"
 )
 
@@ -17,9 +18,7 @@ func registrations() []Factory {
 		{Name: lxc.Name, Section: lxc.Name, New: lxc.FromConfig, Detect: lxc.Detect},
 		{Name: docker.Name, Section: docker.Name, New: docker.FromConfig, Detect: docker.Detect},
 		{Name: supervisor.Name, Section: supervisor.Name, New: supervisor.FromConfig, Detect: supervisor.Detect},
+		{Name: proxmox.Name, Section: proxmox.Name, New: proxmox.FromConfig, Detect: proxmox.Detect},
 		{Name: libvirt.Name, Section: libvirt.Name, New: libvirt.FromConfig, Detect: libvirt.Detect},
-		// Drivers being written: their sections are accepted already; each
-		// driver's registration line replaces its Reserve line.
-		Reserve("proxmox"),
 	})
 }

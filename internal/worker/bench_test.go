@@ -165,7 +165,7 @@ func BenchmarkManagerList(b *testing.B) {
 func BenchmarkEventPublish(b *testing.B) {
 	s := startNATS(b)
 	w := startWorker(b, s, []*manager.Manager{toyManager(newToy())}, func(o *Options) { o.OutboxSize = max(b.N, 1) + 10 })
-	e := drivers.Event{Type: drivers.EventStarted, Driver: "toy", Host: "h1", Instance: "bench", Source: drivers.SourceManager,
+	e := messages.Event{Type: drivers.EventStarted, Driver: "toy", Host: "h1", Instance: "bench", Source: messages.SourceManager,
 		State: drivers.StateRunning, Time: time.Now()}
 	b.ResetTimer()
 	start := time.Now()

@@ -10,7 +10,6 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
-	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
 	"github.com/subbus/subbus/internal/messages"
 )
@@ -66,16 +65,16 @@ func TestCluster(t *testing.T) {
 	// Pooled creates land on either worker; targeted ones on the named host.
 	seen := map[string]int{}
 	for i := range 20 {
-		var inst drivers.Instance
-		ok(t, nc, subj("toy", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{Name: fmt.Sprintf("c%d", i), BaseImage: "x"}}, &inst)
+		var inst messages.Instance
+		ok(t, nc, subj("toy", messages.OpCreate), messages.CreateRequest{Template: messages.Template{Name: fmt.Sprintf("c%d", i), BaseImage: "x"}}, &inst)
 		seen[inst.Host]++
 	}
 	if seen["h1"] == 0 || seen["h2"] == 0 {
 		t.Logf("pooled requests all went to one worker: %v", seen)
 	}
 	for _, h := range hosts {
-		var inst drivers.Instance
-		ok(t, nc, hostSubj("toy", h, messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{Name: "on-" + h, BaseImage: "x"}}, &inst)
+		var inst messages.Instance
+		ok(t, nc, hostSubj("toy", h, messages.OpCreate), messages.CreateRequest{Template: messages.Template{Name: "on-" + h, BaseImage: "x"}}, &inst)
 		if inst.Host != h {
 			t.Fatalf("create on %s answered by %s", h, inst.Host)
 		}

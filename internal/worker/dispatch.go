@@ -27,7 +27,7 @@ var handlers = map[messages.Op]handler{
 		return r.m.Get(ctx, b.Name)
 	}),
 	messages.OpCreate: on(func(ctx context.Context, r *busRequest, b *messages.CreateRequest) (any, error) {
-		return r.m.Create(ctx, b.Template)
+		return r.m.Create(ctx, b.Template.Contract())
 	}),
 	messages.OpStart: on(func(ctx context.Context, r *busRequest, b *messages.NameRequest) (any, error) {
 		changed, err := r.m.Start(ctx, b.Name)
@@ -67,14 +67,14 @@ var handlers = map[messages.Op]handler{
 	}),
 	messages.OpCapabilities: on(func(_ context.Context, r *busRequest, _ *messages.EmptyRequest) (any, error) {
 		caps := r.m.Capabilities()
-		return messages.CapabilitiesResult{Driver: r.m.Driver(), Host: r.w.host, Capabilities: caps,
+		return messages.CapabilitiesResult{Driver: r.m.Driver(), Host: r.w.host, Capabilities: messages.Capabilities(caps),
 			Ops: messages.OpNames(messages.OpsFor(caps))}, nil
 	}),
 	messages.OpLimitsGet: on(func(ctx context.Context, r *busRequest, b *messages.NameRequest) (any, error) {
 		return r.m.GetLimits(ctx, b.Name)
 	}),
 	messages.OpLimitsSet: on(func(ctx context.Context, r *busRequest, b *messages.LimitsSetRequest) (any, error) {
-		return r.m.SetLimits(ctx, b.Name, b.Limits)
+		return r.m.SetLimits(ctx, b.Name, b.Limits.Contract())
 	}),
 	messages.OpSnapshotCreate: on(func(ctx context.Context, r *busRequest, b *messages.SnapshotRequest) (any, error) {
 		return r.m.CreateSnapshot(ctx, b.Name, b.Snapshot)
@@ -92,7 +92,7 @@ var handlers = map[messages.Op]handler{
 		return r.m.Clone(ctx, b.Source, b.Target)
 	}),
 	messages.OpNetworkAttach: on(func(ctx context.Context, r *busRequest, b *messages.NetworkAttachRequest) (any, error) {
-		return messages.ChangedResult{Changed: true}, r.m.AttachNetwork(ctx, b.Name, b.Network)
+		return messages.ChangedResult{Changed: true}, r.m.AttachNetwork(ctx, b.Name, b.Network.Contract())
 	}),
 	messages.OpNetworkDetach: on(func(ctx context.Context, r *busRequest, b *messages.NetworkDetachRequest) (any, error) {
 		return messages.ChangedResult{Changed: true}, r.m.DetachNetwork(ctx, b.Name, b.Network)
@@ -123,14 +123,21 @@ func nonNil[T any](l []T, err error) (any, error) {
 	return l, err
 }
 
-// dispatch runs a decoded, non-streamed request through its op's handler.
+// dispatch runs a decoded, non-streamed request through its op's handler
+// and converts the manager's result (contract types) to its wire form:
+// the one place replies are converted.
 func (r *busRequest) dispatch(ctx context.Context, body any) (any, error) {
 	h, ok := handlers[r.op]
 	if !ok {
 		return nil, drivers.Errorf(drivers.Internal, "%s: no handler", r.op)
 	}
-	return h.serve(ctx, r, body)
+	res, err := h.serve(ctx, r, body)
+	return r.wire(res), err
 }
+
+// wire converts a contract value to its wire form, stamping this
+// request's driver and host.
+func (r *busRequest) wire(v any) any { return messages.ToWire(v, r.m.Driver(), r.w.host) }
 
 // changed builds the result of start/stop/restart: whether anything
 // changed, and the instance as it is now (best effort).
@@ -140,7 +147,8 @@ func (r *busRequest) changed(ctx context.Context, name string, changed bool, err
 	}
 	res := messages.ChangedResult{Changed: changed}
 	if inst, err := r.m.Get(ctx, name); err == nil {
-		res.Instance = &inst
+		w := messages.InstanceFrom(inst, r.m.Driver(), r.w.host)
+		res.Instance = &w
 	}
 	return res, nil
 }

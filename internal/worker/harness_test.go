@@ -421,7 +421,7 @@ type eventRecorder struct {
 	ids []string
 }
 
-func (r *eventRecorder) record(e drivers.Event) {
+func (r *eventRecorder) record(e messages.Event) {
 	r.mu.Lock()
 	r.ids = append(r.ids, e.ID)
 	r.mu.Unlock()

@@ -67,21 +67,21 @@ func TestProcessOpsThroughBus(t *testing.T) {
 	if !caps.Capabilities.Exec || !caps.Capabilities.Logs || !caps.Capabilities.Clone {
 		t.Fatalf("capabilities %+v", caps)
 	}
-	var health drivers.Health
+	var health messages.Health
 	okSchema(t, nc, subj("process", messages.OpHealth), nil, &health)
 	if !health.Healthy {
 		t.Fatalf("health %+v", health)
 	}
 
 	script := `echo started; while true; do echo tick; sleep 0.2; done`
-	var inst drivers.Instance
-	okSchemaH(t, nc, subj("process", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{
+	var inst messages.Instance
+	okSchemaH(t, nc, subj("process", messages.OpCreate), messages.CreateRequest{Template: messages.Template{
 		Name: name, BaseImage: "/bin/sh", Command: []string{"/bin/sh", "-c", script}, Environment: map[string]string{"GREETING": "hello"}}},
 		map[string]string{messages.HeaderRequestID: "req-create-" + name}, &inst)
 	if inst.Name != name || inst.State != drivers.StateStopped || inst.Host != w.Host() || inst.Driver != "process" {
 		t.Fatalf("created %+v", inst)
 	}
-	wantErr(t, nc, subj("process", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{Name: name, BaseImage: "/bin/true"}}, nil, drivers.AlreadyExists)
+	wantErr(t, nc, subj("process", messages.OpCreate), messages.CreateRequest{Template: messages.Template{Name: name, BaseImage: "/bin/true"}}, nil, drivers.AlreadyExists)
 
 	var ch messages.ChangedResult
 	okSchema(t, nc, hostOp(messages.OpStart), messages.NameRequest{Name: name}, &ch)
@@ -92,7 +92,7 @@ func TestProcessOpsThroughBus(t *testing.T) {
 	if ch.Changed {
 		t.Fatal("second start changed something")
 	}
-	var list []drivers.Instance
+	var list []messages.Instance
 	okSchema(t, nc, subj("process", messages.OpList), nil, &list)
 	found := false
 	for _, i := range list {
@@ -103,13 +103,13 @@ func TestProcessOpsThroughBus(t *testing.T) {
 	}
 	okSchema(t, nc, subj("process", messages.OpGet), messages.NameRequest{Name: name}, &inst)
 
-	var usage drivers.ResourceUsage
+	var usage messages.ResourceUsage
 	okSchema(t, nc, subj("process", messages.OpMetrics), messages.NameRequest{Name: name}, &usage)
 	if !usage.Measured.Has(drivers.MeasureMemory) || usage.MemoryMB <= 0 {
 		t.Fatalf("metrics %+v", usage)
 	}
 
-	var res drivers.ExecResult
+	var res messages.ExecResult
 	okSchema(t, nc, subj("process", messages.OpExec), map[string]any{"name": name, "command": []string{"/bin/sh", "-c", "echo $GREETING; echo oops >&2; exit 4"}}, &res)
 	if string(res.Stdout) != "hello\n" || string(res.Stderr) != "oops\n" || res.ExitCode != 4 {
 		t.Fatalf("exec %+v (stdout %q stderr %q)", res, res.Stdout, res.Stderr)
@@ -125,7 +125,7 @@ func TestProcessOpsThroughBus(t *testing.T) {
 	}
 
 	testenv.Eventually(t, 10*time.Second, func() error {
-		var lines []drivers.LogLine
+		var lines []messages.LogLine
 		r, _ := request(t, nc, subj("process", messages.OpLogs), messages.LogsRequest{Name: name, Lines: 5}, nil)
 		if r.Error != nil {
 			return fmt.Errorf("logs: %+v", r.Error)
@@ -156,7 +156,7 @@ func TestProcessOpsThroughBus(t *testing.T) {
 	}
 
 	clone := name + "-clone"
-	var cl drivers.Instance
+	var cl messages.Instance
 	okSchema(t, nc, subj("process", messages.OpClone), messages.CloneRequest{Source: name, Target: clone}, &cl)
 	if cl.Name != clone || cl.State != drivers.StateStopped {
 		t.Fatalf("clone %+v", cl)
@@ -196,7 +196,7 @@ func TestProcessOpsThroughBus(t *testing.T) {
 // driver as it was.
 func TestProcessBadInputChangesNothing(t *testing.T) {
 	_, nc := startProcessWorker(t, nil)
-	var before, after []drivers.Instance
+	var before, after []messages.Instance
 	okSchema(t, nc, subj("process", messages.OpList), nil, &before)
 	for _, body := range []string{
 		`{"template":{"name":"../../x","base_image":"/bin/true"}}`,
@@ -207,7 +207,7 @@ func TestProcessBadInputChangesNothing(t *testing.T) {
 		wantErr(t, nc, subj("process", messages.OpCreate), body, nil, drivers.InvalidArgument)
 	}
 	hdr := map[string]string{messages.HeaderDeadline: messages.FormatDeadline(time.Now().Add(-time.Millisecond))}
-	wantErr(t, nc, subj("process", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{Name: uniqueName("late"), BaseImage: "/bin/true"}}, hdr, drivers.Timeout)
+	wantErr(t, nc, subj("process", messages.OpCreate), messages.CreateRequest{Template: messages.Template{Name: uniqueName("late"), BaseImage: "/bin/true"}}, hdr, drivers.Timeout)
 	okSchema(t, nc, subj("process", messages.OpList), nil, &after)
 	if len(before) != len(after) {
 		t.Fatalf("instances before %d, after %d", len(before), len(after))
@@ -225,7 +225,7 @@ func TestProcessMetricsStream(t *testing.T) {
 	t.Cleanup(func() {
 		_, _ = callErr(nc, subj("process", messages.OpDelete), messages.DeleteRequest{Name: name, Force: true}, nil, 10*time.Second)
 	})
-	okSchema(t, nc, subj("process", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{Name: name, BaseImage: "/bin/sleep", Command: []string{"/bin/sleep", "60"}}}, nil)
+	okSchema(t, nc, subj("process", messages.OpCreate), messages.CreateRequest{Template: messages.Template{Name: name, BaseImage: "/bin/sleep", Command: []string{"/bin/sleep", "60"}}}, nil)
 	okSchema(t, nc, subj("process", messages.OpStart), messages.NameRequest{Name: name}, nil)
 	testenv.Eventually(t, 15*time.Second, func() error {
 		return lastMetrics(t, nc, messages.MetricsSubject("process", "h1", name))
@@ -241,7 +241,7 @@ func TestProcessIdempotencyAndStreamCancel(t *testing.T) {
 	t.Cleanup(func() {
 		_, _ = callErr(nc, subj("process", messages.OpDelete), messages.DeleteRequest{Name: name, Force: true}, nil, 10*time.Second)
 	})
-	body := messages.CreateRequest{Template: drivers.InstanceTemplate{Name: name, BaseImage: "/bin/sleep", Command: []string{"/bin/sleep", "300"}}}
+	body := messages.CreateRequest{Template: messages.Template{Name: name, BaseImage: "/bin/sleep", Command: []string{"/bin/sleep", "300"}}}
 	hdr := map[string]string{messages.HeaderIdempotencyKey: "create-" + name}
 	first := okSchemaH(t, nc, hostSubj("process", "h1", messages.OpCreate), body, hdr, nil)
 	again := okSchemaH(t, nc, hostSubj("process", "h1", messages.OpCreate), body, hdr, nil)
@@ -298,7 +298,7 @@ func testEveryOp(t *testing.T, cgroups string) {
 	}
 	t.Logf("capabilities %+v", c)
 
-	limits := drivers.ResourceLimits{MemoryMB: 96, PIDs: 64}
+	limits := messages.ResourceLimits{MemoryMB: 96, PIDs: 64}
 	const snap = "s1"
 	// Cases in the order they run; need is the capability an op requires
 	// (nil: every driver serves it); check inspects a successful result.
@@ -311,7 +311,7 @@ func testEveryOp(t *testing.T, cgroups string) {
 		{op: messages.OpCapabilities},
 		{op: messages.OpHealth},
 		{op: messages.OpList},
-		{op: messages.OpCreate, body: messages.CreateRequest{Template: drivers.InstanceTemplate{Name: name, BaseImage: "/bin/sh",
+		{op: messages.OpCreate, body: messages.CreateRequest{Template: messages.Template{Name: name, BaseImage: "/bin/sh",
 			Command: []string{"/bin/sh", "-c", `echo started; while :; do sleep 0.2; done`}}}},
 		{op: messages.OpGet, body: messages.NameRequest{Name: name}},
 		{op: messages.OpStart, body: messages.NameRequest{Name: name}, check: wantChanged(true, drivers.StateRunning)},
@@ -321,7 +321,7 @@ func testEveryOp(t *testing.T, cgroups string) {
 		{op: messages.OpLimitsSet, body: messages.LimitsSetRequest{Name: name, Limits: limits}, need: func() bool { return c.Limits }},
 		{op: messages.OpLimitsGet, body: messages.NameRequest{Name: name}, need: func() bool { return c.Limits },
 			check: func(t *testing.T, r messages.Reply) {
-				var got drivers.ResourceLimits
+				var got messages.ResourceLimits
 				if err := jsonUnmarshal(r.Result, &got); err != nil || got.MemoryMB != limits.MemoryMB || got.PIDs != limits.PIDs {
 					t.Errorf("limits-get after limits-set = %+v (%v), want %+v", got, err, limits)
 				}
@@ -331,7 +331,7 @@ func testEveryOp(t *testing.T, cgroups string) {
 		{op: messages.OpSnapshotRestore, body: messages.SnapshotRequest{Name: name, Snapshot: snap}, need: func() bool { return c.Snapshots }},
 		{op: messages.OpSnapshotDelete, body: messages.SnapshotRequest{Name: name, Snapshot: snap}, need: func() bool { return c.Snapshots }},
 		{op: messages.OpNetworkList, need: func() bool { return c.Networks }},
-		{op: messages.OpNetworkAttach, body: messages.NetworkAttachRequest{Name: name, Network: drivers.NetworkConfig{NetworkName: "sbnet"}}, need: func() bool { return c.Networks }},
+		{op: messages.OpNetworkAttach, body: messages.NetworkAttachRequest{Name: name, Network: messages.NetworkConfig{NetworkName: "sbnet"}}, need: func() bool { return c.Networks }},
 		{op: messages.OpNetworkDetach, body: messages.NetworkDetachRequest{Name: name, Network: "sbnet"}, need: func() bool { return c.Networks }},
 		{op: messages.OpRestart, body: messages.StopRequest{Name: name, Timeout: "5s"}, check: wantChanged(true, drivers.StateRunning)},
 		{op: messages.OpStop, body: messages.StopRequest{Name: name, Timeout: "5s"}, check: wantChanged(true, drivers.StateStopped)},

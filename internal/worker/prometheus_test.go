@@ -80,7 +80,7 @@ func TestPrometheusEndpoint(t *testing.T) {
 		o.MetricsInterval = 50 * time.Millisecond
 	})
 	nc := connect(t, s.ClientURL())
-	ok(t, nc, subj("toy", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{Name: "web", BaseImage: "img"}}, nil)
+	ok(t, nc, subj("toy", messages.OpCreate), messages.CreateRequest{Template: messages.Template{Name: "web", BaseImage: "img"}}, nil)
 	ok(t, nc, subj("toy", messages.OpStart), messages.NameRequest{Name: "web"}, nil)
 	wantErr(t, nc, subj("toy", messages.OpGet), messages.NameRequest{Name: "ghost"}, nil, drivers.NotFound)
 

@@ -62,7 +62,7 @@ func TestEventsSurviveNATSRestart(t *testing.T) {
 			default:
 			}
 			name := fmt.Sprintf("bus%d", i)
-			body := messages.CreateRequest{Template: drivers.InstanceTemplate{Name: name, BaseImage: "x"}}
+			body := messages.CreateRequest{Template: messages.Template{Name: name, BaseImage: "x"}}
 			hdr := map[string]string{messages.HeaderIdempotencyKey: name}
 			for {
 				if _, err := callErr(nc, subj("toy", messages.OpCreate), body, hdr, time.Second); err == nil {

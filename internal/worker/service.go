@@ -28,9 +28,9 @@ const QueueGroup = "substrate"
 // only). The op is the last subject token, so an unknown op is answered
 // invalid_argument rather than "no responders".
 func (w *Worker) addService() error {
-	caps := map[string]drivers.Capabilities{}
+	caps := map[string]messages.Capabilities{}
 	for _, m := range w.managers {
-		caps[m.Driver()] = m.Capabilities()
+		caps[m.Driver()] = messages.Capabilities(m.Capabilities())
 	}
 	capsJSON, _ := json.Marshal(caps)
 	svc, err := micro.AddService(w.nc, micro.Config{

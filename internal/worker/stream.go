@@ -163,7 +163,7 @@ func (c *busRequest) stream(ctx context.Context, body any) (drivers.Code, error)
 			}
 		}()
 		opErr = c.m.Logs(ctx, r.Name, drivers.LogOptions{Lines: r.Lines, Follow: true}, func(l drivers.LogLine) error {
-			line := l
+			line := messages.LogLine(l)
 			return s.send(messages.Chunk{Stream: l.Stream, Line: &line})
 		})
 	}
@@ -179,7 +179,7 @@ func (c *busRequest) stream(ctx context.Context, body any) (drivers.Code, error)
 	}
 	final.Final = true
 	if opErr != nil {
-		final.Error = drivers.InfoOf(opErr)
+		final.Error = messages.InfoOf(opErr)
 	}
 	// The final chunk is sent even when ctx ended (e.g. a deadline); its
 	// acknowledgement is not awaited for long.

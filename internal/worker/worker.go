@@ -431,7 +431,7 @@ func (w *Worker) subscribeEvents() []func() {
 }
 
 // enqueueEvent queues e for publishing. It never blocks.
-func (w *Worker) enqueueEvent(e drivers.Event) {
+func (w *Worker) enqueueEvent(e messages.Event) {
 	if e.ID == "" {
 		e.ID = messages.NewRequestID()
 	}
@@ -650,7 +650,7 @@ func (w *Worker) sampleMetrics(ctx context.Context, m *manager.Manager) {
 		if !ok {
 			continue
 		}
-		msg := messages.MetricsMessage{Driver: m.Driver(), Host: w.host, Instance: name, Time: time.Now().UTC(), Usage: u}
+		msg := messages.MetricsMessage{Driver: m.Driver(), Host: w.host, Instance: name, Time: time.Now().UTC(), Usage: messages.UsageFrom(u)}
 		if !u.Time.IsZero() {
 			msg.Time = u.Time
 		}

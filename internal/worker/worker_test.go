@@ -101,7 +101,7 @@ func TestErrorPaths(t *testing.T) {
 	})
 	t.Run("expired deadline touches nothing", func(t *testing.T) {
 		hdr := map[string]string{messages.HeaderDeadline: messages.FormatDeadline(time.Now().Add(-time.Second))}
-		body := messages.CreateRequest{Template: drivers.InstanceTemplate{Name: "late", BaseImage: "x"}}
+		body := messages.CreateRequest{Template: messages.Template{Name: "late", BaseImage: "x"}}
 		r := wantErr(t, nc, subj("toy", messages.OpCreate), body, hdr, drivers.Timeout)
 		if !r.Error.Retryable {
 			t.Fatal("timeout not retryable")
@@ -112,7 +112,7 @@ func TestErrorPaths(t *testing.T) {
 	})
 	t.Run("deadline bounds the driver call", func(t *testing.T) {
 		hdr := map[string]string{messages.HeaderDeadline: messages.FormatDeadline(time.Now().Add(200 * time.Millisecond))}
-		body := messages.CreateRequest{Template: drivers.InstanceTemplate{Name: "slowpoke", BaseImage: "x", Metadata: map[string]string{"delay": "10s"}}}
+		body := messages.CreateRequest{Template: messages.Template{Name: "slowpoke", BaseImage: "x", Metadata: map[string]string{"delay": "10s"}}}
 		start := time.Now()
 		wantErr(t, nc, subj("toy", messages.OpCreate), body, hdr, drivers.Timeout)
 		if time.Since(start) > 5*time.Second {
@@ -120,7 +120,7 @@ func TestErrorPaths(t *testing.T) {
 		}
 	})
 	t.Run("client timeout", func(t *testing.T) {
-		body := messages.CreateRequest{Template: drivers.InstanceTemplate{Name: "slow2", BaseImage: "x", Metadata: map[string]string{"delay": "2s"}}}
+		body := messages.CreateRequest{Template: messages.Template{Name: "slow2", BaseImage: "x", Metadata: map[string]string{"delay": "2s"}}}
 		_, err := callErr(nc, subj("toy", messages.OpCreate), body, nil, 100*time.Millisecond)
 		if !errors.Is(err, nats.ErrTimeout) {
 			t.Fatalf("err = %v, want timeout", err)
@@ -134,8 +134,8 @@ func TestToyOpsAndDiscovery(t *testing.T) {
 	w := startWorker(t, s, []*manager.Manager{toyManager(d)}, nil)
 	nc := connect(t, s.ClientURL())
 
-	var inst drivers.Instance
-	ok(t, nc, subj("toy", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{Name: "a1", BaseImage: "img"}}, &inst)
+	var inst messages.Instance
+	ok(t, nc, subj("toy", messages.OpCreate), messages.CreateRequest{Template: messages.Template{Name: "a1", BaseImage: "img"}}, &inst)
 	if inst.Name != "a1" || inst.Host != "h1" || inst.Driver != "toy" {
 		t.Fatalf("created %+v", inst)
 	}
@@ -144,6 +144,24 @@ func TestToyOpsAndDiscovery(t *testing.T) {
 	if !ch.Changed || ch.Instance == nil || ch.Instance.State != drivers.StateRunning {
 		t.Fatalf("start: %+v", ch)
 	}
+	// Every instance on the wire names the driver and host serving it
+	// (the driver contract's Instance has neither: the worker stamps them).
+	stamped := func(what string, i messages.Instance) {
+		t.Helper()
+		if i.Driver != "toy" || i.Host != "h1" {
+			t.Fatalf("%s: instance %s stamped %q/%q, want toy/h1", what, i.Name, i.Driver, i.Host)
+		}
+	}
+	stamped("start", *ch.Instance)
+	var got messages.Instance
+	ok(t, nc, subj("toy", messages.OpGet), messages.NameRequest{Name: "a1"}, &got)
+	stamped("get", got)
+	var list []messages.Instance
+	ok(t, nc, subj("toy", messages.OpList), nil, &list)
+	if len(list) != 1 {
+		t.Fatalf("list: %+v", list)
+	}
+	stamped("list", list[0])
 	var caps messages.CapabilitiesResult
 	ok(t, nc, subj("toy", messages.OpCapabilities), nil, &caps)
 	if !caps.Capabilities.Exec || !caps.Capabilities.Logs || caps.Capabilities.Snapshots {
@@ -162,7 +180,7 @@ func TestToyOpsAndDiscovery(t *testing.T) {
 	if info.Metadata["host"] != "h1" || info.Metadata["drivers"] != "toy" || info.Metadata["version"] == "" {
 		t.Fatalf("info metadata %+v", info.Metadata)
 	}
-	var capMap map[string]drivers.Capabilities
+	var capMap map[string]messages.Capabilities
 	if err := json.Unmarshal([]byte(info.Metadata["capabilities"]), &capMap); err != nil || !capMap["toy"].Exec {
 		t.Fatalf("capabilities metadata %q: %v", info.Metadata["capabilities"], err)
 	}
@@ -200,7 +218,7 @@ func TestSlowCreateDoesNotBlockList(t *testing.T) {
 
 	done := make(chan error, 1)
 	go func() {
-		body := messages.CreateRequest{Template: drivers.InstanceTemplate{Name: "slow", BaseImage: "x", Metadata: map[string]string{"delay": "5s"}}}
+		body := messages.CreateRequest{Template: messages.Template{Name: "slow", BaseImage: "x", Metadata: map[string]string{"delay": "5s"}}}
 		_, err := callErr(nc, subj("toy", messages.OpCreate), body, nil, 20*time.Second)
 		done <- err
 	}()
@@ -213,7 +231,7 @@ func TestSlowCreateDoesNotBlockList(t *testing.T) {
 	// Lists and other creates are answered while the slow create runs.
 	for i := range 5 {
 		ok(t, nc, subj("toy", messages.OpList), nil, nil)
-		ok(t, nc, subj("toy", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{Name: fmt.Sprintf("fast%d", i), BaseImage: "x"}}, nil)
+		ok(t, nc, subj("toy", messages.OpCreate), messages.CreateRequest{Template: messages.Template{Name: fmt.Sprintf("fast%d", i), BaseImage: "x"}}, nil)
 	}
 	select {
 	case err := <-done:
@@ -234,7 +252,7 @@ func TestIdempotentCreate(t *testing.T) {
 	startWorker(t, s, []*manager.Manager{m}, nil)
 	nc := connect(t, s.ClientURL())
 
-	body := messages.CreateRequest{Template: drivers.InstanceTemplate{Name: "idem", BaseImage: "x", Metadata: map[string]string{"delay": "200ms"}}}
+	body := messages.CreateRequest{Template: messages.Template{Name: "idem", BaseImage: "x", Metadata: map[string]string{"delay": "200ms"}}}
 	hdr := map[string]string{messages.HeaderIdempotencyKey: "key-1"}
 	// Concurrent duplicates and a later retry all get the first reply.
 	var wg sync.WaitGroup
@@ -257,7 +275,7 @@ func TestIdempotentCreate(t *testing.T) {
 		t.Fatalf("created %d times", n)
 	}
 	// The same key with another body is refused.
-	other := messages.CreateRequest{Template: drivers.InstanceTemplate{Name: "idem2", BaseImage: "x"}}
+	other := messages.CreateRequest{Template: messages.Template{Name: "idem2", BaseImage: "x"}}
 	wantErr(t, nc, subj("toy", messages.OpCreate), other, hdr, drivers.InvalidArgument)
 	// Without a key a second create is a second attempt: already_exists.
 	wantErr(t, nc, subj("toy", messages.OpCreate), body, nil, drivers.AlreadyExists)
@@ -315,7 +333,7 @@ func TestStreamingExecAndFollowLogs(t *testing.T) {
 	d := newToy()
 	startWorker(t, s, []*manager.Manager{toyManager(d)}, func(o *Options) { o.HeartbeatInterval = 100 * time.Millisecond })
 	nc := connect(t, s.ClientURL())
-	ok(t, nc, subj("toy", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{Name: "s1", BaseImage: "x"}}, nil)
+	ok(t, nc, subj("toy", messages.OpCreate), messages.CreateRequest{Template: messages.Template{Name: "s1", BaseImage: "x"}}, nil)
 
 	t.Run("exec output in order with exit code", func(t *testing.T) {
 		chunks := streamCall(t, nc, subj("toy", messages.OpExec), map[string]any{"name": "s1", "command": []string{"spam", "50"}, "stream": true}, 0)
@@ -350,7 +368,7 @@ func TestStreamingExecAndFollowLogs(t *testing.T) {
 		}
 	})
 	t.Run("non-streamed exec", func(t *testing.T) {
-		var res drivers.ExecResult
+		var res messages.ExecResult
 		ok(t, nc, subj("toy", messages.OpExec), map[string]any{"name": "s1", "command": []string{"echo", "hi", "there"}}, &res)
 		if string(res.Stdout) != "hi there\n" || res.ExitCode != 0 {
 			t.Fatalf("exec %+v", res)
@@ -398,7 +416,7 @@ func TestGracefulShutdown(t *testing.T) {
 
 	reply := make(chan *nats.Msg, 1)
 	go func() {
-		body := messages.CreateRequest{Template: drivers.InstanceTemplate{Name: "inflight", BaseImage: "x", Metadata: map[string]string{"delay": "700ms"}}}
+		body := messages.CreateRequest{Template: messages.Template{Name: "inflight", BaseImage: "x", Metadata: map[string]string{"delay": "700ms"}}}
 		msg, err := callErr(nc, subj("toy", messages.OpCreate), body, nil, 10*time.Second)
 		if err != nil {
 			t.Error(err)
@@ -501,7 +519,7 @@ func TestMetricsPublished(t *testing.T) {
 		o.MetricsInterval = 100 * time.Millisecond
 	})
 	nc := connect(t, s.ClientURL())
-	ok(t, nc, subj("toy", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{Name: "m.1", BaseImage: "x"}}, nil)
+	ok(t, nc, subj("toy", messages.OpCreate), messages.CreateRequest{Template: messages.Template{Name: "m.1", BaseImage: "x"}}, nil)
 	ok(t, nc, subj("toy", messages.OpStart), messages.NameRequest{Name: "m.1"}, nil)
 	js, _ := jetstream.New(nc)
 	ctx := context.Background()
@@ -674,7 +692,7 @@ func TestShutdownEndsFollowedLogs(t *testing.T) {
 	d := newToy()
 	w := startWorker(t, s, []*manager.Manager{toyManager(d)}, nil)
 	nc := connect(t, s.ClientURL())
-	ok(t, nc, subj("toy", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{Name: "f1", BaseImage: "x"}}, nil)
+	ok(t, nc, subj("toy", messages.OpCreate), messages.CreateRequest{Template: messages.Template{Name: "f1", BaseImage: "x"}}, nil)
 	got := make(chan []messages.Chunk, 1)
 	go func() {
 		chunks, _ := streamChunks(nc, subj("toy", messages.OpLogs), messages.LogsRequest{Name: "f1", Follow: true}, 0)
@@ -718,6 +736,6 @@ func TestStreamRecreated(t *testing.T) {
 	}
 	var rec eventRecorder
 	m.Subscribe(rec.record)
-	ok(t, nc, subj("toy", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{Name: "r1", BaseImage: "x"}}, nil)
+	ok(t, nc, subj("toy", messages.OpCreate), messages.CreateRequest{Template: messages.Template{Name: "r1", BaseImage: "x"}}, nil)
 	waitEventsStored(t, nc, rec.all())
 }

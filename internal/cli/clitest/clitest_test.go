@@ -30,7 +30,7 @@ func TestHarness(t *testing.T) {
 	t.Cleanup(func() { clitest.Subbus(t, url, "process", "delete", name, "--force") })
 	clitest.Subbus(t, url, "process", "create", name, "--image", "/bin/sleep", "--", "60").Want(t, 0, "create")
 	r := clitest.Subbus(t, url, "process", "list", "--json").Want(t, 0, "list")
-	var list []drivers.Instance
+	var list []messages.Instance
 	if err := json.Unmarshal([]byte(r.Stdout), &list); err != nil || len(list) != 1 || list[0].Name != name {
 		t.Fatalf("list: %v %s", err, r.Stdout)
 	}
@@ -104,15 +104,15 @@ func TestFleet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := json.Marshal(messages.CloudEvent{Data: drivers.Event{ID: "n1", Type: drivers.EventStopped, Instance: name,
-		Host: "h1", Driver: "process", Source: drivers.SourceNative}})
+	b, err := json.Marshal(messages.CloudEvent{Data: messages.Event{ID: "n1", Type: drivers.EventStopped, Instance: name,
+		Host: "h1", Driver: "process", Source: messages.SourceNative}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := js.Publish(context.Background(), messages.EventSubject("process", "h1", name, "stopped"), b); err != nil {
 		t.Fatal(err)
 	}
-	if ev := events.WaitNative(t, drivers.EventStopped, 10*time.Second); ev.ID != "n1" || ev.Source != drivers.SourceNative {
+	if ev := events.WaitNative(t, drivers.EventStopped, 10*time.Second); ev.ID != "n1" || ev.Source != messages.SourceNative {
 		t.Errorf("WaitNative returned %+v, want the native event n1", ev)
 	}
 }

@@ -67,7 +67,7 @@ func (f *Fleet) Expect(code int, args ...string) Result {
 type Events struct {
 	instance string
 	cons     jetstream.Consumer
-	native   map[drivers.EventType]drivers.Event
+	native   map[drivers.EventType]messages.Event
 }
 
 // WatchEvents starts reading driver's events about instance on the
@@ -91,14 +91,14 @@ func (f *Fleet) WatchEvents(driver, instance string) *Events {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	return &Events{instance: instance, cons: cons, native: map[drivers.EventType]drivers.Event{}}
+	return &Events{instance: instance, cons: cons, native: map[drivers.EventType]messages.Event{}}
 }
 
 // WaitNative polls for up to within until an event of type typ from the
 // substrate's own feed (Source native) has arrived, and returns the last
 // such event read; it fails t if none comes. Events from other sources
 // are skipped.
-func (e *Events) WaitNative(t testing.TB, typ drivers.EventType, within time.Duration) drivers.Event {
+func (e *Events) WaitNative(t testing.TB, typ drivers.EventType, within time.Duration) messages.Event {
 	t.Helper()
 	testenv.Eventually(t, within, func() error {
 		batch, err := e.cons.FetchNoWait(100)
@@ -107,7 +107,7 @@ func (e *Events) WaitNative(t testing.TB, typ drivers.EventType, within time.Dur
 		}
 		for m := range batch.Messages() {
 			var ce messages.CloudEvent
-			if err := json.Unmarshal(m.Data(), &ce); err == nil && ce.Data.Source == drivers.SourceNative {
+			if err := json.Unmarshal(m.Data(), &ce); err == nil && ce.Data.Source == messages.SourceNative {
 				e.native[ce.Data.Type] = ce.Data
 			}
 		}

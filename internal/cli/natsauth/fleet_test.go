@@ -315,9 +315,9 @@ func TestShippedConfiguration(t *testing.T) {
 	})
 
 	t.Run("operator requests reach the addressed worker and replies come back", func(t *testing.T) {
-		tmpl := drivers.InstanceTemplate{Name: inst, BaseImage: "/bin/sh", Command: []string{"/bin/sh", "-c", "echo started; exec sleep 60"},
+		tmpl := messages.Template{Name: inst, BaseImage: "/bin/sh", Command: []string{"/bin/sh", "-c", "echo started; exec sleep 60"},
 			Environment: map[string]string{"DB_PASSWORD": strings.TrimPrefix(secret, "DB_PASSWORD=")}}
-		var created drivers.Instance
+		var created messages.Instance
 		if err := ops.Do(tctx(t, 20*time.Second), "process", "h1", messages.OpCreate, messages.CreateRequest{Template: tmpl}, &created); err != nil {
 			t.Fatal(err)
 		}
@@ -455,7 +455,7 @@ func TestShippedConfiguration(t *testing.T) {
 			c.violated(t, "Subscription", s.subject)
 		}
 		// A create carrying a secret goes by; nobody but h1 sees it.
-		tmpl := drivers.InstanceTemplate{Name: "sec-secret", BaseImage: "/bin/true", Environment: map[string]string{"DB_PASSWORD": "x"}}
+		tmpl := messages.Template{Name: "sec-secret", BaseImage: "/bin/true", Environment: map[string]string{"DB_PASSWORD": "x"}}
 		_ = ops.Do(tctx(t, 10*time.Second), "process", "h1", messages.OpCreate, messages.CreateRequest{Template: tmpl}, nil)
 		_ = ops.Do(tctx(t, 10*time.Second), "process", "h1", messages.OpDelete, messages.DeleteRequest{Name: "sec-secret", Force: true}, nil)
 		select {

@@ -457,7 +457,7 @@ func TestOOMKilled(t *testing.T) {
 		ev, err := rec.find(func(ev drivers.Event) bool {
 			return ev.Instance == name && ev.Type == drivers.EventFailed && ev.Details["oom"] == "true"
 		})
-		if err == nil && ev.Error == nil {
+		if err == nil && ev.Err == nil {
 			return fmt.Errorf("oom event without error: %+v", ev)
 		}
 		return err
@@ -1037,7 +1037,7 @@ func TestNativeEventMapping(t *testing.T) {
 		return ev.Instance == healthy && ev.Type == drivers.EventStateChanged && ev.Details["health"] == "healthy"
 	})
 	ev = find("crash", func(ev drivers.Event) bool { return ev.Instance == crash && ev.Type == drivers.EventFailed })
-	if ev.Details["exit_code"] != "3" || ev.Error == nil || ev.Details["oom"] != "" {
+	if ev.Details["exit_code"] != "3" || ev.Err == nil || ev.Details["oom"] != "" {
 		t.Errorf("crash event %+v", ev)
 	}
 	dockerCLI(t, "pause", healthy)

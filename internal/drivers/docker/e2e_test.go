@@ -137,7 +137,7 @@ func TestEndToEndCLI(t *testing.T) {
 	if nets := networksOf(t, name); len(nets) != 1 || nets[0] != home {
 		t.Fatalf("created on networks %v, want only the internal %s", nets, home)
 	}
-	var inst drivers.Instance
+	var inst messages.Instance
 	if err := json.Unmarshal([]byte(f.OK("docker", "get", name, "--json")), &inst); err != nil {
 		t.Fatalf("get --json: %v", err)
 	}
@@ -173,7 +173,7 @@ func TestEndToEndCLI(t *testing.T) {
 		return nil
 	}, "docker", "logs", name, "--lines", "1", "--follow").Want(t, 0, "logs --follow, interrupted")
 
-	var u drivers.ResourceUsage
+	var u messages.ResourceUsage
 	if err := json.Unmarshal([]byte(f.OK("docker", "metrics", name, "--json")), &u); err != nil {
 		t.Fatalf("metrics --json: %v", err)
 	}
@@ -188,8 +188,8 @@ func TestEndToEndCLI(t *testing.T) {
 		return nil
 	}, "docker", "metrics", name, "--watch", "--interval", "200ms").Want(t, 0, "metrics --watch, interrupted")
 
-	var lim drivers.ResourceLimits
-	if err := json.Unmarshal([]byte(f.OK("docker", "limits", "get", name, "--json")), &lim); err != nil || lim != (drivers.ResourceLimits{MemoryMB: 64}) {
+	var lim messages.ResourceLimits
+	if err := json.Unmarshal([]byte(f.OK("docker", "limits", "get", name, "--json")), &lim); err != nil || lim != (messages.ResourceLimits{MemoryMB: 64}) {
 		t.Errorf("limits get: %+v (%v), want memory 64", lim, err)
 	}
 	if out := f.OK("docker", "limits", "set", name, "--memory", "96", "--pids", "40"); !strings.Contains(out, "96") {
@@ -198,16 +198,16 @@ func TestEndToEndCLI(t *testing.T) {
 	if got := dockerInspect(t, name, "{{.HostConfig.Memory}} {{.HostConfig.PidsLimit}}"); got != fmt.Sprintf("%d 40", 96<<20) {
 		t.Errorf("after limits set, docker says memory/pids %q", got)
 	}
-	if err := json.Unmarshal([]byte(f.OK("docker", "limits", "get", name, "--json")), &lim); err != nil || lim != (drivers.ResourceLimits{MemoryMB: 96, PIDs: 40}) {
+	if err := json.Unmarshal([]byte(f.OK("docker", "limits", "get", name, "--json")), &lim); err != nil || lim != (messages.ResourceLimits{MemoryMB: 96, PIDs: 40}) {
 		t.Errorf("limits get after set: %+v (%v)", lim, err)
 	}
 	f.Expect(cli.ExitUsage, "docker", "limits", "set", name)
 
-	var nets []drivers.Network
+	var nets []messages.Network
 	if err := json.Unmarshal([]byte(f.OK("docker", "network", "list", "--json")), &nets); err != nil {
 		t.Fatalf("network list --json: %v", err)
 	}
-	if !slices.ContainsFunc(nets, func(n drivers.Network) bool { return n.Name == extra && n.Internal }) {
+	if !slices.ContainsFunc(nets, func(n messages.Network) bool { return n.Name == extra && n.Internal }) {
 		t.Errorf("network list lacks the internal %s: %+v", extra, nets)
 	}
 	f.OK("docker", "network", "attach", name, extra)

@@ -220,7 +220,7 @@ func (w *watcher) event(ctx context.Context, m events.Message) (drivers.Event, b
 	case action == "oom":
 		ev.Type, ev.State = drivers.EventFailed, drivers.StateError
 		ev.Details["oom"] = "true"
-		ev.Error = drivers.InfoOf(drivers.Errorf(drivers.Internal, "container %s ran out of memory (OOM)", name))
+		ev.Err = drivers.Errorf(drivers.Internal, "container %s ran out of memory (OOM)", name)
 		w.oom[id] = true
 	case action == "kill":
 		w.killed[id] = true
@@ -240,10 +240,10 @@ func (w *watcher) event(ctx context.Context, m events.Message) (drivers.Event, b
 		case oom:
 			ev.Type, ev.State = drivers.EventFailed, drivers.StateError
 			ev.Details["oom"] = "true"
-			ev.Error = drivers.InfoOf(drivers.Errorf(drivers.Internal, "container %s was OOM-killed (exit code %s)", name, exit))
+			ev.Err = drivers.Errorf(drivers.Internal, "container %s was OOM-killed (exit code %s)", name, exit)
 		case exit != "0" && !w.killed[id]:
 			ev.Type, ev.State = drivers.EventFailed, drivers.StateStopped
-			ev.Error = drivers.InfoOf(drivers.Errorf(drivers.Internal, "container %s exited with code %s", name, exit))
+			ev.Err = drivers.Errorf(drivers.Internal, "container %s exited with code %s", name, exit)
 		default:
 			if replayed(drivers.StateStopped) {
 				return ev, false

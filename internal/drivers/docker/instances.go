@@ -63,8 +63,6 @@ func (d *Driver) fromSummary(s container.Summary) drivers.Instance {
 	i := drivers.Instance{
 		Name:        containerName(s.Names...),
 		ID:          s.ID,
-		Driver:      Name,
-		Host:        d.opts.HostID,
 		State:       stateOf(s.State, 0, false),
 		NativeState: string(s.State),
 		Image:       imageOf(s.Labels, s.Image),
@@ -82,8 +80,6 @@ func (d *Driver) fromInspect(c container.InspectResponse) drivers.Instance {
 	i := drivers.Instance{
 		Name:    containerName(c.Name),
 		ID:      c.ID,
-		Driver:  Name,
-		Host:    d.opts.HostID,
 		State:   drivers.StateUnknown,
 		Managed: false,
 	}

@@ -153,7 +153,7 @@ func (d *Driver) Watch(ctx context.Context, emit func(drivers.Event)) error {
 // event converts one lifecycle message and records the domain's state.
 func (d *Driver) event(m golibvirt.DomainEventLifecycleMsg) (drivers.Event, bool) {
 	name := m.Dom.Name
-	e := drivers.Event{Instance: name, Time: time.Now(), Source: drivers.SourceNative,
+	e := drivers.Event{Instance: name, Time: time.Now(),
 		Details: map[string]string{"libvirt_event": lifecycleName(m.Event), "libvirt_detail": fmt.Sprint(m.Detail)}}
 	d.watchMu.Lock()
 	defer d.watchMu.Unlock()
@@ -248,17 +248,17 @@ func (d *Driver) resync(ctx context.Context, emit func(drivers.Event)) error {
 		case first:
 		case !had:
 			out = append(out, drivers.Event{Type: drivers.EventAppeared, Instance: in.Name, Time: now, State: in.State,
-				Source: drivers.SourceNative, Details: map[string]string{"resync": "true"}})
+				Details: map[string]string{"resync": "true"}})
 		case prev != in.State:
 			out = append(out, drivers.Event{Type: drivers.EventStateChanged, Instance: in.Name, Time: now, State: in.State,
-				Source: drivers.SourceNative, Details: map[string]string{"resync": "true"}})
+				Details: map[string]string{"resync": "true"}})
 		}
 	}
 	for n := range d.known {
 		if !seen[n] {
 			delete(d.known, n)
 			out = append(out, drivers.Event{Type: drivers.EventVanished, Instance: n, Time: now,
-				Source: drivers.SourceNative, Details: map[string]string{"resync": "true"}})
+				Details: map[string]string{"resync": "true"}})
 		}
 	}
 	d.watchMu.Unlock()

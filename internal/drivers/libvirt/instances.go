@@ -74,7 +74,6 @@ func (d *Driver) instance(x *domain) drivers.Instance {
 	in := drivers.Instance{
 		Name:        x.dom.Name,
 		ID:          x.uuid(),
-		Driver:      Name,
 		State:       st,
 		NativeState: native,
 		Limits:      limitsOf(x.def),

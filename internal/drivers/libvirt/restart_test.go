@@ -17,6 +17,7 @@ import (
 
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/testenv"
 )
 
@@ -51,8 +52,8 @@ func TestLibvirtdRestart(t *testing.T) {
 		BreakerOpenTimeout: 500 * time.Millisecond, CacheTTL: -1})
 	defer m.Close()
 	var mu sync.Mutex
-	var seen []drivers.Event
-	defer m.Subscribe(func(e drivers.Event) { mu.Lock(); seen = append(seen, e); mu.Unlock() })()
+	var seen []messages.Event
+	defer m.Subscribe(func(e messages.Event) { mu.Lock(); seen = append(seen, e); mu.Unlock() })()
 	has := func(name string, typ drivers.EventType) error {
 		mu.Lock()
 		defer mu.Unlock()

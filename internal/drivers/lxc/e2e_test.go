@@ -17,6 +17,7 @@ import (
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/drivers/lxc"
 	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/testenv"
 )
 
@@ -64,7 +65,7 @@ func TestEndToEndCLI(t *testing.T) {
 	t.Cleanup(func() { _ = exec.Command("lxc", "network", "delete", netName).Run() })
 
 	f.OK("lxc", "create", name, "--image", e2eImage, "--memory", "64", "--env", "GREETING=hi", "--label", "team=e2e")
-	var inst drivers.Instance
+	var inst messages.Instance
 	if err := json.Unmarshal([]byte(f.OK("lxc", "get", name, "--json")), &inst); err != nil {
 		t.Fatalf("get --json: %v", err)
 	}
@@ -86,7 +87,7 @@ func TestEndToEndCLI(t *testing.T) {
 		}
 		return nil
 	})
-	var u drivers.ResourceUsage
+	var u messages.ResourceUsage
 	if err := json.Unmarshal([]byte(f.OK("lxc", "metrics", name, "--json")), &u); err != nil {
 		t.Fatalf("metrics --json: %v", err)
 	}
@@ -94,7 +95,7 @@ func TestEndToEndCLI(t *testing.T) {
 		t.Errorf("metrics %+v", u)
 	}
 	f.OK("lxc", "limits", "set", name, "--cpu", "1.5", "--memory", "128")
-	var lim drivers.ResourceLimits
+	var lim messages.ResourceLimits
 	if err := json.Unmarshal([]byte(f.OK("lxc", "limits", "get", name, "--json")), &lim); err != nil || lim.CPUCores != 1.5 || lim.MemoryMB != 128 {
 		t.Errorf("limits get: %+v (%v), want 1.5 cores and 128 MB", lim, err)
 	}
@@ -208,10 +209,10 @@ func TestEndToEndStreams(t *testing.T) {
 	})
 
 	t.Run("MetricsWatch", func(t *testing.T) {
-		samples := func(out string) []drivers.ResourceUsage {
-			var us []drivers.ResourceUsage
+		samples := func(out string) []messages.ResourceUsage {
+			var us []messages.ResourceUsage
 			for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
-				var u drivers.ResourceUsage
+				var u messages.ResourceUsage
 				if json.Unmarshal([]byte(l), &u) == nil {
 					us = append(us, u)
 				}

@@ -71,7 +71,6 @@ func toEvent(le lifecycleEvent) (drivers.Event, bool) {
 		Type:     a.typ,
 		Time:     le.Timestamp,
 		Instance: name,
-		Source:   drivers.SourceNative,
 		State:    a.state,
 		Details:  map[string]string{"action": le.Metadata.Action},
 	}
@@ -141,7 +140,7 @@ func (d *Driver) Watch(ctx context.Context, emit func(drivers.Event)) error {
 			continue
 		}
 		if old := ev.Details["old_name"]; le.Metadata.Action == "instance-renamed" && old != "" {
-			gone := drivers.Event{Type: drivers.EventVanished, Time: ev.Time, Instance: old, Source: drivers.SourceNative,
+			gone := drivers.Event{Type: drivers.EventVanished, Time: ev.Time, Instance: old,
 				Details: map[string]string{"action": le.Metadata.Action, "new_name": ev.Instance}}
 			d.remember(gone)
 			emit(gone)
@@ -201,14 +200,14 @@ func (d *Driver) resync(ctx context.Context, emit func(drivers.Event)) error {
 		old, ok := prev[name]
 		switch {
 		case !ok:
-			emit(drivers.Event{Type: drivers.EventAppeared, Time: now, Instance: name, Source: drivers.SourceNative, State: st, Details: details})
+			emit(drivers.Event{Type: drivers.EventAppeared, Time: now, Instance: name, State: st, Details: details})
 		case old != st:
-			emit(drivers.Event{Type: drivers.EventStateChanged, Time: now, Instance: name, Source: drivers.SourceNative, State: st, Details: details})
+			emit(drivers.Event{Type: drivers.EventStateChanged, Time: now, Instance: name, State: st, Details: details})
 		}
 	}
 	for name := range prev {
 		if _, ok := cur[name]; !ok {
-			emit(drivers.Event{Type: drivers.EventVanished, Time: now, Instance: name, Source: drivers.SourceNative, Details: details})
+			emit(drivers.Event{Type: drivers.EventVanished, Time: now, Instance: name, Details: details})
 		}
 	}
 	return nil

@@ -95,7 +95,6 @@ func (in *instance) portable() drivers.Instance {
 	out := drivers.Instance{
 		Name:        in.Name,
 		ID:          in.Config["volatile.uuid"],
-		Driver:      Name,
 		State:       normState(in.StatusCode, in.Status),
 		NativeState: in.Status,
 		Created:     in.CreatedAt,

@@ -388,7 +388,7 @@ func (d *Driver) instanceOf(in *inst) drivers.Instance {
 		native = fmt.Sprintf("running (pid %d)", r.Pid)
 	}
 	return drivers.Instance{
-		Name: r.Name, ID: r.ID, Driver: Name, State: r.State, NativeState: native,
+		Name: r.Name, ID: r.ID, State: r.State, NativeState: native,
 		Image: imageOf(r.Template), Created: r.Created, Metadata: cloneMap(r.Template.Metadata),
 		Limits: r.Limits, Managed: true,
 	}

@@ -284,18 +284,18 @@ func (d *Driver) exited(in *inst, pid int, ticks uint64, done chan struct{}, cod
 		ev.Type = drivers.EventFailed
 		details["reason"] = "exited"
 		details["exit_code"] = strconv.Itoa(code)
-		ev.Error = drivers.InfoOf(drivers.Errorf(drivers.Internal, "instance %q exited with status %d", r.Name, code))
+		ev.Err = drivers.Errorf(drivers.Internal, "instance %q exited with status %d", r.Name, code)
 	case sig != "":
 		r.State, r.Native = drivers.StateError, "killed by "+sig
 		ev.Type = drivers.EventFailed
 		details["reason"] = "killed"
 		details["signal"] = sig
-		ev.Error = drivers.InfoOf(drivers.Errorf(drivers.Internal, "instance %q was killed by %s", r.Name, sig))
+		ev.Err = drivers.Errorf(drivers.Internal, "instance %q was killed by %s", r.Name, sig)
 	default:
 		r.State, r.Native = drivers.StateError, "exited (status unknown: re-adopted process)"
 		ev.Type = drivers.EventFailed
 		details["reason"] = "exited"
-		ev.Error = drivers.InfoOf(drivers.Errorf(drivers.Internal, "instance %q exited (status unknown)", r.Name))
+		ev.Err = drivers.Errorf(drivers.Internal, "instance %q exited (status unknown)", r.Name)
 	}
 	in.stopping = false
 	ev.State = r.State

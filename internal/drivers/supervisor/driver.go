@@ -321,7 +321,6 @@ func (d *Driver) instance(p processInfo, exit map[string][]int) drivers.Instance
 	i := drivers.Instance{
 		Name:        p.namespec(),
 		ID:          p.namespec(),
-		Driver:      Name,
 		State:       normalize(p, exit[p.namespec()]),
 		NativeState: p.StateName,
 	}

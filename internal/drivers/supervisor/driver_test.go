@@ -17,6 +17,7 @@ import (
 
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/procfs"
 	"github.com/subbus/subbus/internal/testenv"
 )
@@ -189,7 +190,7 @@ func TestCrashingProgramReachesFatal(t *testing.T) {
 	ev := got.wait(t, "failed", name, func(ev drivers.Event) bool {
 		return ev.Type == drivers.EventFailed && ev.Details["native_state"] == "FATAL"
 	})
-	if ev.State != drivers.StateError || ev.Error == nil {
+	if ev.State != drivers.StateError || ev.Err == nil {
 		t.Errorf("failed event %+v: want state error and an error", ev)
 	}
 	h, err := d.Health(ctx)
@@ -250,7 +251,7 @@ func TestChangesMadeOutsideBecomeEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	ev := got.wait(t, "failed", name, func(ev drivers.Event) bool { return ev.Type == drivers.EventFailed })
-	if ev.Error == nil || ev.Details["from"] != "RUNNING" {
+	if ev.Err == nil || ev.Details["from"] != "RUNNING" {
 		t.Errorf("crash event %+v: want an error, from RUNNING", ev)
 	}
 	testenv.Eventually(t, 10*time.Second, func() error {
@@ -411,7 +412,7 @@ func TestDownSupervisordTripsBreaker(t *testing.T) {
 	t.Cleanup(func() { _ = m.Close() })
 	var mu sync.Mutex
 	var breaker []drivers.EventType
-	unsub := m.Subscribe(func(ev drivers.Event) {
+	unsub := m.Subscribe(func(ev messages.Event) {
 		mu.Lock()
 		defer mu.Unlock()
 		breaker = append(breaker, ev.Type)

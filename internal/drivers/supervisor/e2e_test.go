@@ -86,7 +86,7 @@ func TestEndToEndCLI(t *testing.T) {
 
 	f.OK("supervisor", "create", name, "--image", "/bin/sh", "--env", "GREETING=hi there", "--label", "team=e2e",
 		"--workdir", "/tmp", "--", "/bin/sh", "-c", e2eScript)
-	var inst drivers.Instance
+	var inst messages.Instance
 	if err := json.Unmarshal([]byte(f.OK("supervisor", "get", name, "--json")), &inst); err != nil {
 		t.Fatalf("get --json: %v", err)
 	}
@@ -109,7 +109,7 @@ func TestEndToEndCLI(t *testing.T) {
 	if err := json.Unmarshal([]byte(f.OK("supervisor", "capabilities", "--json")), &caps); err != nil {
 		t.Fatalf("capabilities --json: %v", err)
 	}
-	if want := (drivers.Capabilities{Logs: true, Clone: true, Events: true}); caps.Driver != "supervisor" || caps.Capabilities != want {
+	if want := (messages.Capabilities{Logs: true, Clone: true, Events: true}); caps.Driver != "supervisor" || caps.Capabilities != want {
 		t.Errorf("capabilities %+v, want %+v", caps, want)
 	}
 	if out := f.OK("supervisor", "capabilities"); !strings.Contains(out, "Ops:") || !strings.Contains(out, "clone") {
@@ -122,7 +122,7 @@ func TestEndToEndCLI(t *testing.T) {
 		}
 		return nil
 	})
-	var u drivers.ResourceUsage
+	var u messages.ResourceUsage
 	if err := json.Unmarshal([]byte(f.OK("supervisor", "metrics", name, "--json")), &u); err != nil {
 		t.Fatalf("metrics --json: %v", err)
 	}
@@ -242,9 +242,9 @@ func TestEndToEndFollowAndWatch(t *testing.T) {
 	if r.Code != 0 {
 		t.Fatalf("metrics --watch ended with %d: %s", r.Code, r.Stderr)
 	}
-	var prev drivers.ResourceUsage
+	var prev messages.ResourceUsage
 	for i, line := range strings.Split(strings.TrimSpace(r.Stdout), "\n") {
-		var u drivers.ResourceUsage
+		var u messages.ResourceUsage
 		if err := json.Unmarshal([]byte(line), &u); err != nil {
 			t.Fatalf("sample %d %q: %v", i, line, err)
 		}
@@ -293,7 +293,7 @@ func TestEndToEndForceStopAndRunAs(t *testing.T) {
 		if took := time.Since(begin); took > c.within {
 			t.Errorf("stop %v of a program ignoring SIGTERM took %v, want under %v", c.flags, took, c.within)
 		}
-		var inst drivers.Instance
+		var inst messages.Instance
 		if err := json.Unmarshal([]byte(f.OK("supervisor", "get", name, "--json")), &inst); err != nil || inst.State != drivers.StateStopped {
 			t.Errorf("after stop %v: %+v (%v)", c.flags, inst, err)
 		}
@@ -308,7 +308,7 @@ func TestEndToEndForceStopAndRunAs(t *testing.T) {
 	if took := time.Since(begin); took > 4*time.Second { // startsecs is 1 s
 		t.Errorf("restart --force of a program ignoring SIGTERM took %v", took)
 	}
-	var inst drivers.Instance
+	var inst messages.Instance
 	if err := json.Unmarshal([]byte(f.OK("supervisor", "get", name, "--json")), &inst); err != nil || inst.State != drivers.StateRunning {
 		t.Errorf("after restart --force: %+v (%v)", inst, err)
 	}

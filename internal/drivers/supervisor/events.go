@@ -105,7 +105,7 @@ func diff(prev, cur map[string]processInfo, exit map[string][]int, now time.Time
 				if p.StateName == "EXITED" {
 					msg += fmt.Sprintf(" (exit status %d)", p.ExitStatus)
 				}
-				ev.Error = &drivers.ErrorInfo{Code: drivers.Internal, Message: msg}
+				ev.Err = drivers.Errorf(drivers.Internal, "%s", msg)
 			}
 			evs = append(evs, ev)
 		}

@@ -308,7 +308,7 @@ func TestDiffEvents(t *testing.T) {
 				if ev.Instance != "p" || ev.Time.IsZero() {
 					t.Errorf("event %+v lacks instance or time", ev)
 				}
-				if ev.Type == drivers.EventFailed && ev.Error == nil {
+				if ev.Type == drivers.EventFailed && ev.Err == nil {
 					t.Errorf("failed event without error: %+v", ev)
 				}
 			}

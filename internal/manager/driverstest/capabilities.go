@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/testenv"
 )
 
@@ -131,7 +132,7 @@ func testUnsupported(t *testing.T, e *env) {
 }
 
 // collectExec runs an exec through the manager, collecting the output.
-func (e *env) exec(name string, req drivers.ExecRequest) (drivers.ExecResult, error) {
+func (e *env) exec(name string, req drivers.ExecRequest) (messages.ExecResult, error) {
 	return e.m.Exec(e.ctx(), name, req, nil, nil)
 }
 
@@ -222,6 +223,12 @@ func testLogs(t *testing.T, e *env) {
 		e.skipf("driver does not declare logs")
 	}
 	name := e.running("logs")
+	if e.s.logsNotOutput != "" {
+		e.run("EmitError", func(t *testing.T, e *env) { testLogsEmitError(t, e, name) })
+		e.run("Missing", testLogsMissing)
+		e.run("Output", func(t *testing.T, e *env) { t.Skip(e.s.logsNotOutput) })
+		return
+	}
 	start := StartLine(name)
 	// Wait for the start line and two ticks.
 	testenv.Eventually(t, e.s.settle, func() error {
@@ -288,17 +295,23 @@ func testLogs(t *testing.T, e *env) {
 			}
 		}
 	})
-	e.run("EmitError", func(t *testing.T, e *env) {
-		stop := errors.New("enough")
-		err := e.m.Logs(e.ctx(), name, drivers.LogOptions{Lines: 5, Follow: true}, func(drivers.LogLine) error { return stop })
-		if !errors.Is(err, stop) {
-			t.Errorf("Logs with a failing emit returned %v, want the emit error", err)
-		}
-	})
-	e.run("Missing", func(t *testing.T, e *env) {
-		err := e.m.Logs(e.ctx(), e.name("missing"), drivers.LogOptions{Lines: 5}, func(drivers.LogLine) error { return nil })
-		e.wantCode("Logs of a missing instance", err, drivers.NotFound)
-	})
+	e.run("EmitError", func(t *testing.T, e *env) { testLogsEmitError(t, e, name) })
+	e.run("Missing", testLogsMissing)
+}
+
+// testLogsEmitError checks that an error from emit stops a followed read
+// of name's logs (which must have at least one line) and is returned.
+func testLogsEmitError(t *testing.T, e *env, name string) {
+	stop := errors.New("enough")
+	err := e.m.Logs(e.ctx(), name, drivers.LogOptions{Lines: 5, Follow: true}, func(drivers.LogLine) error { return stop })
+	if !errors.Is(err, stop) {
+		t.Errorf("Logs with a failing emit returned %v, want the emit error", err)
+	}
+}
+
+func testLogsMissing(t *testing.T, e *env) {
+	err := e.m.Logs(e.ctx(), e.name("missing"), drivers.LogOptions{Lines: 5}, func(drivers.LogLine) error { return nil })
+	e.wantCode("Logs of a missing instance", err, drivers.NotFound)
 }
 
 // checkMask fails for every field that is non-zero while its bit is clear.
@@ -477,7 +490,7 @@ func testClone(t *testing.T, e *env) {
 	_, err = e.m.Start(e.ctx(), target)
 	e.must("Start clone", err)
 	e.waitState(target, drivers.StateRunning)
-	if e.caps.Logs {
+	if e.outputInLogs() {
 		testenv.Eventually(t, e.s.settle, func() error {
 			var got logLines
 			if err := e.m.Logs(e.ctx(), target, drivers.LogOptions{Lines: 1000}, got.emit); err != nil {

@@ -64,7 +64,7 @@ func testStopDeadline(t *testing.T, e *env) {
 	e.waitState(name, drivers.StateRunning)
 	// The instance must have installed its signal disposition before the
 	// stop request: wait for a tick line when logs are readable.
-	if e.caps.Logs {
+	if e.outputInLogs() {
 		testenv.Eventually(t, e.s.settle, func() error {
 			var got logLines
 			if err := e.m.Logs(e.ctx(), name, drivers.LogOptions{Lines: 100}, got.emit); err != nil {

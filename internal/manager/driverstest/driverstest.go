@@ -92,7 +92,9 @@ type settings struct {
 	mopts       manager.Options
 	prefix      string
 	skips       map[string]string
-	root        string // name of the test that called RunConformanceTests
+	// logsNotOutput: the driver's logs are not the instance's own output.
+	logsNotOutput string
+	root          string // name of the test that called RunConformanceTests
 }
 
 // WithOperationTimeout bounds every single operation the suite makes
@@ -118,6 +120,18 @@ func WithManagerOptions(o manager.Options) Option { return func(s *settings) { s
 // WithNamePrefix sets the prefix of instance names (default "sbct").
 // Names are prefix-<test>-<random>, lower-case letters, digits and '-'.
 func WithNamePrefix(p string) Option { return func(s *settings) { s.prefix = p } }
+
+// WithLogsNotOutput says that the driver's logs are not what the
+// instance writes (Proxmox: the logs of the guest's PVE tasks), giving the
+// reason. The suite then checks only what holds for any log (the tail of a
+// missing instance is NotFound, an emit error stops a followed read) and
+// does not look for the template's lines in the logs of a started or
+// cloned instance.
+func WithLogsNotOutput(reason string) Option { return func(s *settings) { s.logsNotOutput = reason } }
+
+// outputInLogs reports whether the instance's own output can be read
+// through Logs.
+func (e *env) outputInLogs() bool { return e.caps.Logs && e.s.logsNotOutput == "" }
 
 // WithSkip skips the subtest with the given path below the suite (as
 // `go test -run` shows it, e.g. "Exec/Stdin" or "Logs/Follow"), giving the
