@@ -21,6 +21,7 @@ import (
 	"github.com/subbus/subbus/internal/config"
 	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/natsconn"
+	"github.com/subbus/subbus/internal/sdnotify"
 	"github.com/subbus/subbus/internal/worker"
 )
 
@@ -36,6 +37,7 @@ func run(args []string) int {
 	cfgPath := fs.String("config", os.Getenv("SUBBUS_CONFIG"), "substrate_config.yaml (env SUBBUS_CONFIG)")
 	host := fs.String("host", "", "host identity in subjects (default worker.host, else the short hostname)")
 	driverList := fs.String("drivers", "", "comma-separated drivers to serve (default worker.drivers, else process plus every detected substrate)")
+	promListen := fs.String("prometheus-listen", "", "serve Prometheus /metrics on host:port (default worker.prometheus_listen; empty: off)")
 	check := fs.Bool("check-config", false, "validate the configuration and exit")
 	createStreams := fs.Bool("create-streams", false, "create SUBSTRATE_EVENTS and SUBSTRATE_METRICS (as configured) on the NATS server and exit; for an administrator when workers run with worker.manage_streams: false")
 	level := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
@@ -64,6 +66,9 @@ func run(args []string) int {
 	}
 	if *driverList != "" {
 		opts.Drivers = strings.Split(*driverList, ",")
+	}
+	if *promListen != "" {
+		opts.PrometheusListen = *promListen
 	}
 	// The nats section's connection keys apply where no flag or
 	// environment variable set them.
@@ -110,6 +115,7 @@ func run(args []string) int {
 		os.Exit(130)
 	}()
 
+	go notifySystemd(ctx, w, log)
 	if err := w.Run(ctx); err != nil {
 		log.Error().Err(err).Msg("worker failed")
 		if errors.Is(err, context.Canceled) {
@@ -145,6 +151,30 @@ func runCreateStreams(conn natsconn.Options, opts worker.Options, log zerolog.Lo
 	}
 	fmt.Println("streams ready:", messages.EventsStream, messages.MetricsStream)
 	return 0
+}
+
+// notifySystemd tells systemd (Type=notify units; a no-op elsewhere) that
+// the worker is ready once it serves requests and its streams exist, and
+// that it is stopping when shutdown begins.
+func notifySystemd(ctx context.Context, w *worker.Worker, log zerolog.Logger) {
+	send := func(assignments ...string) {
+		if _, err := sdnotify.Notify(assignments...); err != nil {
+			log.Warn().Err(err).Msg("systemd notification")
+		}
+	}
+	send(sdnotify.Status("connecting to NATS and checking the streams"))
+	select {
+	case <-w.Ready():
+		send(sdnotify.Ready, sdnotify.Status(fmt.Sprintf("serving host %s, drivers %s", w.Host(), strings.Join(driverNames(w), ","))))
+	case <-ctx.Done():
+	case <-w.Done():
+		return
+	}
+	select {
+	case <-ctx.Done():
+		send(sdnotify.Stopping, sdnotify.Status("shutting down"))
+	case <-w.Done():
+	}
 }
 
 func driverNames(w *worker.Worker) []string {

@@ -98,6 +98,8 @@ func TestCheckConfigRejectsBadConfig(t *testing.T) {
 		{"bad flag host", "", "--host=a.b", "host"},
 		{"bad listen", "nats:\n  listen: nowhere\n", "", "nats.listen"},
 		{"unknown driver", "", "--drivers=nosuch", "unknown driver"},
+		{"bad prometheus listen", "worker:\n  prometheus_listen: nowhere\n", "", "worker.prometheus_listen"},
+		{"bad flag prometheus listen", "", "--prometheus-listen=:-1", "worker.prometheus_listen"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -138,10 +140,11 @@ type runningBinary struct {
 }
 
 // startBinary runs the worker binary for host with the process driver and
-// the embedded server on a free port (extra is appended to the config), and
-// returns once its list endpoint answers. The process is killed at cleanup
-// if the test did not end it.
-func startBinary(t *testing.T, host, extra string) *runningBinary {
+// the embedded server on a free port (extra is appended to the config, env
+// to its environment, args to its arguments), and returns once its list
+// endpoint answers. The process is killed at cleanup if the test did not
+// end it.
+func startBinary(t *testing.T, host, extra string, env []string, args ...string) *runningBinary {
 	t.Helper()
 	bin := buildWorker(t)
 	port := freePort(t)
@@ -149,8 +152,8 @@ func startBinary(t *testing.T, host, extra string) *runningBinary {
 	cfg := writeConfig(t, fmt.Sprintf("nats:\n  listen: 127.0.0.1:%d\n  data_dir: %s\n  credential: %s\nprocess:\n  state_dir: %s\n  cgroups: \"off\"\n",
 		port, t.TempDir(), cred, t.TempDir())+extra)
 	r := &runningBinary{done: make(chan error, 1), logs: &bytes.Buffer{}, cred: cred}
-	r.cmd = exec.Command(bin, "--config", cfg, "--host", host, "--drivers", "process", "--log-format", "json")
-	r.cmd.Env = isolatedEnv(t)
+	r.cmd = exec.Command(bin, append([]string{"--config", cfg, "--host", host, "--drivers", "process", "--log-format", "json"}, args...)...)
+	r.cmd.Env = append(isolatedEnv(t), env...)
 	r.cmd.Stderr = r.logs
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -191,7 +194,7 @@ func startBinary(t *testing.T, host, extra string) *runningBinary {
 // it starts the embedded server, answers requests, and exits 0 after
 // SIGTERM, stopping the embedded server.
 func TestWorkerEmbeddedServerAndSignal(t *testing.T) {
-	r := startBinary(t, "cmdtest", "")
+	r := startBinary(t, "cmdtest", "", nil)
 	cmd, done, logs := r.cmd, r.done, r.logs
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -214,7 +217,7 @@ func TestWorkerEmbeddedServerAndSignal(t *testing.T) {
 // TestSecondSignalForcesExit: with a request in flight the first SIGTERM
 // waits for it (grace period); a second one exits at once with 130.
 func TestSecondSignalForcesExit(t *testing.T) {
-	r := startBinary(t, "sigtest", "worker:\n  grace_period: 60s\n")
+	r := startBinary(t, "sigtest", "worker:\n  grace_period: 60s\n", nil)
 	cmd, done, logs, nc := r.cmd, r.done, r.logs, r.nc
 	req := func(op, body string) error {
 		msg, err := nc.Request("substrate.process.sigtest."+op, []byte(body), 10*time.Second)
@@ -280,7 +283,7 @@ func TestLocalAuthAndRootRule(t *testing.T) {
 	if err != nil {
 		t.Skip("setpriv (util-linux) not installed")
 	}
-	r := startBinary(t, "authtest", "")
+	r := startBinary(t, "authtest", "", nil)
 	subbus := buildBin(t, "../subbus")
 	url := r.nc.ConnectedUrl()
 	run := func(asNobody bool, args ...string) (int, string) {

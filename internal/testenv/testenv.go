@@ -5,6 +5,7 @@ package testenv
 
 import (
 	"os"
+	"os/exec"
 	"testing"
 	"time"
 )
@@ -41,4 +42,13 @@ func Eventually(t testing.TB, timeout time.Duration, fn func() error) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// Tool returns the path of command name, skipping the test (failing it in
+// CI) when it is not installed; install says how to get it.
+func Tool(t testing.TB, name, install string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	Require(t, name, err, install)
+	return p
 }

@@ -115,6 +115,10 @@ type Options struct {
 	HeartbeatInterval time.Duration
 	StreamIdle        time.Duration
 
+	// PrometheusListen is the host:port /metrics is served on (Prometheus
+	// text format); empty serves nothing. Port 0 picks a free one.
+	PrometheusListen string
+
 	Version string
 	Logger  zerolog.Logger
 }
@@ -158,6 +162,7 @@ type workerSection struct {
 	MetricsMaxAge        config.Duration `yaml:"metrics_max_age"`
 	MetricsMaxPerSubject int64           `yaml:"metrics_max_per_subject"`
 	Replicas             int             `yaml:"stream_replicas"`
+	PrometheusListen     string          `yaml:"prometheus_listen"`
 }
 
 // globalSection lists the keys the global section may have: the worker's
@@ -231,6 +236,7 @@ func OptionsFromConfig(cfg *config.Config) (Options, error) {
 		MetricsMaxAge:        time.Duration(s.MetricsMaxAge),
 		MetricsMaxPerSubject: s.MetricsMaxPerSubject,
 		Replicas:             s.Replicas,
+		PrometheusListen:     s.PrometheusListen,
 		EnableMetrics:        cfg.Bool("global.enable_metrics", true),
 		MetricsInterval:      cfg.Duration("global.metrics_interval", DefaultMetricsInterval),
 		Embedded: EmbeddedOptions{
@@ -324,6 +330,11 @@ func (o Options) validate() error {
 	}
 	if o.EventsDuplicates > o.EventsMaxAge {
 		return &config.Error{Key: "worker.events_duplicate_window", Msg: "must not exceed worker.events_max_age"}
+	}
+	if o.PrometheusListen != "" {
+		if _, port, err := splitListen(o.PrometheusListen); err != nil || port < 0 {
+			return &config.Error{Key: "worker.prometheus_listen", Msg: fmt.Sprintf("%q is not host:port", o.PrometheusListen)}
+		}
 	}
 	if _, _, err := splitListen(o.Embedded.Listen); err != nil {
 		return &config.Error{Key: "nats.listen", Msg: err.Error()}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -51,6 +52,10 @@ type Worker struct {
 	events  *outbox
 	metrics *outbox
 	ready   chan struct{} // closed once the streams exist
+
+	// Prometheus (prometheus.go).
+	instances instanceStates // by driver, from the metrics loop's lists
+	promLn    net.Listener   // worker.prometheus_listen, nil when off
 
 	clientURL string
 	stopping  chan struct{} // closed when shutdown begins
@@ -233,10 +238,17 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	w.opCtx, w.opCancel = context.WithCancel(context.WithoutCancel(ctx))
 	defer w.opCancel()
 
+	if err := w.listenPrometheus(); err != nil {
+		return err
+	}
 	if err := w.connect(); err != nil {
+		if w.promLn != nil {
+			w.promLn.Close()
+		}
 		return err
 	}
 	defer w.stopServer()
+	defer w.servePrometheus()() // served until the very end of shutdown
 
 	js, err := jetstream.New(w.nc, jetstream.WithPublishAsyncTimeout(5*time.Second),
 		jetstream.WithPublishAsyncMaxPending(4096), jetstream.WithDefaultTimeout(5*time.Second))
@@ -632,6 +644,7 @@ func (w *Worker) sampleMetrics(ctx context.Context, m *manager.Manager) {
 		w.log.Debug().Str("driver", m.Driver()).Err(err).Msg("metrics: list failed")
 		return
 	}
+	w.instances.record(m.Driver(), list)
 	var running []string
 	for _, inst := range list {
 		if inst.State == drivers.StateRunning {
