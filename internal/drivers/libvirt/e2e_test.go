@@ -16,6 +16,7 @@ import (
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/drivers/libvirt"
 	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/testenv"
 )
 
@@ -80,7 +81,7 @@ func TestEndToEndCLI(t *testing.T) {
 
 	f.OK("libvirt", "create", name, "--image", e2eBase, "--memory", "256", "--env", "SUBBUS_TICK_NAME="+name,
 		"--env", "GREETING=hi", "--label", "team=e2e")
-	var inst drivers.Instance
+	var inst messages.Instance
 	if err := json.Unmarshal([]byte(f.OK("libvirt", "get", name, "--json")), &inst); err != nil {
 		t.Fatalf("get --json: %v", err)
 	}
@@ -101,7 +102,7 @@ func TestEndToEndCLI(t *testing.T) {
 		t.Errorf("list lacks %s or %s: %q", name, clone, out)
 	}
 	f.OK("libvirt", "limits", "set", name, "--cpu", "2", "--memory", "384")
-	var lim drivers.ResourceLimits
+	var lim messages.ResourceLimits
 	if err := json.Unmarshal([]byte(f.OK("libvirt", "limits", "get", name, "--json")), &lim); err != nil || lim.CPUCores != 2 || lim.MemoryMB != 384 {
 		t.Errorf("limits get: %+v (%v), want 2 cores and 384 MB", lim, err)
 	}
@@ -116,7 +117,7 @@ func TestEndToEndCLI(t *testing.T) {
 		}
 		return nil
 	})
-	var u drivers.ResourceUsage
+	var u messages.ResourceUsage
 	if err := json.Unmarshal([]byte(f.OK("libvirt", "metrics", name, "--json")), &u); err != nil {
 		t.Fatalf("metrics --json: %v", err)
 	}
