@@ -15,6 +15,7 @@ import (
 type opts struct {
 	host        string
 	allHosts    bool
+	inventory   bool
 	force       bool
 	image       string
 	cpu         float64
@@ -53,6 +54,9 @@ var flagDefs = map[string]func(fs *flag.FlagSet, o *opts){
 	},
 	"all-hosts": func(fs *flag.FlagSet, o *opts) {
 		fs.BoolVar(&o.allHosts, "all-hosts", false, "ask every worker found by discovery, in parallel")
+	},
+	"inventory": func(fs *flag.FlagSet, o *opts) {
+		fs.BoolVar(&o.inventory, "inventory", false, "read the fleet inventory instead of asking the workers (fast; records as last confirmed)")
 	},
 	"force": func(fs *flag.FlagSet, o *opts) {
 		fs.BoolVar(&o.force, "force", false, "kill at once / delete even if running")
@@ -123,8 +127,8 @@ func (o *opts) check() error {
 	if o.host != "" && !messages.ValidToken(o.host) {
 		return usagef("--host: %q is not a valid host name (letters, digits, '-' and '_')", o.host)
 	}
-	if o.host != "" && o.allHosts {
-		return usagef("--host and --all-hosts exclude each other")
+	if n := btoi(o.host != "") + btoi(o.allHosts) + btoi(o.inventory); n > 1 {
+		return usagef("--host, --all-hosts and --inventory exclude each other")
 	}
 	if o.watch && o.interval <= 0 {
 		return usagef("--interval must be positive")
@@ -158,8 +162,8 @@ var commands []*command
 
 func init() {
 	commands = []*command{
-		{op: messages.OpList, usage: "<driver> list [--host H | --all-hosts]", summary: "list instances",
-			flags: []string{"host", "all-hosts"}, run: cmdList},
+		{op: messages.OpList, usage: "<driver> list [--host H | --all-hosts | --inventory]", summary: "list instances",
+			flags: []string{"host", "all-hosts", "inventory"}, run: cmdList},
 		{op: messages.OpGet, usage: "<driver> get <name> [--host H]", summary: "show one instance",
 			flags: []string{"host"}, minArgs: 1, maxArgs: 1, run: cmdGet},
 		{op: messages.OpCreate, usage: "<driver> create <name> --image IMAGE [--cpu N] [--memory MB] [--disk GB] [--env K=V]... " +
@@ -291,4 +295,11 @@ func printCommandHelp(w io.Writer, c *command, fs *flag.FlagSet) {
 	fmt.Fprintf(w, "subbus %s\n\n%s\n\nFlags:\n", c.usage, c.summary)
 	fs.SetOutput(w)
 	fs.PrintDefaults()
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -94,6 +95,11 @@ func cmdEvents(e *env, c *invocation) error {
 // workerStatus is the --json shape of one worker in `subbus workers`.
 type workerStatus struct {
 	client.Worker
+	// Liveness: "up" when the worker answered discovery, else its state
+	// from its last heartbeat ("stale", "down"); LastSeen is that
+	// heartbeat's time (zero without the fleet buckets).
+	Liveness string    `json:"liveness"`
+	LastSeen time.Time `json:"last_seen,omitzero"`
 	// Health per driver: the driver's health, or the error asking for it.
 	Health map[string]healthOrError `json:"health"`
 }
@@ -108,17 +114,29 @@ func cmdWorkers(e *env, c *invocation) error {
 	if err != nil {
 		return err
 	}
+	var hbs map[string]messages.WorkerHeartbeat
+	hbDone := make(chan struct{})
+	go func() {
+		defer close(hbDone)
+		ctx, cancel := context.WithTimeout(e.ctx, 3*time.Second)
+		defer cancel()
+		hbs, _ = cl.Heartbeats(ctx) // no fleet buckets: discovery alone
+	}()
 	dctx, cancel := context.WithTimeout(e.ctx, 3*time.Second)
 	workers, err := cl.Workers(dctx)
 	cancel()
+	<-hbDone
 	if err != nil {
 		return err
 	}
 	out := make([]workerStatus, len(workers))
+	found := map[string]bool{}
+	now := time.Now()
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for i, w := range workers {
-		out[i] = workerStatus{Worker: w, Health: map[string]healthOrError{}}
+		found[w.Host] = true
+		out[i] = workerStatus{Worker: w, Liveness: messages.LivenessUp, LastSeen: hbs[w.Host].Time, Health: map[string]healthOrError{}}
 		for _, d := range w.Drivers {
 			wg.Add(1)
 			go func() {
@@ -138,18 +156,28 @@ func cmdWorkers(e *env, c *invocation) error {
 		}
 	}
 	wg.Wait()
+	// Hosts with a heartbeat that did not answer discovery: not up.
+	for _, hb := range hbs {
+		if !found[hb.Host] {
+			out = append(out, workerStatus{Worker: client.Worker{Host: hb.Host, Version: hb.Version, Drivers: hb.Drivers},
+				Liveness: hb.Liveness(now), LastSeen: hb.Time, Health: map[string]healthOrError{}})
+		}
+	}
+	slices.SortStableFunc(out, func(a, b workerStatus) int { return strings.Compare(a.Host, b.Host) })
 	if e.json {
 		if err := e.printJSON(out); err != nil {
 			return err
 		}
 	} else {
 		tw := e.table()
-		fmt.Fprintln(tw, "HOST\tDRIVERS\tHEALTH\tCAPABILITIES\tVERSION")
+		fmt.Fprintln(tw, "HOST\tSTATUS\tDRIVERS\tHEALTH\tCAPABILITIES\tVERSION")
 		for _, w := range out {
 			var health, caps []string
 			for _, d := range w.Drivers {
 				h := w.Health[d]
 				switch {
+				case h.Error == nil && h.Health == nil:
+					health = append(health, d+":-")
 				case h.Error != nil:
 					health = append(health, d+":"+h.Error.Code.String())
 				case h.Health != nil && h.Healthy:
@@ -159,12 +187,16 @@ func cmdWorkers(e *env, c *invocation) error {
 				}
 				caps = append(caps, d+":"+capsList(w.Capabilities[d]))
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", dash(w.Host), dash(strings.Join(w.Drivers, ",")),
+			status := w.Liveness
+			if w.Liveness != messages.LivenessUp && !w.LastSeen.IsZero() {
+				status += " (" + age(w.LastSeen) + ")"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", dash(w.Host), status, dash(strings.Join(w.Drivers, ",")),
 				dash(strings.Join(health, " ")), dash(strings.Join(caps, " ")), dash(w.Version))
 		}
 		_ = tw.Flush()
 	}
-	if len(workers) == 0 {
+	if len(out) == 0 {
 		return &client.NoWorkerError{}
 	}
 	return nil

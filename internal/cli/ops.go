@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -113,8 +114,14 @@ type allHostsResult struct {
 	Failed    []hostFailure       `json:"failed"`
 }
 
+// cmdList: with --host that host's list; --inventory the fleet inventory;
+// otherwise every host serving the driver is asked (the fleet view, fresh),
+// and --all-hosts only changes the JSON to {instances, failed}.
 func cmdList(e *env, c *invocation) error {
-	if c.o.allHosts {
+	switch {
+	case c.o.inventory:
+		return listInventory(e, c)
+	case c.o.host == "":
 		return listAllHosts(e, c)
 	}
 	var list []messages.Instance
@@ -131,6 +138,57 @@ func cmdList(e *env, c *invocation) error {
 	return nil
 }
 
+// inventoryInstance is the --json shape of one record of list --inventory.
+type inventoryInstance struct {
+	messages.Instance
+	ConfirmedAt time.Time `json:"confirmed_at"`
+	Stale       bool      `json:"stale"`
+}
+
+// listInventory prints the fleet inventory of the driver; hosts whose
+// worker is not up are reported on stderr and their records marked stale
+// (exit 0: the records are there, only possibly out of date).
+func listInventory(e *env, c *invocation) error {
+	cl, err := e.client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := e.reqCtx(quickWait)
+	defer cancel()
+	recs, bad, err := cl.Inventory(ctx, c.driver)
+	if err != nil {
+		return err
+	}
+	out := make([]inventoryInstance, len(recs))
+	for i, r := range recs {
+		out[i] = inventoryInstance{Instance: r.Instance(), ConfirmedAt: r.ConfirmedAt, Stale: r.Stale}
+	}
+	if e.json {
+		if err := e.printJSON(out); err != nil {
+			return err
+		}
+	} else {
+		tw := e.table()
+		fmt.Fprintln(tw, "NAME\tSTATE\tHOST\tIMAGE\tCREATED\tCONFIRMED")
+		for _, i := range out {
+			state := string(i.State)
+			if i.Stale {
+				state += " (stale)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", i.Name, state, dash(i.Host), dash(i.Image), age(i.Created), age(i.ConfirmedAt))
+		}
+		_ = tw.Flush()
+	}
+	for _, h := range bad {
+		seen := ""
+		if !h.LastSeen.IsZero() {
+			seen = ", last heartbeat " + age(h.LastSeen)
+		}
+		fmt.Fprintf(e.stderr, "warning: host %s: worker %s%s; its records may be out of date\n", h.Host, h.Liveness, seen)
+	}
+	return nil
+}
+
 func printInstances(e *env, list []messages.Instance) {
 	tw := e.table()
 	fmt.Fprintln(tw, "NAME\tSTATE\tHOST\tIMAGE\tCREATED\tMANAGED")
@@ -141,27 +199,18 @@ func printInstances(e *env, list []messages.Instance) {
 }
 
 // listAllHosts asks each host serving the driver, in parallel, and reports
-// the hosts that failed on stderr (and in the JSON) instead of hiding them.
+// the hosts that failed on stderr (and in the JSON of --all-hosts) instead
+// of hiding them. The hosts are those found by discovery plus those with a
+// heartbeat that are not down (a stale host is asked: if it does not
+// answer it is reported).
 func listAllHosts(e *env, c *invocation) error {
 	cl, err := e.client()
 	if err != nil {
 		return err
 	}
-	dctx, cancel := context.WithTimeout(e.ctx, 3*time.Second)
-	workers, err := cl.Workers(dctx)
-	cancel()
+	hosts, err := fleetHosts(e, cl, c.driver)
 	if err != nil {
 		return err
-	}
-	var hosts []string
-	seen := map[string]bool{}
-	for _, w := range workers {
-		for _, d := range w.Drivers {
-			if d == c.driver && w.Host != "" && !seen[w.Host] {
-				seen[w.Host] = true
-				hosts = append(hosts, w.Host)
-			}
-		}
 	}
 	if len(hosts) == 0 {
 		return &client.NoWorkerError{Driver: c.driver}
@@ -193,11 +242,16 @@ func listAllHosts(e *env, c *invocation) error {
 			res.Instances = append(res.Instances, inst)
 		}
 	}
-	if e.json {
+	switch {
+	case e.json && c.o.allHosts:
 		if err := e.printJSON(res); err != nil {
 			return err
 		}
-	} else {
+	case e.json:
+		if err := e.printJSON(res.Instances); err != nil {
+			return err
+		}
+	default:
 		printInstances(e, res.Instances)
 	}
 	for _, f := range res.Failed {
@@ -207,6 +261,55 @@ func listAllHosts(e *env, c *invocation) error {
 		return &silentError{res.Failed[0].err}
 	}
 	return nil
+}
+
+// fleetHosts returns the hosts serving driver: found by discovery, or
+// with a heartbeat that does not say the worker stopped. Sorted.
+func fleetHosts(e *env, cl *client.Client, driver string) ([]string, error) {
+	var (
+		workers []client.Worker
+		hbs     map[string]messages.WorkerHeartbeat
+		derr    error
+		wg      sync.WaitGroup
+	)
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		ctx, cancel := context.WithTimeout(e.ctx, 3*time.Second)
+		defer cancel()
+		workers, derr = cl.Workers(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		ctx, cancel := context.WithTimeout(e.ctx, 3*time.Second)
+		defer cancel()
+		hbs, _ = cl.Heartbeats(ctx) // no bucket: discovery alone
+	}()
+	wg.Wait()
+	if derr != nil {
+		return nil, derr
+	}
+	seen := map[string]bool{}
+	var hosts []string
+	add := func(h string) {
+		if h != "" && !seen[h] {
+			seen[h] = true
+			hosts = append(hosts, h)
+		}
+	}
+	for _, w := range workers {
+		if slices.Contains(w.Drivers, driver) {
+			add(w.Host)
+		}
+	}
+	now := time.Now()
+	for _, hb := range hbs {
+		if hb.Serves(driver) && hb.Liveness(now) != messages.LivenessDown {
+			add(hb.Host)
+		}
+	}
+	slices.Sort(hosts)
+	return hosts, nil
 }
 
 // ---- get, create, clone ----

@@ -35,6 +35,7 @@ const DefaultTimeout = 30 * time.Second
 type Client struct {
 	nc      *nats.Conn
 	timeout time.Duration
+	fleetFields
 }
 
 // New returns a client over nc. timeout bounds requests whose context has
@@ -158,10 +159,14 @@ func newRequest(ctx context.Context, subject string, op messages.Op, req any) (*
 	return msg, nil
 }
 
-// Do sends op with body req to the worker serving driver on host (any
-// worker serving driver when host is "") and decodes the reply's result
+// Do sends op with body req to the worker serving driver on host and
+// decodes the reply's result
 // into result (which may be nil to discard it). A context without deadline
 // gets the client's timeout. Error replies become *drivers.Error.
+//
+// With host "", a request naming an instance goes to the instance's owner
+// and a create is placed (owner resolution, fleet.go); other requests go
+// to any worker serving driver.
 func (c *Client) Do(ctx context.Context, driver, host string, op messages.Op, req, result any) error {
 	_, err := c.DoReply(ctx, driver, host, op, req, result)
 	return err
@@ -179,6 +184,10 @@ func (c *Client) DoReply(ctx context.Context, driver, host string, op messages.O
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
+	host, owned, miss, err := c.route(ctx, driver, host, op, req)
+	if err != nil {
+		return reply, err
+	}
 	msg, err := newRequest(ctx, messages.RequestSubject(driver, host, op), op, req)
 	if err != nil {
 		return reply, err
@@ -186,11 +195,11 @@ func (c *Client) DoReply(ctx context.Context, driver, host string, op messages.O
 	start := time.Now()
 	resp, err := c.nc.RequestMsgWithContext(ctx, msg)
 	if err != nil {
-		return reply, c.transportError(ctx, err, driver, host, start)
+		return reply, c.ownerError(c.transportError(ctx, err, driver, host, start), driver, host, owned)
 	}
 	reply, err = decodeReply(resp)
 	if err != nil {
-		return reply, err
+		return reply, missError(err, driver, miss)
 	}
 	if result != nil && len(reply.Result) > 0 {
 		if err := json.Unmarshal(reply.Result, result); err != nil {

@@ -33,10 +33,21 @@ var streamIdle = messages.DefaultStreamIdle + messages.HeartbeatInterval
 // worker cancels the operation — and returns fn's error (nil for
 // ErrStopStream) or the context's. The request carries a deadline header
 // only if ctx has a deadline: a followed stream may last forever.
+//
+// With host "", the request goes to the instance's owner as with Do.
 func (c *Client) Stream(ctx context.Context, driver, host string, op messages.Op, req any, fn func(messages.Chunk) error) error {
 	if err := checkTarget(driver, host); err != nil {
 		return err
 	}
+	host, owned, miss, err := c.route(ctx, driver, host, op, req)
+	if err != nil {
+		return err
+	}
+	err = c.stream(ctx, driver, host, op, req, fn)
+	return missError(c.ownerError(err, driver, host, owned), driver, miss)
+}
+
+func (c *Client) stream(ctx context.Context, driver, host string, op messages.Op, req any, fn func(messages.Chunk) error) error {
 	msg, err := newRequest(ctx, messages.RequestSubject(driver, host, op), op, req)
 	if err != nil {
 		return err

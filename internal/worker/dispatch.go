@@ -132,6 +132,9 @@ func (r *busRequest) dispatch(ctx context.Context, body any) (any, error) {
 		return nil, drivers.Errorf(drivers.Internal, "%s: no handler", r.op)
 	}
 	res, err := h.serve(ctx, r, body)
+	if err == nil && r.op.Mutating() {
+		r.w.recordAfter(ctx, r.m, r.op, r.instance, res)
+	}
 	return r.wire(res), err
 }
 

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -26,7 +27,14 @@ var fuzzEnv struct {
 // are separate processes); they live until the process exits.
 func fuzzWorker(t *testing.T) *nats.Conn {
 	fuzzEnv.once.Do(func() {
-		s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
+		// Not t.TempDir: the server outlives the first test and keeps
+		// writing (the fleet's buckets, heartbeats) after its cleanup.
+		dir, err := os.MkdirTemp("", "fleet-fuzz-*")
+		if err != nil {
+			fuzzEnv.err = err
+			return
+		}
+		s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: dir,
 			NoSigs: true, NoLog: true, MaxPayload: 4 << 20})
 		if err != nil {
 			fuzzEnv.err = err

@@ -44,6 +44,8 @@ const (
 	DefaultMetricsMaxAge        = 24 * time.Hour
 	DefaultMetricsMaxPerSubject = 1000
 	DefaultMetricsInterval      = 10 * time.Second
+	DefaultInventoryResync      = 30 * time.Second
+	DefaultLivenessInterval     = 5 * time.Second
 )
 
 // Options configure a Worker. Build them with OptionsFromConfig and adjust.
@@ -110,6 +112,15 @@ type Options struct {
 	EnableMetrics   bool
 	MetricsInterval time.Duration
 
+	// InventoryResync is the period of the full resync of this host's
+	// records in SUBSTRATE_INVENTORY (worker.inventory_resync); events and
+	// requests update single records in between.
+	InventoryResync time.Duration
+	// LivenessInterval is the period of this host's heartbeat in
+	// SUBSTRATE_WORKERS (worker.liveness_interval); readers call the host
+	// stale after three missed ones.
+	LivenessInterval time.Duration
+
 	// HeartbeatInterval and StreamIdle tune streamed replies (defaults
 	// messages.HeartbeatInterval, messages.DefaultStreamIdle).
 	HeartbeatInterval time.Duration
@@ -163,6 +174,8 @@ type workerSection struct {
 	MetricsMaxPerSubject int64           `yaml:"metrics_max_per_subject"`
 	Replicas             int             `yaml:"stream_replicas"`
 	PrometheusListen     string          `yaml:"prometheus_listen"`
+	InventoryResync      config.Duration `yaml:"inventory_resync"`
+	LivenessInterval     config.Duration `yaml:"liveness_interval"`
 }
 
 // globalSection lists the keys the global section may have: the worker's
@@ -237,6 +250,8 @@ func OptionsFromConfig(cfg *config.Config) (Options, error) {
 		MetricsMaxPerSubject: s.MetricsMaxPerSubject,
 		Replicas:             s.Replicas,
 		PrometheusListen:     s.PrometheusListen,
+		InventoryResync:      time.Duration(s.InventoryResync),
+		LivenessInterval:     time.Duration(s.LivenessInterval),
 		EnableMetrics:        cfg.Bool("global.enable_metrics", true),
 		MetricsInterval:      cfg.Duration("global.metrics_interval", DefaultMetricsInterval),
 		Embedded: EmbeddedOptions{
@@ -290,6 +305,8 @@ func (o Options) withDefaults() Options {
 	}
 	defInt(&o.Replicas, 1)
 	def(&o.MetricsInterval, DefaultMetricsInterval)
+	def(&o.InventoryResync, DefaultInventoryResync)
+	def(&o.LivenessInterval, DefaultLivenessInterval)
 	def(&o.HeartbeatInterval, messages.HeartbeatInterval)
 	def(&o.StreamIdle, messages.DefaultStreamIdle)
 	if o.Embedded.Listen == "" {

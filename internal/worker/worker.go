@@ -49,6 +49,7 @@ type Worker struct {
 	opCancel context.CancelFunc
 
 	idem    *idemCache
+	fleet   *fleetState
 	events  *outbox
 	metrics *outbox
 	ready   chan struct{} // closed once the streams exist
@@ -137,6 +138,7 @@ func New(ctx context.Context, opts Options) (*Worker, error) {
 	if len(w.managers) == 0 {
 		return nil, errors.New("no driver enabled")
 	}
+	w.fleet = newFleetState(w.driverNames())
 	ok = true
 	return w, nil
 }
@@ -290,6 +292,8 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 		bgWG.Add(1)
 		go func() { defer bgWG.Done(); w.keepConnected(bg, m) }()
 	}
+	bgWG.Add(1)
+	go func() { defer bgWG.Done(); w.afterReady(bg, func() { w.runFleet(bg) }) }()
 	w.log.Info().Strs("drivers", w.driverNames()).Str("version", w.opts.Version).Str("nats", w.nc.ConnectedUrlRedacted()).
 		Msg("worker serving")
 
@@ -319,6 +323,11 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 		u()
 	}
 	w.flush(5 * time.Second)
+	if w.nc.IsConnected() {
+		hctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		w.heartbeat(hctx, true) // records stay; readers see the host down
+		cancel()
+	}
 	if n := w.events.len(); n > 0 {
 		w.log.Error().Int("events", n).Str("outbox", w.opts.OutboxDir).Msg("events not published before shutdown (a durable outbox replays them at the next start)")
 	}
@@ -327,6 +336,15 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	w.drain()
 	w.log.Info().Msg("worker stopped")
 	return nil
+}
+
+// afterReady runs fn once the streams and buckets exist, unless ctx ends first.
+func (w *Worker) afterReady(ctx context.Context, fn func()) {
+	select {
+	case <-w.ready:
+		fn()
+	case <-ctx.Done():
+	}
 }
 
 // Done is closed when Run has returned.
@@ -451,7 +469,7 @@ func (w *Worker) keepStreams(ctx context.Context) {
 func (w *Worker) subscribeEvents() []func() {
 	var unsubs []func()
 	for _, m := range w.managers {
-		unsubs = append(unsubs, m.Subscribe(w.enqueueEvent))
+		unsubs = append(unsubs, m.Subscribe(w.enqueueEvent), m.Subscribe(w.noteEvent))
 	}
 	return unsubs
 }

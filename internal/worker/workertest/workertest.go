@@ -50,14 +50,25 @@ func StartNATS(t testing.TB) string {
 // It returns once the worker serves requests.
 func StartWorker(t testing.TB, url, host string, mgrs ...*manager.Manager) *worker.Worker {
 	t.Helper()
-	w, err := worker.New(context.Background(), worker.Options{
+	return StartWorkerWith(t, url, host, nil, mgrs...)
+}
+
+// StartWorkerWith is StartWorker with adjust applied to the worker's
+// options (when not nil) before the worker is built.
+func StartWorkerWith(t testing.TB, url, host string, adjust func(*worker.Options), mgrs ...*manager.Manager) *worker.Worker {
+	t.Helper()
+	opts := worker.Options{
 		Host:          host,
 		Managers:      mgrs,
 		ManageStreams: true,
 		Connect:       func(extra ...nats.Option) (*nats.Conn, error) { return nats.Connect(url, extra...) },
 		Logger:        zerolog.Nop(),
 		Version:       "0.0.1-test",
-	})
+	}
+	if adjust != nil {
+		adjust(&opts)
+	}
+	w, err := worker.New(context.Background(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,383 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/messages"
+)
+
+// Owner resolution (docs/fleet.md, docs/bus.md "Finding an instance's
+// owner"). A request that names an instance but no host is sent to the
+// host whose worker owns the instance, found in SUBSTRATE_INVENTORY:
+//
+//  1. list the keys <driver>.*.<KeyToken(name)>;
+//  2. one: its host; two or more: *AmbiguousError (invalid_argument)
+//     listing the hosts, nothing is sent; none: the request goes to the
+//     pooled subject substrate.<driver>.<op>, where one worker (not every
+//     one) answers — not_found for a name no host has (reported as
+//     "no instance … on any host"), but also no_worker when no worker
+//     serves the driver, invalid_argument for a bad name, unsupported for
+//     an op the driver lacks, and the instance itself when it is so new
+//     (created behind subbus's back) that its record is not written yet
+//     and that worker owns it;
+//  3. send the request to substrate.<driver>.<host>.<op>; when that host's
+//     worker does not answer, *OwnerUnavailableError (unavailable) naming
+//     the host and its liveness from SUBSTRATE_WORKERS.
+//
+// A create without a host is placed (Place). Requests naming no instance
+// (list, health, capabilities, network-list) keep the pooled subject.
+// Without the inventory bucket (a fleet set up before it existed) every
+// request keeps the pooled subject, as before.
+
+// AmbiguousError: an instance name exists on several hosts; the request
+// was not sent. It matches drivers.ErrInvalidArgument: the request must
+// name the host.
+type AmbiguousError struct {
+	Driver, Name string
+	Hosts        []string
+}
+
+func (e *AmbiguousError) Error() string {
+	return fmt.Sprintf("%s instance %q exists on several hosts (%s): name one with --host", e.Driver, e.Name, strings.Join(e.Hosts, ", "))
+}
+
+// Unwrap makes errors.Is(err, drivers.ErrInvalidArgument) hold.
+func (e *AmbiguousError) Unwrap() error { return drivers.ErrInvalidArgument }
+
+// OwnerUnavailableError: the instance's owner (from the inventory) did not
+// answer. Liveness is the host's state from its heartbeats ("up", "stale",
+// "down", or "unknown" without a heartbeat). It matches
+// drivers.ErrUnavailable.
+type OwnerUnavailableError struct {
+	Driver, Name, Host string
+	Liveness           string
+	LastSeen           time.Time
+	Cause              error
+}
+
+func (e *OwnerUnavailableError) Error() string {
+	s := fmt.Sprintf("%s instance %q is owned by host %s, which is unreachable (worker %s", e.Driver, e.Name, e.Host, e.Liveness)
+	if !e.LastSeen.IsZero() {
+		s += fmt.Sprintf(", last heartbeat %s ago", time.Since(e.LastSeen).Round(time.Second))
+	}
+	return s + ")"
+}
+
+// Unwrap makes errors.Is(err, drivers.ErrUnavailable) hold. The transport
+// error is in Cause only: the code is unavailable, not no_worker.
+func (e *OwnerUnavailableError) Unwrap() error { return drivers.ErrUnavailable }
+
+// errNoInventory: the bucket does not exist; requests keep the pooled subject.
+var errNoInventory = errors.New("no inventory bucket")
+
+// bucket returns the KV bucket name, cached once found.
+func (c *Client) bucket(ctx context.Context, name string) (jetstream.KeyValue, error) {
+	c.fleetMu.Lock()
+	defer c.fleetMu.Unlock()
+	if kv := c.buckets[name]; kv != nil {
+		return kv, nil
+	}
+	if c.js == nil {
+		js, err := jetstream.New(c.nc)
+		if err != nil {
+			return nil, drivers.Wrap(drivers.Unavailable, err, "jetstream")
+		}
+		c.js = js
+	}
+	kv, err := c.js.KeyValue(ctx, name)
+	switch {
+	case errors.Is(err, jetstream.ErrBucketNotFound), errors.Is(err, jetstream.ErrJetStreamNotEnabled):
+		return nil, errNoInventory
+	case err != nil:
+		return nil, drivers.Wrap(drivers.Unavailable, err, "KV bucket "+name)
+	}
+	if c.buckets == nil {
+		c.buckets = map[string]jetstream.KeyValue{}
+	}
+	c.buckets[name] = kv
+	return kv, nil
+}
+
+// Owners returns the hosts whose inventory holds an instance of driver
+// named name, sorted.
+func (c *Client) Owners(ctx context.Context, driver, name string) ([]string, error) {
+	kv, err := c.bucket(ctx, messages.InventoryBucket)
+	if err != nil {
+		return nil, err
+	}
+	lister, err := kv.ListKeysFiltered(ctx, driver+".*."+messages.KeyToken(name))
+	if err != nil {
+		if errors.Is(err, jetstream.ErrNoKeysFound) {
+			return nil, nil
+		}
+		return nil, drivers.Wrap(drivers.Unavailable, err, "reading the inventory")
+	}
+	defer func() { _ = lister.Stop() }()
+	seen := map[string]bool{}
+	var hosts []string
+	for k := range lister.Keys() {
+		_, h, _, err := messages.ParseInventoryKey(k)
+		if err == nil && !seen[h] {
+			seen[h] = true
+			hosts = append(hosts, h)
+		}
+	}
+	sort.Strings(hosts)
+	return hosts, nil
+}
+
+// Owner returns the host owning driver's instance name (see the package's
+// owner resolution): not_found when no host has it, *AmbiguousError when
+// several do.
+func (c *Client) Owner(ctx context.Context, driver, name string) (string, error) {
+	hosts, err := c.Owners(ctx, driver, name)
+	if err != nil {
+		return "", err
+	}
+	switch len(hosts) {
+	case 0:
+		return "", drivers.Errorf(drivers.NotFound, "%s: no instance %q on any host (fleet inventory)", driver, name)
+	case 1:
+		return hosts[0], nil
+	}
+	return "", &AmbiguousError{Driver: driver, Name: name, Hosts: hosts}
+}
+
+// Heartbeats returns the last heartbeat of every host, by host.
+func (c *Client) Heartbeats(ctx context.Context) (map[string]messages.WorkerHeartbeat, error) {
+	kv, err := c.bucket(ctx, messages.WorkersBucket)
+	if err != nil {
+		return nil, err
+	}
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, drivers.Wrap(drivers.Unavailable, err, "reading heartbeats")
+	}
+	defer func() { _ = w.Stop() }()
+	out := map[string]messages.WorkerHeartbeat{}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, drivers.Wrap(drivers.Timeout, ctx.Err(), "reading heartbeats")
+		case e, ok := <-w.Updates():
+			if !ok || e == nil {
+				return out, nil
+			}
+			var hb messages.WorkerHeartbeat
+			if json.Unmarshal(e.Value(), &hb) == nil {
+				out[e.Key()] = hb
+			}
+		}
+	}
+}
+
+// heartbeat returns host's last heartbeat (ok false when there is none).
+func (c *Client) heartbeat(ctx context.Context, host string) (messages.WorkerHeartbeat, bool) {
+	var hb messages.WorkerHeartbeat
+	kv, err := c.bucket(ctx, messages.WorkersBucket)
+	if err != nil {
+		return hb, false
+	}
+	e, err := kv.Get(ctx, host)
+	if err != nil || json.Unmarshal(e.Value(), &hb) != nil {
+		return hb, false
+	}
+	return hb, true
+}
+
+// Place picks the host a create of driver without a host goes to: among
+// the hosts whose worker serves driver and is up, the one with the fewest
+// instances of driver at its last heartbeat, ties broken by host name. A
+// single such host is therefore always chosen. No host up is
+// *NoWorkerError; a create then goes to the pooled subject (a worker that
+// started a moment ago has not written its first heartbeat yet).
+func (c *Client) Place(ctx context.Context, driver string) (string, error) {
+	hbs, err := c.Heartbeats(ctx)
+	if err != nil {
+		return "", err
+	}
+	now := time.Now()
+	best, bestN := "", 0
+	for _, hb := range hbs {
+		if !hb.Serves(driver) || hb.Liveness(now) != messages.LivenessUp {
+			continue
+		}
+		n := hb.Instances[driver]
+		if best == "" || n < bestN || (n == bestN && hb.Host < best) {
+			best, bestN = hb.Host, n
+		}
+	}
+	if best == "" {
+		return "", &NoWorkerError{Driver: driver}
+	}
+	return best, nil
+}
+
+// route returns the host a request goes to and the instance it was
+// resolved for ("" when the caller named the host or the op names no
+// instance); miss names an instance the inventory does not know (the
+// request then goes to the pooled subject).
+func (c *Client) route(ctx context.Context, driver, host string, op messages.Op, req any) (to, owned, miss string, err error) {
+	if host != "" || c.noResolve {
+		return host, "", "", nil
+	}
+	name := messages.InstanceName(req)
+	switch {
+	case op == messages.OpCreate:
+		host, err = c.Place(ctx, driver)
+		name = ""
+	case name != "":
+		host, err = c.Owner(ctx, driver, name)
+	default:
+		return "", "", "", nil
+	}
+	var nw *NoWorkerError
+	switch {
+	case errors.Is(err, errNoInventory), errors.As(err, &nw):
+		// No fleet buckets, or no heartbeat yet (a worker that just
+		// started): the pooled subject, where no_worker is reported.
+		return "", "", "", nil
+	case errors.Is(err, drivers.ErrNotFound):
+		return "", "", name, nil
+	case err != nil:
+		return "", "", "", err
+	}
+	return host, name, "", nil
+}
+
+// missError words the not_found answer to a request for an instance the
+// inventory does not know: no host has it (the worker that answered
+// only looked at its own).
+func missError(err error, driver, miss string) error {
+	if miss == "" || drivers.CodeOf(err) != drivers.NotFound {
+		return err
+	}
+	return drivers.Errorf(drivers.NotFound, "%s: no instance %q on any host (fleet inventory)", driver, miss)
+}
+
+// ownerError explains a transport error of a request sent to the owner
+// of name: the owner did not answer.
+func (c *Client) ownerError(err error, driver, host, name string) error {
+	var nw *NoWorkerError
+	var to *TimeoutError
+	if name == "" || (!errors.As(err, &nw) && !errors.As(err, &to)) {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	e := &OwnerUnavailableError{Driver: driver, Name: name, Host: host, Liveness: "unknown", Cause: err}
+	if hb, ok := c.heartbeat(ctx, host); ok {
+		e.Liveness, e.LastSeen = hb.Liveness(time.Now()), hb.Time
+	}
+	return e
+}
+
+// InventoryEntry is one record of the fleet view, with its owner's
+// liveness.
+type InventoryEntry struct {
+	messages.InventoryRecord
+	// Stale is set when the owner's worker is not up: the record is what
+	// the host last reported.
+	Stale bool `json:"stale"`
+}
+
+// HostStatus is a host of the fleet view whose records may be out of date.
+type HostStatus struct {
+	Host     string    `json:"host"`
+	Liveness string    `json:"liveness"` // stale, down or unknown
+	LastSeen time.Time `json:"last_seen,omitzero"`
+}
+
+// Inventory returns every record of driver (all drivers when "") sorted by
+// name then host, the owners' liveness applied, and the hosts holding
+// records whose worker is not up.
+func (c *Client) Inventory(ctx context.Context, driver string) ([]InventoryEntry, []HostStatus, error) {
+	kv, err := c.bucket(ctx, messages.InventoryBucket)
+	if errors.Is(err, errNoInventory) {
+		return nil, nil, drivers.Errorf(drivers.Unavailable, "the fleet inventory (KV bucket %s) does not exist: no worker created it yet", messages.InventoryBucket)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	filter := ">"
+	if driver != "" {
+		filter = driver + ".>"
+	}
+	w, err := kv.Watch(ctx, filter, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, nil, drivers.Wrap(drivers.Unavailable, err, "reading the inventory")
+	}
+	defer func() { _ = w.Stop() }()
+	var recs []InventoryEntry
+read:
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, nil, drivers.Wrap(drivers.Timeout, ctx.Err(), "reading the inventory")
+		case e, ok := <-w.Updates():
+			if !ok || e == nil {
+				break read
+			}
+			var r messages.InventoryRecord
+			if json.Unmarshal(e.Value(), &r) == nil {
+				recs = append(recs, InventoryEntry{InventoryRecord: r})
+			}
+		}
+	}
+	hbs, err := c.Heartbeats(ctx)
+	if err != nil && !errors.Is(err, errNoInventory) {
+		return nil, nil, err
+	}
+	now := time.Now()
+	bad := map[string]HostStatus{}
+	for i := range recs {
+		h := recs[i].Host
+		hb, ok := hbs[h]
+		live := "unknown"
+		if ok {
+			live = hb.Liveness(now)
+		}
+		if live != messages.LivenessUp {
+			recs[i].Stale = true
+			bad[h] = HostStatus{Host: h, Liveness: live, LastSeen: hb.Time}
+		}
+	}
+	sort.Slice(recs, func(i, j int) bool {
+		if recs[i].Name != recs[j].Name {
+			return recs[i].Name < recs[j].Name
+		}
+		return recs[i].Host < recs[j].Host
+	})
+	var hosts []HostStatus
+	for _, s := range bad {
+		hosts = append(hosts, s)
+	}
+	sort.Slice(hosts, func(i, j int) bool { return hosts[i].Host < hosts[j].Host })
+	return recs, hosts, nil
+}
+
+// fleetFields are the Client's fleet caches.
+type fleetFields struct {
+	fleetMu sync.Mutex
+	js      jetstream.JetStream
+	buckets map[string]jetstream.KeyValue
+	// noResolve turns owner resolution off (WithoutOwnerResolution).
+	noResolve bool
+}
+
+// WithoutOwnerResolution returns a copy of c whose requests without a
+// host go to the pooled subject substrate.<driver>.<op>, as before the
+// inventory existed (tests, benchmarks).
+func (c *Client) WithoutOwnerResolution() *Client {
+	return &Client{nc: c.nc, timeout: c.timeout, fleetFields: fleetFields{noResolve: true}}
+}
