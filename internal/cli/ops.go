@@ -208,7 +208,7 @@ func listAllHosts(e *env, c *invocation) error {
 	if err != nil {
 		return err
 	}
-	hosts, err := fleetHosts(e, cl, c.driver)
+	hosts, hbs, err := fleetHosts(e, cl, c.driver)
 	if err != nil {
 		return err
 	}
@@ -230,6 +230,12 @@ func listAllHosts(e *env, c *invocation) error {
 	wg.Wait()
 	res := allHostsResult{Instances: []messages.Instance{}, Failed: []hostFailure{}}
 	for i, h := range hosts {
+		var nw *client.NoWorkerError
+		if hb, ok := hbs[h]; ok && errors.As(errs[i], &nw) {
+			// A host known by its heartbeat whose worker is gone.
+			errs[i] = drivers.Errorf(drivers.Unavailable, "no worker answers on host %s (worker %s, last heartbeat %s)",
+				h, hb.Liveness(time.Now()), age(hb.Time))
+		}
 		if errs[i] != nil {
 			info := messages.InfoOf(errs[i])
 			res.Failed = append(res.Failed, hostFailure{Host: h, Error: info, err: errs[i]})
@@ -265,7 +271,7 @@ func listAllHosts(e *env, c *invocation) error {
 
 // fleetHosts returns the hosts serving driver: found by discovery, or
 // with a heartbeat that does not say the worker stopped. Sorted.
-func fleetHosts(e *env, cl *client.Client, driver string) ([]string, error) {
+func fleetHosts(e *env, cl *client.Client, driver string) ([]string, map[string]messages.WorkerHeartbeat, error) {
 	var (
 		workers []client.Worker
 		hbs     map[string]messages.WorkerHeartbeat
@@ -287,7 +293,7 @@ func fleetHosts(e *env, cl *client.Client, driver string) ([]string, error) {
 	}()
 	wg.Wait()
 	if derr != nil {
-		return nil, derr
+		return nil, nil, derr
 	}
 	seen := map[string]bool{}
 	var hosts []string
@@ -309,7 +315,7 @@ func fleetHosts(e *env, cl *client.Client, driver string) ([]string, error) {
 		}
 	}
 	slices.Sort(hosts)
-	return hosts, nil
+	return hosts, hbs, nil
 }
 
 // ---- get, create, clone ----
