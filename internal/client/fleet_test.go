@@ -1,0 +1,122 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/messages"
+)
+
+// fleetBuckets creates the fleet's buckets on nc's server and returns them.
+func fleetBuckets(t *testing.T, nc *nats.Conn) (inv, workers jetstream.KeyValue) {
+	t.Helper()
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	inv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: messages.InventoryBucket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	workers, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: messages.WorkersBucket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return inv, workers
+}
+
+func putJSON(t *testing.T, kv jetstream.KeyValue, key string, v any) {
+	t.Helper()
+	b, _ := json.Marshal(v)
+	if _, err := kv.Put(context.Background(), key, b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOwnerAndPlace(t *testing.T) {
+	nc := startNATS(t)
+	inv, workers := fleetBuckets(t, nc)
+	c := New(nc, 5*time.Second)
+	ctx := context.Background()
+	now := time.Now()
+	for _, r := range []messages.InventoryRecord{
+		{Driver: "process", Host: "hosta", Name: "web.1"},
+		{Driver: "process", Host: "hosta", Name: "dup"},
+		{Driver: "process", Host: "hostb", Name: "dup"},
+		{Driver: "docker", Host: "hostb", Name: "web.1"},
+	} {
+		putJSON(t, inv, messages.InventoryKey(r.Driver, r.Host, r.Name), r)
+	}
+	for _, tc := range []struct {
+		driver, name, host string
+		code               drivers.Code
+		hosts              []string
+	}{
+		{"process", "web.1", "hosta", 0, nil},
+		{"docker", "web.1", "hostb", 0, nil},
+		{"process", "dup", "", drivers.InvalidArgument, []string{"hosta", "hostb"}},
+		{"process", "nope", "", drivers.NotFound, nil},
+		{"process", "web", "", drivers.NotFound, nil}, // a prefix of a name is not the name
+	} {
+		h, err := c.Owner(ctx, tc.driver, tc.name)
+		if h != tc.host || drivers.CodeOf(err) != tc.code && !(tc.code == 0 && err == nil) {
+			t.Errorf("Owner(%s, %s) = %q, %v; want %q code %v", tc.driver, tc.name, h, err, tc.host, tc.code)
+		}
+		var amb *AmbiguousError
+		if tc.hosts != nil && (!errors.As(err, &amb) || !slices.Equal(amb.Hosts, tc.hosts)) {
+			t.Errorf("Owner(%s): %v, want hosts %v", tc.name, err, tc.hosts)
+		}
+	}
+
+	// Placement: least-loaded up host serving the driver, ties by name.
+	for _, hb := range []messages.WorkerHeartbeat{
+		{Host: "hosta", Drivers: []string{"process"}, Instances: map[string]int{"process": 5}, Time: now, Interval: time.Second},
+		{Host: "hostb", Drivers: []string{"process", "docker"}, Instances: map[string]int{"process": 2}, Time: now, Interval: time.Second},
+		{Host: "hostc", Drivers: []string{"process"}, Instances: map[string]int{"process": 2}, Time: now, Interval: time.Second},
+		{Host: "hostd", Drivers: []string{"process"}, Time: now.Add(-time.Hour), Interval: time.Second},    // stale
+		{Host: "hoste", Drivers: []string{"process"}, Time: now, Interval: time.Second, Stopped: true}, // down
+	} {
+		putJSON(t, workers, hb.Host, hb)
+	}
+	for driver, want := range map[string]string{"process": "hostb", "docker": "hostb"} {
+		if h, err := c.Place(ctx, driver); err != nil || h != want {
+			t.Errorf("Place(%s) = %q, %v; want %s", driver, h, err, want)
+		}
+	}
+	var nw *NoWorkerError
+	if _, err := c.Place(ctx, "lxc"); !errors.As(err, &nw) {
+		t.Errorf("Place(lxc) = %v, want no worker", err)
+	}
+
+	// Inventory: records sorted, those of hosts not up marked stale.
+	putJSON(t, inv, messages.InventoryKey("process", "hostd", "old"), messages.InventoryRecord{Driver: "process", Host: "hostd", Name: "old"})
+	recs, bad, err := c.Inventory(ctx, "process")
+	if err != nil || len(recs) != 4 || len(bad) != 1 || bad[0].Host != "hostd" || bad[0].Liveness != messages.LivenessStale {
+		t.Fatalf("inventory: %+v %+v %v", recs, bad, err)
+	}
+	for _, r := range recs {
+		if r.Stale != (r.Host == "hostd") {
+			t.Errorf("record %s on %s: stale %v", r.Name, r.Host, r.Stale)
+		}
+	}
+}
+
+func TestKeyToken(t *testing.T) {
+	for _, name := range []string{"web", "web.1", "a b", "_", "ü", "x>y*"} {
+		tok := messages.KeyToken(name)
+		back, err := messages.DecodeKeyToken(tok)
+		if err != nil || back != name {
+			t.Errorf("%q -> %q -> %q, %v", name, tok, back, err)
+		}
+		d, h, n, err := messages.ParseInventoryKey(messages.InventoryKey("process", "h1", name))
+		if err != nil || d != "process" || h != "h1" || n != name {
+			t.Errorf("key of %q: %s %s %q %v", name, d, h, n, err)
+		}
+	}
+}
