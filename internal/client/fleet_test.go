@@ -79,8 +79,8 @@ func TestOwnerAndPlace(t *testing.T) {
 		{Host: "hosta", Drivers: []string{"process"}, Instances: map[string]int{"process": 5}, Time: now, Interval: time.Second},
 		{Host: "hostb", Drivers: []string{"process", "docker"}, Instances: map[string]int{"process": 2}, Time: now, Interval: time.Second},
 		{Host: "hostc", Drivers: []string{"process"}, Instances: map[string]int{"process": 2}, Time: now, Interval: time.Second},
-		{Host: "hostd", Drivers: []string{"process"}, Time: now.Add(-time.Hour), Interval: time.Second},    // stale
-		{Host: "hoste", Drivers: []string{"process"}, Time: now, Interval: time.Second, Stopped: true}, // down
+		{Host: "hostd", Drivers: []string{"process"}, Time: now.Add(-time.Hour), Interval: time.Second}, // stale
+		{Host: "hoste", Drivers: []string{"process"}, Time: now, Interval: time.Second, Stopped: true},  // down
 	} {
 		putJSON(t, workers, hb.Host, hb)
 	}
