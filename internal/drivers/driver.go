@@ -146,6 +146,16 @@ type Restarter interface {
 	Restart(ctx context.Context, name string, opts StopOptions) error
 }
 
+// ClusterWide is implemented by drivers whose instances several workers
+// can reach (a Proxmox cluster, an LXD cluster or a remote LXD over
+// HTTPS). Their workers keep the pooled subject, write no inventory
+// records (a request without a host goes to any of them), and serialize
+// the mutations of one instance with a lease (docs/fleet.md). A driver
+// that does not implement it, or returns false, is per-host.
+type ClusterWide interface {
+	ClusterWide() bool
+}
+
 // EventSource is the substrate's own change feed, so changes made outside
 // this system are seen. Watch calls emit for each change until ctx ends
 // (returning nil) or the feed breaks (returning the error); the manager

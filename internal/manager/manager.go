@@ -142,6 +142,13 @@ func (m *Manager) Driver() string { return m.d.Name() }
 // Host returns the host identity.
 func (m *Manager) Host() string { return m.opts.Host }
 
+// ClusterWide reports whether the driver's instances are reachable from
+// several workers (drivers.ClusterWide).
+func (m *Manager) ClusterWide() bool {
+	c, ok := m.d.(drivers.ClusterWide)
+	return ok && c.ClusterWide()
+}
+
 // Capabilities returns what the driver supports.
 func (m *Manager) Capabilities() drivers.Capabilities { return m.caps }
 

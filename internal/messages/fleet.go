@@ -12,12 +12,25 @@ import (
 //
 //	SUBSTRATE_INVENTORY  <driver>.<host>.<instance>  InventoryRecord, written by the owning worker
 //	SUBSTRATE_WORKERS    <host>                      WorkerHeartbeat, written by that host's worker
+//	SUBSTRATE_LEASES     <driver>.<instance>         Lease, held by the worker changing a cluster-wide instance
 //
 // <instance> is the name encoded with KeyToken.
 const (
 	InventoryBucket = "SUBSTRATE_INVENTORY"
 	WorkersBucket   = "SUBSTRATE_WORKERS"
+	LeasesBucket    = "SUBSTRATE_LEASES"
 )
+
+// LeaseKey is the lease key of an instance of a cluster-wide driver.
+func LeaseKey(driver, name string) string { return driver + "." + KeyToken(name) }
+
+// Lease is the value of a SUBSTRATE_LEASES key: who changes the instance.
+type Lease struct {
+	Host      string    `json:"host"`
+	Op        Op        `json:"op"`
+	RequestID string    `json:"request_id"`
+	Since     time.Time `json:"since"`
+}
 
 // KeyToken encodes an instance name as one KV key token, reversibly. It is
 // EncodeToken with "=" instead of "~" as the escape prefix, because KV keys

@@ -131,6 +131,13 @@ func (r *busRequest) dispatch(ctx context.Context, body any) (any, error) {
 	if !ok {
 		return nil, drivers.Errorf(drivers.Internal, "%s: no handler", r.op)
 	}
+	if r.m.ClusterWide() && r.op.Mutating() && r.op != messages.OpExec && r.instance != "" {
+		release, err := r.w.acquireLease(ctx, r.m.Driver(), r.instance, r.op, r.requestID)
+		if err != nil {
+			return nil, err
+		}
+		defer release()
+	}
 	res, err := h.serve(ctx, r, body)
 	if err == nil && r.op.Mutating() {
 		r.w.recordAfter(ctx, r.m, r.op, r.instance, res)

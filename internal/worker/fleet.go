@@ -31,6 +31,7 @@ import (
 // fleetKV holds the buckets once they exist.
 type fleetKV struct {
 	inv, workers jetstream.KeyValue
+	leases       jetstream.KeyValue // nil when no served driver is cluster-wide
 }
 
 // fleetState is the worker's inventory and liveness bookkeeping.
@@ -63,7 +64,7 @@ func (f *fleetState) get() *fleetKV {
 // expire (TTL); inventory records never expire, they are removed by their
 // owner.
 func (w *Worker) bucketConfigs() []jetstream.KeyValueConfig {
-	return []jetstream.KeyValueConfig{{
+	cfgs := []jetstream.KeyValueConfig{{
 		Bucket:      messages.InventoryBucket,
 		Description: "subbus fleet inventory: <driver>.<host>.<instance> -> record, written by the owning worker",
 		History:     1,
@@ -77,6 +78,27 @@ func (w *Worker) bucketConfigs() []jetstream.KeyValueConfig {
 		Storage:     jetstream.FileStorage,
 		Replicas:    w.opts.Replicas,
 	}}
+	if w.clusterWide() {
+		cfgs = append(cfgs, jetstream.KeyValueConfig{
+			Bucket:      messages.LeasesBucket,
+			Description: "subbus leases on instances of cluster-wide drivers: <driver>.<instance> -> holder",
+			History:     1,
+			TTL:         w.opts.LeaseTTL,
+			Storage:     jetstream.FileStorage,
+			Replicas:    w.opts.Replicas,
+		})
+	}
+	return cfgs
+}
+
+// clusterWide reports whether a served driver is cluster-wide.
+func (w *Worker) clusterWide() bool {
+	for _, m := range w.managers {
+		if m.ClusterWide() {
+			return true
+		}
+	}
+	return false
 }
 
 // ensureBuckets creates the fleet's buckets when absent (ManageStreams) or
@@ -104,7 +126,11 @@ func (w *Worker) ensureBuckets(ctx context.Context) error {
 		kvs = append(kvs, kv)
 	}
 	w.fleet.kv.Lock()
-	w.fleet.buckets = &fleetKV{inv: kvs[0], workers: kvs[1]}
+	b := &fleetKV{inv: kvs[0], workers: kvs[1]}
+	if len(kvs) > 2 {
+		b.leases = kvs[2]
+	}
+	w.fleet.buckets = b
 	w.fleet.kv.Unlock()
 	return nil
 }
@@ -132,6 +158,9 @@ func (w *Worker) runFleet(ctx context.Context) {
 	}
 	var wg sync.WaitGroup
 	for _, m := range w.managers {
+		if m.ClusterWide() {
+			continue // several workers see its instances: no owner
+		}
 		wg.Add(1)
 		go func() { defer wg.Done(); w.inventoryLoop(ctx, m) }()
 	}
@@ -255,7 +284,7 @@ func (w *Worker) deleteRecord(ctx context.Context, b *fleetKV, driver, name stri
 // succeeded with result, before the reply is sent. It waits at most 2s.
 func (w *Worker) recordAfter(ctx context.Context, m *manager.Manager, op messages.Op, instance string, result any) {
 	b := w.fleet.get()
-	if b == nil || op == messages.OpExec {
+	if b == nil || op == messages.OpExec || m.ClusterWide() {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)

@@ -46,6 +46,7 @@ const (
 	DefaultMetricsInterval      = 10 * time.Second
 	DefaultInventoryResync      = 30 * time.Second
 	DefaultLivenessInterval     = 5 * time.Second
+	DefaultLeaseTTL             = 30 * time.Second
 )
 
 // Options configure a Worker. Build them with OptionsFromConfig and adjust.
@@ -120,6 +121,11 @@ type Options struct {
 	// SUBSTRATE_WORKERS (worker.liveness_interval); readers call the host
 	// stale after three missed ones.
 	LivenessInterval time.Duration
+	// LeaseTTL is how long a lease on an instance of a cluster-wide driver
+	// outlives its holder (worker.lease_ttl): the holder renews it every
+	// LeaseTTL/3 while its operation runs. It is the bucket's TTL, set by
+	// the worker that creates SUBSTRATE_LEASES.
+	LeaseTTL time.Duration
 
 	// HeartbeatInterval and StreamIdle tune streamed replies (defaults
 	// messages.HeartbeatInterval, messages.DefaultStreamIdle).
@@ -176,6 +182,7 @@ type workerSection struct {
 	PrometheusListen     string          `yaml:"prometheus_listen"`
 	InventoryResync      config.Duration `yaml:"inventory_resync"`
 	LivenessInterval     config.Duration `yaml:"liveness_interval"`
+	LeaseTTL             config.Duration `yaml:"lease_ttl"`
 }
 
 // globalSection lists the keys the global section may have: the worker's
@@ -252,6 +259,7 @@ func OptionsFromConfig(cfg *config.Config) (Options, error) {
 		PrometheusListen:     s.PrometheusListen,
 		InventoryResync:      time.Duration(s.InventoryResync),
 		LivenessInterval:     time.Duration(s.LivenessInterval),
+		LeaseTTL:             time.Duration(s.LeaseTTL),
 		EnableMetrics:        cfg.Bool("global.enable_metrics", true),
 		MetricsInterval:      cfg.Duration("global.metrics_interval", DefaultMetricsInterval),
 		Embedded: EmbeddedOptions{
@@ -307,6 +315,7 @@ func (o Options) withDefaults() Options {
 	def(&o.MetricsInterval, DefaultMetricsInterval)
 	def(&o.InventoryResync, DefaultInventoryResync)
 	def(&o.LivenessInterval, DefaultLivenessInterval)
+	def(&o.LeaseTTL, DefaultLeaseTTL)
 	def(&o.HeartbeatInterval, messages.HeartbeatInterval)
 	def(&o.StreamIdle, messages.DefaultStreamIdle)
 	if o.Embedded.Listen == "" {

@@ -1,0 +1,119 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/messages"
+)
+
+// clusterToy is the toy driver as a cluster-wide substrate: several
+// workers share its instances.
+type clusterToy struct{ *toy }
+
+func (clusterToy) ClusterWide() bool { return true }
+
+// TestLeaseAcrossWorkers: two workers serve one cluster-wide substrate on
+// the pooled subject. A mutation waits while the other worker holds the
+// instance's lease; when the holder dies mid-operation its lease expires
+// after lease_ttl and the instance can be operated again through the
+// surviving worker. Neither writes inventory records.
+func TestLeaseAcrossWorkers(t *testing.T) {
+	s := startNATS(t)
+	d := clusterToy{newToy()}
+	var mu sync.Mutex
+	var nc1 *nats.Conn
+	ttl := time.Second
+	startWorker(t, s, []*manager.Manager{manager.New(d, manager.Options{Host: "h1", CacheTTL: -1, RetryAttempts: 1})}, func(o *Options) {
+		o.Host, o.LeaseTTL, o.GracePeriod = "h1", ttl, time.Second
+		url := s.ClientURL()
+		o.Connect = func(extra ...nats.Option) (*nats.Conn, error) {
+			nc, err := nats.Connect(url, extra...)
+			mu.Lock()
+			nc1 = nc
+			mu.Unlock()
+			return nc, err
+		}
+	})
+	startWorker(t, s, []*manager.Manager{manager.New(d, manager.Options{Host: "h2", CacheTTL: -1, RetryAttempts: 1})}, func(o *Options) {
+		o.Host, o.LeaseTTL = "h2", ttl
+	})
+	nc := connect(t, s.ClientURL())
+
+	// Serialized: a slow create on h1 holds the lease; a delete sent to h2
+	// meanwhile waits for it and then finds the instance.
+	created := make(chan messages.Reply, 1)
+	go func() {
+		r, _ := requestTimeout(nc, hostSubj("toy", "h1", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{
+			Name: "vm1", BaseImage: "x", Metadata: map[string]string{"delay": "700ms"}}}, 10*time.Second)
+		created <- r
+	}()
+	slowStarted(t, d.toy)
+	start := time.Now()
+	ok(t, nc, hostSubj("toy", "h2", messages.OpDelete), messages.DeleteRequest{Name: "vm1", Force: true}, nil)
+	if waited := time.Since(start); waited < 300*time.Millisecond {
+		t.Fatalf("delete on h2 did not wait for h1's lease (%v)", waited)
+	}
+	if r := <-created; r.Error != nil {
+		t.Fatalf("create on h1: %+v", r.Error)
+	}
+
+	// The holder dies mid-operation: its lease expires, then the survivor
+	// can operate the instance.
+	go func() {
+		_, _ = requestTimeout(nc, hostSubj("toy", "h1", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{
+			Name: "vm2", BaseImage: "x", Metadata: map[string]string{"delay": "20s"}}}, 30*time.Second)
+	}()
+	slowStarted(t, d.toy)
+	start = time.Now()
+	mu.Lock()
+	nc1.Close()
+	mu.Unlock()
+	// h2's own subject: the pooled one may still route to h1 until the
+	// server has noticed the closed connection.
+	ok(t, nc, hostSubj("toy", "h2", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{Name: "vm2", BaseImage: "x"}}, nil)
+	if waited := time.Since(start); waited < ttl/2 {
+		t.Fatalf("create of vm2 did not wait for the dead holder's lease to expire (%v)", waited)
+	}
+
+	// No inventory records for a cluster-wide driver.
+	var info struct {
+		State struct {
+			Msgs uint64 `json:"messages"`
+		} `json:"state"`
+	}
+	m, err := nc.Request("$JS.API.STREAM.INFO.KV_"+messages.InventoryBucket, nil, 5*time.Second)
+	if err != nil || json.Unmarshal(m.Data, &info) != nil || info.State.Msgs != 0 {
+		t.Fatalf("inventory of a cluster-wide driver: %v %s", err, m.Data)
+	}
+}
+
+// requestTimeout sends body to subject and decodes the reply.
+func requestTimeout(nc *nats.Conn, subject string, body any, d time.Duration) (messages.Reply, error) {
+	var r messages.Reply
+	b, _ := json.Marshal(body)
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	m, err := nc.RequestWithContext(ctx, subject, b)
+	if err != nil {
+		return r, err
+	}
+	return r, json.Unmarshal(m.Data, &r)
+}
+
+// slowStarted waits until a slow Create of d has started.
+func slowStarted(t *testing.T, d *toy) {
+	t.Helper()
+	select {
+	case <-d.slow:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the slow create did not start")
+	}
+}
