@@ -48,7 +48,7 @@ func TestInventoryAndHeartbeat(t *testing.T) {
 	}
 
 	// The record exists when the create's reply arrives: no polling.
-	ok(t, nc, subj("toy", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{Name: "web.1", BaseImage: "img",
+	ok(t, nc, subj("toy", messages.OpCreate), messages.CreateRequest{Template: messages.Template{Name: "web.1", BaseImage: "img",
 		Metadata: map[string]string{"team": "qa"}}}, nil)
 	r, err := record("web.1")
 	if err != nil || r.Driver != "toy" || r.Host != "h1" || r.Name != "web.1" || r.ID != "web.1" || r.State != drivers.StateStopped ||

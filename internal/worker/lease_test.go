@@ -9,7 +9,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
 	"github.com/subbus/subbus/internal/messages"
 )
@@ -51,7 +50,7 @@ func TestLeaseAcrossWorkers(t *testing.T) {
 	// meanwhile waits for it and then finds the instance.
 	created := make(chan messages.Reply, 1)
 	go func() {
-		r, _ := requestTimeout(nc, hostSubj("toy", "h1", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{
+		r, _ := requestTimeout(nc, hostSubj("toy", "h1", messages.OpCreate), messages.CreateRequest{Template: messages.Template{
 			Name: "vm1", BaseImage: "x", Metadata: map[string]string{"delay": "700ms"}}}, 10*time.Second)
 		created <- r
 	}()
@@ -68,7 +67,7 @@ func TestLeaseAcrossWorkers(t *testing.T) {
 	// The holder dies mid-operation: its lease expires, then the survivor
 	// can operate the instance.
 	go func() {
-		_, _ = requestTimeout(nc, hostSubj("toy", "h1", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{
+		_, _ = requestTimeout(nc, hostSubj("toy", "h1", messages.OpCreate), messages.CreateRequest{Template: messages.Template{
 			Name: "vm2", BaseImage: "x", Metadata: map[string]string{"delay": "20s"}}}, 30*time.Second)
 	}()
 	slowStarted(t, d.toy)
@@ -78,7 +77,7 @@ func TestLeaseAcrossWorkers(t *testing.T) {
 	mu.Unlock()
 	// h2's own subject: the pooled one may still route to h1 until the
 	// server has noticed the closed connection.
-	ok(t, nc, hostSubj("toy", "h2", messages.OpCreate), messages.CreateRequest{Template: drivers.InstanceTemplate{Name: "vm2", BaseImage: "x"}}, nil)
+	ok(t, nc, hostSubj("toy", "h2", messages.OpCreate), messages.CreateRequest{Template: messages.Template{Name: "vm2", BaseImage: "x"}}, nil)
 	if waited := time.Since(start); waited < ttl/2 {
 		t.Fatalf("create of vm2 did not wait for the dead holder's lease to expire (%v)", waited)
 	}
