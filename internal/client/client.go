@@ -195,11 +195,11 @@ func (c *Client) DoReply(ctx context.Context, driver, host string, op messages.O
 	start := time.Now()
 	resp, err := c.nc.RequestMsgWithContext(ctx, msg)
 	if err != nil {
-		return reply, c.ownerError(c.transportError(ctx, err, driver, host, start), driver, host, owned)
+		return reply, c.missError(c.ownerError(c.transportError(ctx, err, driver, host, start), driver, host, owned), driver, miss)
 	}
 	reply, err = decodeReply(resp)
 	if err != nil {
-		return reply, missError(err, driver, miss)
+		return reply, c.missError(err, driver, miss)
 	}
 	if result != nil && len(reply.Result) > 0 {
 		if err := json.Unmarshal(reply.Result, result); err != nil {

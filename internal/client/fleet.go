@@ -255,11 +255,30 @@ func (c *Client) route(ctx context.Context, driver, host string, op messages.Op,
 	return host, name, "", nil
 }
 
-// missError words the not_found answer to a request for an instance the
-// inventory does not know: no host has it (the worker that answered
-// only looked at its own).
-func missError(err error, driver, miss string) error {
-	if miss == "" || drivers.CodeOf(err) != drivers.NotFound {
+// missError words the answer to a request for an instance the inventory
+// does not know: a not_found means no host has it (the worker that
+// answered only looked at its own); no responders on the pooled subject,
+// while some worker serving the driver is up, is not_found too (a fleet
+// with worker.pooled_drivers serves per-host drivers on host subjects only).
+func (c *Client) missError(err error, driver, miss string) error {
+	if miss == "" || err == nil {
+		return err
+	}
+	notFound := drivers.CodeOf(err) == drivers.NotFound
+	var nw *NoWorkerError
+	if !notFound && errors.As(err, &nw) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		hbs, _ := c.Heartbeats(ctx)
+		now := time.Now()
+		for _, hb := range hbs {
+			if hb.Serves(driver) && hb.Liveness(now) == messages.LivenessUp {
+				notFound = true
+				break
+			}
+		}
+	}
+	if !notFound {
 		return err
 	}
 	return drivers.Errorf(drivers.NotFound, "%s: no instance %q on any host (fleet inventory)", driver, miss)

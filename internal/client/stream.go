@@ -44,7 +44,7 @@ func (c *Client) Stream(ctx context.Context, driver, host string, op messages.Op
 		return err
 	}
 	err = c.stream(ctx, driver, host, op, req, fn)
-	return missError(c.ownerError(err, driver, host, owned), driver, miss)
+	return c.missError(c.ownerError(err, driver, host, owned), driver, miss)
 }
 
 func (c *Client) stream(ctx context.Context, driver, host string, op messages.Op, req any, fn func(messages.Chunk) error) error {
