@@ -73,8 +73,8 @@ func TestFleetWithoutHost(t *testing.T) {
 	hb := startFleetHost(t, url, "hostb")
 
 	fw1, fw2 := unique("fw1"), unique("fw2")
-	subbus(t, url, "process", "create", fw1, "--host", "hosta", "--image", "/bin/sh", "--", "-c", "echo hello-a; sleep 300").want(t, 0, "create on hosta")
-	subbus(t, url, "process", "create", fw2, "--host", "hostb", "--image", "/bin/sh", "--", "-c", "echo hello-b; sleep 300").want(t, 0, "create on hostb")
+	subbus(t, url, "process", "create", fw1, "--host", "hosta", "--", "/bin/sh", "-c", "echo hello-a; sleep 300").want(t, 0, "create on hosta")
+	subbus(t, url, "process", "create", fw2, "--host", "hostb", "--", "/bin/sh", "-c", "echo hello-b; sleep 300").want(t, 0, "create on hostb")
 	subbus(t, url, "process", "start", fw1).want(t, 0, "start "+fw1)
 	subbus(t, url, "process", "start", fw2).want(t, 0, "start "+fw2)
 
@@ -109,7 +109,7 @@ func TestFleetWithoutHost(t *testing.T) {
 		// delete: a fresh instance each run, alternating hosts.
 		host := []string{"hosta", "hostb"}[i%2]
 		victim := unique("del")
-		subbus(t, url, "process", "create", victim, "--host", host, "--image", "/bin/sleep", "--", "300").want(t, 0, "create victim")
+		subbus(t, url, "process", "create", victim, "--host", host, "--", "/bin/sleep", "300").want(t, 0, "create victim")
 		subbus(t, url, "process", "delete", victim, "--force").want(t, 0, "delete "+victim+" on "+host)
 		subbus(t, url, "process", "get", victim).want(t, ExitNotFound, "get after delete")
 	}
@@ -123,7 +123,7 @@ func TestFleetWithoutHost(t *testing.T) {
 	// nothing sent; --host still wins.
 	dup := unique("dup")
 	for _, h := range []string{"hosta", "hostb"} {
-		subbus(t, url, "process", "create", dup, "--host", h, "--image", "/bin/sleep", "--", "300").want(t, 0, "create dup on "+h)
+		subbus(t, url, "process", "create", dup, "--host", h, "--", "/bin/sleep", "300").want(t, 0, "create dup on "+h)
 	}
 	r = subbus(t, url, "process", "stop", dup).want(t, ExitInvalidArgument, "ambiguous name")
 	if !strings.Contains(r.stderr, "several hosts (hosta, hostb)") {
@@ -133,7 +133,7 @@ func TestFleetWithoutHost(t *testing.T) {
 
 	// Create without --host: placed on a host serving the driver that is up.
 	placed := unique("placed")
-	subbus(t, url, "process", "create", placed, "--image", "/bin/sleep", "--", "300").want(t, 0, "create without --host")
+	subbus(t, url, "process", "create", placed, "--", "/bin/sleep", "300").want(t, 0, "create without --host")
 	if inst := decode[messages.Instance](t, subbus(t, url, "process", "get", placed, "--json").want(t, 0, "get placed").stdout); inst.Host != "hosta" && inst.Host != "hostb" {
 		t.Fatalf("placed on %q", inst.Host)
 	}
