@@ -8,7 +8,7 @@
 # the machine (recorded at the top of the output).
 #
 #   BENCHTIME=2s RUNS=50 bash scripts/bench.sh
-#   BENCH_PKGS="./internal/client" bash scripts/bench.sh   # only these packages
+#   BENCH_PKGS="./client" bash scripts/bench.sh   # only these packages
 #   SKIP_CLI=1 bash scripts/bench.sh                       # only the Go benchmarks
 #   SKIP_GO=1 bash scripts/bench.sh                        # only the soak and the CLI comparison
 #   SKIP_SOAK=1 bash scripts/bench.sh                      # no soak benchmark

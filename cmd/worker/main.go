@@ -19,10 +19,10 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/subbus/subbus/internal/config"
-	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/natsconn"
 	"github.com/subbus/subbus/internal/sdnotify"
 	"github.com/subbus/subbus/internal/worker"
+	"github.com/subbus/subbus/messages"
 )
 
 // version is set at build time (-ldflags "-X main.version=…").

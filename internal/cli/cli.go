@@ -20,10 +20,10 @@ import (
 	"github.com/mattn/go-isatty"
 	"github.com/nats-io/nats.go"
 
-	"github.com/subbus/subbus/internal/client"
+	"github.com/subbus/subbus/client"
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/natsconn"
+	"github.com/subbus/subbus/messages"
 )
 
 // Version is subbus's version, set at build time with

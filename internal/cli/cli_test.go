@@ -18,13 +18,13 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
-	"github.com/subbus/subbus/internal/client"
+	"github.com/subbus/subbus/client"
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/drivers/process"
 	"github.com/subbus/subbus/internal/manager"
-	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/testenv"
 	"github.com/subbus/subbus/internal/worker/workertest"
+	"github.com/subbus/subbus/messages"
 )
 
 // These end-to-end tests start a real nats-server (embedded, on a random

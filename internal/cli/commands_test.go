@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/subbus/subbus/internal/messages"
+	"github.com/subbus/subbus/messages"
 )
 
 // Every op has exactly one driver command, named after it, documented in

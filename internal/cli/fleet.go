@@ -16,9 +16,9 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/subbus/subbus/internal/client"
+	"github.com/subbus/subbus/client"
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/messages"
+	"github.com/subbus/subbus/messages"
 )
 
 // jsonLine writes v as one line of JSON (NDJSON, for streams).

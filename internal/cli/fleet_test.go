@@ -13,10 +13,10 @@ import (
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/drivers/process"
 	"github.com/subbus/subbus/internal/manager"
-	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/testenv"
 	"github.com/subbus/subbus/internal/worker"
 	"github.com/subbus/subbus/internal/worker/workertest"
+	"github.com/subbus/subbus/messages"
 )
 
 // fleetHost is one worker of a two-host fleet test.

@@ -12,9 +12,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/subbus/subbus/internal/client"
+	"github.com/subbus/subbus/client"
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/messages"
+	"github.com/subbus/subbus/messages"
 )
 
 // Default waits per kind of command (--timeout overrides).

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/resilience"
+	"github.com/subbus/subbus/messages"
 )
 
 // driverCall describes how one driver call is run: its policies (retry, timeout, goroutine, flight).

@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/resilience"
+	"github.com/subbus/subbus/messages"
 )
 
 // newEventID returns a random 128-bit id in hex.

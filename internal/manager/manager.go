@@ -43,8 +43,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/resilience"
+	"github.com/subbus/subbus/messages"
 )
 
 // Options configure a Manager. The zero value is usable: every zero field

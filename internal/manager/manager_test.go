@@ -16,9 +16,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/resilience"
 	"github.com/subbus/subbus/internal/testenv"
+	"github.com/subbus/subbus/messages"
 )
 
 // fakeClock is the manager's clock in tests (cache TTL, health interval).

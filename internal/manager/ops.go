@@ -9,8 +9,8 @@ import (
 	"sync"
 
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/resilience"
+	"github.com/subbus/subbus/messages"
 )
 
 // MaxExecOutput bounds what Exec collects per stream when the caller gives

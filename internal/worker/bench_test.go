@@ -14,9 +14,9 @@ import (
 	"github.com/subbus/subbus/internal/config"
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
-	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/registry"
 	"github.com/subbus/subbus/internal/testenv"
+	"github.com/subbus/subbus/messages"
 )
 
 // Benchmarks of the bus against the process driver (scripts/bench.sh runs

@@ -5,7 +5,7 @@ import (
 	"reflect"
 
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/messages"
+	"github.com/subbus/subbus/messages"
 )
 
 // handler serves one decoded, non-streamed request of its op on the

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/messages"
+	"github.com/subbus/subbus/messages"
 )
 
 // Every op of the table has a handler, and the handler accepts the op's

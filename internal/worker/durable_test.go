@@ -19,8 +19,8 @@ import (
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/drivers/process"
 	"github.com/subbus/subbus/internal/manager"
-	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/testenv"
+	"github.com/subbus/subbus/messages"
 )
 
 // TestHelperOutboxWorker is not a test: TestOutboxSurvivesKill9 runs the

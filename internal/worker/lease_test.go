@@ -10,7 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/subbus/subbus/internal/manager"
-	"github.com/subbus/subbus/internal/messages"
+	"github.com/subbus/subbus/messages"
 )
 
 // clusterToy is the toy driver as a cluster-wide substrate: several

@@ -4,7 +4,7 @@
 // and, when no NATS server is configured, runs an embedded one.
 //
 // Subjects, headers, reply format, streaming and the delivery guarantees
-// are documented in docs/bus.md; the messages are in internal/messages.
+// are documented in docs/bus.md; the messages are in package messages.
 package worker
 
 import (
@@ -22,9 +22,9 @@ import (
 	"github.com/subbus/subbus/internal/config"
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
-	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/natsconn"
 	"github.com/subbus/subbus/internal/registry"
+	"github.com/subbus/subbus/messages"
 )
 
 // Defaults of the worker section.

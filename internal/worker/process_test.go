@@ -12,9 +12,9 @@ import (
 
 	"github.com/subbus/subbus/internal/config"
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/registry"
 	"github.com/subbus/subbus/internal/testenv"
+	"github.com/subbus/subbus/messages"
 )
 
 // startProcessWorker runs a worker serving the real process driver, built

@@ -16,8 +16,8 @@ import (
 
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
-	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/testenv"
+	"github.com/subbus/subbus/messages"
 )
 
 // scrape fetches url and parses the Prometheus text exposition.

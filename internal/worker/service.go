@@ -18,7 +18,7 @@ import (
 
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
-	"github.com/subbus/subbus/internal/messages"
+	"github.com/subbus/subbus/messages"
 )
 
 // QueueGroup is the queue group of every endpoint: among the workers

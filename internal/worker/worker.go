@@ -20,8 +20,8 @@ import (
 
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
-	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/registry"
+	"github.com/subbus/subbus/messages"
 )
 
 // Worker serves drivers on the bus. Create it with New, then call Run once.

@@ -17,15 +17,15 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/subbus/subbus/client"
 	"github.com/subbus/subbus/internal/cli/natsauth"
-	"github.com/subbus/subbus/internal/client"
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/drivers/process"
 	"github.com/subbus/subbus/internal/manager"
-	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/natsconn"
 	"github.com/subbus/subbus/internal/testenv"
 	"github.com/subbus/subbus/internal/worker"
+	"github.com/subbus/subbus/messages"
 )
 
 // shipped returns the path of a file in deployments/nats.

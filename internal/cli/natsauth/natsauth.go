@@ -23,7 +23,7 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/messages"
+	"github.com/subbus/subbus/messages"
 )
 
 // Role is what an identity may do.

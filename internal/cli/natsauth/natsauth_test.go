@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/subbus/subbus/internal/messages"
+	"github.com/subbus/subbus/messages"
 )
 
 func TestReadOnlyOps(t *testing.T) {

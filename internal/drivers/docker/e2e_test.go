@@ -14,14 +14,14 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/subbus/subbus/client"
 	"github.com/subbus/subbus/internal/cli"
 	"github.com/subbus/subbus/internal/cli/clitest"
-	"github.com/subbus/subbus/internal/client"
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/drivers/docker"
 	"github.com/subbus/subbus/internal/manager"
-	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/testenv"
+	"github.com/subbus/subbus/messages"
 )
 
 const e2eImage = "subbus-test/busybox:latest"

@@ -16,8 +16,8 @@ import (
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/drivers/libvirt"
 	"github.com/subbus/subbus/internal/manager"
-	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/testenv"
+	"github.com/subbus/subbus/messages"
 )
 
 const e2eBase = "subbus-tiny-base.qcow2"

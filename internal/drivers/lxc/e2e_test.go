@@ -17,8 +17,8 @@ import (
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/drivers/lxc"
 	"github.com/subbus/subbus/internal/manager"
-	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/testenv"
+	"github.com/subbus/subbus/messages"
 )
 
 const e2eImage = "subbus-busybox"

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/testenv"
+	"github.com/subbus/subbus/messages"
 )
 
 // The manager exposes the optional operations with the same signatures as

@@ -1,16 +1,22 @@
-// Package client is the Go client of the subbus bus, used by the subbus CLI
-// and by other Go services. It speaks the wire protocol of
-// internal/messages over a *nats.Conn the caller owns:
+// Package client is the public Go client of the subbus bus, used by the
+// subbus CLI like any other caller. Import it as
+// github.com/subbus/subbus/client, with the wire types of
+// github.com/subbus/subbus/messages; it speaks that wire protocol over a
+// *nats.Conn the caller owns:
 //
 //   - Do sends one request and decodes its reply;
 //   - Stream runs a streamed request (exec with output, followed logs);
 //   - Workers discovers the workers through the micro $SRV protocol;
 //   - Events reads lifecycle events from the SUBSTRATE_EVENTS stream.
 //
-// Errors the worker reports come back as *drivers.Error with the wire code,
-// so errors.Is(err, drivers.ErrNotFound) works across the bus. Two errors
-// are the client's own and name driver and host: *NoWorkerError (nobody
-// serves the subject) and *TimeoutError (nobody answered in time).
+// A request that names an instance without a host is sent to the host
+// that owns it, found in the fleet inventory (docs/fleet.md).
+//
+// Errors the worker reports come back as *messages.Error with the wire
+// code, so errors.Is(err, messages.ErrNotFound) and messages.CodeOf(err)
+// work across the bus. Two errors are the client's own and name driver and
+// host: *NoWorkerError (nobody serves the subject) and *TimeoutError
+// (nobody answered in time).
 package client
 
 import (
@@ -24,7 +30,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/messages"
+	"github.com/subbus/subbus/messages"
 )
 
 // DefaultTimeout bounds a request whose context has no deadline.

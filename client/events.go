@@ -9,7 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/messages"
+	"github.com/subbus/subbus/messages"
 )
 
 // EventQuery selects events. Empty Driver, Host, Instance and Type match

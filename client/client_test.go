@@ -16,8 +16,8 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/messages"
 	"github.com/subbus/subbus/internal/testenv"
+	"github.com/subbus/subbus/messages"
 )
 
 // These tests run the client against a tiny stand-in service on a real

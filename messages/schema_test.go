@@ -20,7 +20,7 @@ import (
 // schemaDir is the repository's schemas/ directory.
 func schemaDir(t testing.TB) string {
 	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..", "schemas")
+	return filepath.Join(filepath.Dir(file), "..", "schemas")
 }
 
 var schemaCache = map[string]*jsonschema.Schema{}
@@ -307,7 +307,7 @@ func TestChunkEventMetricsMatchSchemas(t *testing.T) {
 // so a new event type without a schema entry fails the test above.
 func allEventTypes() []drivers.EventType {
 	_, file, _, _ := runtime.Caller(0)
-	src, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "drivers", "events.go"))
+	src, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "internal", "drivers", "events.go"))
 	if err != nil {
 		panic(err)
 	}

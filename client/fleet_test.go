@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/subbus/subbus/internal/drivers"
-	"github.com/subbus/subbus/internal/messages"
+	"github.com/subbus/subbus/messages"
 )
 
 // fleetBuckets creates the fleet's buckets on nc's server and returns them.
