@@ -285,7 +285,7 @@ func TestCompose(t *testing.T) {
 		"--env", "SUBBUS__NATS__LISTEN=127.0.0.1:-1", "--env", "SUBBUS__NATS__DATA_DIR=/tmp/inner/nats",
 		"--env", "SUBBUS__PROCESS__STATE_DIR=/tmp/inner/process", "--env", "SUBBUS__GLOBAL__ENABLE_METRICS=false",
 		"--env", "XDG_STATE_HOME=/tmp/inner/state",
-		"--", "--host", "inner", "--drivers", "process", "--log-format", "json")...); err != nil {
+		"--", "/usr/local/bin/worker", "--host", "inner", "--drivers", "process", "--log-format", "json")...); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.subbus(ctx, on("start", "inner")...); err != nil {

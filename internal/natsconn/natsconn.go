@@ -39,6 +39,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
@@ -346,7 +347,8 @@ func allLoopback(urls string) bool {
 }
 
 // notAuthorized names the local credential to ask access to: the first
-// candidate that exists (the caller cannot read it), else root's.
+// candidate that exists or may exist (the caller cannot read it, or cannot
+// even look into its directory), else root's.
 func (o Options) notAuthorized(err error) error {
 	if o.Creds != "" || o.User != "" || o.Token != "" || (o.NKey != "" && !o.localCred) {
 		return &NotAuthorizedError{Err: err}
@@ -356,7 +358,7 @@ func (o Options) notAuthorized(err error) error {
 		path = o.NKey
 	} else {
 		for _, p := range o.localCandidates {
-			if _, serr := os.Stat(p); serr == nil {
+			if _, serr := os.Stat(p); serr == nil || !errors.Is(serr, fs.ErrNotExist) {
 				path = p
 				break
 			}
