@@ -256,6 +256,10 @@ func (f Fleet) Permissions(id Identity, all []Identity) Permissions {
 			"$KV." + InventoryBucket + ".*." + h + ".>",
 			jsAPI + ".DIRECT.GET.KV_" + InventoryBucket + ".$KV." + InventoryBucket + ".*." + h + ".>",
 			jsAPI + ".STREAM.INFO.KV_" + InventoryBucket,
+			// The resync lists the worker's own keys with an ordered
+			// consumer filtered on its host (and deletes it when done).
+			jsAPI + ".CONSUMER.CREATE.KV_" + InventoryBucket + ".*.$KV." + InventoryBucket + ".*." + h + ".>",
+			jsAPI + ".CONSUMER.DELETE.KV_" + InventoryBucket + ".*",
 			"$KV." + WorkersBucket + "." + h,
 			jsAPI + ".STREAM.INFO.KV_" + WorkersBucket,
 		}
