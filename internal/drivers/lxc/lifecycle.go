@@ -156,8 +156,8 @@ func nicDevice(n drivers.NetworkConfig, iface string) map[string]string {
 // background once the server's operation is over, so nothing half-made
 // stays behind.
 func (d *Driver) Create(ctx context.Context, t drivers.InstanceTemplate) (drivers.Instance, error) {
-	if t.BaseImage == "" {
-		return drivers.Instance{}, drivers.Errorf(drivers.InvalidArgument, "lxc: base_image is required (the image to create the container from)")
+	if t.BaseImage == "" && d.opts.DefaultImage == "" {
+		return drivers.Instance{}, drivers.Errorf(drivers.InvalidArgument, "lxc: base_image: no image given and no lxc.default_image configured")
 	}
 	c, srv, err := d.conn()
 	if err != nil {
