@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -75,7 +76,15 @@ var substrates = []struct {
 //	                            `! subbus` expects it to fail
 //	await D REGEXP subbus ARGS  runs it again until it succeeds with stdout
 //	                            matching REGEXP (at most D)
+//	follow D REGEXP subbus ARGS runs a command that does not end by itself
+//	                            (logs --follow, metrics --watch) until its
+//	                            stdout matches REGEXP (at most D), then
+//	                            interrupts it as Ctrl-C would: it must end
+//	                            at once with status 0
 //	status N                    the last subbus exited with status N
+//	consecutive REGEXP          the numbers REGEXP's group captures in stdout
+//	                            (at least two) follow each other: no line
+//	                            lost or repeated
 //
 // Its conditions: [exec] [logs] [limits] [snapshots] [clone] [networks]
 // [events] (the capabilities), [command] and [env] (what create takes,
@@ -136,6 +145,8 @@ func runSession(t *testing.T, s *substrate) {
 			"subbus": ss.cmdSubbus,
 			"await":  ss.cmdAwait,
 			"status": ss.cmdStatus,
+			"follow": ss.cmdFollow,
+			"consecutive": cmdConsecutive,
 		},
 		Condition: ss.condition,
 	})
@@ -188,6 +199,96 @@ func (s *session) cmdAwait(ts *testscript.TestScript, neg bool, args []string) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+// cmdFollow: follow DURATION REGEXP subbus ARGS...
+func (s *session) cmdFollow(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 3 || args[2] != "subbus" {
+		ts.Fatalf("usage: follow DURATION REGEXP subbus ARGS...")
+	}
+	within, err := time.ParseDuration(args[0])
+	ts.Check(err)
+	re, err := regexp.Compile("(?m)" + args[1])
+	ts.Check(err)
+	var out, errOut lockedBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan int, 1)
+	go func() { done <- cli.Run(ctx, append([]string{"--server", s.url}, args[3:]...), &out, &errOut) }()
+	report := func() {
+		_, _ = ts.Stdout().Write([]byte(out.String()))
+		_, _ = ts.Stderr().Write([]byte(errOut.String()))
+	}
+	deadline := time.Now().Add(within)
+	for !re.MatchString(out.String()) {
+		select {
+		case code := <-done:
+			s.last = code
+			report()
+			ts.Fatalf("subbus %s ended by itself (exit %d) before its output matched %q", strings.Join(args[3:], " "), code, args[1])
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			<-done
+			report()
+			ts.Fatalf("subbus %s: no output matching %q within %v", strings.Join(args[3:], " "), args[1], within)
+		}
+	}
+	cancel()
+	select {
+	case s.last = <-done:
+	case <-time.After(15 * time.Second):
+		ts.Fatalf("subbus %s did not end within 15s of the interrupt", strings.Join(args[3:], " "))
+	}
+	report()
+	if s.last != 0 {
+		ts.Fatalf("subbus %s, interrupted: exit %d, want 0", strings.Join(args[3:], " "), s.last)
+	}
+}
+
+// cmdConsecutive: consecutive REGEXP (on the last command's stdout).
+func cmdConsecutive(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: consecutive REGEXP")
+	}
+	re, err := regexp.Compile("(?m)" + args[0])
+	ts.Check(err)
+	var n []int
+	for _, m := range re.FindAllStringSubmatch(ts.ReadFile("stdout"), -1) {
+		if len(m) < 2 {
+			ts.Fatalf("%q captures no number", args[0])
+		}
+		i, err := strconv.Atoi(m[1])
+		ts.Check(err)
+		n = append(n, i)
+	}
+	if len(n) < 2 {
+		ts.Fatalf("%d numbers matching %q in stdout, want at least 2", len(n), args[0])
+	}
+	for i := 1; i < len(n); i++ {
+		if n[i] != n[i-1]+1 {
+			ts.Fatalf("numbers %v: a line lost or repeated", n)
+		}
+	}
+}
+
+// lockedBuffer is a bytes.Buffer the CLI writes to while the test reads.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func (s *session) cmdStatus(ts *testscript.TestScript, neg bool, args []string) {
