@@ -142,10 +142,10 @@ func runSession(t *testing.T, s *substrate) {
 			return nil
 		},
 		Cmds: map[string]func(*testscript.TestScript, bool, []string){
-			"subbus": ss.cmdSubbus,
-			"await":  ss.cmdAwait,
-			"status": ss.cmdStatus,
-			"follow": ss.cmdFollow,
+			"subbus":      ss.cmdSubbus,
+			"await":       ss.cmdAwait,
+			"status":      ss.cmdStatus,
+			"follow":      ss.cmdFollow,
 			"consecutive": cmdConsecutive,
 		},
 		Condition: ss.condition,

@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/subbus/subbus/internal/cli/clitest"
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/drivers/docker"
 	"github.com/subbus/subbus/internal/testenv"
@@ -110,14 +110,9 @@ func BenchmarkDocker(b *testing.B) {
 		}
 		record(b, "list-cli")
 	})
-	bin := buildSubbus(b)
+	bin := clitest.Build(b, "./cmd/subbus")
 	b.Run("List/subbus-binary", func(b *testing.B) {
-		for range b.N {
-			out, err := exec.Command(bin, "docker", "list", "--server", f.url).CombinedOutput()
-			if err != nil || !strings.Contains(string(out), names[0]) {
-				b.Fatalf("subbus docker list: %v %s", err, out)
-			}
-		}
+		clitest.BenchBinary(b, bin, f.url, names[0], "docker", "list")
 		record(b, "list-binary")
 	})
 	b.Run("List/docker-ps-a", func(b *testing.B) {
@@ -188,23 +183,6 @@ func startBenchContainers(b *testing.B, ctx context.Context, d *docker.Driver, n
 		b.Fatal(err)
 	}
 	return names
-}
-
-// buildSubbus builds cmd/subbus into a temporary directory.
-func buildSubbus(b *testing.B) string {
-	b.Helper()
-	bin := filepath.Join(b.TempDir(), "subbus")
-	root, err := filepath.Abs("../../..")
-	if err != nil {
-		b.Fatal(err)
-	}
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/subbus")
-	cmd.Dir = root
-	cmd.Env = os.Environ()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		b.Fatalf("go build ./cmd/subbus: %v %s", err, out)
-	}
-	return bin
 }
 
 func dockerVersion() string {

@@ -2,7 +2,6 @@ package docker_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -15,7 +14,6 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/subbus/subbus/client"
-	"github.com/subbus/subbus/internal/cli"
 	"github.com/subbus/subbus/internal/cli/clitest"
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/drivers/docker"
@@ -123,92 +121,25 @@ func withStdin(t *testing.T, input string, fn func()) {
 	fn()
 }
 
-// TestEndToEndCLI drives the docker driver through a worker with every
-// `subbus docker` command docs/docker.md lists, as a user would type them.
-func TestEndToEndCLI(t *testing.T) {
+// TestCLIAgreesWithDocker: what subbus says it did, `docker inspect`
+// sees. (The commands themselves, the same on every driver, are the
+// session of internal/e2etest.) Created on the internal network only,
+// limits set on the running container, a network attached and detached;
+// exec -i feeds standard input; health names the engine's version.
+func TestCLIAgreesWithDocker(t *testing.T) {
 	f := startFleet(t)
 	home, extra := internalNetwork(t), internalNetwork(t)
-	name, clone := clitest.Unique("sbdk-e2e"), clitest.Unique("sbdk-e2e-clone")
-	cleanup(t, name, clone)
-	script := `trap 'exit 0' TERM; echo "hello from ` + name + `"; while :; do echo tick; sleep 1 & wait $!; done`
-
-	f.OK("docker", "create", name, "--image", e2eImage, "--memory", "64", "--env", "GREETING=hi", "--label", "team=e2e",
-		"--network", home, "--", "sh", "-c", script)
+	name := clitest.Unique("sbdk-e2e")
+	cleanup(t, name)
+	f.OK("docker", "create", name, "--image", e2eImage, "--memory", "64", "--network", home, "--",
+		"sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done")
 	if nets := networksOf(t, name); len(nets) != 1 || nets[0] != home {
 		t.Fatalf("created on networks %v, want only the internal %s", nets, home)
 	}
-	var inst messages.Instance
-	if err := json.Unmarshal([]byte(f.OK("docker", "get", name, "--json")), &inst); err != nil {
-		t.Fatalf("get --json: %v", err)
-	}
-	if inst.State != drivers.StateStopped || !inst.Managed || inst.Limits.MemoryMB != 64 || inst.Metadata["team"] != "e2e" {
-		t.Errorf("created instance %+v", inst)
-	}
-	f.Expect(cli.ExitAlreadyExists, "docker", "create", name, "--image", e2eImage, "--network", home)
-	if r := f.Run("docker", "create", clitest.Unique("sbdk-e2e-noimg"), "--image", "subbus-test/nope:1", "--network", home); r.Code != cli.ExitNotFound || !strings.Contains(r.Stderr, "subbus-test/nope:1") {
-		t.Errorf("create with a missing image exited %d (%s), want not_found naming the image", r.Code, r.Stderr)
-	}
 	f.OK("docker", "start", name)
-
-	if r := f.Run("docker", "exec", name, "--", "sh", "-c", `echo "$GREETING"; echo oops >&2; exit 3`); r.Code != 3 || r.Stdout != "hi\n" || r.Stderr != "oops\n" {
-		t.Errorf("exec: exit %d stdout %q stderr %q, want 3, \"hi\\n\", \"oops\\n\"", r.Code, r.Stdout, r.Stderr)
-	}
-	withStdin(t, "line one\nline two\n", func() {
-		if r := f.Run("docker", "exec", name, "-i", "--", "sh", "-c", "wc -l; exit 5"); r.Code != 5 || strings.TrimSpace(r.Stdout) != "2" {
-			t.Errorf("exec -i: exit %d stdout %q stderr %q, want 5 and the 2 lines of stdin counted", r.Code, r.Stdout, r.Stderr)
-		}
-	})
-	testenv.Eventually(t, 10*time.Second, func() error {
-		if out := f.OK("docker", "logs", name, "--lines", "5"); !strings.Contains(out, "tick") {
-			return fmt.Errorf("logs: %q", out)
-		}
-		return nil
-	})
-	// --follow --lines 1: three ticks means at least two arrived after
-	// the command started, so it follows rather than only printing history.
-	clitest.RunUntil(t, f.url, 20*time.Second, func(out string) error {
-		if strings.Count(out, "tick\n") < 3 {
-			return fmt.Errorf("followed so far: %q", out)
-		}
-		return nil
-	}, "docker", "logs", name, "--lines", "1", "--follow").Want(t, 0, "logs --follow, interrupted")
-
-	var u messages.ResourceUsage
-	if err := json.Unmarshal([]byte(f.OK("docker", "metrics", name, "--json")), &u); err != nil {
-		t.Fatalf("metrics --json: %v", err)
-	}
-	if u.MemoryMB <= 0 || !u.Measured.Has(drivers.MeasureCPU|drivers.MeasureMemory) {
-		t.Errorf("metrics %+v", u)
-	}
-	// --watch: the header and two samples, then interrupted.
-	clitest.RunUntil(t, f.url, 20*time.Second, func(out string) error {
-		if strings.Count(out, "\n") < 3 {
-			return fmt.Errorf("watched so far: %q", out)
-		}
-		return nil
-	}, "docker", "metrics", name, "--watch", "--interval", "200ms").Want(t, 0, "metrics --watch, interrupted")
-
-	var lim messages.ResourceLimits
-	if err := json.Unmarshal([]byte(f.OK("docker", "limits", "get", name, "--json")), &lim); err != nil || lim != (messages.ResourceLimits{MemoryMB: 64}) {
-		t.Errorf("limits get: %+v (%v), want memory 64", lim, err)
-	}
-	if out := f.OK("docker", "limits", "set", name, "--memory", "96", "--pids", "40"); !strings.Contains(out, "96") {
-		t.Errorf("limits set printed %q", out)
-	}
+	f.OK("docker", "limits", "set", name, "--memory", "96", "--pids", "40")
 	if got := dockerInspect(t, name, "{{.HostConfig.Memory}} {{.HostConfig.PidsLimit}}"); got != fmt.Sprintf("%d 40", 96<<20) {
 		t.Errorf("after limits set, docker says memory/pids %q", got)
-	}
-	if err := json.Unmarshal([]byte(f.OK("docker", "limits", "get", name, "--json")), &lim); err != nil || lim != (messages.ResourceLimits{MemoryMB: 96, PIDs: 40}) {
-		t.Errorf("limits get after set: %+v (%v)", lim, err)
-	}
-	f.Expect(cli.ExitUsage, "docker", "limits", "set", name)
-
-	var nets []messages.Network
-	if err := json.Unmarshal([]byte(f.OK("docker", "network", "list", "--json")), &nets); err != nil {
-		t.Fatalf("network list --json: %v", err)
-	}
-	if !slices.ContainsFunc(nets, func(n messages.Network) bool { return n.Name == extra && n.Internal }) {
-		t.Errorf("network list lacks the internal %s: %+v", extra, nets)
 	}
 	f.OK("docker", "network", "attach", name, extra)
 	if got := networksOf(t, name); !slices.Contains(got, extra) || !slices.Contains(got, home) {
@@ -218,42 +149,12 @@ func TestEndToEndCLI(t *testing.T) {
 	if got := networksOf(t, name); slices.Contains(got, extra) {
 		t.Errorf("after detach: networks %v still have %s", got, extra)
 	}
-	f.Expect(cli.ExitNotFound, "docker", "network", "detach", name, extra)
-
-	// restart runs the command again: a second greeting in the logs.
-	f.OK("docker", "restart", name, "--timeout", "5s")
-	testenv.Eventually(t, 15*time.Second, func() error {
-		if out := f.OK("docker", "logs", name, "--lines", "1000"); strings.Count(out, "hello from "+name) != 2 {
-			return fmt.Errorf("logs after restart: %q, want two greetings", out)
+	withStdin(t, "line one\nline two\n", func() {
+		if r := f.Run("docker", "exec", name, "-i", "--", "sh", "-c", "wc -l; exit 5"); r.Code != 5 || strings.TrimSpace(r.Stdout) != "2" {
+			t.Errorf("exec -i: exit %d stdout %q stderr %q, want 5 and the 2 lines of stdin counted", r.Code, r.Stdout, r.Stderr)
 		}
-		return nil
 	})
-	if err := json.Unmarshal([]byte(f.OK("docker", "get", name, "--json")), &inst); err != nil || inst.State != drivers.StateRunning {
-		t.Errorf("after restart: %+v (%v), want running", inst, err)
-	}
-
-	f.OK("docker", "snapshot", "create", name, "s1")
-	if out := f.OK("docker", "snapshot", "list", name); !strings.Contains(out, "s1") {
-		t.Errorf("snapshot list: %q", out)
-	}
-	f.OK("docker", "clone", name, clone)
-	if got := networksOf(t, clone); len(got) != 1 || got[0] != home {
-		t.Errorf("clone on networks %v, want only the internal %s", got, home)
-	}
-	if out := f.OK("docker", "list"); !strings.Contains(out, name) || !strings.Contains(out, clone) {
-		t.Errorf("list lacks %s or %s: %q", name, clone, out)
-	}
-	f.OK("docker", "snapshot", "restore", name, "s1")
-	f.OK("docker", "stop", name, "--timeout", "5s")
-	if err := json.Unmarshal([]byte(f.OK("docker", "get", name, "--json")), &inst); err != nil || inst.State != drivers.StateStopped {
-		t.Errorf("after stop: %+v (%v)", inst, err)
-	}
-	f.OK("docker", "snapshot", "delete", name, "s1")
-	f.OK("docker", "delete", name)
-	f.OK("docker", "delete", clone, "--force")
-	f.Expect(cli.ExitNotFound, "docker", "get", name)
-	want := dockerInspectVersion(t)
-	if out := f.OK("docker", "health"); !strings.Contains(out, want) {
+	if want, out := dockerInspectVersion(t), f.OK("docker", "health"); !strings.Contains(out, want) {
 		t.Errorf("health output lacks the engine version %s: %s", want, out)
 	}
 }

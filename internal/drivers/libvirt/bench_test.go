@@ -3,10 +3,7 @@ package libvirt_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -77,14 +74,9 @@ func BenchmarkLibvirt(b *testing.B) {
 		}
 	})
 	f := startFleet(b)
-	bin := buildSubbus(b)
+	bin := clitest.Build(b, "./cmd/subbus")
 	b.Run("List/subbus-binary", func(b *testing.B) {
-		for range b.N {
-			out, err := exec.Command(bin, "libvirt", "list", "--server", f.URL).CombinedOutput()
-			if err != nil || !strings.Contains(string(out), names[0]) {
-				b.Fatalf("subbus libvirt list: %v %s", err, out)
-			}
-		}
+		clitest.BenchBinary(b, bin, f.URL, names[0], "libvirt", "list")
 		record(b, "list-binary")
 	})
 	b.Run("List/virsh-list-all", func(b *testing.B) {
@@ -125,21 +117,4 @@ func startBenchDomains(b *testing.B, ctx context.Context, d *libvirt.Driver) []s
 		}
 	}
 	return names
-}
-
-// buildSubbus builds cmd/subbus into a temporary directory.
-func buildSubbus(b *testing.B) string {
-	b.Helper()
-	bin := filepath.Join(b.TempDir(), "subbus")
-	root, err := filepath.Abs("../../..")
-	if err != nil {
-		b.Fatal(err)
-	}
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/subbus")
-	cmd.Dir = root
-	cmd.Env = os.Environ()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		b.Fatalf("go build ./cmd/subbus: %v %s", err, out)
-	}
-	return bin
 }

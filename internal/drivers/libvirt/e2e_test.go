@@ -2,22 +2,17 @@ package libvirt_test
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/subbus/subbus/internal/cli"
 	"github.com/subbus/subbus/internal/cli/clitest"
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/drivers/libvirt"
 	"github.com/subbus/subbus/internal/manager"
 	"github.com/subbus/subbus/internal/testenv"
-	"github.com/subbus/subbus/messages"
 )
 
 const e2eBase = "subbus-tiny-base.qcow2"
@@ -69,77 +64,6 @@ func removeAfter(t *testing.T, names ...string) {
 			_, _ = d.Delete(ctx, n, drivers.DeleteOptions{Force: true})
 		}
 	})
-}
-
-// TestEndToEndCLI drives libvirt through a worker with the subbus libvirt
-// commands, as a user would type them. One guest boots (twice: the
-// restart); the clone is only defined.
-func TestEndToEndCLI(t *testing.T) {
-	f := startFleet(t)
-	name, clone := clitest.Unique("lv-e2e"), clitest.Unique("lv-e2e-clone")
-	removeAfter(t, name, clone)
-
-	f.OK("libvirt", "create", name, "--image", e2eBase, "--memory", "256", "--env", "SUBBUS_TICK_NAME="+name,
-		"--env", "GREETING=hi", "--label", "team=e2e")
-	var inst messages.Instance
-	if err := json.Unmarshal([]byte(f.OK("libvirt", "get", name, "--json")), &inst); err != nil {
-		t.Fatalf("get --json: %v", err)
-	}
-	if inst.State != drivers.StateStopped || !inst.Managed || inst.Limits.MemoryMB != 256 || inst.Metadata["team"] != "e2e" || inst.Image != e2eBase {
-		t.Errorf("created instance %+v", inst)
-	}
-	f.Expect(cli.ExitAlreadyExists, "libvirt", "create", name, "--image", e2eBase)
-	if r := f.Run("libvirt", "create", clitest.Unique("lv-e2e-noimg"), "--image", "lv-nope.qcow2"); r.Code != cli.ExitNotFound || !strings.Contains(r.Stderr, "lv-nope.qcow2") {
-		t.Errorf("create with a missing image exited %d (%s), want not_found naming the image", r.Code, r.Stderr)
-	}
-	// Snapshot and clone while shut off (a clone needs a shut-off source).
-	f.OK("libvirt", "snapshot", "create", name, "s1")
-	if out := f.OK("libvirt", "snapshot", "list", name); !strings.Contains(out, "s1") {
-		t.Errorf("snapshot list: %q", out)
-	}
-	f.OK("libvirt", "clone", name, clone)
-	if out := f.OK("libvirt", "list"); !strings.Contains(out, name) || !strings.Contains(out, clone) {
-		t.Errorf("list lacks %s or %s: %q", name, clone, out)
-	}
-	f.OK("libvirt", "limits", "set", name, "--cpu", "2", "--memory", "384")
-	var lim messages.ResourceLimits
-	if err := json.Unmarshal([]byte(f.OK("libvirt", "limits", "get", name, "--json")), &lim); err != nil || lim.CPUCores != 2 || lim.MemoryMB != 384 {
-		t.Errorf("limits get: %+v (%v), want 2 cores and 384 MB", lim, err)
-	}
-
-	f.OK("libvirt", "start", name)
-	if r := f.Run("libvirt", "exec", name, "--", "sh", "-c", `echo "$GREETING"; echo oops >&2; exit 3`); r.Code != 3 || r.Stdout != "hi\n" || r.Stderr != "oops\n" {
-		t.Errorf("exec: exit %d stdout %q stderr %q, want 3, \"hi\\n\", \"oops\\n\"", r.Code, r.Stdout, r.Stderr)
-	}
-	testenv.Eventually(t, 60*time.Second, func() error {
-		if out := f.OK("libvirt", "logs", name, "--lines", "50"); !strings.Contains(out, "subbus-conformance "+name) {
-			return fmt.Errorf("logs: %q", out)
-		}
-		return nil
-	})
-	var u messages.ResourceUsage
-	if err := json.Unmarshal([]byte(f.OK("libvirt", "metrics", name, "--json")), &u); err != nil {
-		t.Fatalf("metrics --json: %v", err)
-	}
-	if u.MemoryMB <= 0 || !u.Measured.Has(drivers.MeasureCPU|drivers.MeasureMemory) {
-		t.Errorf("metrics %+v", u)
-	}
-	if out := f.OK("libvirt", "network", "list"); out == "" {
-		t.Errorf("network list printed nothing")
-	}
-	f.OK("libvirt", "restart", name, "--timeout", "60s")
-	f.OK("libvirt", "stop", name, "--timeout", "60s")
-	if err := json.Unmarshal([]byte(f.OK("libvirt", "get", name, "--json")), &inst); err != nil || inst.State != drivers.StateStopped {
-		t.Errorf("after stop: %+v (%v)", inst, err)
-	}
-	f.OK("libvirt", "snapshot", "restore", name, "s1")
-	f.OK("libvirt", "snapshot", "delete", name, "s1")
-	f.OK("libvirt", "delete", name)
-	f.Expect(cli.ExitNotFound, "libvirt", "get", name)
-	f.OK("libvirt", "delete", clone, "--force")
-	if out := f.OK("libvirt", "health"); !strings.Contains(out, "9.") && !strings.Contains(out, "domain_type") {
-		t.Errorf("health output: %s", out)
-	}
 }
 
 // TestOutOfBandEventsInStream: `virsh define` and `virsh undefine` typed
