@@ -83,7 +83,10 @@ func decode[T any](t *testing.T, s string) T {
 	return v
 }
 
-func TestEndToEndProcess(t *testing.T) {
+// TestOutputShapes: what subbus prints, as tables and as --json, through
+// a real worker with the process driver. (The commands' behaviour, the
+// same on every driver, is the session of internal/e2etest.)
+func TestOutputShapes(t *testing.T) {
 	workertest.Isolate(t)
 	url := workertest.StartNATS(t)
 	startWorkerCgroups(t, url, "h1", "auto")
@@ -97,7 +100,6 @@ func TestEndToEndProcess(t *testing.T) {
 	if inst.Name != name || inst.Metadata["team"] != "qa" || inst.Host != "h1" {
 		t.Fatalf("created %+v", inst)
 	}
-	subbus(t, url, "process", "create", name, "--image", "/bin/true").want(t, ExitAlreadyExists, "create twice")
 
 	r = subbus(t, url, "process", "start", name).want(t, 0, "start")
 	if !strings.Contains(r.stdout, name+": started") {
@@ -170,27 +172,10 @@ func TestEndToEndProcess(t *testing.T) {
 	if !strings.Contains(r.stdout, name+": restarted") {
 		t.Fatalf("restart said %q", r.stdout)
 	}
-	// The second restart waits for the first one's process to have logged:
-	// stopped before its first line, it would never log it.
-	startLines := func(want int) {
-		t.Helper()
-		testenv.Eventually(t, 10*time.Second, func() error {
-			r := subbus(t, url, "process", "logs", name, "--lines", "50")
-			if n := strings.Count(r.stdout, "hello from the instance"); r.code != 0 || n != want {
-				return fmt.Errorf("logs after restarts: exit %d, %d start lines, want %d:\n%s", r.code, n, want, r.stdout)
-			}
-			return nil
-		})
-	}
-	startLines(2)
 	r = subbus(t, url, "process", "restart", name, "--timeout", "5s", "--json").want(t, 0, "restart --json")
 	if res := decode[messages.ChangedResult](t, r.stdout); res.Instance == nil || res.Instance.State != drivers.StateRunning {
 		t.Fatalf("restart --json: %+v", res)
 	}
-	startLines(3)
-
-	// limits get|set, when the driver can (cgroups writable here).
-	checkLimitsCLI(t, url, name, caps.Capabilities.Limits)
 
 	// stop, delete; errors afterwards.
 	r = subbus(t, url, "process", "stop", name, "--timeout", "5s").want(t, 0, "stop")
@@ -207,32 +192,10 @@ func TestEndToEndProcess(t *testing.T) {
 		t.Fatalf("get after delete: %q", r.stderr)
 	}
 
-	// events: the whole life of the instance, stored in SUBSTRATE_EVENTS.
+	// events: a filtered table.
 	testenv.Eventually(t, 10*time.Second, func() error {
-		r := subbus(t, url, "events", "--instance", name, "--json")
-		if r.code != 0 {
-			return fmt.Errorf("events: exit %d: %s", r.code, r.stderr)
-		}
-		var types []string
-		for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
-			if line == "" {
-				continue
-			}
-			var ev messages.CloudEvent
-			if err := json.Unmarshal([]byte(line), &ev); err != nil {
-				return fmt.Errorf("event line %q: %v", line, err)
-			}
-			types = append(types, string(ev.Data.Type))
-		}
-		// In order (other events, like the failed second create, may come between).
-		want := []string{"created", "started", "stopped", "deleted"}
-		for _, typ := range types {
-			if len(want) > 0 && typ == want[0] {
-				want = want[1:]
-			}
-		}
-		if len(want) > 0 {
-			return fmt.Errorf("events %v lack %v in order", types, want)
+		if r := subbus(t, url, "events", "--instance", name, "--type", "deleted"); r.code != 0 || !strings.Contains(r.stdout, name) {
+			return fmt.Errorf("events: exit %d: %s%s", r.code, r.stdout, r.stderr)
 		}
 		return nil
 	})
@@ -500,7 +463,10 @@ func running(marker string) bool {
 	return false
 }
 
-func TestStreamsWatchAndClone(t *testing.T) {
+// TestInterruptedExecAndClone: interrupting exec stops the command on
+// the worker; clone --json prints the clone. (logs --follow and metrics
+// --watch are in the session of internal/e2etest.)
+func TestInterruptedExecAndClone(t *testing.T) {
 	workertest.Isolate(t)
 	url := workertest.StartNATS(t)
 	startWorker(t, url, "h1")
@@ -513,41 +479,10 @@ func TestStreamsWatchAndClone(t *testing.T) {
 		"/bin/sh", "-c", `i=0; while true; do echo "tick $i"; i=$((i+1)); sleep 0.1; done`).want(t, 0, "create")
 	subbus(t, url, "process", "start", name).want(t, 0, "start")
 
-	// logs --follow streams new lines until interrupted, then exits 0.
-	var out, errOut syncBuffer
-	cancel, wait := background(url, &out, &errOut, "process", "logs", name, "--follow", "--lines", "1")
-	testenv.Eventually(t, 10*time.Second, func() error {
-		if n := strings.Count(out.String(), "tick"); n < 5 {
-			return fmt.Errorf("%d lines followed so far", n)
-		}
-		return nil
-	})
-	cancel()
-	if code := wait(); code != 0 {
-		t.Fatalf("logs --follow ended with %d: %s", code, errOut.String())
-	}
-
-	// metrics --watch --json: one sample per line until interrupted.
-	var mout, merr syncBuffer
-	cancel, wait = background(url, &mout, &merr, "process", "metrics", name, "--watch", "--interval", "50ms", "--json")
-	testenv.Eventually(t, 10*time.Second, func() error {
-		if n := strings.Count(mout.String(), "\n"); n < 3 {
-			return fmt.Errorf("%d samples so far", n)
-		}
-		return nil
-	})
-	cancel()
-	if code := wait(); code != 0 {
-		t.Fatalf("metrics --watch ended with %d: %s", code, merr.String())
-	}
-	for _, line := range strings.Split(strings.TrimSpace(mout.String()), "\n") {
-		decode[messages.ResourceUsage](t, line)
-	}
-
 	// Interrupting exec stops the command on the worker.
 	marker := fmt.Sprintf("%d.%d", 300+time.Now().Nanosecond()%600, time.Now().Nanosecond()%997)
 	var eout, eerr syncBuffer
-	cancel, wait = background(url, &eout, &eerr, "process", "exec", name, "--", "/bin/sleep", marker)
+	cancel, wait := background(url, &eout, &eerr, "process", "exec", name, "--", "/bin/sleep", marker)
 	testenv.Eventually(t, 10*time.Second, func() error {
 		if !running("sleep " + marker) {
 			return errors.New("the exec'd command is not running yet")
