@@ -297,8 +297,11 @@ func (s *session) cmdStatus(ts *testscript.TestScript, neg bool, args []string) 
 	}
 	want, err := strconv.Atoi(args[0])
 	ts.Check(err)
-	if (s.last == want) == neg {
-		ts.Fatalf("the last subbus exited %d, want %s%d", s.last, map[bool]string{true: "not ", false: ""}[neg], want)
+	switch {
+	case !neg && s.last != want:
+		ts.Fatalf("the last subbus exited %d, want %d", s.last, want)
+	case neg && s.last == want:
+		ts.Fatalf("the last subbus exited %d, want another status", s.last)
 	}
 }
 
