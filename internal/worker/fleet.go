@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
@@ -59,33 +60,37 @@ func (f *fleetState) get() *fleetKV {
 	return f.buckets
 }
 
-// bucketConfigs are the fleet's KV buckets: one value per key (history 1),
-// replicated like the streams. Heartbeats of a host that is gone for a day
-// expire (TTL); inventory records never expire, they are removed by their
-// owner.
-func (w *Worker) bucketConfigs() []jetstream.KeyValueConfig {
+// BucketConfigs are the fleet's KV buckets for o (Replicas 0 is 1 here;
+// EnsureBuckets resolves it with AutoReplicas first): one value per key
+// (history 1), replicated like the streams. Heartbeats of a host that is
+// gone for a day expire (TTL); inventory records never expire, they are
+// removed by their owner. With leases, SUBSTRATE_LEASES too (TTL
+// LeaseTTL), which only workers serving a cluster-wide driver use.
+func BucketConfigs(o Options, leases bool) []jetstream.KeyValueConfig {
+	o = o.withDefaults()
+	o.Replicas = max(o.Replicas, 1)
 	cfgs := []jetstream.KeyValueConfig{{
 		Bucket:      messages.InventoryBucket,
 		Description: "subbus fleet inventory: <driver>.<host>.<instance> -> record, written by the owning worker",
 		History:     1,
 		Storage:     jetstream.FileStorage,
-		Replicas:    w.opts.Replicas,
+		Replicas:    o.Replicas,
 	}, {
 		Bucket:      messages.WorkersBucket,
 		Description: "subbus worker heartbeats: <host> -> heartbeat",
 		History:     1,
 		TTL:         24 * time.Hour,
 		Storage:     jetstream.FileStorage,
-		Replicas:    w.opts.Replicas,
+		Replicas:    o.Replicas,
 	}}
-	if w.clusterWide() {
+	if leases {
 		cfgs = append(cfgs, jetstream.KeyValueConfig{
 			Bucket:      messages.LeasesBucket,
 			Description: "subbus leases on instances of cluster-wide drivers: <driver>.<instance> -> holder",
 			History:     1,
-			TTL:         w.opts.LeaseTTL,
+			TTL:         o.LeaseTTL,
 			Storage:     jetstream.FileStorage,
-			Replicas:    w.opts.Replicas,
+			Replicas:    o.Replicas,
 		})
 	}
 	return cfgs
@@ -101,29 +106,42 @@ func (w *Worker) clusterWide() bool {
 	return false
 }
 
+// EnsureBuckets creates the buckets of BucketConfigs(o, leases) when
+// absent (create) or checks that they exist, and returns them in that
+// order. Existing buckets are never changed. It needs STREAM.INFO on
+// KV_<bucket>, and STREAM.CREATE to create them.
+func EnsureBuckets(ctx context.Context, js jetstream.JetStream, o Options, create, leases bool, log zerolog.Logger) ([]jetstream.KeyValue, error) {
+	o = resolveReplicas(o, js.Conn())
+	var kvs []jetstream.KeyValue
+	for _, cfg := range BucketConfigs(o, leases) {
+		kv, err := js.KeyValue(ctx, cfg.Bucket)
+		switch {
+		case errors.Is(err, jetstream.ErrBucketNotFound):
+			if !create {
+				return nil, fmt.Errorf("KV bucket %s does not exist and worker.manage_streams is false: create it (worker --create-streams as an administrator; docs/fleet.md)", cfg.Bucket)
+			}
+			kv, err = js.CreateKeyValue(ctx, cfg)
+			if errors.Is(err, jetstream.ErrBucketExists) {
+				kv, err = js.KeyValue(ctx, cfg.Bucket)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("creating KV bucket %s: %w", cfg.Bucket, err)
+			}
+			log.Info().Str("bucket", cfg.Bucket).Int("replicas", cfg.Replicas).Msg("KV bucket created")
+		case err != nil:
+			return nil, fmt.Errorf("KV bucket %s: %w", cfg.Bucket, err)
+		}
+		kvs = append(kvs, kv)
+	}
+	return kvs, nil
+}
+
 // ensureBuckets creates the fleet's buckets when absent (ManageStreams) or
 // checks that they exist, then makes them available to the worker.
 func (w *Worker) ensureBuckets(ctx context.Context) error {
-	var kvs []jetstream.KeyValue
-	for _, cfg := range w.bucketConfigs() {
-		kv, err := w.js.KeyValue(ctx, cfg.Bucket)
-		switch {
-		case errors.Is(err, jetstream.ErrBucketNotFound):
-			if !w.opts.ManageStreams {
-				return fmt.Errorf("KV bucket %s does not exist and worker.manage_streams is false: create it (docs/fleet.md)", cfg.Bucket)
-			}
-			kv, err = w.js.CreateKeyValue(ctx, cfg)
-			if errors.Is(err, jetstream.ErrBucketExists) {
-				kv, err = w.js.KeyValue(ctx, cfg.Bucket)
-			}
-			if err != nil {
-				return fmt.Errorf("creating KV bucket %s: %w", cfg.Bucket, err)
-			}
-			w.log.Info().Str("bucket", cfg.Bucket).Int("replicas", cfg.Replicas).Msg("KV bucket created")
-		case err != nil:
-			return fmt.Errorf("KV bucket %s: %w", cfg.Bucket, err)
-		}
-		kvs = append(kvs, kv)
+	kvs, err := EnsureBuckets(ctx, w.js, w.opts, w.opts.ManageStreams, w.clusterWide(), w.log)
+	if err != nil {
+		return err
 	}
 	w.fleet.kv.Lock()
 	b := &fleetKV{inv: kvs[0], workers: kvs[1]}

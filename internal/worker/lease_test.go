@@ -3,12 +3,15 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
 	"github.com/subbus/subbus/messages"
 )
@@ -114,5 +117,59 @@ func slowStarted(t *testing.T, d *toy) {
 	case <-d.slow:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the slow create did not start")
+	}
+}
+
+// namedToy is a toy served under another driver name, cluster-wide or
+// not (ClusterWide returning false is per-host).
+type namedToy struct {
+	*toy
+	name    string
+	cluster bool
+}
+
+func (d namedToy) Name() string      { return d.name }
+func (d namedToy) ClusterWide() bool { return d.cluster }
+
+// TestPooledSubjects: which drivers a worker serves on their pooled
+// subject substrate.<driver>.<op> (docs/fleet.md): every driver when
+// worker.pooled_drivers is absent; with it, the cluster-wide drivers
+// always and the per-host drivers it lists. Host subjects are always
+// served.
+func TestPooledSubjects(t *testing.T) {
+	s := startNATS(t)
+	nc := connect(t, s.ClientURL())
+	for i, tc := range []struct {
+		name     string
+		restrict bool
+		pooled   []string
+		want     map[string]bool // driver -> pooled subject answered
+	}{
+		{"absent: all", false, nil, map[string]bool{"ctoy": true, "ptoy": true, "qtoy": true}},
+		{"empty: cluster-wide only", true, nil, map[string]bool{"ctoy": true, "ptoy": false, "qtoy": false}},
+		{"listed: cluster-wide and listed", true, []string{"qtoy"}, map[string]bool{"ctoy": true, "ptoy": false, "qtoy": true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			host := fmt.Sprintf("p%d", i)
+			mgr := func(d drivers.Driver) *manager.Manager {
+				return manager.New(d, manager.Options{Host: host, CacheTTL: -1, RetryAttempts: 1})
+			}
+			w := startWorker(t, s, []*manager.Manager{
+				mgr(namedToy{newToy(), "ctoy", true}), mgr(namedToy{newToy(), "ptoy", false}), mgr(namedToy{newToy(), "qtoy", false}),
+			}, func(o *Options) { o.Host, o.RestrictPooled, o.PooledDrivers = host, tc.restrict, tc.pooled })
+			for d, pooled := range tc.want {
+				ok(t, nc, hostSubj(d, host, messages.OpList), nil, nil)
+				_, err := callErr(nc, subj(d, messages.OpList), nil, nil, 5*time.Second)
+				if pooled && err != nil {
+					t.Errorf("%s: pooled subject not served: %v", d, err)
+				}
+				if !pooled && !errors.Is(err, nats.ErrNoResponders) {
+					t.Errorf("%s: pooled subject answered (%v), want no responders", d, err)
+				}
+			}
+			if err := w.stop(t); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
