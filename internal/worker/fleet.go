@@ -220,6 +220,13 @@ func (w *Worker) inventoryLoop(ctx context.Context, m *manager.Manager) {
 	}
 }
 
+// keyListTimeout bounds the listing of this host's keys in a resync,
+// kvWriteTimeout one record's write.
+var (
+	keyListTimeout = 5 * time.Second
+	kvWriteTimeout = 3 * time.Second
+)
+
 // resync writes a record for every instance m lists and deletes this
 // host's records of m's driver that name no listed instance. When the
 // list fails, nothing is deleted.
@@ -245,7 +252,13 @@ func (w *Worker) resync(ctx context.Context, m *manager.Manager) {
 	w.fleet.mu.Lock()
 	w.fleet.count[m.Driver()] = len(list)
 	w.fleet.mu.Unlock()
-	lister, err := b.inv.ListKeysFiltered(ctx, m.Driver()+"."+w.host+".*")
+	// Listing keys runs an ordered consumer; one placed on a NATS node
+	// that just died can stall until its missed heartbeats are noticed.
+	// Bounded, so that the loop goes on refreshing records; the deletions
+	// wait for the next resync.
+	lctx, lcancel := context.WithTimeout(ctx, keyListTimeout)
+	defer lcancel()
+	lister, err := b.inv.ListKeysFiltered(lctx, m.Driver()+"."+w.host+".*")
 	if err != nil {
 		w.log.Debug().Str("driver", m.Driver()).Err(err).Msg("inventory resync: listing keys failed")
 		return
@@ -257,6 +270,10 @@ func (w *Worker) resync(ctx context.Context, m *manager.Manager) {
 		}
 	}
 	_ = lister.Stop()
+	if lctx.Err() != nil {
+		w.log.Debug().Str("driver", m.Driver()).Msg("inventory resync: listing keys timed out; records of gone instances are removed at the next resync")
+		return
+	}
 	for _, k := range gone {
 		if err := b.inv.Delete(ctx, k); err != nil {
 			w.log.Debug().Str("key", k).Err(err).Msg("inventory: deleting a record failed")
@@ -281,18 +298,25 @@ func (w *Worker) refreshRecord(ctx context.Context, m *manager.Manager, name str
 	}
 }
 
+// putRecord and deleteRecord give each KV write at most kvWriteTimeout: a
+// write sent while the bucket's stream has no leader (a NATS node just
+// died) gets no answer at all, and must not hold up the records after it.
 func (w *Worker) putRecord(ctx context.Context, b *fleetKV, driver string, inst drivers.Instance, now time.Time) {
 	rec := messages.NewInventoryRecord(driver, w.host, inst, now)
 	data, err := json.Marshal(rec)
 	if err != nil {
 		return
 	}
+	ctx, cancel := context.WithTimeout(ctx, kvWriteTimeout)
+	defer cancel()
 	if _, err := b.inv.Put(ctx, messages.InventoryKey(driver, w.host, inst.Name), data); err != nil {
 		w.log.Debug().Str("driver", driver).Str("instance", inst.Name).Err(err).Msg("inventory: put failed")
 	}
 }
 
 func (w *Worker) deleteRecord(ctx context.Context, b *fleetKV, driver, name string) {
+	ctx, cancel := context.WithTimeout(ctx, kvWriteTimeout)
+	defer cancel()
 	if err := b.inv.Delete(ctx, messages.InventoryKey(driver, w.host, name)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		w.log.Debug().Str("driver", driver).Str("instance", name).Err(err).Msg("inventory: delete failed")
 	}
