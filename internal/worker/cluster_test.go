@@ -112,6 +112,18 @@ func replicasOf(t *testing.T, js jetstream.JetStream, name string) int {
 	return s.CachedInfo().Config.Replicas
 }
 
+// waitBuckets waits until the workers have created the fleet's buckets
+// (after their streams; SUBSTRATE_WORKERS is the last).
+func waitBuckets(t *testing.T, js jetstream.JetStream) {
+	t.Helper()
+	testenv.Eventually(t, 20*time.Second, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := js.KeyValue(ctx, messages.WorkersBucket)
+		return err
+	})
+}
+
 // TestCluster: two workers on different nodes of a 3-node cluster share
 // replicated streams (3 replicas without stream_replicas: the cluster
 // advertises 3 servers); pooled subjects reach either, host subjects
@@ -130,6 +142,7 @@ func TestCluster(t *testing.T) {
 	}
 	nc := connect(t, nodes[2].ClientURL())
 	js, _ := jetstream.New(nc)
+	waitBuckets(t, js)
 	for _, name := range []string{messages.EventsStream, messages.MetricsStream, "KV_" + messages.InventoryBucket, "KV_" + messages.WorkersBucket} {
 		if r := replicasOf(t, js, name); r != 3 {
 			t.Errorf("%s has %d replicas on a 3-node cluster, want 3", name, r)
@@ -168,10 +181,7 @@ func TestAutoReplicas(t *testing.T) {
 		t.Fatalf("AutoReplicas on a single server = %d", AutoReplicas(nc))
 	}
 	js, _ := jetstream.New(nc)
-	testenv.Eventually(t, 10*time.Second, func() error {
-		_, err := js.KeyValue(context.Background(), messages.WorkersBucket)
-		return err
-	})
+	waitBuckets(t, js)
 	for _, name := range []string{messages.EventsStream, messages.MetricsStream, "KV_" + messages.InventoryBucket, "KV_" + messages.WorkersBucket} {
 		if r := replicasOf(t, js, name); r != 1 {
 			t.Errorf("%s has %d replicas on a single server, want 1", name, r)
@@ -405,6 +415,24 @@ func TestFailover(t *testing.T) {
 	}
 	nodes[victim].WaitForShutdown()
 	t.Logf("%d cycles, %d tries repeated during the failover, %d events", cycles.Load(), retried.Load(), len(rec.all()))
+
+	// The kill was felt: SUBSTRATE_EVENTS has a new leader.
+	testenv.Eventually(t, 20*time.Second, func() error {
+		ictx, icancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer icancel()
+		st, err := jetstream.New(nc)
+		if err != nil {
+			return err
+		}
+		s, err := st.Stream(ictx, messages.EventsStream)
+		if err != nil {
+			return err
+		}
+		if l := s.CachedInfo().Cluster; l == nil || l.Leader == "" || l.Leader == nodes[victim].Name() {
+			return fmt.Errorf("%s leader: %+v", messages.EventsStream, l)
+		}
+		return nil
+	})
 
 	// Every success reply's effect is there: in the substrate, and
 	// through the bus.

@@ -28,8 +28,9 @@ func (clusterToy) ClusterWide() bool { return true }
 // the pooled subject. A mutation waits while the other worker holds the
 // instance's lease. When the holder dies mid-operation (its connection
 // dropped without cleanup), pooled requests go on on the survivor (only
-// the one in flight to the dead worker fails), the dead holder's lease
-// expires after lease_ttl and its instance can be operated again. Neither
+// the one in flight to the dead worker fails), the cut-off holder stops
+// its operation once it cannot renew its lease (fencing), the lease
+// expires after lease_ttl and the instance can be operated again. Neither
 // worker writes inventory records.
 func TestLeaseAcrossWorkers(t *testing.T) {
 	s := startNATS(t)
@@ -37,7 +38,7 @@ func TestLeaseAcrossWorkers(t *testing.T) {
 	var mu sync.Mutex
 	var nc1 *nats.Conn
 	ttl := time.Second
-	startWorker(t, s, []*manager.Manager{manager.New(d, manager.Options{Host: "h1", CacheTTL: -1, RetryAttempts: 1})}, func(o *Options) {
+	w1 := startWorker(t, s, []*manager.Manager{manager.New(d, manager.Options{Host: "h1", CacheTTL: -1, RetryAttempts: 1})}, func(o *Options) {
 		o.Host, o.LeaseTTL, o.GracePeriod = "h1", ttl, time.Second
 		url := s.ClientURL()
 		o.Connect = func(extra ...nats.Option) (*nats.Conn, error) {
@@ -133,6 +134,15 @@ func TestLeaseAcrossWorkers(t *testing.T) {
 			}
 		}
 		gone = time.Now()
+		return nil
+	})
+	// Fencing: h1 is alive but cut off, so it cannot renew vm2's lease; it
+	// stops its 20 s create once another worker may take the lease, rather
+	// than finishing it behind the new holder's back.
+	testenv.Eventually(t, 5*ttl, func() error {
+		if n := w1.stats().InFlight; n != 0 {
+			return fmt.Errorf("h1 still runs %d requests", n)
+		}
 		return nil
 	})
 	// h2's own subject: the lease of vm2 is held by the dead h1.
