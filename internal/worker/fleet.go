@@ -108,8 +108,9 @@ func (w *Worker) clusterWide() bool {
 
 // EnsureBuckets creates the buckets of BucketConfigs(o, leases) when
 // absent (create) or checks that they exist, and returns them in that
-// order. Existing buckets are never changed. It needs STREAM.INFO on
-// KV_<bucket>, and STREAM.CREATE to create them.
+// order. Existing buckets are never changed (one with fewer replicas than
+// o asks for is logged). It needs STREAM.INFO on KV_<bucket>, and
+// STREAM.CREATE to create them.
 func EnsureBuckets(ctx context.Context, js jetstream.JetStream, o Options, create, leases bool, log zerolog.Logger) ([]jetstream.KeyValue, error) {
 	o = resolveReplicas(o, js.Conn())
 	var kvs []jetstream.KeyValue
@@ -130,6 +131,13 @@ func EnsureBuckets(ctx context.Context, js jetstream.JetStream, o Options, creat
 			log.Info().Str("bucket", cfg.Bucket).Int("replicas", cfg.Replicas).Msg("KV bucket created")
 		case err != nil:
 			return nil, fmt.Errorf("KV bucket %s: %w", cfg.Bucket, err)
+		default:
+			if st, err := kv.Status(ctx); err == nil {
+				if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo().Config.Replicas < cfg.Replicas {
+					log.Warn().Str("bucket", cfg.Bucket).Int("replicas", bs.StreamInfo().Config.Replicas).Int("want", cfg.Replicas).
+						Msg("existing KV bucket has fewer replicas than configured; it is not changed (nats stream edit --replicas KV_<bucket>)")
+				}
+			}
 		}
 		kvs = append(kvs, kv)
 	}

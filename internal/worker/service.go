@@ -27,8 +27,9 @@ const QueueGroup = "substrate"
 
 // addService registers the micro service: per driver, one endpoint on
 // substrate.<driver>.* (any worker; see servesPooled) and one on
-// substrate.<driver>.<host>.* (this host only). The op is the last subject token, so an unknown op is answered
-// invalid_argument rather than "no responders".
+// substrate.<driver>.<host>.* (this host only). The op is the last
+// subject token, so an unknown op is answered invalid_argument rather
+// than "no responders".
 func (w *Worker) addService() error {
 	caps := map[string]messages.Capabilities{}
 	for _, m := range w.managers {
