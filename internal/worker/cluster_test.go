@@ -199,9 +199,10 @@ type failoverExpect struct {
 
 // TestFailover: on a 3-node cluster with replicated streams and buckets,
 // two workers (h1, h2) connected to different nodes serve a load of
-// create/start/stop/get/delete requests, with the events they cause. The
-// node h1 is connected to, which leads SUBSTRATE_EVENTS, is shut down
-// mid-run (in-process: its clients and routes drop at once). Afterwards:
+// create/start/stop/get/delete requests from four clients (two connected
+// to the victim), with the events they cause. The node h1 is connected
+// to, which leads SUBSTRATE_EVENTS, is shut down mid-run (in-process: its
+// clients and routes drop at once). Afterwards:
 // every request that got a success reply has its effect (the substrate
 // and a get through the bus agree); every event emitted is stored exactly
 // once (by Nats-Msg-Id); the inventory matches the substrates; h1
@@ -278,7 +279,10 @@ func TestFailover(t *testing.T) {
 	if got := workers["h1"].nc.ConnectedUrl(); got != victimURL {
 		t.Fatalf("h1 connected to %s, want the victim %s", got, victimURL)
 	}
+	// Half the clients are connected to the victim too: requests in flight
+	// when it dies lose their replies.
 	nc := connectCluster(t, nodes, (victim+2)%3)
+	ncVictim := connectCluster(t, nodes, victim)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
@@ -299,7 +303,7 @@ func TestFailover(t *testing.T) {
 	}
 	// call sends one request until it gets a reply that is not a
 	// transient failure, with one idempotency key for all its tries.
-	call := func(host string, op messages.Op, body any, out any) error {
+	call := func(nc *nats.Conn, host string, op messages.Op, body any, out any) error {
 		key := nuid.Next()
 		for {
 			hdr := map[string]string{}
@@ -345,6 +349,10 @@ func TestFailover(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			host := hosts[g%2]
+			cn := nc
+			if g < clients/2 {
+				cn = ncVictim
+			}
 			afterKill := 0
 			for k := 0; afterKill < 3; k++ {
 				select {
@@ -354,25 +362,25 @@ func TestFailover(t *testing.T) {
 				}
 				name := fmt.Sprintf("fo-g%d-%d", g, k)
 				tmpl := messages.Template{Name: name, BaseImage: "x"}
-				if err := call(host, messages.OpCreate, messages.CreateRequest{Template: tmpl}, nil); err != nil {
+				if err := call(cn, host, messages.OpCreate, messages.CreateRequest{Template: tmpl}, nil); err != nil {
 					fail(err)
 					return
 				}
 				set(name, failoverExpect{host, true, drivers.StateStopped})
-				if err := call(host, messages.OpStart, messages.NameRequest{Name: name}, nil); err != nil {
+				if err := call(cn, host, messages.OpStart, messages.NameRequest{Name: name}, nil); err != nil {
 					fail(err)
 					return
 				}
 				set(name, failoverExpect{host, true, drivers.StateRunning})
 				if k%2 == 1 {
-					if err := call(host, messages.OpStop, messages.StopRequest{Name: name}, nil); err != nil {
+					if err := call(cn, host, messages.OpStop, messages.StopRequest{Name: name}, nil); err != nil {
 						fail(err)
 						return
 					}
 					set(name, failoverExpect{host, true, drivers.StateStopped})
 				}
 				var inst messages.Instance
-				if err := call(host, messages.OpGet, messages.NameRequest{Name: name}, &inst); err != nil {
+				if err := call(cn, host, messages.OpGet, messages.NameRequest{Name: name}, &inst); err != nil {
 					fail(err)
 					return
 				}
@@ -384,7 +392,7 @@ func TestFailover(t *testing.T) {
 					return
 				}
 				if k%3 == 2 {
-					if err := call(host, messages.OpDelete, messages.DeleteRequest{Name: name, Force: true}, nil); err != nil {
+					if err := call(cn, host, messages.OpDelete, messages.DeleteRequest{Name: name, Force: true}, nil); err != nil {
 						fail(err)
 						return
 					}
