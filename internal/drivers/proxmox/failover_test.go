@@ -196,7 +196,9 @@ proxmox:
 	})
 
 	// px-w1 starts the VM (4 s) and holds its lease: kill -9 it then.
-	go func() { _ = cl.Do(ctx(60*time.Second), "proxmox", "px-w1", messages.OpStart, messages.NameRequest{Name: vm}, nil) }()
+	go func() {
+		_ = cl.Do(ctx(60*time.Second), "proxmox", "px-w1", messages.OpStart, messages.NameRequest{Name: vm}, nil)
+	}()
 	testenv.Eventually(t, 20*time.Second, func() error {
 		e, err := leases.Get(ctx(5*time.Second), messages.LeaseKey("proxmox", vm))
 		if err != nil {
