@@ -86,8 +86,8 @@ func TestKilledWorker(t *testing.T) {
 	schema := schemaFile(t)
 	clitest.Isolate(t)
 	dir := t.TempDir()
-	pvesim := build(t, dir, "github.com/subbus/subbus/cmd/pvesim")
-	workerBin := build(t, dir, "github.com/subbus/subbus/cmd/worker")
+	pvesim := clitest.Build(t, "./cmd/pvesim")
+	workerBin := clitest.Build(t, "./cmd/worker")
 
 	// An nkey user: as root, a worker given a loopback URL and no
 	// credential would try the local one (natsconn).
