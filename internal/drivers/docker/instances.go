@@ -115,8 +115,8 @@ func endpoints(m map[string]*network.EndpointSettings) []drivers.NetworkConfig {
 	for name, ep := range m {
 		nc := drivers.NetworkConfig{NetworkName: name}
 		if ep != nil {
-			if ep.IPAddress.IsValid() {
-				nc.IPAddress = ep.IPAddress.String()
+			if a := endpointAddr(ep); a.IsValid() {
+				nc.IPAddress = a.String()
 			}
 			if ep.Gateway.IsValid() {
 				nc.Gateway = ep.Gateway.String()
