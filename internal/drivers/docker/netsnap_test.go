@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/moby/api/types/network"
+
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
 	"github.com/subbus/subbus/internal/testenv"
@@ -414,5 +416,51 @@ func TestSnapshotImagesLeaveNothing(t *testing.T) {
 	}
 	if err := m.DeleteSnapshot(ctx, name, "s3"); !hasCode(err, drivers.NotFound) {
 		t.Errorf("snapshot delete after delete: %v, want not_found", err)
+	}
+}
+
+func TestIsRestoreAside(t *testing.T) {
+	cases := []struct {
+		name string
+		want bool
+	}{
+		{restoreAside("web"), true},
+		{"web-subbus-restore-0a1b2c3d", true},
+		{"web", false},
+		{"web-subbus-restore-", false},
+		{"web-subbus-restore-0a1b2c3", false},
+		{"web-subbus-restore-0a1b2c3x", false},
+		{"-subbus-restore-0a1b2c3d", false},
+	}
+	for _, c := range cases {
+		if got := isRestoreAside(c.name); got != c.want {
+			t.Errorf("isRestoreAside(%q) = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// TestCurrentNetworks: the networks a container is on now, with the
+// static addresses asked for (not the daemon's choice), creation
+// networks first with their gateway and DNS, then attached ones by name;
+// networks left since are dropped.
+func TestCurrentNetworks(t *testing.T) {
+	static := func(a string) *network.EndpointSettings {
+		return &network.EndpointSettings{IPAMConfig: &network.EndpointIPAMConfig{IPv4Address: netip.MustParseAddr(a)},
+			IPAddress: netip.MustParseAddr(a)}
+	}
+	dynamic := &network.EndpointSettings{IPAddress: netip.MustParseAddr("172.18.0.5")}
+	created := []drivers.NetworkConfig{
+		{NetworkName: "home", IPAddress: "10.0.0.2", DNSServers: []string{"10.0.0.53"}},
+		{NetworkName: "gone"},
+	}
+	eps := map[string]*network.EndpointSettings{"home": dynamic, "zeta": static("10.1.0.9"), "alpha": nil}
+	got := currentNetworks(created, eps)
+	want := []drivers.NetworkConfig{
+		{NetworkName: "home", DNSServers: []string{"10.0.0.53"}},
+		{NetworkName: "alpha"},
+		{NetworkName: "zeta", IPAddress: "10.1.0.9"},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("currentNetworks = %+v, want %+v", got, want)
 	}
 }

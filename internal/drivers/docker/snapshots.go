@@ -209,8 +209,8 @@ func (d *Driver) removeOwnedImages(ins container.InspectResponse) {
 
 // removeSnapshotImages removes the snapshots of a deleted instance (the
 // tags subbus-snap/<instance>:<snapshot> of images labelled with its
-// name); best effort: one a hand-made container runs from stays, and
-// health reports it.
+// name); best effort: one a hand-made container runs from stays (docker
+// refuses to untag it, and forcing would leave an untagged image).
 func (d *Driver) removeSnapshotImages(name string) {
 	c, err := d.client()
 	if err != nil {
