@@ -464,3 +464,33 @@ func TestCurrentNetworks(t *testing.T) {
 		t.Errorf("currentNetworks = %+v, want %+v", got, want)
 	}
 }
+
+// TestHealthReportsOrphanSnapshots: the snapshots of a container removed
+// outside subbus (docker rm) stay, and health names each of them.
+func TestHealthReportsOrphanSnapshots(t *testing.T) {
+	d := connected(t)
+	ctx := testCtx(t, 60*time.Second)
+	name := uniqueName("orphan")
+	createT(t, d, busybox(t, name, "sleep 60"))
+	if _, err := d.CreateSnapshot(ctx, name, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	ref := SnapshotImage(name, "s1")
+	mentions := func(h drivers.Health) bool {
+		return slices.ContainsFunc(h.Issues, func(s string) bool { return strings.Contains(s, ref) })
+	}
+	h, err := d.Health(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mentions(h) {
+		t.Errorf("health reports the snapshot of a live instance: %q", h.Issues)
+	}
+	dockerCLI(t, "rm", "-f", name)
+	if h, err = d.Health(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !mentions(h) {
+		t.Errorf("health issues %q do not name %s, whose instance was removed by hand", h.Issues, ref)
+	}
+}

@@ -210,7 +210,8 @@ func (d *Driver) removeOwnedImages(ins container.InspectResponse) {
 // removeSnapshotImages removes the snapshots of a deleted instance (the
 // tags subbus-snap/<instance>:<snapshot> of images labelled with its
 // name); best effort: one a hand-made container runs from stays (docker
-// refuses to untag it, and forcing would leave an untagged image).
+// refuses to untag it, and forcing would leave an untagged image), and
+// health reports it.
 func (d *Driver) removeSnapshotImages(name string) {
 	c, err := d.client()
 	if err != nil {
@@ -227,6 +228,35 @@ func (d *Driver) removeSnapshotImages(name string) {
 			_, _ = c.ImageRemove(ctx, SnapshotImage(name, snap), client.ImageRemoveOptions{PruneChildren: true})
 		}
 	}
+}
+
+// orphanSnapshots returns one health issue per snapshot image whose
+// instance no longer exists (its container was removed outside subbus:
+// a delete through subbus removes its snapshots). list is every container.
+func (d *Driver) orphanSnapshots(ctx context.Context, list []drivers.Instance) ([]string, error) {
+	c, err := d.client()
+	if err != nil {
+		return nil, err
+	}
+	res, err := c.ImageList(ctx, client.ImageListOptions{Filters: make(client.Filters).Add("label", LabelSnapInstance)})
+	if err != nil {
+		return nil, fmt.Errorf("list snapshot images: %w", err)
+	}
+	exists := map[string]bool{}
+	for _, i := range list {
+		exists[i.Name] = true
+	}
+	var issues []string
+	for _, img := range res.Items {
+		inst, snap := img.Labels[LabelSnapInstance], img.Labels[LabelSnapName]
+		if inst == "" || snap == "" || exists[inst] || !hasTag(img.RepoTags, SnapshotImage(inst, snap)) {
+			continue
+		}
+		issues = append(issues, fmt.Sprintf("snapshot image %s: instance %s no longer exists (removed outside subbus); docker rmi it if it is not needed",
+			SnapshotImage(inst, snap), inst))
+	}
+	sort.Strings(issues)
+	return issues, nil
 }
 
 // RestoreSnapshot implements drivers.Snapshotter: the container is
