@@ -246,7 +246,7 @@ func (d *Driver) createGuest(ctx context.Context, t drivers.InstanceTemplate, sr
 			return resource{}, err
 		}
 		for _, n := range t.Networks {
-			if err := checkNetwork(nets, n, node); err != nil {
+			if err := checkNetwork(nets, src.kind, n, node); err != nil {
 				return resource{}, err
 			}
 		}

@@ -82,16 +82,17 @@ func (d *Driver) networks(ctx context.Context, node string) ([]drivers.Network, 
 	return out, nil
 }
 
-// checkNetwork checks an attachment against the node's networks: the
-// bridge or vnet must exist (NotFound), and a static address (containers)
-// must lie in the bridge's subnet when the bridge has one
-// (InvalidArgument).
-func checkNetwork(nets []drivers.Network, n drivers.NetworkConfig, node string) error {
+// checkNetwork checks an attachment of a guest of kind against the
+// node's networks: the bridge or vnet must exist (NotFound), and a
+// container's static address must lie in the bridge's subnet when the
+// bridge has one (InvalidArgument; a VM takes no address: nicValue says
+// so).
+func checkNetwork(nets []drivers.Network, kind string, n drivers.NetworkConfig, node string) error {
 	i := slices.IndexFunc(nets, func(x drivers.Network) bool { return x.Name == n.NetworkName })
 	if i < 0 {
 		return &errNoNetwork{name: n.NetworkName, node: node}
 	}
-	if n.IPAddress == "" || nets[i].Subnet == "" {
+	if kind != kindLXC || n.IPAddress == "" || nets[i].Subnet == "" {
 		return nil
 	}
 	subnet, err := netip.ParsePrefix(nets[i].Subnet)
@@ -122,7 +123,7 @@ func (d *Driver) AttachNetwork(ctx context.Context, name string, n drivers.Netwo
 	if err != nil {
 		return false, err
 	}
-	if err := checkNetwork(nets, n, r.Node); err != nil {
+	if err := checkNetwork(nets, r.Type, n, r.Node); err != nil {
 		return false, err
 	}
 	cfg, err := d.config(ctx, r)
