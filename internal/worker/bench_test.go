@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
 
 	"github.com/subbus/subbus/internal/config"
 	"github.com/subbus/subbus/internal/drivers"
@@ -29,7 +31,7 @@ var benchConcurrency = []int{1, 16, 64}
 // benchWorker starts a worker serving the process driver (via the
 // registry) with one running instance; it returns the worker, a client
 // connection over TCP loopback, and the instance name.
-func benchWorker(b *testing.B) (*runningWorker, *nats.Conn, string) {
+func benchWorker(b testing.TB) (*runningWorker, *nats.Conn, string) {
 	b.Helper()
 	f, ok := registry.Lookup("process")
 	if !ok {
@@ -50,7 +52,12 @@ func benchWorker(b *testing.B) (*runningWorker, *nats.Conn, string) {
 	mo.Host = "h1"
 	m := manager.New(d, mo)
 	s := startNATS(b)
-	w := startWorker(b, s, []*manager.Manager{m}, func(o *Options) { o.Config = cfg })
+	w := startWorker(b, s, []*manager.Manager{m}, func(o *Options) {
+		o.Config = cfg
+		// As in production (info: one line per request), written nowhere:
+		// the cost of formatting, not of the terminal.
+		o.Logger = zerolog.New(io.Discard).Level(zerolog.InfoLevel)
+	})
 	nc := connect(b, s.ClientURL())
 	name := uniqueName("bench")
 	ctx := context.Background()
