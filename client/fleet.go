@@ -8,8 +8,10 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/subbus/subbus/internal/drivers"
@@ -110,12 +112,26 @@ func (c *Client) bucket(ctx context.Context, name string) (jetstream.KeyValue, e
 
 // Owners returns the hosts whose inventory holds an instance of driver
 // named name, sorted.
+//
+// It reads them with one batched direct get of the bucket's stream (the
+// last record of every key <driver>.*.<token>: one request, its replies,
+// no consumer), and falls back to listing the keys with an ordered
+// consumer when the server cannot (before nats-server 2.11, direct gets
+// not allowed on the stream, or a credential without the permission).
 func (c *Client) Owners(ctx context.Context, driver, name string) ([]string, error) {
 	kv, err := c.bucket(ctx, messages.InventoryBucket)
 	if err != nil {
 		return nil, err
 	}
-	lister, err := kv.ListKeysFiltered(ctx, driver+".*."+messages.KeyToken(name))
+	filter := driver + ".*." + messages.KeyToken(name)
+	if !c.noDirect.Load() {
+		hosts, err := c.ownersDirect(ctx, filter)
+		if !errors.Is(err, errNoDirect) {
+			return hosts, err
+		}
+		c.noDirect.Store(true)
+	}
+	lister, err := kv.ListKeysFiltered(ctx, filter)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrNoKeysFound) {
 			return nil, nil
@@ -134,6 +150,92 @@ func (c *Client) Owners(ctx context.Context, driver, name string) ([]string, err
 	}
 	sort.Strings(hosts)
 	return hosts, nil
+}
+
+// errNoDirect: the server does not answer batched direct gets on the
+// inventory; Owners lists keys instead.
+var errNoDirect = errors.New("batched direct get not available")
+
+// directGetSubject is the JetStream API subject of a batched direct get on
+// the inventory bucket's stream.
+const directGetSubject = "$JS.API.DIRECT.GET.KV_" + messages.InventoryBucket
+
+// ownersDirect returns the hosts of the records whose keys match filter
+// (driver.*.token) with one batched direct get: {"multi_last": [subject]}
+// answered by one message per key (its last revision; deleted and purged
+// keys carry a KV-Operation header and are skipped), then an end-of-batch
+// status 204, or status 404 when no key matches. Other statuses, and a
+// permissions violation on the request subject, are errNoDirect.
+func (c *Client) ownersDirect(ctx context.Context, filter string) ([]string, error) {
+	prefix := "$KV." + messages.InventoryBucket + "."
+	body, err := json.Marshal(struct {
+		MultiLast []string `json:"multi_last"`
+	}{[]string{prefix + filter}})
+	if err != nil {
+		return nil, drivers.Wrap(drivers.Internal, err, "inventory lookup")
+	}
+	inbox := c.nc.NewInbox()
+	sub, err := c.nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, drivers.Wrap(drivers.Unavailable, err, "reading the inventory")
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := c.nc.PublishRequest(directGetSubject, inbox, body); err != nil {
+		return nil, drivers.Wrap(drivers.Unavailable, err, "reading the inventory")
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
+	var hosts []string
+	seen := map[string]bool{}
+	for first := true; ; first = false {
+		wait := ctx
+		var cancel context.CancelFunc = func() {}
+		if first {
+			// A credential without the permission gets no reply, only an
+			// asynchronous permissions violation: check for it after a
+			// short wait instead of waiting for the whole deadline.
+			wait, cancel = context.WithTimeout(ctx, 250*time.Millisecond)
+		}
+		msg, err := sub.NextMsgWithContext(wait)
+		cancel()
+		if err != nil && first && ctx.Err() == nil {
+			if le := c.nc.LastError(); le != nil && errors.Is(le, nats.ErrPermissionViolation) && strings.Contains(le.Error(), directGetSubject) {
+				return nil, errNoDirect
+			}
+			msg, err = sub.NextMsgWithContext(ctx)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, drivers.Wrap(drivers.Timeout, ctx.Err(), "reading the inventory")
+			}
+			return nil, drivers.Wrap(drivers.Unavailable, err, "reading the inventory")
+		}
+		switch status := msg.Header.Get("Status"); status {
+		case "":
+		case "204": // end of batch
+			sort.Strings(hosts)
+			return hosts, nil
+		case "404": // no key matches
+			return nil, nil
+		default: // 408 (an older server), 503 (direct gets not allowed), 413 (too many)
+			return nil, errNoDirect
+		}
+		switch msg.Header.Get("KV-Operation") {
+		case "DEL", "PURGE":
+			continue
+		}
+		key, ok := strings.CutPrefix(msg.Header.Get("Nats-Subject"), prefix)
+		if !ok {
+			continue
+		}
+		if _, h, _, err := messages.ParseInventoryKey(key); err == nil && !seen[h] {
+			seen[h] = true
+			hosts = append(hosts, h)
+		}
+	}
 }
 
 // Owner returns the host owning driver's instance name (see the package's
@@ -392,6 +494,9 @@ type fleetFields struct {
 	buckets map[string]jetstream.KeyValue
 	// noResolve turns owner resolution off (WithoutOwnerResolution).
 	noResolve bool
+	// noDirect: the server answered no batched direct get (errNoDirect);
+	// Owners lists keys.
+	noDirect atomic.Bool
 }
 
 // WithoutOwnerResolution returns a copy of c whose requests without a

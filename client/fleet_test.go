@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -118,5 +119,78 @@ func TestKeyToken(t *testing.T) {
 		if err != nil || d != "process" || h != "h1" || n != name {
 			t.Errorf("key of %q: %s %s %q %v", name, d, h, n, err)
 		}
+	}
+}
+
+// TestOwnersPaths checks that the batched direct get and the key listing
+// it falls back to find the same owners, deleted and purged records
+// excluded, and that a credential without the direct get permission falls
+// back at once (not after the request's whole timeout).
+func TestOwnersPaths(t *testing.T) {
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true,
+		JetStream: true, StoreDir: t.TempDir(), Users: []*server.User{
+			{Username: "all", Password: "pw"},
+			{Username: "nodirect", Password: "pw", Permissions: &server.Permissions{
+				Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{directGetSubject}}}},
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(5 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	conn := func(user string) *nats.Conn {
+		nc, err := nats.Connect(s.ClientURL(), nats.UserInfo(user, "pw"), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		return nc
+	}
+	nc := conn("all")
+	inv, _ := fleetBuckets(t, nc)
+	ctx := context.Background()
+	for _, k := range []string{"process.hosta.web", "process.hostb.web", "process.hostc.web", "process.hostd.web",
+		"process.hosta.db", "docker.hoste.web", "process.hosta.webx"} {
+		if _, err := inv.Put(ctx, k, []byte("{}")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := inv.Delete(ctx, "process.hostc.web"); err != nil {
+		t.Fatal(err)
+	}
+	if err := inv.Purge(ctx, "process.hostd.web"); err != nil {
+		t.Fatal(err)
+	}
+	if err := inv.Delete(ctx, "process.hosta.db"); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]string{"web": {"hosta", "hostb"}, "db": nil, "nope": nil, "webx": {"hosta"}}
+
+	direct := New(nc, 5*time.Second)
+	listing := New(nc, 5*time.Second)
+	listing.noDirect.Store(true)
+	for name, hosts := range want {
+		for what, c := range map[string]*Client{"direct get": direct, "key listing": listing} {
+			got, err := c.Owners(ctx, "process", name)
+			if err != nil || !slices.Equal(got, hosts) {
+				t.Errorf("%s: Owners(process, %s) = %v, %v; want %v", what, name, got, err, hosts)
+			}
+		}
+	}
+	if direct.noDirect.Load() {
+		t.Error("the direct get path fell back to the key listing on a server that supports it")
+	}
+
+	c := New(conn("nodirect"), 5*time.Second)
+	t0 := time.Now()
+	got, err := c.Owners(ctx, "process", "web")
+	if err != nil || !slices.Equal(got, want["web"]) {
+		t.Errorf("without the permission: Owners = %v, %v; want %v", got, err, want["web"])
+	}
+	if el := time.Since(t0); el > 3*time.Second || !c.noDirect.Load() {
+		t.Errorf("without the permission: fell back %v after %v, want at once", c.noDirect.Load(), el)
 	}
 }

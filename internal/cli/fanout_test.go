@@ -153,7 +153,7 @@ func fanoutHost(i int) string { return fmt.Sprintf("fb-%04d", i) }
 func startFanoutFleet(t *testing.T, n, perHost int) *fanoutFleet {
 	t.Helper()
 	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
-		JetStreamMaxMemory: 256 << 20, JetStreamMaxStore: 1 << 30, NoSigs: true, NoLog: true, MaxConn: n + 1000})
+		JetStreamMaxMemory: 256 << 20, JetStreamMaxStore: 1 << 30, NoSigs: true, NoLog: true, MaxConn: 2*n + 1000})
 	if err != nil {
 		t.Fatal(err)
 	}

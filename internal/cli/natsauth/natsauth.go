@@ -355,10 +355,12 @@ func streamReading() []string {
 	return out
 }
 
-// inventoryReading lets a client read the inventory bucket.
+// inventoryReading lets a client read the inventory bucket: its direct
+// gets (by key, and batched: the owner lookup of docs/fleet.md) and
+// ordered consumers (listing).
 func inventoryReading() []string {
 	b := "KV_" + InventoryBucket
-	return []string{jsAPI + ".STREAM.INFO." + b, jsAPI + ".DIRECT.GET." + b + ".>",
+	return []string{jsAPI + ".STREAM.INFO." + b, jsAPI + ".DIRECT.GET." + b, jsAPI + ".DIRECT.GET." + b + ".>",
 		jsAPI + ".CONSUMER.CREATE." + b + ".*", jsAPI + ".CONSUMER.CREATE." + b + ".*.>"}
 }
 
