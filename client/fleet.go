@@ -131,17 +131,13 @@ func (c *Client) Owners(ctx context.Context, driver, name string) ([]string, err
 		}
 		c.noDirect.Store(true)
 	}
-	lister, err := kv.ListKeysFiltered(ctx, filter)
+	entries, err := c.kvSnapshot(ctx, kv, filter, jetstream.MetaOnly())
 	if err != nil {
-		if errors.Is(err, jetstream.ErrNoKeysFound) {
-			return nil, nil
-		}
 		return nil, drivers.Wrap(drivers.Unavailable, err, "reading the inventory")
 	}
-	defer func() { _ = lister.Stop() }()
 	seen := map[string]bool{}
 	var hosts []string
-	for k := range lister.Keys() {
+	for k := range entries {
 		_, h, _, err := messages.ParseInventoryKey(k)
 		if err == nil && !seen[h] {
 			seen[h] = true
@@ -150,6 +146,79 @@ func (c *Client) Owners(ctx context.Context, driver, name string) ([]string, err
 	}
 	sort.Strings(hosts)
 	return hosts, nil
+}
+
+// kvSnapshot returns the current entries of kv's keys matching filter, by
+// key (deleted keys left out). A KV watch alone is not enough while the
+// fleet rewrites its keys (heartbeats every few seconds, records at each
+// resync): its "initial values done" marker counts deliveries and comes
+// early, and even the pending count can end the read before a key
+// rewritten during it is delivered — a fleet of 1,000 hosts lost records
+// both ways (docs/benchmarks.md). So the watch (every revision in stream
+// order, until nothing is pending) is checked against the stream's list
+// of subjects taken after it, and a key it missed is read by itself.
+func (c *Client) kvSnapshot(ctx context.Context, kv jetstream.KeyValue, filter string, opts ...jetstream.WatchOpt) (map[string]jetstream.KeyValueEntry, error) {
+	w, err := kv.Watch(ctx, filter, append(opts, jetstream.IncludeHistory())...)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = w.Stop() }()
+	out := map[string]jetstream.KeyValueEntry{}
+	gone := map[string]bool{}
+	received := false
+read:
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case e, ok := <-w.Updates():
+			switch {
+			case !ok:
+				break read
+			case e == nil && !received: // no key at all
+				break read
+			case e == nil:
+				continue
+			}
+			received = true
+			if e.Operation() == jetstream.KeyValuePut {
+				out[e.Key()] = e
+				delete(gone, e.Key())
+			} else {
+				delete(out, e.Key())
+				gone[e.Key()] = true
+			}
+			if e.Delta() == 0 {
+				break read
+			}
+		}
+	}
+	c.fleetMu.Lock()
+	js := c.js
+	c.fleetMu.Unlock()
+	if js == nil {
+		return out, nil
+	}
+	prefix := "$KV." + kv.Bucket() + "."
+	st, err := js.Stream(ctx, "KV_"+kv.Bucket())
+	if err != nil {
+		return out, nil // no stream info (permissions): the watch's view
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(prefix+filter))
+	if err != nil {
+		return out, nil
+	}
+	for subj := range info.State.Subjects {
+		k := strings.TrimPrefix(subj, prefix)
+		if _, ok := out[k]; ok || gone[k] {
+			continue
+		}
+		e, err := kv.Get(ctx, k)
+		if err == nil {
+			out[k] = e
+		}
+	}
+	return out, nil
 }
 
 // errNoDirect: the server does not answer batched direct gets on the
@@ -261,26 +330,21 @@ func (c *Client) Heartbeats(ctx context.Context) (map[string]messages.WorkerHear
 	if err != nil {
 		return nil, err
 	}
-	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	entries, err := c.kvSnapshot(ctx, kv, ">")
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, drivers.Wrap(drivers.Timeout, err, "reading heartbeats")
+		}
 		return nil, drivers.Wrap(drivers.Unavailable, err, "reading heartbeats")
 	}
-	defer func() { _ = w.Stop() }()
-	out := map[string]messages.WorkerHeartbeat{}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil, drivers.Wrap(drivers.Timeout, ctx.Err(), "reading heartbeats")
-		case e, ok := <-w.Updates():
-			if !ok || e == nil {
-				return out, nil
-			}
-			var hb messages.WorkerHeartbeat
-			if json.Unmarshal(e.Value(), &hb) == nil {
-				out[e.Key()] = hb
-			}
+	out := make(map[string]messages.WorkerHeartbeat, len(entries))
+	for k, e := range entries {
+		var hb messages.WorkerHeartbeat
+		if json.Unmarshal(e.Value(), &hb) == nil {
+			out[k] = hb
 		}
 	}
+	return out, nil
 }
 
 // heartbeat returns host's last heartbeat (ok false when there is none).
@@ -434,25 +498,18 @@ func (c *Client) Inventory(ctx context.Context, driver string) ([]InventoryEntry
 	if driver != "" {
 		filter = driver + ".>"
 	}
-	w, err := kv.Watch(ctx, filter, jetstream.IgnoreDeletes())
+	entries, err := c.kvSnapshot(ctx, kv, filter)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, nil, drivers.Wrap(drivers.Timeout, err, "reading the inventory")
+		}
 		return nil, nil, drivers.Wrap(drivers.Unavailable, err, "reading the inventory")
 	}
-	defer func() { _ = w.Stop() }()
-	var recs []InventoryEntry
-read:
-	for {
-		select {
-		case <-ctx.Done():
-			return nil, nil, drivers.Wrap(drivers.Timeout, ctx.Err(), "reading the inventory")
-		case e, ok := <-w.Updates():
-			if !ok || e == nil {
-				break read
-			}
-			var r messages.InventoryRecord
-			if json.Unmarshal(e.Value(), &r) == nil {
-				recs = append(recs, InventoryEntry{InventoryRecord: r})
-			}
+	recs := make([]InventoryEntry, 0, len(entries))
+	for _, e := range entries {
+		var r messages.InventoryRecord
+		if json.Unmarshal(e.Value(), &r) == nil {
+			recs = append(recs, InventoryEntry{InventoryRecord: r})
 		}
 	}
 	hbs, err := c.Heartbeats(ctx)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -192,5 +193,41 @@ func TestOwnersPaths(t *testing.T) {
 	}
 	if el := time.Since(t0); el > 3*time.Second || !c.noDirect.Load() {
 		t.Errorf("without the permission: fell back %v after %v, want at once", c.noDirect.Load(), el)
+	}
+}
+
+// TestSnapshotUnderWrites: reading the inventory and the heartbeats while
+// the fleet rewrites its keys still returns every key (the watcher's own
+// "initial values done" marker can come early then).
+func TestSnapshotUnderWrites(t *testing.T) {
+	nc := startNATS(t)
+	inv, _ := fleetBuckets(t, nc)
+	ctx := context.Background()
+	const n = 300
+	key := func(i int) string { return fmt.Sprintf("process.h%03d.web", i) }
+	for i := range n {
+		putJSON(t, inv, key(i), messages.InventoryRecord{Driver: "process", Host: fmt.Sprintf("h%03d", i), Name: "web"})
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // rewrite the keys, lowest first, as resyncs do
+		defer close(done)
+		for i := 0; ; i = (i + 1) % n {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			b, _ := json.Marshal(messages.InventoryRecord{Driver: "process", Host: fmt.Sprintf("h%03d", i), Name: "web"})
+			_, _ = inv.Put(ctx, key(i), b)
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	c := New(nc, 10*time.Second)
+	for range 20 {
+		recs, _, err := c.Inventory(ctx, "process")
+		if err != nil || len(recs) != n {
+			t.Fatalf("inventory while keys are rewritten: %d records of %d (%v)", len(recs), n, err)
+		}
 	}
 }

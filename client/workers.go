@@ -6,6 +6,7 @@ import (
 	"errors"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -58,8 +59,26 @@ func (c *Client) Workers(ctx context.Context) ([]Worker, error) {
 		defer cancel()
 	}
 	inbox := c.nc.NewInbox()
-	ch := make(chan *nats.Msg, 256)
-	sub, err := c.nc.ChanSubscribe(inbox, ch)
+	// Every reply is kept (a fleet of thousands answers at once; a
+	// bounded channel would drop replies as a slow consumer): the
+	// subscription queues them, ch only wakes the loop.
+	var (
+		mu      sync.Mutex
+		replies []*nats.Msg
+	)
+	ch := make(chan struct{}, 1)
+	sub, err := c.nc.Subscribe(inbox, func(m *nats.Msg) {
+		mu.Lock()
+		replies = append(replies, m)
+		mu.Unlock()
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	})
+	if err == nil {
+		err = sub.SetPendingLimits(-1, -1)
+	}
 	if err != nil {
 		return nil, drivers.Wrap(drivers.Unavailable, err, "subscribing for discovery")
 	}
@@ -85,16 +104,22 @@ loop:
 			break loop
 		case <-quiet.C:
 			break loop
-		case m := <-ch:
+		case <-ch:
 			quiet.Reset(DiscoveryQuiet)
-			if len(m.Data) == 0 && m.Header.Get("Status") == "503" {
-				break loop // nobody serves substrate
+			mu.Lock()
+			batch := replies
+			replies = nil
+			mu.Unlock()
+			for _, m := range batch {
+				if len(m.Data) == 0 && m.Header.Get("Status") == "503" {
+					break loop // nobody serves substrate
+				}
+				var info micro.Info
+				if err := json.Unmarshal(m.Data, &info); err != nil {
+					continue // not a micro INFO reply; ignore
+				}
+				out = append(out, workerFromInfo(info))
 			}
-			var info micro.Info
-			if err := json.Unmarshal(m.Data, &info); err != nil {
-				continue // not a micro INFO reply; ignore
-			}
-			out = append(out, workerFromInfo(info))
 		}
 	}
 	sort.Slice(out, func(i, j int) bool {

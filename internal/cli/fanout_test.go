@@ -181,6 +181,7 @@ func startFanoutFleet(t *testing.T, n, perHost int) *fanoutFleet {
 		s.Shutdown()
 		s.WaitForShutdown()
 	})
+	t0 := time.Now()
 	sem := make(chan struct{}, 16)
 	errs := make(chan error, n)
 	var wg sync.WaitGroup
@@ -223,6 +224,7 @@ func startFanoutFleet(t *testing.T, n, perHost int) *fanoutFleet {
 	for err := range errs {
 		t.Fatal(err)
 	}
+	t.Logf("%d workers ready after %v", n, time.Since(t0).Round(time.Millisecond))
 	// Every heartbeat and every record written.
 	nc := fanoutConnect(t, f.url)
 	cl := client.New(nc, 30*time.Second)
@@ -236,12 +238,15 @@ func startFanoutFleet(t *testing.T, n, perHost int) *fanoutFleet {
 		if len(hbs) != n {
 			return fmt.Errorf("%d heartbeats of %d", len(hbs), n)
 		}
-		recs, _, err := cl.Inventory(ctx, "fleetsim")
+		recs, bad, err := cl.Inventory(ctx, "fleetsim")
 		if err != nil {
 			return err
 		}
 		if len(recs) != n*perHost {
 			return fmt.Errorf("%d inventory records of %d", len(recs), n*perHost)
+		}
+		if len(bad) > 0 {
+			return fmt.Errorf("%d hosts not up, first %s %s", len(bad), bad[0].Host, bad[0].Liveness)
 		}
 		return nil
 	})
