@@ -233,6 +233,47 @@ func TestWorkers(t *testing.T) {
 	}
 }
 
+// TestWorkersExpecting: discovery that knows its hosts ends once they
+// answered (plus the grace, which still catches others), and waits the
+// usual quiet when an expected host never answers.
+func TestWorkersExpecting(t *testing.T) {
+	nc := startNATS(t)
+	for _, h := range []string{"h1", "h2", "h3"} {
+		svc, err := micro.AddService(nc, micro.Config{Name: messages.ServiceName, Version: "0.0.1",
+			Metadata: map[string]string{MetaHost: h, MetaDrivers: "test"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = svc.Stop() })
+	}
+	c := New(nc, time.Second)
+	for _, tc := range []struct {
+		expect []string
+		quick  bool
+	}{
+		{[]string{"h1", "h2", "h3"}, true},
+		{[]string{"h2"}, true}, // h1 and h3 answer within the grace
+		{[]string{"h1", "h9"}, false},
+		{nil, false}, // Workers
+	} {
+		t0 := time.Now()
+		var ws []Worker
+		var err error
+		if tc.expect == nil {
+			ws, err = c.Workers(context.Background())
+		} else {
+			ws, err = c.WorkersExpecting(context.Background(), tc.expect)
+		}
+		el := time.Since(t0)
+		if err != nil || len(ws) != 3 {
+			t.Errorf("expecting %v: %d workers (%v), want 3", tc.expect, len(ws), err)
+		}
+		if quick := el < DiscoveryQuiet; quick != tc.quick {
+			t.Errorf("expecting %v: took %v, want quicker than DiscoveryQuiet (%v): %v", tc.expect, el, DiscoveryQuiet, tc.quick)
+		}
+	}
+}
+
 func TestEvents(t *testing.T) {
 	nc := startNATS(t)
 	c := New(nc, 2*time.Second)

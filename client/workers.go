@@ -48,11 +48,35 @@ var DiscoveryQuiet = 300 * time.Millisecond
 // discoveryMax bounds the whole discovery when ctx has no deadline.
 const discoveryMax = 3 * time.Second
 
+// DiscoveryGrace is how long WorkersExpecting waits for workers it does not
+// expect once every expected host has answered.
+var DiscoveryGrace = 20 * time.Millisecond
+
 // Workers discovers the running workers: it sends $SRV.INFO.substrate and
 // gathers replies until DiscoveryQuiet passes without one (or ctx ends, or
 // 3s pass when ctx has no deadline). The result is sorted by host, then id.
-// No worker at all is not an error: the list is empty.
+// No worker at all is not an error: the list is empty. When ctx ends by its
+// deadline, or is cancelled with a cause other than context.Canceled
+// (context.WithCancelCause), the workers found so far are returned;
+// cancelled plainly, the error is ctx.Err().
 func (c *Client) Workers(ctx context.Context) ([]Worker, error) {
+	return c.discover(ctx, nil)
+}
+
+// WorkersExpecting is Workers that knows which hosts to expect (those with
+// a heartbeat that is up, say): once each of them has answered it waits
+// only DiscoveryGrace more for others (a worker that started a moment ago
+// and has no heartbeat yet) instead of DiscoveryQuiet after the last reply.
+// With a fleet of 1,000 hosts that is most of the time of a fan-out.
+func (c *Client) WorkersExpecting(ctx context.Context, expect []string) ([]Worker, error) {
+	want := make(map[string]bool, len(expect))
+	for _, h := range expect {
+		want[h] = true
+	}
+	return c.discover(ctx, want)
+}
+
+func (c *Client) discover(ctx context.Context, expect map[string]bool) ([]Worker, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, discoveryMax)
@@ -92,20 +116,23 @@ func (c *Client) Workers(ctx context.Context) ([]Worker, error) {
 	}
 
 	var out []Worker
+	complete := false // every expected host answered: only the grace is left
 	quiet := time.NewTimer(DiscoveryQuiet * 3) // the first reply may take a little longer
 	defer quiet.Stop()
 loop:
 	for {
 		select {
 		case <-ctx.Done():
-			if errors.Is(ctx.Err(), context.Canceled) {
+			if errors.Is(context.Cause(ctx), context.Canceled) {
 				return nil, ctx.Err()
 			}
-			break loop
+			break loop // deadline, or cancelled with another cause: what was found
 		case <-quiet.C:
 			break loop
 		case <-ch:
-			quiet.Reset(DiscoveryQuiet)
+			if !complete {
+				quiet.Reset(DiscoveryQuiet)
+			}
 			mu.Lock()
 			batch := replies
 			replies = nil
@@ -118,7 +145,15 @@ loop:
 				if err := json.Unmarshal(m.Data, &info); err != nil {
 					continue // not a micro INFO reply; ignore
 				}
-				out = append(out, workerFromInfo(info))
+				w := workerFromInfo(info)
+				out = append(out, w)
+				if !complete && expect[w.Host] {
+					delete(expect, w.Host)
+					if len(expect) == 0 { // every expected host answered
+						complete = true
+						quiet.Reset(DiscoveryGrace)
+					}
+				}
 			}
 		}
 	}

@@ -384,7 +384,7 @@ func TestFanout(t *testing.T) {
 		return time.Since(t0)
 	}
 
-	var tFan, tInv, tBare []time.Duration
+	var tFan, tInv, tBare, tDisc, tHB, tReqs []time.Duration
 	for range runs {
 		out, el := runCLI(t, f.url, "fleetsim", "list", "--all-hosts", "--json")
 		var res allHostsResult
@@ -413,6 +413,43 @@ func TestFanout(t *testing.T) {
 		tInv = append(tInv, el)
 
 		tBare = append(tBare, scatter())
+
+		// The parts of the fan-out, on the test's connection.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		t0 := time.Now()
+		hbs, err := cl.Heartbeats(ctx)
+		if err != nil || len(hbs) != n {
+			t.Fatalf("heartbeats: %d of %d (%v)", len(hbs), n, err)
+		}
+		tHB = append(tHB, time.Since(t0))
+		t0 = time.Now()
+		ws, err := cl.WorkersExpecting(ctx, f.hosts) // as list --all-hosts does
+		if err != nil {
+			t.Fatalf("discovery: %v", err)
+		}
+		tDisc = append(tDisc, time.Since(t0))
+		if len(ws) != n { // the heartbeats cover them: list --all-hosts still asks every host
+			t.Logf("discovery found %d workers of %d within %v", len(ws), n, tDisc[len(tDisc)-1])
+		}
+		t0 = time.Now()
+		var wg sync.WaitGroup
+		errs := make([]error, n)
+		for i, h := range f.hosts {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var l []messages.Instance
+				errs[i] = cl.Do(ctx, "fleetsim", h, messages.OpList, nil, &l)
+			}()
+		}
+		wg.Wait()
+		tReqs = append(tReqs, time.Since(t0))
+		for _, err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		cancel()
 	}
 
 	// Owner resolution: get of a host's unique instance without --host
@@ -422,7 +459,7 @@ func TestFanout(t *testing.T) {
 		gets = 300
 	}
 	ctx := context.Background()
-	var withHost, resolved []time.Duration
+	var withHost, resolved, lookup []time.Duration
 	for i := range gets {
 		h := f.hosts[i%n]
 		var inst messages.Instance
@@ -439,6 +476,11 @@ func TestFanout(t *testing.T) {
 		if inst.Host != h {
 			t.Fatalf("get %s without a host answered from %s", h, inst.Host)
 		}
+		t0 = time.Now()
+		if o, err := cl.Owner(ctx, "fleetsim", h); err != nil || o != h {
+			t.Fatalf("owner of %s: %q, %v", h, o, err)
+		}
+		lookup = append(lookup, time.Since(t0))
 	}
 
 	med := func(d []time.Duration) time.Duration {
@@ -458,9 +500,13 @@ func TestFanout(t *testing.T) {
 	row(fmt.Sprintf("subbus list --all-hosts (%d hosts asked)", n), tFan)
 	row(fmt.Sprintf("subbus list --inventory (%d records)", n*perHost), tInv)
 	row(fmt.Sprintf("bare scatter-gather (1 publish, %d responders)", n), tBare)
+	row("  part of --all-hosts: heartbeats (SUBSTRATE_WORKERS)", tHB)
+	row("  part of --all-hosts: discovery ($SRV.INFO, hosts expected)", tDisc)
+	row(fmt.Sprintf("  part of --all-hosts: %d list requests", n), tReqs)
 	fmt.Fprintf(&b, "owner resolution: get p50 %s with --host, %s without (+%.0f µs), %d gets each\n",
 		fmt.Sprintf("%.0f µs", float64(med(withHost))/1e3), fmt.Sprintf("%.0f µs", float64(med(resolved))/1e3),
 		float64(med(resolved)-med(withHost))/1e3, gets)
+	fmt.Fprintf(&b, "owner lookup alone (client.Owner: one batched direct get): p50 %.0f µs\n", float64(med(lookup))/1e3)
 	fmt.Fprintf(&b, "per worker: %.0f KiB heap (worker + its server-side connection), %.1f goroutines, %.1f server subscriptions, 1 connection\n",
 		float64(int64(after.HeapInuse)-int64(before.HeapInuse))/float64(n)/1024, float64(g1-g0)/float64(n), float64(subs)/float64(n))
 	t.Log("\n" + b.String())

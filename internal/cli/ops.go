@@ -208,26 +208,13 @@ func listAllHosts(e *env, c *invocation) error {
 	if err != nil {
 		return err
 	}
-	hosts, hbs, err := fleetHosts(e, cl, c.driver)
+	hosts, lists, errs, hbs, err := fanOutList(e, cl, c.driver)
 	if err != nil {
 		return err
 	}
 	if len(hosts) == 0 {
 		return &client.NoWorkerError{Driver: c.driver}
 	}
-	lists := make([][]messages.Instance, len(hosts))
-	errs := make([]error, len(hosts))
-	var wg sync.WaitGroup
-	for i, h := range hosts {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx, cancel := e.reqCtx(quickWait)
-			defer cancel()
-			errs[i] = cl.Do(ctx, c.driver, h, messages.OpList, nil, &lists[i])
-		}()
-	}
-	wg.Wait()
 	res := allHostsResult{Instances: []messages.Instance{}, Failed: []hostFailure{}}
 	for i, h := range hosts {
 		var nw *client.NoWorkerError
@@ -269,53 +256,125 @@ func listAllHosts(e *env, c *invocation) error {
 	return nil
 }
 
-// fleetHosts returns the hosts serving driver: found by discovery, or
-// with a heartbeat that does not say the worker stopped. Sorted.
-func fleetHosts(e *env, cl *client.Client, driver string) ([]string, map[string]messages.WorkerHeartbeat, error) {
+// errDiscoveryEnough ends a fan-out's discovery: every host known from
+// its heartbeat has answered the list.
+var errDiscoveryEnough = errors.New("the hosts with a heartbeat answered")
+
+// fanOutList lists driver on every host serving it, in parallel, and
+// returns the hosts (sorted) with each one's list or error. The hosts are
+// those with a heartbeat that does not say the worker stopped, asked at
+// once (a stale host is asked too: if it does not answer it is reported),
+// plus those that answer discovery, asked as soon as discovery ends (a
+// worker too new to have written a heartbeat, or a fleet without the
+// bucket). Discovery runs alongside the requests; with heartbeats it ends
+// when every host whose heartbeat is up has answered it, or at the latest
+// client.DiscoveryGrace after the last list reply of the known hosts, so
+// a fleet of 1,000 hosts is not listed at the pace of its slowest
+// discovery reply (docs/fleet.md, docs/benchmarks.md).
+func fanOutList(e *env, cl *client.Client, driver string) ([]string, [][]messages.Instance, []error, map[string]messages.WorkerHeartbeat, error) {
+	hctx, cancel := context.WithTimeout(e.ctx, 3*time.Second)
+	hbs, _ := cl.Heartbeats(hctx) // no bucket: discovery alone
+	cancel()
+	now := time.Now()
+	var known, expect []string
+	for _, hb := range hbs {
+		if !hb.Serves(driver) {
+			continue
+		}
+		switch hb.Liveness(now) {
+		case messages.LivenessUp:
+			expect = append(expect, hb.Host)
+			known = append(known, hb.Host)
+		case messages.LivenessStale:
+			known = append(known, hb.Host)
+		}
+	}
+
+	type result struct {
+		list []messages.Instance
+		err  error
+	}
+	var (
+		mu      sync.Mutex
+		results = map[string]*result{}
+		all     sync.WaitGroup
+	)
+	ask := func(h string, wg *sync.WaitGroup) {
+		mu.Lock()
+		defer mu.Unlock()
+		if h == "" || results[h] != nil {
+			return
+		}
+		r := &result{}
+		results[h] = r
+		all.Add(1)
+		if wg != nil {
+			wg.Add(1)
+		}
+		go func() {
+			defer all.Done()
+			if wg != nil {
+				defer wg.Done()
+			}
+			ctx, cancel := e.reqCtx(quickWait)
+			defer cancel()
+			r.err = cl.Do(ctx, driver, h, messages.OpList, nil, &r.list)
+		}()
+	}
+	var knownDone sync.WaitGroup
+	for _, h := range known {
+		ask(h, &knownDone)
+	}
+
+	dctx, stop := context.WithCancelCause(e.ctx)
+	defer stop(nil)
+	dctx, cancel = context.WithTimeout(dctx, 3*time.Second)
+	defer cancel()
 	var (
 		workers []client.Worker
-		hbs     map[string]messages.WorkerHeartbeat
 		derr    error
-		wg      sync.WaitGroup
 	)
-	wg.Add(2)
+	discovered := make(chan struct{})
 	go func() {
-		defer wg.Done()
-		ctx, cancel := context.WithTimeout(e.ctx, 3*time.Second)
-		defer cancel()
-		workers, derr = cl.Workers(ctx)
-	}()
-	go func() {
-		defer wg.Done()
-		ctx, cancel := context.WithTimeout(e.ctx, 3*time.Second)
-		defer cancel()
-		hbs, _ = cl.Heartbeats(ctx) // no bucket: discovery alone
-	}()
-	wg.Wait()
-	if derr != nil {
-		return nil, nil, derr
-	}
-	seen := map[string]bool{}
-	var hosts []string
-	add := func(h string) {
-		if h != "" && !seen[h] {
-			seen[h] = true
-			hosts = append(hosts, h)
+		defer close(discovered)
+		if len(expect) > 0 {
+			workers, derr = cl.WorkersExpecting(dctx, expect)
+		} else {
+			workers, derr = cl.Workers(dctx)
 		}
+	}()
+	if len(known) > 0 {
+		go func() {
+			knownDone.Wait()
+			select {
+			case <-time.After(client.DiscoveryGrace):
+				stop(errDiscoveryEnough)
+			case <-discovered:
+			}
+		}()
+	}
+	<-discovered
+	if derr != nil {
+		all.Wait()
+		return nil, nil, nil, nil, derr
 	}
 	for _, w := range workers {
 		if slices.Contains(w.Drivers, driver) {
-			add(w.Host)
+			ask(w.Host, nil)
 		}
 	}
-	now := time.Now()
-	for _, hb := range hbs {
-		if hb.Serves(driver) && hb.Liveness(now) != messages.LivenessDown {
-			add(hb.Host)
-		}
+	all.Wait()
+	hosts := make([]string, 0, len(results))
+	for h := range results {
+		hosts = append(hosts, h)
 	}
 	slices.Sort(hosts)
-	return hosts, hbs, nil
+	lists := make([][]messages.Instance, len(hosts))
+	errs := make([]error, len(hosts))
+	for i, h := range hosts {
+		lists[i], errs[i] = results[h].list, results[h].err
+	}
+	return hosts, lists, errs, hbs, nil
 }
 
 // ---- get, create, clone ----
