@@ -116,7 +116,7 @@ func (c *Client) discover(ctx context.Context, expect map[string]bool) ([]Worker
 	}
 
 	var out []Worker
-	complete := false // every expected host answered: only the grace is left
+	complete := false                          // every expected host answered: only the grace is left
 	quiet := time.NewTimer(DiscoveryQuiet * 3) // the first reply may take a little longer
 	defer quiet.Stop()
 loop:
