@@ -268,6 +268,11 @@ func TestWorkersExpecting(t *testing.T) {
 		if err != nil || len(ws) != 3 {
 			t.Errorf("expecting %v: %d workers (%v), want 3", tc.expect, len(ws), err)
 		}
+		for _, w := range ws {
+			if w.Host == "" || w.Version != "0.0.1" || fmt.Sprint(w.Drivers) != "[test]" {
+				t.Errorf("expecting %v: worker %+v", tc.expect, w)
+			}
+		}
 		if quick := el < DiscoveryQuiet; quick != tc.quick {
 			t.Errorf("expecting %v: took %v, want quicker than DiscoveryQuiet (%v): %v", tc.expect, el, DiscoveryQuiet, tc.quick)
 		}
