@@ -67,6 +67,12 @@ func Decode(op Op, data []byte) (any, error) {
 	if len(trimmed) == 0 {
 		return nil, drivers.Errorf(drivers.InvalidArgument, "body: empty, a JSON object is required for %s", op)
 	}
+	if r, ok := req.(*NameRequest); ok {
+		if name, ok := plainNameBody(trimmed); ok {
+			r.Name = name
+			return req, nil
+		}
+	}
 	if trimmed[0] != '{' {
 		return nil, drivers.Errorf(drivers.InvalidArgument, "body: must be a JSON object")
 	}
@@ -82,6 +88,25 @@ func Decode(op Op, data []byte) (any, error) {
 		return nil, err
 	}
 	return req, nil
+}
+
+// plainNameBody recognizes the body every get, start or metrics sends,
+// {"name":"<name>"} exactly, with a name of printable ASCII needing no
+// escape, and returns the name: what the JSON decoder would return for
+// it, at a twentieth of the cost. Any other body (spaces, escapes, other
+// fields) goes through the decoder.
+func plainNameBody(b []byte) (string, bool) {
+	const pre, post = `{"name":"`, `"}`
+	if len(b) < len(pre)+len(post) || string(b[:len(pre)]) != pre || string(b[len(b)-len(post):]) != post {
+		return "", false
+	}
+	v := b[len(pre) : len(b)-len(post)]
+	for _, c := range v {
+		if c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return "", false
+		}
+	}
+	return string(v), true
 }
 
 // jsonError turns a decoding error into invalid_argument naming the field.
@@ -139,12 +164,46 @@ func InstanceName(req any) string {
 // ResultReply encodes a successful reply. Results that cannot be encoded
 // give an internal error reply instead.
 func ResultReply(requestID, host string, result any) []byte {
-	raw, err := json.Marshal(result)
+	raw, err := marshalResult(result)
 	if err != nil {
 		return ErrorReply(requestID, host, drivers.Errorf(drivers.Internal, "encoding the result: %v", err))
 	}
-	b, _ := json.Marshal(Reply{RequestID: requestID, Host: host, Result: raw})
-	return b
+	// Reply{RequestID, Host, Result: raw}, written directly: json.Marshal
+	// would scan and compact raw again (a third of the cost of a get's
+	// reply). A test checks the bytes equal json.Marshal's.
+	b := make([]byte, 0, len(raw)+len(requestID)+len(host)+40)
+	b = append(b, '{')
+	if requestID != "" {
+		b = appendJSONField(b, "request_id", requestID)
+	}
+	if host != "" {
+		b = appendJSONField(b, "host", host)
+	}
+	b = append(b, `"result":`...)
+	b = append(b, raw...)
+	return append(b, '}')
+}
+
+// appendJSONField appends "key":"value", as json.Marshal writes them: a
+// value with characters it would escape is marshalled.
+func appendJSONField(b []byte, key, value string) []byte {
+	b = append(b, '"')
+	b = append(b, key...)
+	b = append(b, `":`...)
+	plain := true
+	for i := 0; i < len(value) && plain; i++ {
+		c := value[i]
+		plain = c >= 0x20 && c < 0x7f && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
+	}
+	if plain {
+		b = append(b, '"')
+		b = append(b, value...)
+		b = append(b, '"')
+	} else {
+		v, _ := json.Marshal(value)
+		b = append(b, v...)
+	}
+	return append(b, ',')
 }
 
 // ErrorReply encodes an error reply for err (classified with drivers.CodeOf).

@@ -1,8 +1,10 @@
 package messages
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -210,4 +212,53 @@ func FuzzParseDeadline(f *testing.F) {
 	f.Add("2026-01-01T00:00:00Z")
 	f.Add("x")
 	f.Fuzz(func(t *testing.T, s string) { _, _, _ = ParseDeadline(s) })
+}
+
+// TestResultReplyBytes: ResultReply writes exactly what json.Marshal of
+// the Reply writes, whatever the request id and host hold.
+func TestResultReplyBytes(t *testing.T) {
+	results := []any{nil, "x", []Instance{}, Instance{Name: "a<b>", Created: time.Unix(1, 2).UTC(), Metadata: map[string]string{"k": "v&"}},
+		ChangedResult{Changed: true}}
+	for _, id := range []string{"", "abc123", "a\"b", "x<y>&z", "é\u2028", "tab\there", `back\slash`} {
+		for _, host := range []string{"", "h1", "h\"2", "\x01"} {
+			for _, r := range results {
+				raw, _ := json.Marshal(r)
+				want, _ := json.Marshal(Reply{RequestID: id, Host: host, Result: raw})
+				if got := ResultReply(id, host, r); !bytes.Equal(got, want) {
+					t.Errorf("ResultReply(%q, %q, %v) = %s, want %s", id, host, r, got, want)
+				}
+			}
+		}
+	}
+}
+
+// TestPlainNameBody: the fast path for {"name":"…"} decodes exactly what
+// the JSON decoder does, and leaves every other body to it.
+func TestPlainNameBody(t *testing.T) {
+	for _, body := range []string{
+		`{"name":"web"}`, `{"name":""}`, `{"name":"a b/c.d-e_f~!@#$%^&*()"}`, `{"name":"x\"y"}`, `{"name":"x\\y"}`,
+		`{"name":"\u00e9"}`, `{"name":"é"}`, `{"name":"web","x":1}`, `{ "name":"web"}`, `{"name":"web"} `, `{"name":"web"}x`,
+		`{"name":"web"}{"name":"b"}`, `{"Name":"web"}`, `{"name":"a"}"}`, `{"name":1}`, `{"name":"web"`,
+	} {
+		got, gotErr := Decode(OpGet, []byte(body))
+		want := &NameRequest{}
+		dec := json.NewDecoder(strings.NewReader(strings.TrimSpace(body)))
+		dec.DisallowUnknownFields()
+		wantErr := dec.Decode(want)
+		if wantErr == nil {
+			if _, err := dec.Token(); err != io.EOF {
+				wantErr = errors.New("trailing data")
+			}
+		}
+		switch {
+		case (gotErr == nil) != (wantErr == nil):
+			t.Errorf("%s: Decode error %v, the decoder's %v", body, gotErr, wantErr)
+		case gotErr == nil && got.(*NameRequest).Name != want.Name:
+			t.Errorf("%s: name %q, the decoder's %q", body, got.(*NameRequest).Name, want.Name)
+		}
+		_, fast := plainNameBody([]byte(strings.TrimSpace(body)))
+		if fast && wantErr != nil {
+			t.Errorf("%s: fast path taken for a body the decoder refuses", body)
+		}
+	}
 }

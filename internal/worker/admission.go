@@ -145,7 +145,7 @@ func (c *busRequest) watchCaller(cancel context.CancelFunc) func() {
 			_, err := c.w.nc.Request(probe, nil, callerProbeInterval/2)
 			if errors.Is(err, nats.ErrNoResponders) {
 				c.w.callersGone.Add(1)
-				c.log.Info().Msg("the caller went away: operation cancelled")
+				c.logger().Info().Msg("the caller went away: operation cancelled")
 				cancel()
 				return
 			}

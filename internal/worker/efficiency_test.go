@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -78,8 +79,11 @@ func TestBusEfficiency(t *testing.T) {
 			return nil
 		}},
 	}
-	type result struct{ ops, p50, p99 float64 }
+	type result struct{ ops, p50, p99, cpu float64 }
 	conc := []int{1, 16}
+	if os.Getenv("BUSBENCH_PROFILE") != "" { // only the worker at c=16, for go test -cpuprofile
+		conc, targets = []int{16}, targets[1:]
+	}
 	res := map[string][]result{} // "target c=N" -> rounds
 	for _, c := range conc {
 		conns := make([]*nats.Conn, c)
@@ -88,7 +92,9 @@ func TestBusEfficiency(t *testing.T) {
 		}
 		for range rounds {
 			for _, tg := range targets {
+				cpu0 := processCPU()
 				ops, lat, err := requestLoad(conns, tg.subject, body, round, tg.check)
+				cpu := float64(processCPU()-cpu0) / 1e3 / float64(len(lat)) // µs of CPU per request
 				if err != nil {
 					t.Fatalf("%s c=%d: %v", tg.name, c, err)
 				}
@@ -96,7 +102,7 @@ func TestBusEfficiency(t *testing.T) {
 					t.Fatalf("%s c=%d: no request answered in %v", tg.name, c, round)
 				}
 				k := fmt.Sprintf("%s c=%d", tg.name, c)
-				res[k] = append(res[k], result{ops, pct(lat, 50), pct(lat, 99)})
+				res[k] = append(res[k], result{ops, pct(lat, 50), pct(lat, 99), cpu})
 			}
 		}
 	}
@@ -110,13 +116,13 @@ func TestBusEfficiency(t *testing.T) {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "bus efficiency: %d rounds of %v each, alternating; medians\n", rounds, round)
-	fmt.Fprintf(&b, "%-18s %12s %10s %10s\n", "target", "ops/s", "p50 µs", "p99 µs")
+	fmt.Fprintf(&b, "%-18s %12s %10s %10s %14s\n", "target", "ops/s", "p50 µs", "p99 µs", "CPU µs/req")
 	for _, c := range conc {
 		for _, tg := range targets {
 			rs := res[fmt.Sprintf("%s c=%d", tg.name, c)]
-			fmt.Fprintf(&b, "%-18s %12.0f %10.1f %10.1f\n", fmt.Sprintf("%s c=%d", tg.name, c),
+			fmt.Fprintf(&b, "%-18s %12.0f %10.1f %10.1f %14.1f\n", fmt.Sprintf("%s c=%d", tg.name, c),
 				median(rs, func(r result) float64 { return r.ops }), median(rs, func(r result) float64 { return r.p50 }),
-				median(rs, func(r result) float64 { return r.p99 }))
+				median(rs, func(r result) float64 { return r.p99 }), median(rs, func(r result) float64 { return r.cpu }))
 		}
 	}
 	// Ratios per round (the two targets of a round ran back to back), then
@@ -130,9 +136,18 @@ func TestBusEfficiency(t *testing.T) {
 		slices.Sort(v)
 		return v[len(v)/2]
 	}
+	if len(targets) == 1 {
+		t.Log("\n" + b.String())
+		return
+	}
 	fmt.Fprintf(&b, "throughput worker/bare at c=16: %.2fx (target >= 0.9x)\n", ratio(16, func(r result) float64 { return r.ops }))
 	fmt.Fprintf(&b, "p99 worker/bare at c=1: %.2fx (target <= 1.2x)\n", ratio(1, func(r result) float64 { return r.p99 }))
 	fmt.Fprintf(&b, "p50 worker/bare at c=1: %.2fx\n", ratio(1, func(r result) float64 { return r.p50 }))
+	fmt.Fprintf(&b, "CPU per request (server, client and responder in this process) worker/bare at c=16: %.2fx\n",
+		ratio(16, func(r result) float64 { return r.cpu }))
+	if l, err := os.ReadFile("/proc/loadavg"); err == nil {
+		fmt.Fprintf(&b, "load average: %s\n", strings.Join(strings.Fields(string(l))[:3], " "))
+	}
 	t.Log("\n" + b.String())
 }
 
@@ -179,6 +194,15 @@ func requestLoad(conns []*nats.Conn, subject string, body []byte, d time.Duratio
 		return 0, nil, err
 	}
 	return float64(len(all)) / el.Seconds(), all, nil
+}
+
+// processCPU is the CPU time (user + system) this process used, in ns.
+func processCPU() int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
 }
 
 // pct returns the p-th percentile of lat in µs (lat is sorted in place).

@@ -247,9 +247,11 @@ func (o *outbox) syncTo(target uint64) {
 // sync fsyncs everything pushed so far.
 func (o *outbox) sync() {
 	o.mu.Lock()
-	target := o.appended
+	target, done := o.appended, o.file == nil || o.synced >= o.appended
 	o.mu.Unlock()
-	o.syncTo(target)
+	if !done { // else every reply would take syncMu, one after the other
+		o.syncTo(target)
+	}
 }
 
 // peek returns up to n of the oldest items without removing them.

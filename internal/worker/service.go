@@ -217,7 +217,8 @@ type busRequest struct {
 	op        messages.Op
 	requestID string
 	instance  string
-	log       zerolog.Logger
+	opTok     string
+	log       *zerolog.Logger // see logger()
 }
 
 func (w *Worker) serve(m *manager.Manager, req micro.Request, received time.Time) {
@@ -227,18 +228,30 @@ func (w *Worker) serve(m *manager.Manager, req micro.Request, received time.Time
 		c.requestID = messages.NewRequestID()
 	}
 	subj := req.Subject()
-	opTok := subj[strings.LastIndexByte(subj, '.')+1:]
-	c.log = w.log.With().Str("request_id", c.requestID).Str("driver", m.Driver()).Str("op", opTok).Logger()
+	c.opTok = subj[strings.LastIndexByte(subj, '.')+1:]
 
-	code, err := c.run(opTok)
-	ev := c.log.Info()
+	code, err := c.run(c.opTok)
+	// The request's line, with the fields of logger() written directly
+	// (no per-request logger on the hot path).
+	ev := w.log.Info()
 	if err != nil {
-		ev = c.log.Warn().Str("code", code.String()).Str("error", err.Error())
+		ev = w.log.Warn().Str("code", code.String()).Str("error", err.Error())
 	}
+	ev = ev.Str("request_id", c.requestID).Str("driver", m.Driver()).Str("op", c.opTok)
 	if c.instance != "" {
 		ev = ev.Str("instance", c.instance)
 	}
 	ev.Dur("duration", time.Since(received)).Msg("request")
+}
+
+// logger returns the worker's logger with this request's id, driver and
+// op, built on first use.
+func (c *busRequest) logger() *zerolog.Logger {
+	if c.log == nil {
+		l := c.w.log.With().Str("request_id", c.requestID).Str("driver", c.m.Driver()).Str("op", c.opTok).Logger()
+		c.log = &l
+	}
+	return c.log
 }
 
 // run serves the request and returns the error it answered with, if any.
@@ -318,7 +331,7 @@ func (c *busRequest) idempotent(ctx context.Context, key string, body any) (driv
 			return drivers.InvalidArgument, err
 		}
 		if found {
-			c.log.Debug().Str("idempotency_key", key).Msg("replaying the reply of the first request")
+			c.logger().Debug().Str("idempotency_key", key).Msg("replaying the reply of the first request")
 			return replayCode(cached), c.respondCached(cached)
 		}
 		result, err := c.dispatch(ctx, body)
@@ -365,7 +378,7 @@ func (c *busRequest) respondBytes(data []byte) error {
 		return err
 	}
 	if err := c.w.send(c.req, c.requestID, data, "", ""); err != nil {
-		c.log.Warn().Err(err).Msg("sending the reply failed")
+		c.logger().Warn().Err(err).Msg("sending the reply failed")
 		return err
 	}
 	return nil

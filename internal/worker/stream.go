@@ -174,7 +174,7 @@ func (c *busRequest) stream(ctx context.Context, body any) (drivers.Code, error)
 	s.mu.Unlock()
 	if gone != nil {
 		// The client is gone (or stopped acknowledging): nobody to tell.
-		c.log.Info().Str("reason", gone.Error()).Msg("stream ended by the client; operation cancelled")
+		c.logger().Info().Str("reason", gone.Error()).Msg("stream ended by the client; operation cancelled")
 		return 0, nil
 	}
 	final.Final = true
