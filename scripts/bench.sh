@@ -12,6 +12,9 @@
 #   SKIP_CLI=1 bash scripts/bench.sh                       # only the Go benchmarks
 #   SKIP_GO=1 bash scripts/bench.sh                        # only the soak and the CLI comparison
 #   SKIP_SOAK=1 bash scripts/bench.sh                      # no soak benchmark
+#   SKIP_FLEET=1 bash scripts/bench.sh                     # no fan-out / bus-efficiency benchmark
+#   FANOUT=300 bash scripts/bench.sh                       # workers of the fan-out benchmark (default 1000)
+#   BUSBENCH_ROUNDS=9 BUSBENCH_ROUND=2s …                  # rounds of the bus-efficiency benchmark
 #   SOAK_DURATION=2m bash scripts/bench.sh                 # soak length (default 60s, ~1.5x that in all)
 #   BENCH_OUT=/tmp/bench.txt bash scripts/bench.sh         # also write the output there
 set -euo pipefail
@@ -90,6 +93,28 @@ for p in "${pkgs[@]}"; do
 	fi
 	rm -f "$out"
 done
+
+# ---- fleet scale and bus efficiency (issue 11) ----
+
+if [[ -z ${SKIP_FLEET:-} ]]; then
+	hr "bus efficiency (internal/worker TestBusEfficiency): worker get vs a bare micro responder, same server, alternating rounds"
+	out=$(mktemp)
+	if SUBBUS_BUSBENCH=1 $GO test -count=1 -run '^TestBusEfficiency$' -v -timeout "$BENCH_TIMEOUT" ./internal/worker >"$out" 2>&1; then
+		sed -n '/bus efficiency:/,/^load average/p' "$out" | sed 's/^ *//'
+	else
+		echo "FAILED:"; tail -n 30 "$out"; status=1
+	fi
+	rm -f "$out"
+
+	hr "fan-out (internal/cli TestFanout): ${FANOUT:-1000} workers in-process on one nats-server"
+	out=$(mktemp)
+	if SUBBUS_FANOUT=${FANOUT:-1000} $GO test -count=1 -run '^TestFanout$' -v -timeout "$BENCH_TIMEOUT" ./internal/cli >"$out" 2>&1; then
+		sed -n '/fan-out:/,/^per worker/p' "$out" | sed 's/^ *//'
+	else
+		echo "FAILED:"; tail -n 30 "$out"; status=1
+	fi
+	rm -f "$out"
+fi
 
 # ---- soak: mixed load with crashes injected ----
 
