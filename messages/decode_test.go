@@ -256,7 +256,7 @@ func TestPlainNameBody(t *testing.T) {
 		case gotErr == nil && got.(*NameRequest).Name != want.Name:
 			t.Errorf("%s: name %q, the decoder's %q", body, got.(*NameRequest).Name, want.Name)
 		}
-		_, fast := plainNameBody([]byte(strings.TrimSpace(body)))
+		_, fast := PlainName([]byte(strings.TrimSpace(body)))
 		if fast && wantErr != nil {
 			t.Errorf("%s: fast path taken for a body the decoder refuses", body)
 		}

@@ -501,7 +501,7 @@ func TestFanout(t *testing.T) {
 	row(fmt.Sprintf("subbus list --inventory (%d records)", n*perHost), tInv)
 	row(fmt.Sprintf("bare scatter-gather (1 publish, %d responders)", n), tBare)
 	row("  part of --all-hosts: heartbeats (SUBSTRATE_WORKERS)", tHB)
-	row("  part of --all-hosts: discovery ($SRV.INFO, hosts expected)", tDisc)
+	row("  part of --all-hosts: discovery ($SRV.PING, hosts expected)", tDisc)
 	row(fmt.Sprintf("  part of --all-hosts: %d list requests", n), tReqs)
 	fmt.Fprintf(&b, "owner resolution: get p50 %s with --host, %s without (+%.0f µs), %d gets each\n",
 		fmt.Sprintf("%.0f µs", float64(med(withHost))/1e3), fmt.Sprintf("%.0f µs", float64(med(resolved))/1e3),

@@ -59,6 +59,22 @@ func (m *Manager) Get(ctx context.Context, name string) (drivers.Instance, error
 	return i, nil
 }
 
+// Cached returns name's instance when the cache holds it, exactly as Get
+// would return it (counted as a cache hit), and never calls the driver: ok
+// is false when the cache does not hold it (or the name is invalid: Get
+// reports that). The worker answers such a get without a goroutine of its
+// own.
+func (m *Manager) Cached(name string) (drivers.Instance, bool) {
+	if drivers.ValidateName("name", name) != nil {
+		return drivers.Instance{}, false
+	}
+	i, ok := m.cache.get(name)
+	if ok {
+		m.stats.hit("get")
+	}
+	return i, ok
+}
+
 // Create creates an instance from a template (create_from_template); emits
 // created. It is never retried: a create that timed out may have happened.
 func (m *Manager) Create(ctx context.Context, t drivers.InstanceTemplate) (drivers.Instance, error) {

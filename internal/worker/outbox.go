@@ -245,6 +245,14 @@ func (o *outbox) syncTo(target uint64) {
 }
 
 // sync fsyncs everything pushed so far.
+// idle reports whether no pushed event waits for its fsync (sync would
+// return at once).
+func (o *outbox) idle() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.file == nil || o.synced >= o.appended
+}
+
 func (o *outbox) sync() {
 	o.mu.Lock()
 	target, done := o.appended, o.file == nil || o.synced >= o.appended

@@ -180,6 +180,10 @@ func (w *Worker) handler(m *manager.Manager) micro.Handler {
 			w.respondError(req, "", drivers.Errorf(drivers.Unavailable, "worker %s is shutting down", w.host))
 			return
 		}
+		if w.serveCached(m, req, received) {
+			w.inflight.done()
+			return
+		}
 		release := func() { <-w.sem }
 		if isStream(req) {
 			client := clientOf(req.Reply())
@@ -207,6 +211,56 @@ func (w *Worker) handler(m *manager.Manager) micro.Handler {
 			w.serve(m, req, received)
 		}()
 	})
+}
+
+// serveCached answers, on micro's goroutine, a get whose instance the
+// manager's cache holds and reports whether it did; anything else (another
+// op, a body other than {"name":"…"}, a cache miss, a deadline that
+// passed, an event waiting for its fsync) is left to the goroutine of the
+// normal path, which may block on the driver. Such a get takes no unary
+// slot and answers exactly what the normal path would (the manager's Get
+// returns the cached instance too): it saves the hand-off to a goroutine,
+// which at 16 concurrent clients was the largest cost left in the worker
+// (docs/benchmarks.md).
+func (w *Worker) serveCached(m *manager.Manager, req micro.Request, received time.Time) (served bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			w.log.Error().Interface("panic", p).Str("subject", req.Subject()).Msg("request handler panicked")
+			w.respondError(req, "", drivers.Errorf(drivers.Internal, "worker panic: %v", p))
+			served = true
+		}
+	}()
+	subj := req.Subject()
+	if !strings.HasSuffix(subj, "."+string(messages.OpGet)) {
+		return false
+	}
+	name, ok := messages.PlainName(req.Data())
+	if !ok {
+		return false
+	}
+	hdr := req.Headers()
+	if deadline, has, err := messages.ParseDeadline(hdr.Get(messages.HeaderDeadline)); err != nil || has && !deadline.After(time.Now()) {
+		return false
+	}
+	if !w.events.idle() {
+		return false
+	}
+	inst, ok := m.Cached(name)
+	if !ok {
+		return false
+	}
+	id := hdr.Get(messages.HeaderRequestID)
+	if !messages.ValidRequestID(id) {
+		id = messages.NewRequestID()
+	}
+	data := messages.ResultReply(id, w.host, messages.InstanceFrom(inst, m.Driver(), w.host))
+	ev := w.log.Info()
+	if err := w.send(req, id, data, "", ""); err != nil {
+		ev = w.log.Warn().Str("error", "sending the reply failed: "+err.Error())
+	}
+	ev.Str("request_id", id).Str("driver", m.Driver()).Str("op", string(messages.OpGet)).Str("instance", name).
+		Dur("duration", time.Since(received)).Msg("request")
+	return true
 }
 
 // busRequest is one bus request being served.
