@@ -65,6 +65,9 @@ func TestBusEfficiency(t *testing.T) {
 		micro.WithEndpointSubject("barebench.get")); err != nil {
 		t.Fatal(err)
 	}
+	if err := bnc.Flush(); err != nil { // the endpoint is subscribed before the first request
+		t.Fatal(err)
+	}
 
 	type target struct {
 		name, subject string
