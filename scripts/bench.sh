@@ -100,7 +100,7 @@ if [[ -z ${SKIP_FLEET:-} ]]; then
 	hr "bus efficiency (internal/worker TestBusEfficiency): worker get vs a bare micro responder, same server, alternating rounds"
 	out=$(mktemp)
 	if SUBBUS_BUSBENCH=1 $GO test -count=1 -run '^TestBusEfficiency$' -v -timeout "$BENCH_TIMEOUT" ./internal/worker >"$out" 2>&1; then
-		sed -n '/bus efficiency:/,/^load average/p' "$out" | sed 's/^ *//'
+		sed -n '/bus efficiency:/,/^ *load average/p' "$out" | sed 's/^ *//'
 	else
 		echo "FAILED:"; tail -n 30 "$out"; status=1
 	fi
@@ -109,7 +109,7 @@ if [[ -z ${SKIP_FLEET:-} ]]; then
 	hr "fan-out (internal/cli TestFanout): ${FANOUT:-1000} workers in-process on one nats-server"
 	out=$(mktemp)
 	if SUBBUS_FANOUT=${FANOUT:-1000} $GO test -count=1 -run '^TestFanout$' -v -timeout "$BENCH_TIMEOUT" ./internal/cli >"$out" 2>&1; then
-		sed -n '/fan-out:/,/^per worker/p' "$out" | sed 's/^ *//'
+		sed -n '/fan-out:/,/^ *per worker/p' "$out" | sed 's/^ *//'
 	else
 		echo "FAILED:"; tail -n 30 "$out"; status=1
 	fi
