@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -44,10 +45,15 @@ type fleetState struct {
 	dirty map[string]chan string
 	mu    sync.Mutex
 	count map[string]int // instances per driver at the last resync
+	// writes serializes record writes; touched holds when a request last
+	// wrote each key, so that a resync whose list predates that write
+	// neither resurrects a deleted record nor deletes a created one.
+	writes  sync.Mutex
+	touched map[string]time.Time
 }
 
 func newFleetState(drvs []string) *fleetState {
-	f := &fleetState{started: time.Now().UTC(), dirty: map[string]chan string{}, count: map[string]int{}}
+	f := &fleetState{started: time.Now().UTC(), dirty: map[string]chan string{}, count: map[string]int{}, touched: map[string]time.Time{}}
 	for _, d := range drvs {
 		f.dirty[d] = make(chan string, 1024)
 	}
@@ -245,17 +251,19 @@ func (w *Worker) resync(ctx context.Context, m *manager.Manager) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, max(w.opts.InventoryResync, 30*time.Second))
 	defer cancel()
+	listed := time.Now()
 	list, err := m.List(ctx)
 	if err != nil {
 		w.log.Debug().Str("driver", m.Driver()).Err(err).Msg("inventory resync: list failed; records kept")
 		return
 	}
+	defer w.fleet.forget(m.Driver()+"."+w.host+".", listed)
 	now := time.Now()
 	live := make(map[string]bool, len(list))
 	for _, inst := range list {
 		key := messages.InventoryKey(m.Driver(), w.host, inst.Name)
 		live[key] = true
-		w.putRecord(ctx, b, m.Driver(), inst, now)
+		w.putRecord(ctx, b, m.Driver(), inst, now, listed)
 	}
 	w.fleet.mu.Lock()
 	w.fleet.count[m.Driver()] = len(list)
@@ -283,9 +291,11 @@ func (w *Worker) resync(ctx context.Context, m *manager.Manager) {
 		return
 	}
 	for _, k := range gone {
-		if err := b.inv.Delete(ctx, k); err != nil {
-			w.log.Debug().Str("key", k).Err(err).Msg("inventory: deleting a record failed")
-		}
+		w.fleet.write(k, listed, func() {
+			if err := b.inv.Delete(ctx, k); err != nil {
+				w.log.Debug().Str("key", k).Err(err).Msg("inventory: deleting a record failed")
+			}
+		})
 	}
 }
 
@@ -298,7 +308,7 @@ func (w *Worker) refreshRecord(ctx context.Context, m *manager.Manager, name str
 	inst, err := m.Get(ctx, name)
 	switch {
 	case err == nil:
-		w.putRecord(ctx, b, m.Driver(), inst, time.Now())
+		w.putRecord(ctx, b, m.Driver(), inst, time.Now(), time.Time{})
 	case drivers.CodeOf(err) == drivers.NotFound:
 		w.deleteRecord(ctx, b, m.Driver(), name)
 	default:
@@ -309,7 +319,11 @@ func (w *Worker) refreshRecord(ctx context.Context, m *manager.Manager, name str
 // putRecord and deleteRecord give each KV write at most kvWriteTimeout: a
 // write sent while the bucket's stream has no leader (a NATS node just
 // died) gets no answer at all, and must not hold up the records after it.
-func (w *Worker) putRecord(ctx context.Context, b *fleetKV, driver string, inst drivers.Instance, now time.Time) {
+//
+// A resync passes the time its list was taken as listed, and its write is
+// skipped when a request wrote the key since; every other write passes
+// the zero time and marks the key.
+func (w *Worker) putRecord(ctx context.Context, b *fleetKV, driver string, inst drivers.Instance, now, listed time.Time) {
 	rec := messages.NewInventoryRecord(driver, w.host, inst, now)
 	data, err := json.Marshal(rec)
 	if err != nil {
@@ -317,16 +331,46 @@ func (w *Worker) putRecord(ctx context.Context, b *fleetKV, driver string, inst 
 	}
 	ctx, cancel := context.WithTimeout(ctx, kvWriteTimeout)
 	defer cancel()
-	if _, err := b.inv.Put(ctx, messages.InventoryKey(driver, w.host, inst.Name), data); err != nil {
-		w.log.Debug().Str("driver", driver).Str("instance", inst.Name).Err(err).Msg("inventory: put failed")
-	}
+	w.fleet.write(messages.InventoryKey(driver, w.host, inst.Name), listed, func() {
+		if _, err := b.inv.Put(ctx, messages.InventoryKey(driver, w.host, inst.Name), data); err != nil {
+			w.log.Debug().Str("driver", driver).Str("instance", inst.Name).Err(err).Msg("inventory: put failed")
+		}
+	})
 }
 
 func (w *Worker) deleteRecord(ctx context.Context, b *fleetKV, driver, name string) {
 	ctx, cancel := context.WithTimeout(ctx, kvWriteTimeout)
 	defer cancel()
-	if err := b.inv.Delete(ctx, messages.InventoryKey(driver, w.host, name)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		w.log.Debug().Str("driver", driver).Str("instance", name).Err(err).Msg("inventory: delete failed")
+	w.fleet.write(messages.InventoryKey(driver, w.host, name), time.Time{}, func() {
+		if err := b.inv.Delete(ctx, messages.InventoryKey(driver, w.host, name)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			w.log.Debug().Str("driver", driver).Str("instance", name).Err(err).Msg("inventory: delete failed")
+		}
+	})
+}
+
+// write runs the write of key's record. With a zero listed it marks key
+// as written now; otherwise (a resync) it skips the write when key was
+// written after listed.
+func (f *fleetState) write(key string, listed time.Time, do func()) {
+	f.writes.Lock()
+	defer f.writes.Unlock()
+	if listed.IsZero() {
+		f.touched[key] = time.Now()
+	} else if t, ok := f.touched[key]; ok && t.After(listed) {
+		return
+	}
+	do()
+}
+
+// forget drops the marks under prefix older than before: a resync that
+// listed after them has seen their effect.
+func (f *fleetState) forget(prefix string, before time.Time) {
+	f.writes.Lock()
+	defer f.writes.Unlock()
+	for k, t := range f.touched {
+		if strings.HasPrefix(k, prefix) && t.Before(before) {
+			delete(f.touched, k)
+		}
 	}
 }
 
@@ -350,7 +394,7 @@ func (w *Worker) recordAfter(ctx context.Context, m *manager.Manager, op message
 	case op == messages.OpDelete:
 		w.deleteRecord(ctx, b, m.Driver(), instance)
 	case inst != nil && inst.Name != "":
-		w.putRecord(ctx, b, m.Driver(), *inst, time.Now())
+		w.putRecord(ctx, b, m.Driver(), *inst, time.Now(), time.Time{})
 		if op == messages.OpClone && instance != "" && instance != inst.Name {
 			w.refreshRecord(ctx, m, instance)
 		}

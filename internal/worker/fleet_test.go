@@ -137,3 +137,25 @@ func TestLiveness(t *testing.T) {
 		}
 	}
 }
+
+// TestResyncYieldsToNewerWrites: a resync whose list was taken before a
+// request wrote a record (a delete or a create racing with it) leaves that
+// record alone; once a later resync has listed, its writes go through.
+func TestResyncYieldsToNewerWrites(t *testing.T) {
+	f := newFleetState([]string{"process"})
+	const key = "process.h1.web"
+	listed := time.Now()
+	var wrote []string
+	f.write(key, time.Time{}, func() { wrote = append(wrote, "request delete") })
+	f.write(key, listed, func() { wrote = append(wrote, "stale resync put") })
+	f.write("process.h1.other", listed, func() { wrote = append(wrote, "resync put of another") })
+	f.forget("process.h1.", listed) // the mark is newer than this list: kept
+	f.write(key, listed, func() { wrote = append(wrote, "stale resync put again") })
+	later := time.Now().Add(time.Millisecond)
+	f.forget("process.h1.", later)
+	f.write(key, later, func() { wrote = append(wrote, "fresh resync put") })
+	want := []string{"request delete", "resync put of another", "fresh resync put"}
+	if fmt.Sprint(wrote) != fmt.Sprint(want) {
+		t.Fatalf("writes %q, want %q", wrote, want)
+	}
+}
