@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
@@ -32,6 +33,7 @@ import (
 type fleetKV struct {
 	inv, workers jetstream.KeyValue
 	leases       jetstream.KeyValue // nil when no served driver is cluster-wide
+	ops          jetstream.KeyValue // long operations (ops.go)
 }
 
 // fleetState is the worker's inventory and liveness bookkeeping.
@@ -62,30 +64,44 @@ func (f *fleetState) get() *fleetKV {
 // bucketConfigs are the fleet's KV buckets: one value per key (history 1),
 // replicated like the streams. Heartbeats of a host that is gone for a day
 // expire (TTL); inventory records never expire, they are removed by their
-// owner.
+// owner; operation records expire OperationsTTL after their last change.
 func (w *Worker) bucketConfigs() []jetstream.KeyValueConfig {
+	return BucketConfigs(w.opts, w.clusterWide())
+}
+
+// BucketConfigs are the fleet's KV buckets for o; clusterWide adds
+// SUBSTRATE_LEASES (needed when a served driver is cluster-wide).
+func BucketConfigs(o Options, clusterWide bool) []jetstream.KeyValueConfig {
+	o = o.withDefaults()
 	cfgs := []jetstream.KeyValueConfig{{
 		Bucket:      messages.InventoryBucket,
 		Description: "subbus fleet inventory: <driver>.<host>.<instance> -> record, written by the owning worker",
 		History:     1,
 		Storage:     jetstream.FileStorage,
-		Replicas:    w.opts.Replicas,
+		Replicas:    o.Replicas,
 	}, {
 		Bucket:      messages.WorkersBucket,
 		Description: "subbus worker heartbeats: <host> -> heartbeat",
 		History:     1,
 		TTL:         24 * time.Hour,
 		Storage:     jetstream.FileStorage,
-		Replicas:    w.opts.Replicas,
+		Replicas:    o.Replicas,
+	}, {
+		Bucket:      messages.OpsBucket,
+		Description: "subbus long operations: <driver>.<host>.<op-id> -> operation, written by the worker running it",
+		History:     1,
+		TTL:         o.OperationsTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.Replicas,
 	}}
-	if w.clusterWide() {
+	if clusterWide {
 		cfgs = append(cfgs, jetstream.KeyValueConfig{
 			Bucket:      messages.LeasesBucket,
 			Description: "subbus leases on instances of cluster-wide drivers: <driver>.<instance> -> holder",
 			History:     1,
-			TTL:         w.opts.LeaseTTL,
+			TTL:         o.LeaseTTL,
 			Storage:     jetstream.FileStorage,
-			Replicas:    w.opts.Replicas,
+			Replicas:    o.Replicas,
 		})
 	}
 	return cfgs
@@ -101,10 +117,29 @@ func (w *Worker) clusterWide() bool {
 	return false
 }
 
+// EnsureBuckets creates the fleet's KV buckets that are missing, leases
+// included (worker --create-streams, for an administrator when workers run
+// with worker.manage_streams: false).
+func EnsureBuckets(ctx context.Context, js jetstream.JetStream, o Options, log zerolog.Logger) error {
+	for _, cfg := range BucketConfigs(o, true) {
+		_, err := js.KeyValue(ctx, cfg.Bucket)
+		switch {
+		case errors.Is(err, jetstream.ErrBucketNotFound):
+			if _, err := js.CreateKeyValue(ctx, cfg); err != nil && !errors.Is(err, jetstream.ErrBucketExists) {
+				return fmt.Errorf("creating KV bucket %s: %w", cfg.Bucket, err)
+			}
+			log.Info().Str("bucket", cfg.Bucket).Msg("KV bucket created")
+		case err != nil:
+			return fmt.Errorf("KV bucket %s: %w", cfg.Bucket, err)
+		}
+	}
+	return nil
+}
+
 // ensureBuckets creates the fleet's buckets when absent (ManageStreams) or
 // checks that they exist, then makes them available to the worker.
 func (w *Worker) ensureBuckets(ctx context.Context) error {
-	var kvs []jetstream.KeyValue
+	kvs := map[string]jetstream.KeyValue{}
 	for _, cfg := range w.bucketConfigs() {
 		kv, err := w.js.KeyValue(ctx, cfg.Bucket)
 		switch {
@@ -123,14 +158,11 @@ func (w *Worker) ensureBuckets(ctx context.Context) error {
 		case err != nil:
 			return fmt.Errorf("KV bucket %s: %w", cfg.Bucket, err)
 		}
-		kvs = append(kvs, kv)
+		kvs[cfg.Bucket] = kv
 	}
 	w.fleet.kv.Lock()
-	b := &fleetKV{inv: kvs[0], workers: kvs[1]}
-	if len(kvs) > 2 {
-		b.leases = kvs[2]
-	}
-	w.fleet.buckets = b
+	w.fleet.buckets = &fleetKV{inv: kvs[messages.InventoryBucket], workers: kvs[messages.WorkersBucket],
+		leases: kvs[messages.LeasesBucket], ops: kvs[messages.OpsBucket]}
 	w.fleet.kv.Unlock()
 	return nil
 }
@@ -157,6 +189,13 @@ func (w *Worker) runFleet(ctx context.Context) {
 		delay = min(delay*2, 30*time.Second)
 	}
 	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		w.markLost(lctx)
+	}()
 	for _, m := range w.managers {
 		if m.ClusterWide() {
 			continue // several workers see its instances: no owner

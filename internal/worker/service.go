@@ -207,6 +207,7 @@ type busRequest struct {
 	op        messages.Op
 	requestID string
 	instance  string
+	noWait    bool // a long op asked to run in the background (ops.go)
 	log       zerolog.Logger
 }
 
@@ -258,6 +259,13 @@ func (c *busRequest) run(opTok string) (drivers.Code, error) {
 	c.instance = messages.InstanceName(body)
 	if err := op.Supported(c.m.Driver(), c.m.Capabilities()); err != nil {
 		return fail(err)
+	}
+	if c.req.Headers().Get(messages.HeaderNoWait) != "" {
+		if !op.Long() {
+			return fail(drivers.Errorf(drivers.InvalidArgument, "header %s: %s does not run long; only %s accept it",
+				messages.HeaderNoWait, op, longOpsList))
+		}
+		c.noWait = true
 	}
 
 	ctx, cancel := context.WithCancel(w.opCtx)
