@@ -44,6 +44,23 @@ type runningOp struct {
 	mu     sync.Mutex
 	rec    messages.Operation
 	cancel context.CancelFunc
+	// wmu orders the writes of the record: each writes the latest
+	// version, and a version is never written after a newer one.
+	wmu     sync.Mutex
+	written int // the Seq last written
+}
+
+// write publishes and stores the operation's latest version, unless a
+// newer or the same one was written already.
+func (w *Worker) writeOp(o *runningOp) {
+	o.wmu.Lock()
+	defer o.wmu.Unlock()
+	rec := o.snapshot()
+	if rec.Seq <= o.written {
+		return
+	}
+	w.publishOp(rec)
+	o.written = rec.Seq
 }
 
 func newOpTracker(max int) *opTracker {
@@ -94,7 +111,7 @@ func (r *busRequest) startOp(body any) (any, error) {
 
 	// Written before the reply, so that the op can be looked up as soon
 	// as its id is known (bounded; a KV failure is logged, the op runs).
-	w.publishOp(rec, true)
+	w.writeOp(o)
 	bg := &busRequest{w: w, m: r.m, op: r.op, requestID: r.requestID, instance: r.instance,
 		log: r.log.With().Str("operation", rec.ID).Logger()}
 	go bg.runOp(withRequestID(ctx, r.requestID), o, body)
@@ -142,14 +159,14 @@ func (r *busRequest) runOp(ctx context.Context, o *runningOp, body any) {
 	rec.Seq++
 	rec.Updated = time.Now().UTC()
 	rec.Ended = rec.Updated
-	final := *rec
+	state := rec.State
 	o.mu.Unlock()
+	w.writeOp(o)
 	ev := r.log.Info()
 	if err != nil {
 		ev = r.log.Warn().Str("error", err.Error())
 	}
-	ev.Str("state", string(final.State)).Dur("duration", took).Msg("operation ended")
-	w.publishOp(final, true)
+	ev.Str("state", string(state)).Dur("duration", took).Msg("operation ended")
 }
 
 // cancelOp asks the running operation id of driver to stop. An operation
@@ -173,8 +190,8 @@ func (w *Worker) cancelOp(ctx context.Context, driver, id, requestID string) (me
 		rec := o.rec
 		o.mu.Unlock()
 		if first && !rec.State.Final() {
-			w.publishOp(rec, false)
 			o.cancel()
+			w.writeOp(o)
 		}
 		return rec, nil
 	}
@@ -203,10 +220,10 @@ func (w *Worker) readOp(ctx context.Context, key string) (messages.Operation, er
 	return rec, nil
 }
 
-// publishOp writes rec to SUBSTRATE_OPS (when the bucket is ready; with
-// wait, bounded to 2 s, else in the background) and publishes it on its
-// subject. Failures are logged: the operation goes on.
-func (w *Worker) publishOp(rec messages.Operation, wait bool) {
+// publishOp publishes rec on its subject and writes it to SUBSTRATE_OPS
+// (when the bucket is ready; bounded to 2 s). Failures are logged: the
+// operation goes on.
+func (w *Worker) publishOp(rec messages.Operation) {
 	data, err := json.Marshal(rec)
 	if err != nil {
 		return
@@ -214,22 +231,15 @@ func (w *Worker) publishOp(rec messages.Operation, wait bool) {
 	if err := w.nc.Publish(messages.OpSubject(rec.Driver, rec.Host, rec.ID), data); err != nil {
 		w.log.Debug().Err(err).Str("operation", rec.ID).Msg("publishing an operation change failed")
 	}
-	put := func() {
-		b := w.fleet.get()
-		if b == nil || b.ops == nil {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if _, err := b.ops.Put(ctx, rec.Key(), data); err != nil {
-			w.log.Warn().Err(err).Str("operation", rec.ID).Msg("writing the operation record failed")
-		}
-	}
-	if wait {
-		put()
+	b := w.fleet.get()
+	if b == nil || b.ops == nil {
 		return
 	}
-	go put()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := b.ops.Put(ctx, rec.Key(), data); err != nil {
+		w.log.Warn().Err(err).Str("operation", rec.ID).Msg("writing the operation record failed")
+	}
 }
 
 // markLost marks this host's operation records that still say running as

@@ -276,7 +276,7 @@ func (f *fleet) createStreams(t *testing.T) {
 	if err := worker.EnsureStreams(tctx(t, 30*time.Second), js, worker.Options{}, true, zerolog.Nop()); err != nil {
 		t.Fatalf("admin creating the streams: %v", err)
 	}
-	for _, b := range []string{natsauth.InventoryBucket, natsauth.WorkersBucket, natsauth.LeasesBucket} {
+	for _, b := range []string{natsauth.InventoryBucket, natsauth.WorkersBucket, natsauth.LeasesBucket, natsauth.OpsBucket} {
 		if _, err := js.CreateKeyValue(tctx(t, 10*time.Second), jetstream.KeyValueConfig{Bucket: b}); err != nil {
 			t.Fatalf("admin creating bucket %s: %v", b, err)
 		}
