@@ -57,12 +57,12 @@ func (r CancelRequest) Instance() string { return "" }
 // Operation is one long operation: the no-wait reply, the value of its
 // OpsBucket key and the payload of its OpSubject messages.
 type Operation struct {
-	ID        string `json:"id"`
-	Driver    string `json:"driver"`
-	Host      string `json:"host"`
-	Op        Op     `json:"op"`
-	Instance  string `json:"instance,omitempty"`
-	RequestID string `json:"request_id"`
+	ID        string  `json:"id"`
+	Driver    string  `json:"driver"`
+	Host      string  `json:"host"`
+	Op        Op      `json:"op"`
+	Instance  string  `json:"instance,omitempty"`
+	RequestID string  `json:"request_id"`
 	State     OpState `json:"state"`
 	// Progress is the latest progress line ("stopping web (grace 5s)",
 	// then "stopped after 1.2s"); Seq counts the changes (1 at start).
