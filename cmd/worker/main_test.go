@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/subbus/subbus/internal/testenv"
+	"github.com/subbus/subbus/messages"
 )
 
 // binDir holds the binaries the tests build, once per run; it is
@@ -378,6 +379,12 @@ func TestCreateStreams(t *testing.T) {
 		}
 		if name == "SUBSTRATE_EVENTS" && st.CachedInfo().Config.MaxAge != 48*time.Hour {
 			t.Fatalf("events max age %v, want the configured 48h", st.CachedInfo().Config.MaxAge)
+		}
+	}
+	// and the fleet's KV buckets, long operations included
+	for _, name := range []string{messages.InventoryBucket, messages.WorkersBucket, messages.LeasesBucket, messages.OpsBucket} {
+		if _, err := js.KeyValue(context.Background(), name); err != nil {
+			t.Fatalf("bucket %s: %v", name, err)
 		}
 	}
 	cmd = exec.Command(bin, "--create-streams", "--log-format", "json", "--no-context")
