@@ -20,6 +20,7 @@ import (
 	"github.com/subbus/subbus/client"
 	"github.com/subbus/subbus/internal/cli"
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/drivers/process"
 	"github.com/subbus/subbus/internal/testenv"
 	"github.com/subbus/subbus/messages"
 )
@@ -52,8 +53,21 @@ func TestLongOperationLostWhenKilled(t *testing.T) {
 	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
 	url := s.ClientURL()
 	const host = "lo-kill"
+	stateDir := t.TempDir()
+	name := "lo-kill-web"
+	// Runs last, after the workers are gone: the process driver over the
+	// same state directory removes the instance whatever happened.
+	t.Cleanup(func() {
+		d := process.New(process.Options{StateDir: stateDir, Cgroups: "off"})
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := d.Connect(ctx); err == nil {
+			_, _ = d.Delete(ctx, name, drivers.DeleteOptions{Force: true})
+		}
+		_ = d.Close()
+	})
 	cfg := writeConfig(t, fmt.Sprintf("nats:\n  url: %s\n  nkey: %s\nworker:\n  liveness_interval: 200ms\n  outbox_dir: none\nprocess:\n  state_dir: %s\n  cgroups: \"off\"\n",
-		url, seedFile, t.TempDir()))
+		url, seedFile, stateDir))
 	start := func() (*exec.Cmd, chan error, *lockedBuffer) {
 		cmd := exec.Command(bin, "--config", cfg, "--host", host, "--drivers", "process", "--log-format", "json")
 		cmd.Env = isolatedEnv(t)
@@ -100,8 +114,6 @@ func TestLongOperationLostWhenKilled(t *testing.T) {
 		}
 	})
 	ready()
-	name := "lo-kill-web"
-	t.Cleanup(func() { run("process", "delete", name, "--force", "--host", host) })
 	if o, e, c := run("process", "create", name, "--host", host, "--", "/bin/sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.1; done"); c != 0 {
 		t.Fatalf("create: %d %s %s", c, o, e)
 	}
@@ -165,6 +177,9 @@ func TestLongOperationLostWhenKilled(t *testing.T) {
 	out, _, code = run("ops", "wait", o.ID)
 	if code != cli.ExitUnavailable || !strings.Contains(out, "lost") {
 		t.Fatalf("ops wait after the restart: %d\n%s", code, out)
+	}
+	if _, e, c := run("process", "delete", name, "--force"); c != 0 {
+		t.Errorf("delete: %d %s", c, e)
 	}
 	if !strings.Contains(logs2.String(), "operation lost by an earlier run of this worker marked failed") {
 		t.Errorf("the restarted worker did not log the lost operation:\n%s\n(first run:\n%s)", logs2.String(), logs.String())
