@@ -33,13 +33,15 @@ import (
 type fleetKV struct {
 	inv, workers jetstream.KeyValue
 	leases       jetstream.KeyValue // nil when no served driver is cluster-wide
-	ops          jetstream.KeyValue // long operations (ops.go)
 }
 
 // fleetState is the worker's inventory and liveness bookkeeping.
 type fleetState struct {
 	kv      sync.Mutex
 	buckets *fleetKV
+	// ops is SUBSTRATE_OPS (ops.go), set with the buckets or before them
+	// by the first long operation (opsReady).
+	ops     jetstream.KeyValue
 	started time.Time
 	// dirty receives names of instances an event was about, per driver.
 	dirty map[string]chan string
@@ -53,6 +55,13 @@ func newFleetState(drvs []string) *fleetState {
 		f.dirty[d] = make(chan string, 1024)
 	}
 	return f
+}
+
+// opsBucket returns SUBSTRATE_OPS once known (nil before).
+func (f *fleetState) opsBucket() jetstream.KeyValue {
+	f.kv.Lock()
+	defer f.kv.Unlock()
+	return f.ops
 }
 
 func (f *fleetState) get() *fleetKV {
@@ -162,7 +171,8 @@ func (w *Worker) ensureBuckets(ctx context.Context) error {
 	}
 	w.fleet.kv.Lock()
 	w.fleet.buckets = &fleetKV{inv: kvs[messages.InventoryBucket], workers: kvs[messages.WorkersBucket],
-		leases: kvs[messages.LeasesBucket], ops: kvs[messages.OpsBucket]}
+		leases: kvs[messages.LeasesBucket]}
+	w.fleet.ops = kvs[messages.OpsBucket]
 	w.fleet.kv.Unlock()
 	return nil
 }

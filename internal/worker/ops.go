@@ -91,6 +91,9 @@ func (r *busRequest) startOp(body any) (any, error) {
 		RequestID: r.requestID, State: messages.OpRunning, Seq: 1, Started: now, Updated: now,
 		Progress: messages.ProgressStart(r.op, body, r.m.Options().StopTimeout),
 	}
+	if err := w.opsReady(); err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(w.opCtx)
 	o := &runningOp{rec: rec, cancel: cancel}
 	t.mu.Lock()
@@ -203,13 +206,41 @@ func (w *Worker) cancelOp(ctx context.Context, driver, id, requestID string) (me
 	return messages.Operation{}, drivers.Errorf(drivers.NotFound, "no %s operation %q on host %s", driver, id, w.host)
 }
 
+// opsReady makes sure SUBSTRATE_OPS can be written before an operation
+// is accepted: an operation no one could follow is refused (unavailable).
+// Right after start the fleet's buckets may not be set up yet: it looks
+// the bucket up (creating it with worker.manage_streams), bounded to 5 s.
+func (w *Worker) opsReady() error {
+	if w.fleet.opsBucket() != nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(w.opCtx, 5*time.Second)
+	defer cancel()
+	kv, err := w.js.KeyValue(ctx, messages.OpsBucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) && w.opts.ManageStreams {
+		kv, err = w.js.CreateKeyValue(ctx, BucketConfigs(w.opts, false)[2])
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = w.js.KeyValue(ctx, messages.OpsBucket)
+		}
+	}
+	if err != nil {
+		return drivers.Wrap(drivers.Unavailable, err, "the operations bucket "+messages.OpsBucket+" is not ready; nothing was done")
+	}
+	w.fleet.kv.Lock()
+	if w.fleet.ops == nil {
+		w.fleet.ops = kv
+	}
+	w.fleet.kv.Unlock()
+	return nil
+}
+
 // readOp reads an operation record of the bucket.
 func (w *Worker) readOp(ctx context.Context, key string) (messages.Operation, error) {
-	b := w.fleet.get()
-	if b == nil || b.ops == nil {
+	kv := w.fleet.opsBucket()
+	if kv == nil {
 		return messages.Operation{}, jetstream.ErrKeyNotFound
 	}
-	e, err := b.ops.Get(ctx, key)
+	e, err := kv.Get(ctx, key)
 	if err != nil {
 		return messages.Operation{}, err
 	}
@@ -231,13 +262,13 @@ func (w *Worker) publishOp(rec messages.Operation) {
 	if err := w.nc.Publish(messages.OpSubject(rec.Driver, rec.Host, rec.ID), data); err != nil {
 		w.log.Debug().Err(err).Str("operation", rec.ID).Msg("publishing an operation change failed")
 	}
-	b := w.fleet.get()
-	if b == nil || b.ops == nil {
+	kv := w.fleet.opsBucket()
+	if kv == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if _, err := b.ops.Put(ctx, rec.Key(), data); err != nil {
+	if _, err := kv.Put(ctx, rec.Key(), data); err != nil {
 		w.log.Warn().Err(err).Str("operation", rec.ID).Msg("writing the operation record failed")
 	}
 }
@@ -249,11 +280,11 @@ func (w *Worker) publishOp(rec messages.Operation) {
 // operations this process runs are skipped, and a record is changed only
 // if it did not change since it was read.
 func (w *Worker) markLost(ctx context.Context) {
-	b := w.fleet.get()
-	if b == nil || b.ops == nil {
+	kv := w.fleet.opsBucket()
+	if kv == nil {
 		return
 	}
-	lister, err := b.ops.ListKeysFiltered(ctx, "*."+w.host+".*")
+	lister, err := kv.ListKeysFiltered(ctx, "*."+w.host+".*")
 	if err != nil {
 		w.log.Debug().Err(err).Msg("operations: listing this host's records failed")
 		return
@@ -264,7 +295,7 @@ func (w *Worker) markLost(ctx context.Context) {
 	}
 	_ = lister.Stop()
 	for _, k := range keys {
-		e, err := b.ops.Get(ctx, k)
+		e, err := kv.Get(ctx, k)
 		if err != nil {
 			continue
 		}
@@ -288,7 +319,7 @@ func (w *Worker) markLost(ctx context.Context) {
 		rec.Updated, rec.Ended = now, now
 		data, _ := json.Marshal(rec)
 		// Only if unchanged since read: never overwrite a newer record.
-		if _, err := b.ops.Update(ctx, k, data, e.Revision()); err != nil {
+		if _, err := kv.Update(ctx, k, data, e.Revision()); err != nil {
 			w.log.Debug().Err(err).Str("operation", rec.ID).Msg("operations: marking a lost operation failed")
 			continue
 		}
