@@ -82,7 +82,9 @@ func (w *Worker) bucketConfigs() []jetstream.KeyValueConfig {
 // SUBSTRATE_LEASES (needed when a served driver is cluster-wide).
 func BucketConfigs(o Options, clusterWide bool) []jetstream.KeyValueConfig {
 	o = o.withDefaults()
-	cfgs := []jetstream.KeyValueConfig{{
+	// SUBSTRATE_OPS first: the worker's inventory and heartbeat start
+	// right after the last bucket is there.
+	cfgs := []jetstream.KeyValueConfig{opsBucketConfig(o), {
 		Bucket:      messages.InventoryBucket,
 		Description: "subbus fleet inventory: <driver>.<host>.<instance> -> record, written by the owning worker",
 		History:     1,
@@ -93,13 +95,6 @@ func BucketConfigs(o Options, clusterWide bool) []jetstream.KeyValueConfig {
 		Description: "subbus worker heartbeats: <host> -> heartbeat",
 		History:     1,
 		TTL:         24 * time.Hour,
-		Storage:     jetstream.FileStorage,
-		Replicas:    o.Replicas,
-	}, {
-		Bucket:      messages.OpsBucket,
-		Description: "subbus long operations: <driver>.<host>.<op-id> -> operation, written by the worker running it",
-		History:     1,
-		TTL:         o.OperationsTTL,
 		Storage:     jetstream.FileStorage,
 		Replicas:    o.Replicas,
 	}}
@@ -114,6 +109,19 @@ func BucketConfigs(o Options, clusterWide bool) []jetstream.KeyValueConfig {
 		})
 	}
 	return cfgs
+}
+
+// opsBucketConfig is SUBSTRATE_OPS: records expire OperationsTTL after
+// their last change.
+func opsBucketConfig(o Options) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      messages.OpsBucket,
+		Description: "subbus long operations: <driver>.<host>.<op-id> -> operation, written by the worker running it",
+		History:     1,
+		TTL:         o.OperationsTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.Replicas,
+	}
 }
 
 // clusterWide reports whether a served driver is cluster-wide.

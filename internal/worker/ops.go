@@ -218,7 +218,7 @@ func (w *Worker) opsReady() error {
 	defer cancel()
 	kv, err := w.js.KeyValue(ctx, messages.OpsBucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) && w.opts.ManageStreams {
-		kv, err = w.js.CreateKeyValue(ctx, BucketConfigs(w.opts, false)[2])
+		kv, err = w.js.CreateKeyValue(ctx, opsBucketConfig(w.opts))
 		if errors.Is(err, jetstream.ErrBucketExists) {
 			kv, err = w.js.KeyValue(ctx, messages.OpsBucket)
 		}

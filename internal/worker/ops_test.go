@@ -298,11 +298,11 @@ func TestLostOperationsMarkedFailed(t *testing.T) {
 	nc := connect(t, s.ClientURL())
 	js, _ := jetstream.New(nc)
 	ctx := tctx(t, 30*time.Second)
-	kv, err := js.CreateKeyValue(ctx, BucketConfigs(Options{}, false)[2])
+	kv, err := js.CreateKeyValue(ctx, opsBucketConfig(Options{}.withDefaults()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	hbs, err := js.CreateKeyValue(ctx, BucketConfigs(Options{}, false)[1])
+	hbs, err := js.CreateKeyValue(ctx, BucketConfigs(Options{}, false)[2])
 	if err != nil {
 		t.Fatal(err)
 	}
