@@ -154,6 +154,12 @@ func (r *busRequest) runOp(ctx context.Context, o *runningOp, body any) {
 		rec.State = messages.OpCancelled
 		err = drivers.Errorf(drivers.Timeout, "cancelled by op-cancel after %s: %v", took.Round(time.Millisecond), err)
 		rec.Error = messages.InfoOf(err)
+	case w.opCtx.Err() != nil:
+		// Shutdown: the grace period ended before the operation did.
+		rec.State = messages.OpFailed
+		err = drivers.Errorf(drivers.Unavailable, "the worker of host %s shut down before the operation ended (grace period %s over): %v",
+			w.host, w.opts.GracePeriod, err)
+		rec.Error = messages.InfoOf(err)
 	default:
 		rec.State = messages.OpFailed
 		rec.Error = messages.InfoOf(err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -345,5 +346,41 @@ func TestLostOperationsMarkedFailed(t *testing.T) {
 	// Another host's record is not this worker's to mark.
 	if o, err := cl.Op(ctx, "lo2"); err != nil || o.State != messages.OpRunning {
 		t.Fatalf("h2's operation: %+v %v", o, err)
+	}
+}
+
+// TestLongOperationAtShutdown: a worker shutting down waits its grace
+// period for its operations like for requests, then cancels them; their
+// records say why (failed, unavailable) instead of staying running. The
+// stats count them meanwhile.
+func TestLongOperationAtShutdown(t *testing.T) {
+	w, nc := startProcessWorker(t, func(o *Options) { o.GracePeriod = 300 * time.Millisecond })
+	cl := client.New(nc, 30*time.Second)
+	name := uniqueName("lo-shut")
+	createRunning(t, cl, name, stubborn)
+	// Once the worker is gone no delete can reach the instance: kill its
+	// process group at the end.
+	var pid int
+	ns := getInstance(t, cl, name).NativeState
+	if i := strings.Index(ns, "pid "); i < 0 {
+		t.Fatalf("no pid in %q", ns)
+	} else if _, err := fmt.Sscanf(ns[i:], "pid %d", &pid); err != nil || pid <= 1 {
+		t.Fatalf("no pid in %q: %v", ns, err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(-pid, syscall.SIGKILL) })
+	o, err := cl.Begin(tctx(t, 10*time.Second), "process", "", messages.OpStop, messages.StopRequest{Name: name, Timeout: "10m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := w.stats(); st.Operations != 1 || st.MaxOperations != DefaultMaxOperations {
+		t.Fatalf("stats: %d of %d operations", st.Operations, st.MaxOperations)
+	}
+	if err := w.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	got, err := cl.Op(tctx(t, 10*time.Second), o.ID)
+	if err != nil || got.State != messages.OpFailed || got.Error == nil || got.Error.Code != drivers.Unavailable ||
+		!strings.Contains(got.Error.Message, "shut down") {
+		t.Fatalf("record after the shutdown: %+v %v", got, err)
 	}
 }

@@ -87,6 +87,10 @@ type Stats struct {
 	MaxStreamsPerClient int    `json:"max_streams_per_client"`
 	StreamClients       int    `json:"stream_clients"`
 	StreamsRejected     uint64 `json:"streams_rejected"`
+	// Operations are the long operations running in the background, of
+	// MaxOperations (worker.max_operations).
+	Operations    int `json:"operations"`
+	MaxOperations int `json:"max_operations"`
 	// CallersGone counts unary execs cancelled because their caller went away.
 	CallersGone    uint64 `json:"callers_gone"`
 	Replies        uint64 `json:"replies"`
@@ -120,6 +124,8 @@ func (w *Worker) stats() Stats {
 		MaxStreamsPerClient: w.streams.perClient,
 		StreamClients:       clients,
 		StreamsRejected:     w.streams.rejected.Load(),
+		Operations:          w.ops.count(),
+		MaxOperations:       w.ops.max,
 		CallersGone:         w.callersGone.Load(),
 		Replies:             w.replies.Load(),
 		ErrorReplies:        w.errorReplies.Load(),
