@@ -161,6 +161,13 @@ func (w *Worker) ensureBuckets(ctx context.Context) error {
 		kv, err := w.js.KeyValue(ctx, cfg.Bucket)
 		switch {
 		case errors.Is(err, jetstream.ErrBucketNotFound):
+			if !w.opts.ManageStreams && cfg.Bucket == messages.OpsBucket {
+				// A fleet set up before long operations existed keeps its
+				// inventory and heartbeats; no-wait requests are refused
+				// until an administrator creates the bucket.
+				w.log.Warn().Str("bucket", cfg.Bucket).Msg("KV bucket missing and worker.manage_streams is false: long operations (no-wait) are refused until an administrator creates it (worker --create-streams)")
+				continue
+			}
 			if !w.opts.ManageStreams {
 				return fmt.Errorf("KV bucket %s does not exist and worker.manage_streams is false: create it (docs/fleet.md)", cfg.Bucket)
 			}

@@ -384,3 +384,48 @@ func TestLongOperationAtShutdown(t *testing.T) {
 		t.Fatalf("record after the shutdown: %+v %v", got, err)
 	}
 }
+
+// TestNoOpsBucketWithoutManageStreams: a fleet set up before long
+// operations (manage_streams false, no SUBSTRATE_OPS) keeps its inventory
+// and heartbeats; a no-wait request is refused unavailable, nothing done,
+// and synchronous requests work.
+func TestNoOpsBucketWithoutManageStreams(t *testing.T) {
+	s := startNATS(t)
+	nc := connect(t, s.ClientURL())
+	js, _ := jetstream.New(nc)
+	ctx := tctx(t, 30*time.Second)
+	if err := EnsureStreams(ctx, js, Options{}, true, testLogger(t)); err != nil {
+		t.Fatal(err)
+	}
+	for _, cfg := range BucketConfigs(Options{}, false) {
+		if cfg.Bucket == messages.OpsBucket {
+			continue
+		}
+		if _, err := js.CreateKeyValue(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := newToy()
+	startWorker(t, s, []*manager.Manager{toyManager(d)}, func(o *Options) {
+		o.ManageStreams = false
+		o.LivenessInterval = 100 * time.Millisecond
+	})
+	cl := client.New(nc, 10*time.Second)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		hbs, err := cl.Heartbeats(ctx)
+		if err != nil || hbs["h1"].Liveness(time.Now()) != messages.LivenessUp {
+			return fmt.Errorf("no heartbeat: %v %v", hbs, err)
+		}
+		return nil
+	})
+	_, err := cl.Begin(ctx, "toy", "h1", messages.OpCreate, messages.CreateRequest{Template: messages.Template{Name: "a", BaseImage: "img"}})
+	if drivers.CodeOf(err) != drivers.Unavailable || !strings.Contains(err.Error(), messages.OpsBucket) {
+		t.Fatalf("no-wait without the bucket: %v", err)
+	}
+	if n := d.creates.Load(); n != 0 {
+		t.Fatalf("%d creates ran", n)
+	}
+	if err := cl.Do(ctx, "toy", "h1", messages.OpCreate, messages.CreateRequest{Template: messages.Template{Name: "a", BaseImage: "img"}}, nil); err != nil {
+		t.Fatalf("synchronous create: %v", err)
+	}
+}
