@@ -39,7 +39,7 @@ func run(args []string) int {
 	driverList := fs.String("drivers", "", "comma-separated drivers to serve (default worker.drivers, else process plus every detected substrate)")
 	promListen := fs.String("prometheus-listen", "", "serve Prometheus /metrics on host:port (default worker.prometheus_listen; empty: off)")
 	check := fs.Bool("check-config", false, "validate the configuration and exit")
-	createStreams := fs.Bool("create-streams", false, "create SUBSTRATE_EVENTS and SUBSTRATE_METRICS (as configured) and the fleet's KV buckets on the NATS server and exit; for an administrator when workers run with worker.manage_streams: false")
+	createStreams := fs.Bool("create-streams", false, "create the streams SUBSTRATE_EVENTS and SUBSTRATE_METRICS and the fleet's KV buckets SUBSTRATE_INVENTORY, SUBSTRATE_WORKERS, SUBSTRATE_LEASES and SUBSTRATE_OPS (as configured) on the NATS server and exit; for an administrator when workers run with worker.manage_streams: false")
 	level := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
 	logFormat := fs.String("log-format", "auto", "log format: json, console, or auto (console on a terminal)")
 	if err := fs.Parse(args); err != nil {
@@ -126,7 +126,8 @@ func run(args []string) int {
 	return 0
 }
 
-// runCreateStreams creates the streams on an external server and exits.
+// runCreateStreams creates the streams and the fleet's buckets on an
+// external server and exits.
 func runCreateStreams(conn natsconn.Options, opts worker.Options, log zerolog.Logger) int {
 	if opts.Connect == nil {
 		log.Error().Msg("--create-streams needs a NATS server (--server, NATS_URL, nats.url or a context)")
@@ -149,7 +150,7 @@ func runCreateStreams(conn natsconn.Options, opts worker.Options, log zerolog.Lo
 		log.Error().Err(err).Msg("creating the streams")
 		return 1
 	}
-	if err := worker.EnsureBuckets(ctx, js, opts, log); err != nil {
+	if _, err := worker.EnsureBuckets(ctx, js, opts, true, true, log); err != nil {
 		log.Error().Err(err).Msg("creating the KV buckets")
 		return 1
 	}

@@ -23,7 +23,6 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/subbus/subbus/internal/testenv"
-	"github.com/subbus/subbus/messages"
 )
 
 // binDir holds the binaries the tests build, once per run; it is
@@ -336,7 +335,8 @@ func TestLocalAuthAndRootRule(t *testing.T) {
 
 // TestCreateStreams: `worker --create-streams` (the administrator's step
 // for workers with manage_streams: false) connects with the nats section's
-// url, nkey and inbox_prefix, creates both streams and exits 0; without a
+// url, nkey and inbox_prefix, creates both streams and the fleet's three
+// KV buckets (the leases' TTL is worker.lease_ttl) and exits 0; without a
 // server to connect to it is a usage error.
 func TestCreateStreams(t *testing.T) {
 	bin := buildWorker(t)
@@ -360,7 +360,7 @@ func TestCreateStreams(t *testing.T) {
 	}
 	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
 
-	cfg := writeConfig(t, fmt.Sprintf("nats:\n  url: %s\n  nkey: %s\n  inbox_prefix: _INBOX_admin\nworker:\n  events_max_age: 48h\n", s.ClientURL(), seedFile))
+	cfg := writeConfig(t, fmt.Sprintf("nats:\n  url: %s\n  nkey: %s\n  inbox_prefix: _INBOX_admin\nworker:\n  events_max_age: 48h\n  lease_ttl: 45s\n", s.ClientURL(), seedFile))
 	cmd := exec.Command(bin, "--create-streams", "--config", cfg, "--log-format", "json")
 	cmd.Env = isolatedEnv(t)
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -381,10 +381,17 @@ func TestCreateStreams(t *testing.T) {
 			t.Fatalf("events max age %v, want the configured 48h", st.CachedInfo().Config.MaxAge)
 		}
 	}
-	// and the fleet's KV buckets, long operations included
-	for _, name := range []string{messages.InventoryBucket, messages.WorkersBucket, messages.LeasesBucket, messages.OpsBucket} {
-		if _, err := js.KeyValue(context.Background(), name); err != nil {
-			t.Fatalf("bucket %s: %v", name, err)
+	for _, tc := range []struct {
+		bucket string
+		ttl    time.Duration
+	}{{"SUBSTRATE_INVENTORY", 0}, {"SUBSTRATE_WORKERS", 24 * time.Hour}, {"SUBSTRATE_LEASES", 45 * time.Second}, {"SUBSTRATE_OPS", 24 * time.Hour}} {
+		kv, err := js.KeyValue(context.Background(), tc.bucket)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.bucket, err)
+		}
+		st, err := kv.Status(context.Background())
+		if err != nil || st.TTL() != tc.ttl || st.History() != 1 {
+			t.Fatalf("%s: status %+v, %v; want TTL %v, history 1", tc.bucket, st, err, tc.ttl)
 		}
 	}
 	cmd = exec.Command(bin, "--create-streams", "--log-format", "json", "--no-context")

@@ -429,6 +429,20 @@ func (o Options) Connect(name string, extra ...nats.Option) (*nats.Conn, error) 
 	if err != nil {
 		return nil, err
 	}
+	if r.localCred && len(extra) > 0 {
+		// The extra options may make a rejected credential invisible
+		// (nats.RetryOnFailedConnect keeps retrying with it), so probe a
+		// server that is up once without them: one that asks for no
+		// authentication rejects the discovered nkey.
+		if probe, perr := nats.Connect(r.URL, opts...); perr == nil {
+			probe.Close()
+		} else if errors.Is(perr, nats.ErrNkeysNotSupported) {
+			r.NKey, r.localCred = "", false
+			if opts, err = r.NATSOptions(name); err != nil {
+				return nil, err
+			}
+		}
+	}
 	nc, err := nats.Connect(r.URL, append(opts, extra...)...)
 	if errors.Is(err, nats.ErrNkeysNotSupported) && r.localCred {
 		// A local server that asks for no authentication: the discovered

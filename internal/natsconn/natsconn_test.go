@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 )
 
@@ -262,6 +263,21 @@ func TestLocalCredentialDiscovery(t *testing.T) {
 	nc, err = Options{URL: noAuth.ClientURL()}.Connect("t")
 	if err != nil {
 		t.Fatalf("a server without authentication: %v", err)
+	}
+	nc.Close()
+	// ... also for a daemon that retries a failed connect (the worker):
+	// that option hides the rejection of the credential, so without the
+	// probe this connection would retry with it forever.
+	nc, err = Options{URL: noAuth.ClientURL()}.Connect("t", nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatalf("a server without authentication, retrying connect: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !nc.IsConnected() && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !nc.IsConnected() {
+		t.Fatalf("retrying connect to a server without authentication: status %v, last error %v", nc.Status(), nc.LastError())
 	}
 	nc.Close()
 

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"reflect"
 	"strings"
 
@@ -153,11 +154,16 @@ func (r *busRequest) serveOp(ctx context.Context, body any) (any, error) {
 		return nil, drivers.Errorf(drivers.Internal, "%s: no handler", r.op)
 	}
 	if r.m.ClusterWide() && r.op.Mutating() && r.op != messages.OpExec && r.instance != "" {
-		release, err := r.w.acquireLease(ctx, r.m.Driver(), r.instance, r.op, r.requestID)
+		opCtx, release, err := r.w.acquireLease(ctx, r.m.Driver(), r.instance, r.op, r.requestID)
 		if err != nil {
 			return nil, err
 		}
 		defer release()
+		res, err := h.serve(opCtx, r, body)
+		if err != nil && errors.Is(context.Cause(opCtx), errLeaseLost) {
+			err = drivers.Wrap(drivers.Unavailable, errLeaseLost, "instance "+r.instance+": this worker could not renew its lease, so it stopped the operation (its effect may be partial: get the instance)")
+		}
+		return r.wire(res), err
 	}
 	res, err := h.serve(ctx, r, body)
 	if err == nil && r.op.Mutating() {

@@ -70,20 +70,18 @@ func (f *fleetState) get() *fleetKV {
 	return f.buckets
 }
 
-// bucketConfigs are the fleet's KV buckets: one value per key (history 1),
-// replicated like the streams. Heartbeats of a host that is gone for a day
-// expire (TTL); inventory records never expire, they are removed by their
-// owner; operation records expire OperationsTTL after their last change.
-func (w *Worker) bucketConfigs() []jetstream.KeyValueConfig {
-	return BucketConfigs(w.opts, w.clusterWide())
-}
-
-// BucketConfigs are the fleet's KV buckets for o; clusterWide adds
-// SUBSTRATE_LEASES (needed when a served driver is cluster-wide).
-func BucketConfigs(o Options, clusterWide bool) []jetstream.KeyValueConfig {
+// BucketConfigs are the fleet's KV buckets for o (Replicas 0 is 1 here;
+// EnsureBuckets resolves it with AutoReplicas first): one value per key
+// (history 1), replicated like the streams. Heartbeats of a host that is
+// gone for a day expire (TTL); inventory records never expire, they are
+// removed by their owner; operation records (SUBSTRATE_OPS, first: the
+// worker's inventory and heartbeat start right after the last bucket is
+// there) expire OperationsTTL after their last change. With leases,
+// SUBSTRATE_LEASES too (TTL LeaseTTL), which only workers serving a
+// cluster-wide driver use.
+func BucketConfigs(o Options, leases bool) []jetstream.KeyValueConfig {
 	o = o.withDefaults()
-	// SUBSTRATE_OPS first: the worker's inventory and heartbeat start
-	// right after the last bucket is there.
+	o.Replicas = max(o.Replicas, 1)
 	cfgs := []jetstream.KeyValueConfig{opsBucketConfig(o), {
 		Bucket:      messages.InventoryBucket,
 		Description: "subbus fleet inventory: <driver>.<host>.<instance> -> record, written by the owning worker",
@@ -98,7 +96,7 @@ func BucketConfigs(o Options, clusterWide bool) []jetstream.KeyValueConfig {
 		Storage:     jetstream.FileStorage,
 		Replicas:    o.Replicas,
 	}}
-	if clusterWide {
+	if leases {
 		cfgs = append(cfgs, jetstream.KeyValueConfig{
 			Bucket:      messages.LeasesBucket,
 			Description: "subbus leases on instances of cluster-wide drivers: <driver>.<instance> -> holder",
@@ -134,55 +132,64 @@ func (w *Worker) clusterWide() bool {
 	return false
 }
 
-// EnsureBuckets creates the fleet's KV buckets that are missing, leases
-// included (worker --create-streams, for an administrator when workers run
-// with worker.manage_streams: false).
-func EnsureBuckets(ctx context.Context, js jetstream.JetStream, o Options, log zerolog.Logger) error {
-	for _, cfg := range BucketConfigs(o, true) {
-		_, err := js.KeyValue(ctx, cfg.Bucket)
+// EnsureBuckets creates the buckets of BucketConfigs(o, leases) when
+// absent (create) or checks that they exist, and returns them in that
+// order. Existing buckets are never changed (one with fewer replicas than
+// o asks for is logged). It needs STREAM.INFO on KV_<bucket>, and
+// STREAM.CREATE to create them. Without create, a missing SUBSTRATE_OPS
+// is returned nil rather than an error: a fleet set up before long
+// operations existed keeps its inventory and heartbeats, and no-wait
+// requests are refused until an administrator creates the bucket.
+func EnsureBuckets(ctx context.Context, js jetstream.JetStream, o Options, create, leases bool, log zerolog.Logger) ([]jetstream.KeyValue, error) {
+	o = resolveReplicas(o, js.Conn())
+	var kvs []jetstream.KeyValue
+	for _, cfg := range BucketConfigs(o, leases) {
+		kv, err := js.KeyValue(ctx, cfg.Bucket)
 		switch {
 		case errors.Is(err, jetstream.ErrBucketNotFound):
-			if _, err := js.CreateKeyValue(ctx, cfg); err != nil && !errors.Is(err, jetstream.ErrBucketExists) {
-				return fmt.Errorf("creating KV bucket %s: %w", cfg.Bucket, err)
+			if !create && cfg.Bucket == messages.OpsBucket {
+				log.Warn().Str("bucket", cfg.Bucket).Msg("KV bucket missing and worker.manage_streams is false: long operations (no-wait) are refused until an administrator creates it (worker --create-streams)")
+				kvs = append(kvs, nil)
+				continue
 			}
-			log.Info().Str("bucket", cfg.Bucket).Msg("KV bucket created")
+			if !create {
+				return nil, fmt.Errorf("KV bucket %s does not exist and worker.manage_streams is false: create it (worker --create-streams as an administrator; docs/fleet.md)", cfg.Bucket)
+			}
+			kv, err = js.CreateKeyValue(ctx, cfg)
+			if errors.Is(err, jetstream.ErrBucketExists) {
+				kv, err = js.KeyValue(ctx, cfg.Bucket)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("creating KV bucket %s: %w", cfg.Bucket, err)
+			}
+			log.Info().Str("bucket", cfg.Bucket).Int("replicas", cfg.Replicas).Msg("KV bucket created")
 		case err != nil:
-			return fmt.Errorf("KV bucket %s: %w", cfg.Bucket, err)
+			return nil, fmt.Errorf("KV bucket %s: %w", cfg.Bucket, err)
+		default:
+			if st, err := kv.Status(ctx); err == nil {
+				if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo().Config.Replicas < cfg.Replicas {
+					log.Warn().Str("bucket", cfg.Bucket).Int("replicas", bs.StreamInfo().Config.Replicas).Int("want", cfg.Replicas).
+						Msg("existing KV bucket has fewer replicas than configured; it is not changed (nats stream edit --replicas KV_<bucket>)")
+				}
+			}
 		}
+		kvs = append(kvs, kv)
 	}
-	return nil
+	return kvs, nil
 }
 
 // ensureBuckets creates the fleet's buckets when absent (ManageStreams) or
 // checks that they exist, then makes them available to the worker.
 func (w *Worker) ensureBuckets(ctx context.Context) error {
-	kvs := map[string]jetstream.KeyValue{}
-	for _, cfg := range w.bucketConfigs() {
-		kv, err := w.js.KeyValue(ctx, cfg.Bucket)
-		switch {
-		case errors.Is(err, jetstream.ErrBucketNotFound):
-			if !w.opts.ManageStreams && cfg.Bucket == messages.OpsBucket {
-				// A fleet set up before long operations existed keeps its
-				// inventory and heartbeats; no-wait requests are refused
-				// until an administrator creates the bucket.
-				w.log.Warn().Str("bucket", cfg.Bucket).Msg("KV bucket missing and worker.manage_streams is false: long operations (no-wait) are refused until an administrator creates it (worker --create-streams)")
-				continue
-			}
-			if !w.opts.ManageStreams {
-				return fmt.Errorf("KV bucket %s does not exist and worker.manage_streams is false: create it (docs/fleet.md)", cfg.Bucket)
-			}
-			kv, err = w.js.CreateKeyValue(ctx, cfg)
-			if errors.Is(err, jetstream.ErrBucketExists) {
-				kv, err = w.js.KeyValue(ctx, cfg.Bucket)
-			}
-			if err != nil {
-				return fmt.Errorf("creating KV bucket %s: %w", cfg.Bucket, err)
-			}
-			w.log.Info().Str("bucket", cfg.Bucket).Int("replicas", cfg.Replicas).Msg("KV bucket created")
-		case err != nil:
-			return fmt.Errorf("KV bucket %s: %w", cfg.Bucket, err)
+	cfgs, kvs := BucketConfigs(w.opts, w.clusterWide()), map[string]jetstream.KeyValue{}
+	list, err := EnsureBuckets(ctx, w.js, w.opts, w.opts.ManageStreams, w.clusterWide(), w.log)
+	if err != nil {
+		return err
+	}
+	for i, kv := range list {
+		if kv != nil {
+			kvs[cfgs[i].Bucket] = kv
 		}
-		kvs[cfg.Bucket] = kv
 	}
 	w.fleet.kv.Lock()
 	w.fleet.buckets = &fleetKV{inv: kvs[messages.InventoryBucket], workers: kvs[messages.WorkersBucket],
@@ -266,6 +273,13 @@ func (w *Worker) inventoryLoop(ctx context.Context, m *manager.Manager) {
 	}
 }
 
+// keyListTimeout bounds the listing of this host's keys in a resync,
+// kvWriteTimeout one record's write.
+var (
+	keyListTimeout = 5 * time.Second
+	kvWriteTimeout = 3 * time.Second
+)
+
 // resync writes a record for every instance m lists and deletes this
 // host's records of m's driver that name no listed instance. When the
 // list fails, nothing is deleted.
@@ -291,7 +305,13 @@ func (w *Worker) resync(ctx context.Context, m *manager.Manager) {
 	w.fleet.mu.Lock()
 	w.fleet.count[m.Driver()] = len(list)
 	w.fleet.mu.Unlock()
-	lister, err := b.inv.ListKeysFiltered(ctx, m.Driver()+"."+w.host+".*")
+	// Listing keys runs an ordered consumer; one placed on a NATS node
+	// that just died can stall until its missed heartbeats are noticed.
+	// Bounded, so that the loop goes on refreshing records; the deletions
+	// wait for the next resync.
+	lctx, lcancel := context.WithTimeout(ctx, keyListTimeout)
+	defer lcancel()
+	lister, err := b.inv.ListKeysFiltered(lctx, m.Driver()+"."+w.host+".*")
 	if err != nil {
 		w.log.Debug().Str("driver", m.Driver()).Err(err).Msg("inventory resync: listing keys failed")
 		return
@@ -303,6 +323,10 @@ func (w *Worker) resync(ctx context.Context, m *manager.Manager) {
 		}
 	}
 	_ = lister.Stop()
+	if lctx.Err() != nil {
+		w.log.Debug().Str("driver", m.Driver()).Msg("inventory resync: listing keys timed out; records of gone instances are removed at the next resync")
+		return
+	}
 	for _, k := range gone {
 		if err := b.inv.Delete(ctx, k); err != nil {
 			w.log.Debug().Str("key", k).Err(err).Msg("inventory: deleting a record failed")
@@ -327,18 +351,25 @@ func (w *Worker) refreshRecord(ctx context.Context, m *manager.Manager, name str
 	}
 }
 
+// putRecord and deleteRecord give each KV write at most kvWriteTimeout: a
+// write sent while the bucket's stream has no leader (a NATS node just
+// died) gets no answer at all, and must not hold up the records after it.
 func (w *Worker) putRecord(ctx context.Context, b *fleetKV, driver string, inst drivers.Instance, now time.Time) {
 	rec := messages.NewInventoryRecord(driver, w.host, inst, now)
 	data, err := json.Marshal(rec)
 	if err != nil {
 		return
 	}
+	ctx, cancel := context.WithTimeout(ctx, kvWriteTimeout)
+	defer cancel()
 	if _, err := b.inv.Put(ctx, messages.InventoryKey(driver, w.host, inst.Name), data); err != nil {
 		w.log.Debug().Str("driver", driver).Str("instance", inst.Name).Err(err).Msg("inventory: put failed")
 	}
 }
 
 func (w *Worker) deleteRecord(ctx context.Context, b *fleetKV, driver, name string) {
+	ctx, cancel := context.WithTimeout(ctx, kvWriteTimeout)
+	defer cancel()
 	if err := b.inv.Delete(ctx, messages.InventoryKey(driver, w.host, name)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		w.log.Debug().Str("driver", driver).Str("instance", name).Err(err).Msg("inventory: delete failed")
 	}

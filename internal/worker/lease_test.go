@@ -3,13 +3,18 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/testenv"
 	"github.com/subbus/subbus/messages"
 )
 
@@ -21,16 +26,19 @@ func (clusterToy) ClusterWide() bool { return true }
 
 // TestLeaseAcrossWorkers: two workers serve one cluster-wide substrate on
 // the pooled subject. A mutation waits while the other worker holds the
-// instance's lease; when the holder dies mid-operation its lease expires
-// after lease_ttl and the instance can be operated again through the
-// surviving worker. Neither writes inventory records.
+// instance's lease. When the holder dies mid-operation (its connection
+// dropped without cleanup), pooled requests go on on the survivor (only
+// the one in flight to the dead worker fails), the cut-off holder stops
+// its operation once it cannot renew its lease (fencing), the lease
+// expires after lease_ttl and the instance can be operated again. Neither
+// worker writes inventory records.
 func TestLeaseAcrossWorkers(t *testing.T) {
 	s := startNATS(t)
 	d := clusterToy{newToy()}
 	var mu sync.Mutex
 	var nc1 *nats.Conn
 	ttl := time.Second
-	startWorker(t, s, []*manager.Manager{manager.New(d, manager.Options{Host: "h1", CacheTTL: -1, RetryAttempts: 1})}, func(o *Options) {
+	w1 := startWorker(t, s, []*manager.Manager{manager.New(d, manager.Options{Host: "h1", CacheTTL: -1, RetryAttempts: 1})}, func(o *Options) {
 		o.Host, o.LeaseTTL, o.GracePeriod = "h1", ttl, time.Second
 		url := s.ClientURL()
 		o.Connect = func(extra ...nats.Option) (*nats.Conn, error) {
@@ -45,6 +53,8 @@ func TestLeaseAcrossWorkers(t *testing.T) {
 		o.Host, o.LeaseTTL = "h2", ttl
 	})
 	nc := connect(t, s.ClientURL())
+
+	ok(t, nc, subj("toy", messages.OpCreate), messages.CreateRequest{Template: messages.Template{Name: "vm1b", BaseImage: "x"}}, nil)
 
 	// Serialized: a slow create on h1 holds the lease; a delete sent to h2
 	// meanwhile waits for it and then finds the instance.
@@ -64,22 +74,111 @@ func TestLeaseAcrossWorkers(t *testing.T) {
 		t.Fatalf("create on h1: %+v", r.Error)
 	}
 
-	// The holder dies mid-operation: its lease expires, then the survivor
-	// can operate the instance.
+	// The holder dies mid-operation, as close to kill -9 as a test process
+	// gets: its NATS connection drops without unsubscribing, releasing or
+	// replying, and its driver call never returns. Meanwhile a client keeps
+	// sending start/stop of vm1 on the pooled subject.
 	go func() {
 		_, _ = requestTimeout(nc, hostSubj("toy", "h1", messages.OpCreate), messages.CreateRequest{Template: messages.Template{
 			Name: "vm2", BaseImage: "x", Metadata: map[string]string{"delay": "20s"}}}, 30*time.Second)
 	}()
 	slowStarted(t, d.toy)
+	type result struct {
+		sent time.Time
+		host string
+		err  error
+	}
+	results := make(chan result, 4096)
+	stopLoad := make(chan struct{})
+	go func() {
+		defer close(results)
+		for i := 0; ; i++ {
+			select {
+			case <-stopLoad:
+				return
+			default:
+			}
+			op := messages.OpStart
+			if i%2 == 1 {
+				op = messages.OpStop
+			}
+			sent := time.Now()
+			r, err := requestTimeout(nc, subj("toy", op), messages.NameRequest{Name: "vm1b"}, 2*time.Second)
+			if err == nil && r.Error != nil {
+				err = fmt.Errorf("%s: %s", r.Error.Code, r.Error.Message)
+			}
+			results <- result{sent, r.Host, err}
+		}
+	}()
+	// Some requests before the kill.
+	for range 10 {
+		if r := <-results; r.err != nil {
+			t.Fatalf("pooled request before the kill: %v", r.err)
+		}
+	}
 	start = time.Now()
 	mu.Lock()
 	nc1.Close()
 	mu.Unlock()
-	// h2's own subject: the pooled one may still route to h1 until the
-	// server has noticed the closed connection.
+	// When the server has dropped h1's connection (and so its
+	// subscriptions), every pooled request goes to h2.
+	var gone time.Time
+	testenv.Eventually(t, 10*time.Second, func() error {
+		cz, err := s.Connz(&server.ConnzOptions{})
+		if err != nil {
+			return err
+		}
+		for _, c := range cz.Conns {
+			if c.Name == "subbus-worker-h1" {
+				return errors.New("h1's connection is still there")
+			}
+		}
+		gone = time.Now()
+		return nil
+	})
+	// Fencing: h1 is alive but cut off, so it cannot renew vm2's lease; it
+	// stops its 20 s create once another worker may take the lease, rather
+	// than finishing it behind the new holder's back.
+	testenv.Eventually(t, 5*ttl, func() error {
+		if n := w1.stats().InFlight; n != 0 {
+			return fmt.Errorf("h1 still runs %d requests", n)
+		}
+		return nil
+	})
+	// h2's own subject: the lease of vm2 is held by the dead h1.
 	ok(t, nc, hostSubj("toy", "h2", messages.OpCreate), messages.CreateRequest{Template: messages.Template{Name: "vm2", BaseImage: "x"}}, nil)
 	if waited := time.Since(start); waited < ttl/2 {
 		t.Fatalf("create of vm2 did not wait for the dead holder's lease to expire (%v)", waited)
+	}
+	// vm2 can be operated again, through any worker left.
+	ok(t, nc, subj("toy", messages.OpStart), messages.NameRequest{Name: "vm2"}, nil)
+	var after, before int
+	loadEnd := time.Now().Add(30 * time.Second)
+	for r := range results {
+		switch {
+		case !r.sent.After(gone):
+			if r.err != nil {
+				before++ // sent to h1 as it died: no reply
+			}
+		case r.err != nil:
+			t.Errorf("pooled request sent %v after h1's connection was gone: %v", r.sent.Sub(gone), r.err)
+		case r.host != "h2":
+			t.Errorf("pooled request sent after h1 was gone answered by %q", r.host)
+		default:
+			after++
+		}
+		if after >= 20 || time.Now().After(loadEnd) {
+			close(stopLoad)
+			for range results {
+			}
+			break
+		}
+	}
+	if after < 20 {
+		t.Fatalf("only %d pooled requests succeeded after the kill", after)
+	}
+	if before > 1 {
+		t.Errorf("%d pooled requests failed around the kill; only the one in flight to h1 may", before)
 	}
 
 	// No inventory records for a cluster-wide driver.
@@ -114,5 +213,59 @@ func slowStarted(t *testing.T, d *toy) {
 	case <-d.slow:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the slow create did not start")
+	}
+}
+
+// namedToy is a toy served under another driver name, cluster-wide or
+// not (ClusterWide returning false is per-host).
+type namedToy struct {
+	*toy
+	name    string
+	cluster bool
+}
+
+func (d namedToy) Name() string      { return d.name }
+func (d namedToy) ClusterWide() bool { return d.cluster }
+
+// TestPooledSubjects: which drivers a worker serves on their pooled
+// subject substrate.<driver>.<op> (docs/fleet.md): every driver when
+// worker.pooled_drivers is absent; with it, the cluster-wide drivers
+// always and the per-host drivers it lists. Host subjects are always
+// served.
+func TestPooledSubjects(t *testing.T) {
+	s := startNATS(t)
+	nc := connect(t, s.ClientURL())
+	for i, tc := range []struct {
+		name     string
+		restrict bool
+		pooled   []string
+		want     map[string]bool // driver -> pooled subject answered
+	}{
+		{"absent: all", false, nil, map[string]bool{"ctoy": true, "ptoy": true, "qtoy": true}},
+		{"empty: cluster-wide only", true, nil, map[string]bool{"ctoy": true, "ptoy": false, "qtoy": false}},
+		{"listed: cluster-wide and listed", true, []string{"qtoy"}, map[string]bool{"ctoy": true, "ptoy": false, "qtoy": true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			host := fmt.Sprintf("p%d", i)
+			mgr := func(d drivers.Driver) *manager.Manager {
+				return manager.New(d, manager.Options{Host: host, CacheTTL: -1, RetryAttempts: 1})
+			}
+			w := startWorker(t, s, []*manager.Manager{
+				mgr(namedToy{newToy(), "ctoy", true}), mgr(namedToy{newToy(), "ptoy", false}), mgr(namedToy{newToy(), "qtoy", false}),
+			}, func(o *Options) { o.Host, o.RestrictPooled, o.PooledDrivers = host, tc.restrict, tc.pooled })
+			for d, pooled := range tc.want {
+				ok(t, nc, hostSubj(d, host, messages.OpList), nil, nil)
+				_, err := callErr(nc, subj(d, messages.OpList), nil, nil, 5*time.Second)
+				if pooled && err != nil {
+					t.Errorf("%s: pooled subject not served: %v", d, err)
+				}
+				if !pooled && !errors.Is(err, nats.ErrNoResponders) {
+					t.Errorf("%s: pooled subject answered (%v), want no responders", d, err)
+				}
+			}
+			if err := w.stop(t); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }

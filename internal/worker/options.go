@@ -73,10 +73,12 @@ type Options struct {
 	Embedded EmbeddedOptions
 
 	// RestrictPooled limits the pooled endpoints (substrate.<driver>.<op>,
-	// answered by any worker serving the driver) to PooledDrivers; without
-	// it every served driver has one. A fleet whose NATS permissions let a
-	// worker subscribe only to its own host's subjects and to the pooled
-	// subjects of its cluster-wide drivers sets it (worker.pooled_drivers).
+	// answered by any worker serving the driver) to the cluster-wide
+	// drivers (drivers.ClusterWide) and the per-host drivers in
+	// PooledDrivers; without it every served driver has one. A fleet whose
+	// NATS permissions let a worker subscribe only to its own host's
+	// subjects and to the pooled subjects of its cluster-wide drivers sets
+	// it (worker.pooled_drivers: []).
 	RestrictPooled bool
 	PooledDrivers  []string
 
@@ -87,7 +89,10 @@ type Options struct {
 	EventsDuplicates     time.Duration
 	MetricsMaxAge        time.Duration
 	MetricsMaxPerSubject int64
-	Replicas             int
+	// Replicas of the streams and KV buckets when the worker creates them
+	// (worker.stream_replicas); 0 decides at connect time (AutoReplicas: 3
+	// on a NATS cluster advertising at least 3 servers, else 1).
+	Replicas int
 
 	// MaxConcurrent bounds unary requests handled at once.
 	MaxConcurrent int
@@ -325,7 +330,6 @@ func (o Options) withDefaults() Options {
 	if o.MetricsMaxPerSubject <= 0 {
 		o.MetricsMaxPerSubject = DefaultMetricsMaxPerSubject
 	}
-	defInt(&o.Replicas, 1)
 	def(&o.MetricsInterval, DefaultMetricsInterval)
 	def(&o.InventoryResync, DefaultInventoryResync)
 	def(&o.LivenessInterval, DefaultLivenessInterval)
@@ -369,6 +373,9 @@ func (o Options) validate() error {
 		if drivers.ValidDriverName(d) != nil {
 			return &config.Error{Key: "worker.pooled_drivers", Msg: fmt.Sprintf("%q is not a driver name", d)}
 		}
+	}
+	if o.Replicas < 0 || o.Replicas > 5 {
+		return &config.Error{Key: "worker.stream_replicas", Msg: fmt.Sprintf("%d: want 1 to 5, or 0 (unset) for 3 on a cluster of at least 3 servers, else 1", o.Replicas)}
 	}
 	if o.EventsDuplicates > o.EventsMaxAge {
 		return &config.Error{Key: "worker.events_duplicate_window", Msg: "must not exceed worker.events_max_age"}

@@ -49,6 +49,18 @@ func TestOptionsFromConfig(t *testing.T) {
 				t.Fatalf("options: %+v", o)
 			}
 		}},
+		{name: "stream replicas unset: decided at connect time", yaml: "", check: func(t *testing.T, o Options) {
+			if o.Replicas != 0 {
+				t.Fatalf("replicas %d, want 0 (auto)", o.Replicas)
+			}
+		}},
+		{name: "stream replicas set", yaml: "worker:\n  stream_replicas: 3\n", check: func(t *testing.T, o Options) {
+			if o.Replicas != 3 {
+				t.Fatalf("replicas %d, want 3", o.Replicas)
+			}
+		}},
+		{name: "stream replicas too many", yaml: "worker:\n  stream_replicas: 7\n", wantErr: "worker.stream_replicas"},
+		{name: "stream replicas negative", yaml: "worker:\n  stream_replicas: -1\n", wantErr: "worker.stream_replicas"},
 		{name: "bad pooled driver", yaml: "worker:\n  pooled_drivers: [events]\n", wantErr: "worker.pooled_drivers"},
 		{name: "credential keys", yaml: "nats:\n  credential: /x/c.nk\n  credential_group: subbus\n  inbox_prefix: _INBOX_w\n  nkey: /k.nk\n  creds: /c.creds\n  tls_ca: /ca.pem\n  tls_cert: /c.pem\n  tls_key: /k.pem\n",
 			check: func(t *testing.T, o Options) {

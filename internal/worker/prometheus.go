@@ -27,6 +27,8 @@ import (
 var metricDesc = struct {
 	info, ready, inFlight, replies, errorReplies      *prometheus.Desc
 	longOps                                           *prometheus.Desc
+	maxInFlight, streams, maxStreams, maxPerClient    *prometheus.Desc
+	streamClients, streamsRejected, callersGone       *prometheus.Desc
 	ops, opErrors, opRetries, opCacheHits, opDuration *prometheus.Desc
 	breaker, driverUp, driverEvents, instances        *prometheus.Desc
 	eventsPublished, eventsDropped, eventsPending     *prometheus.Desc
@@ -39,6 +41,14 @@ var metricDesc = struct {
 	replies:      prometheus.NewDesc("subbus_replies_total", "Replies sent, errors included.", nil, nil),
 	longOps:      prometheus.NewDesc("subbus_long_operations_running", "Long operations (begun with no-wait) running in the background now (bounded by worker.max_operations).", nil, nil),
 	errorReplies: prometheus.NewDesc("subbus_error_replies_total", "Error replies sent.", nil, nil),
+
+	maxInFlight:     prometheus.NewDesc("subbus_requests_max_in_flight", "Unary request slots (worker.max_concurrent); a request waits when all are in use.", nil, nil),
+	streams:         prometheus.NewDesc("subbus_streams_open", "Streamed requests (logs follow, exec stream) holding a stream slot now.", nil, nil),
+	maxStreams:      prometheus.NewDesc("subbus_streams_max", "Stream slots (worker.max_streams).", nil, nil),
+	maxPerClient:    prometheus.NewDesc("subbus_streams_max_per_client", "Stream slots one client may hold (worker.max_streams_per_client).", nil, nil),
+	streamClients:   prometheus.NewDesc("subbus_stream_clients", "Clients (reply inbox prefixes) holding at least one stream slot now.", nil, nil),
+	streamsRejected: prometheus.NewDesc("subbus_streams_rejected_total", "Streamed requests refused (unavailable) because every stream slot, or the client's share, was in use.", nil, nil),
+	callersGone:     prometheus.NewDesc("subbus_callers_gone_total", "Unary execs cancelled because their caller went away.", nil, nil),
 
 	ops:         prometheus.NewDesc("subbus_operations_total", "Operations run by a driver's manager, cache hits included.", []string{"driver", "op"}, nil),
 	opErrors:    prometheus.NewDesc("subbus_operation_errors_total", "Failed operations by error code.", []string{"driver", "op", "code"}, nil),
@@ -143,6 +153,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(metricDesc.longOps, float64(s.Operations))
 	counter(metricDesc.replies, float64(s.Replies))
 	counter(metricDesc.errorReplies, float64(s.ErrorReplies))
+	gauge(metricDesc.maxInFlight, float64(s.MaxInFlight))
+	gauge(metricDesc.streams, float64(s.Streams))
+	gauge(metricDesc.maxStreams, float64(s.MaxStreams))
+	gauge(metricDesc.maxPerClient, float64(s.MaxStreamsPerClient))
+	gauge(metricDesc.streamClients, float64(s.StreamClients))
+	counter(metricDesc.streamsRejected, float64(s.StreamsRejected))
+	counter(metricDesc.callersGone, float64(s.CallersGone))
 	counter(metricDesc.eventsPublished, float64(s.EventsStored))
 	counter(metricDesc.eventsDropped, float64(s.EventsDropped))
 	gauge(metricDesc.eventsPending, float64(s.EventsPending))

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -200,5 +201,99 @@ func TestPrometheusListenErrors(t *testing.T) {
 	}
 	if err := w.Run(t.Context()); err == nil || !strings.Contains(err.Error(), "worker.prometheus_listen") {
 		t.Fatalf("Run on a taken port: err = %v, want one naming worker.prometheus_listen", err)
+	}
+}
+
+// TestPrometheusAdmission: the stream-admission numbers of $SRV.STATS
+// (slots, streams open, clients, refusals) are on /metrics too, and move
+// with them: one client over its share and one over the pool are refused,
+// and a stream whose client went away frees its slot.
+func TestPrometheusAdmission(t *testing.T) {
+	d := quietToy{newToy()}
+	m := manager.New(d, manager.Options{Host: "h1", CacheTTL: -1, RetryAttempts: 1})
+	if _, err := m.Create(t.Context(), drivers.InstanceTemplate{Name: "x", BaseImage: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	s := startNATS(t)
+	w := startWorker(t, s, []*manager.Manager{m}, func(o *Options) {
+		o.PrometheusListen = "127.0.0.1:0"
+		o.MaxConcurrent = 5
+		o.MaxStreams = 2
+		o.MaxStreamsPerClient = 1
+		o.HeartbeatInterval = 200 * time.Millisecond
+	})
+	url := "http://" + w.PrometheusAddr().String() + "/metrics"
+	client := func(i int) *nats.Conn {
+		c, err := nats.Connect(s.ClientURL(), nats.CustomInboxPrefix(fmt.Sprintf("_INBOX_pa%d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		return c
+	}
+	want := func(streams, clients int, rejected uint64) {
+		t.Helper()
+		testenv.Eventually(t, 20*time.Second, func() error {
+			if st := w.stats(); st.Streams != streams || st.StreamClients != clients || st.StreamsRejected != rejected {
+				return fmt.Errorf("stats: %d streams of %d clients, %d rejected; want %d, %d, %d",
+					st.Streams, st.StreamClients, st.StreamsRejected, streams, clients, rejected)
+			}
+			return nil
+		})
+	}
+	a := client(1)
+	first, second := openFollow(t, a), openFollow(t, a)
+	var refused string
+	select { // one of the two is over a's share
+	case refused = <-first:
+	case refused = <-second:
+	case <-time.After(20 * time.Second):
+		t.Fatal("neither stream of one client was refused")
+	}
+	if refused != drivers.Unavailable.String() {
+		t.Fatalf("stream over the client's share ended with %q, want unavailable", refused)
+	}
+	want(1, 1, 1)
+	openFollow(t, client(2))
+	want(2, 2, 1)
+	if code := <-openFollow(t, client(3)); code != drivers.Unavailable.String() {
+		t.Fatalf("stream over the pool ended with %q, want unavailable", code)
+	}
+	want(2, 2, 2)
+
+	check := func(streams, clients, rejected float64) []byte {
+		t.Helper()
+		body, fams, err := scrape(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			name string
+			want float64
+		}{
+			{"subbus_requests_max_in_flight", 5},
+			{"subbus_streams_max", 2},
+			{"subbus_streams_max_per_client", 1},
+			{"subbus_streams_open", streams},
+			{"subbus_stream_clients", clients},
+			{"subbus_streams_rejected_total", rejected},
+			{"subbus_callers_gone_total", 0},
+		} {
+			if got, found := sample(fams, tc.name, nil); !found || got != tc.want {
+				t.Errorf("%s = %v (present: %v), want %v", tc.name, got, found, tc.want)
+			}
+		}
+		return body
+	}
+	body := check(2, 2, 2)
+	a.Close() // its stream ends within a heartbeat interval
+	want(1, 1, 2)
+	check(1, 1, 2)
+
+	promtool := testenv.Tool(t, "promtool", "apt-get install prometheus (bash scripts/setup/tools.sh)")
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = bytes.NewReader(body)
+	if out, err := cmd.CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Fatalf("promtool check metrics: %v\n%s", err, out)
 	}
 }

@@ -26,10 +26,10 @@ import (
 const QueueGroup = "substrate"
 
 // addService registers the micro service: per driver, one endpoint on
-// substrate.<driver>.* (any worker; only for PooledDrivers when
-// RestrictPooled) and one on substrate.<driver>.<host>.* (this host
-// only). The op is the last subject token, so an unknown op is answered
-// invalid_argument rather than "no responders".
+// substrate.<driver>.* (any worker; see servesPooled) and one on
+// substrate.<driver>.<host>.* (this host only). The op is the last
+// subject token, so an unknown op is answered invalid_argument rather
+// than "no responders".
 func (w *Worker) addService() error {
 	caps := map[string]messages.Capabilities{}
 	for _, m := range w.managers {
@@ -56,8 +56,8 @@ func (w *Worker) addService() error {
 		d := m.Driver()
 		meta := map[string]string{"driver": d, "host": w.host, "ops": strings.Join(messages.OpNames(messages.OpsFor(m.Capabilities())), ",")}
 		h := w.handler(m)
-		if w.opts.RestrictPooled && !slices.Contains(w.opts.PooledDrivers, d) {
-			w.log.Info().Str("driver", d).Msg("serving this host's subjects only (not in worker.pooled_drivers)")
+		if !w.servesPooled(m) {
+			w.log.Info().Str("driver", d).Msg("serving this host's subjects only (per-host driver not in worker.pooled_drivers)")
 		} else if err := svc.AddEndpoint(d, h, micro.WithEndpointSubject(messages.SubjectRoot+"."+d+".*"),
 			micro.WithEndpointMetadata(meta)); err != nil {
 			_ = svc.Stop()
@@ -71,6 +71,16 @@ func (w *Worker) addService() error {
 	}
 	w.svc = svc
 	return nil
+}
+
+// servesPooled reports whether m's driver is served on its pooled subject
+// substrate.<driver>.<op> (docs/fleet.md "Which subjects a worker
+// serves"): always when the driver is cluster-wide (drivers.ClusterWide:
+// any of its workers may answer, that is the point of several); for a
+// per-host driver when worker.pooled_drivers is absent (the single-host
+// default) or lists it.
+func (w *Worker) servesPooled(m *manager.Manager) bool {
+	return m.ClusterWide() || !w.opts.RestrictPooled || slices.Contains(w.opts.PooledDrivers, m.Driver())
 }
 
 // Stats is the worker-wide data in each endpoint's micro stats

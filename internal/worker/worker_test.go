@@ -502,7 +502,7 @@ func TestCheckOnlyStreams(t *testing.T) {
 	// An operator creates them: the worker becomes ready.
 	nc := connect(t, s.ClientURL())
 	js, _ := jetstream.New(nc)
-	for _, cfg := range w.streamConfigs() {
+	for _, cfg := range StreamConfigs(w.opts) {
 		if _, err := js.CreateStream(context.Background(), cfg); err != nil {
 			t.Fatal(err)
 		}

@@ -2,6 +2,7 @@ package natsauth_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -215,16 +216,28 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// clusterProcess is the process driver declared cluster-wide, so that a
+// worker serving it takes leases (the permission model of
+// SUBSTRATE_LEASES is tested without a Proxmox cluster).
+type clusterProcess struct{ *process.Driver }
+
+func (clusterProcess) ClusterWide() bool { return true }
+
 // startWorker runs the worker of host with its identity, through natsconn
-// (nkey file, --inbox-prefix, --tlsca), the process driver, and
-// manage_streams: false. At the end of the test its log must hold no
-// permission violation: the model gives a worker all it needs.
-func (f *fleet) startWorker(t *testing.T, host string, pooled []string) *worker.Worker {
+// (nkey file, --inbox-prefix, --tlsca), the process driver (cluster-wide
+// with clusterWide), and manage_streams: false. At the end of the test
+// its log must hold no permission violation: the model gives a worker all
+// it needs.
+func (f *fleet) startWorker(t *testing.T, host string, pooled []string, clusterWide bool) *worker.Worker {
 	t.Helper()
 	logs := &syncBuffer{}
 	id := f.ids["worker-"+host]
 	cn := natsconn.Options{URL: f.url, NKey: f.seeds[id.Name], InboxPrefix: id.InboxPrefix(), TLSCA: f.ca, NoContext: true}
-	m := manager.New(process.New(process.Options{StateDir: t.TempDir(), Cgroups: "off"}), manager.Options{Host: host, StopTimeout: 5 * time.Second})
+	var d drivers.Driver = process.New(process.Options{StateDir: t.TempDir(), Cgroups: "off"})
+	if clusterWide {
+		d = clusterProcess{d.(*process.Driver)}
+	}
+	m := manager.New(d, manager.Options{Host: host, StopTimeout: 5 * time.Second})
 	w, err := worker.New(context.Background(), worker.Options{
 		Host: host, Managers: []*manager.Manager{m}, ManageStreams: false, RestrictPooled: true, PooledDrivers: pooled,
 		EnableMetrics: true, MetricsInterval: 300 * time.Millisecond, Logger: zerolog.New(logs),
@@ -265,7 +278,8 @@ func tctx(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-// createStreams creates the streams and the fleet KV buckets as admin.
+// createStreams creates the streams and the fleet KV buckets as admin,
+// as `worker --create-streams` does.
 func (f *fleet) createStreams(t *testing.T) {
 	t.Helper()
 	admin := f.connectAs(t, "admin")
@@ -276,11 +290,24 @@ func (f *fleet) createStreams(t *testing.T) {
 	if err := worker.EnsureStreams(tctx(t, 30*time.Second), js, worker.Options{}, true, zerolog.Nop()); err != nil {
 		t.Fatalf("admin creating the streams: %v", err)
 	}
-	for _, b := range []string{natsauth.InventoryBucket, natsauth.WorkersBucket, natsauth.LeasesBucket, natsauth.OpsBucket} {
-		if _, err := js.CreateKeyValue(tctx(t, 10*time.Second), jetstream.KeyValueConfig{Bucket: b}); err != nil {
-			t.Fatalf("admin creating bucket %s: %v", b, err)
-		}
+	kvs, err := worker.EnsureBuckets(tctx(t, 30*time.Second), js, worker.Options{LeaseTTL: 5 * time.Second}, true, true, zerolog.Nop())
+	if err != nil || len(kvs) != 4 {
+		t.Fatalf("admin creating the buckets: %d, %v", len(kvs), err)
 	}
+}
+
+// kvGet reads key of bucket as admin.
+func (f *fleet) kvGet(t *testing.T, bucket, key string) (jetstream.KeyValueEntry, error) {
+	t.Helper()
+	js, err := jetstream.New(f.connectAs(t, "admin").Conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(tctx(t, 5*time.Second), bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv.Get(tctx(t, 5*time.Second), key)
 }
 
 // TestShippedConfiguration runs the shipped deployments/nats/accounts.conf
@@ -291,8 +318,8 @@ func (f *fleet) createStreams(t *testing.T) {
 func TestShippedConfiguration(t *testing.T) {
 	f := startFleet(t, natsauth.Fleet{Hosts: []string{"h1", "h2"}}, shipped(t, "accounts.conf"), shipped(t, "tls.conf"))
 	f.createStreams(t)
-	w1 := f.startWorker(t, "h1", nil)
-	f.startWorker(t, "h2", nil)
+	w1 := f.startWorker(t, "h1", nil, false)
+	f.startWorker(t, "h2", nil, false)
 
 	parent := t
 	op := f.connectAs(t, "operator")
@@ -332,6 +359,25 @@ func TestShippedConfiguration(t *testing.T) {
 				t.Fatalf("list on %s: %v (answered by %q)", h, err, r.Host)
 			}
 		}
+	})
+
+	t.Run("workers keep inventory and heartbeats with manage_streams false", func(t *testing.T) {
+		testenv.Eventually(t, 15*time.Second, func() error {
+			e, err := f.kvGet(t, natsauth.InventoryBucket, messages.InventoryKey("process", "h1", inst))
+			if err != nil {
+				return fmt.Errorf("inventory record of %s: %w", inst, err)
+			}
+			var rec messages.InventoryRecord
+			if err := json.Unmarshal(e.Value(), &rec); err != nil || rec.State != drivers.StateRunning {
+				return fmt.Errorf("inventory record %s (%v), want running", e.Value(), err)
+			}
+			for _, h := range []string{"h1", "h2"} {
+				if _, err := f.kvGet(t, natsauth.WorkersBucket, h); err != nil {
+					return fmt.Errorf("heartbeat of %s: %w", h, err)
+				}
+			}
+			return nil
+		})
 	})
 
 	t.Run("streamed exec: the worker replies many times to the request it received", func(t *testing.T) {
@@ -661,8 +707,8 @@ func TestGeneratedFleet(t *testing.T) {
 	}
 	f := startFleetIDs(t, ids, conf, shipped(t, "tls.conf"))
 	f.createStreams(t)
-	f.startWorker(t, "h1", []string{"process"})
-	f.startWorker(t, "h2", []string{"process"})
+	f.startWorker(t, "h1", []string{"process"}, true)
+	f.startWorker(t, "h2", []string{"process"}, true)
 
 	t.Run("pooled subjects of a cluster-wide driver reach the queue group", func(t *testing.T) {
 		hosts := map[string]bool{}
@@ -678,6 +724,30 @@ func TestGeneratedFleet(t *testing.T) {
 			}
 			return nil
 		})
+	})
+
+	t.Run("workers of a cluster-wide driver take and release leases", func(t *testing.T) {
+		op := client.New(f.connectAs(t, "op").Conn, 10*time.Second)
+		const name = "gen-lease"
+		tmpl := messages.Template{Name: name, BaseImage: "/bin/sleep", Command: []string{"/bin/sleep", "60"}}
+		if err := op.Do(tctx(t, 20*time.Second), "process", "h1", messages.OpCreate, messages.CreateRequest{Template: tmpl}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := op.Do(tctx(t, 20*time.Second), "process", "h1", messages.OpDelete, messages.DeleteRequest{Name: name, Force: true}, nil); err != nil {
+			t.Fatal(err)
+		}
+		// Released: the key was written (a revision exists) and deleted.
+		if _, err := f.kvGet(t, natsauth.LeasesBucket, "process."+name); !errors.Is(err, jetstream.ErrKeyDeleted) && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			t.Fatalf("lease of %s after the delete: %v, want released", name, err)
+		}
+		js, _ := jetstream.New(f.connectAs(t, "admin").Conn)
+		st, err := js.Stream(tctx(t, 5*time.Second), "KV_"+natsauth.LeasesBucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := st.CachedInfo().State.LastSeq; n < 2 {
+			t.Fatalf("SUBSTRATE_LEASES was written %d times, want a lease per mutation", n)
+		}
 	})
 
 	t.Run("a worker joins pooled subjects only in the queue group", func(t *testing.T) {

@@ -13,6 +13,8 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"sync"
 	"time"
 
@@ -34,6 +36,14 @@ type Options struct {
 	TLSClientKey  string `yaml:"tls_client_key"`
 	// ServerCert is the remote server's certificate (PEM), pinned.
 	ServerCert string `yaml:"server_cert"`
+	// ClusterWide says whether several workers reach the same server, so
+	// that their workers share its instances (drivers.ClusterWide,
+	// docs/fleet.md). Unset: true for a url whose host is not a loopback
+	// address (a remote LXD/Incus or a cluster member reached over the
+	// network), false for the local socket and loopback URLs. Set it to
+	// true for an LXD/Incus cluster every member of which runs a worker on
+	// its local socket.
+	ClusterWide *bool `yaml:"cluster_wide"`
 	// Project scopes every request; empty is the server's default project.
 	Project string `yaml:"project"`
 	// DefaultProfile is applied to instances created here.
@@ -133,7 +143,29 @@ var (
 	_ drivers.Networker   = (*Driver)(nil)
 	_ drivers.Restarter   = (*Driver)(nil)
 	_ drivers.EventSource = (*Driver)(nil)
+	_ drivers.ClusterWide = (*Driver)(nil)
 )
+
+// ClusterWide implements drivers.ClusterWide: lxc.cluster_wide when set,
+// else whether lxc.url names a host that is not a loopback address.
+func (d *Driver) ClusterWide() bool {
+	if d.opts.ClusterWide != nil {
+		return *d.opts.ClusterWide
+	}
+	if d.opts.URL == "" {
+		return false
+	}
+	u, err := url.Parse(d.opts.URL)
+	if err != nil {
+		return false
+	}
+	h := u.Hostname()
+	if h == "localhost" {
+		return false
+	}
+	ip, err := netip.ParseAddr(h)
+	return err != nil || !ip.IsLoopback()
+}
 
 // New returns an unconnected driver.
 func New(opts Options) *Driver {

@@ -153,3 +153,39 @@ func TestDetect(t *testing.T) {
 		t.Errorf("Detect with a missing socket succeeded")
 	}
 }
+
+// TestClusterWide: the driver is cluster-wide (drivers.ClusterWide) when
+// lxc.cluster_wide says so, else when lxc.url names a host that is not a
+// loopback address; the local socket and loopback URLs are per-host.
+func TestClusterWide(t *testing.T) {
+	for _, tc := range []struct {
+		yaml string
+		want bool
+	}{
+		{"lxc: {}\n", false},
+		{"lxc:\n  socket: /var/lib/lxd/unix.socket\n", false},
+		{"lxc:\n  url: https://127.0.0.1:8443\n", false},
+		{"lxc:\n  url: https://127.9.9.9:8443\n", false},
+		{"lxc:\n  url: https://[::1]:8443\n", false},
+		{"lxc:\n  url: https://localhost:8443\n", false},
+		{"lxc:\n  url: https://lxd.example:8443\n", true},
+		{"lxc:\n  url: https://10.0.0.5:8443\n", true},
+		{"lxc:\n  url: https://[fd00::5]:8443\n", true},
+		{"lxc:\n  url: https://lxd.example:8443\n  cluster_wide: false\n", false},
+		{"lxc:\n  cluster_wide: true\n", true},
+	} {
+		cfg, err := config.Parse([]byte(tc.yaml))
+		if err != nil {
+			t.Fatal(err)
+		}
+		o, err := OptionsFromConfig(cfg)
+		if err != nil {
+			t.Fatalf("%q: %v", tc.yaml, err)
+		}
+		var d drivers.Driver = New(o)
+		cw, ok := d.(drivers.ClusterWide)
+		if !ok || cw.ClusterWide() != tc.want {
+			t.Errorf("%q: cluster-wide %v, want %v", tc.yaml, ok && cw.ClusterWide(), tc.want)
+		}
+	}
+}

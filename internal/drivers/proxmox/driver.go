@@ -229,7 +229,12 @@ var (
 	_ drivers.Restarter      = (*Driver)(nil)
 	_ drivers.EventSource    = (*Driver)(nil)
 	_ drivers.MetricsBatcher = (*Driver)(nil)
+	_ drivers.ClusterWide    = (*Driver)(nil)
 )
+
+// ClusterWide implements drivers.ClusterWide: a PVE cluster's guests are
+// reachable through any node's API, from every worker configured with it.
+func (d *Driver) ClusterWide() bool { return true }
 
 // New returns an unconnected driver. opts must have passed
 // OptionsFromConfig's checks (or come from DefaultOptions).

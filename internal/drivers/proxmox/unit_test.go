@@ -220,3 +220,13 @@ func TestCheckTemplate(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterWide: a PVE cluster's guests are shared by every worker
+// configured with it (drivers.ClusterWide), so its workers keep the pooled
+// subject and take leases.
+func TestClusterWide(t *testing.T) {
+	var d drivers.Driver = New(DefaultOptions())
+	if cw, ok := d.(drivers.ClusterWide); !ok || !cw.ClusterWide() {
+		t.Fatal("the proxmox driver is not cluster-wide")
+	}
+}
