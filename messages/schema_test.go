@@ -154,7 +154,7 @@ func fullResults() map[Op]any {
 		OpSnapshotCreate: snap, OpSnapshotList: []Snapshot{snap}, OpSnapshotRestore: ChangedResult{Changed: true},
 		OpSnapshotDelete: ChangedResult{Changed: true}, OpNetworkAttach: ChangedResult{Changed: true},
 		OpNetworkDetach: ChangedResult{Changed: true},
-		OpNetworkList:   []Network{{Name: "lan", ID: "1", Type: "bridge", Subnet: "10.0.0.0/24", Gateway: "10.0.0.1", Internal: true, Managed: true}},
+		OpNetworkList:   []Network{{Name: "lan", ID: "1", Type: "bridge", Subnet: "10.0.0.0/24", Gateway: "10.0.0.1", Internal: true, Managed: true, Attachable: true}},
 		OpCancel:        sampleOperation(OpStop, OpCancelled),
 	}
 }

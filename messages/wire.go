@@ -250,7 +250,10 @@ type Network struct {
 	Subnet   string `json:"subnet,omitempty"`
 	Gateway  string `json:"gateway,omitempty"`
 	Internal bool   `json:"internal"`
-	Managed  bool   `json:"managed"`
+	// Managed: created by subbus (drivers.Network.Managed).
+	Managed bool `json:"managed"`
+	// Attachable: network-attach can put an instance on it.
+	Attachable bool `json:"attachable"`
 }
 
 // Health is the wire form of drivers.Health.

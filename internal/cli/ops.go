@@ -941,9 +941,9 @@ func cmdNetworkList(e *env, c *invocation) error {
 		return e.printJSON(list)
 	}
 	tw := e.table()
-	fmt.Fprintln(tw, "NAME\tTYPE\tSUBNET\tGATEWAY\tINTERNAL\tMANAGED")
+	fmt.Fprintln(tw, "NAME\tTYPE\tSUBNET\tGATEWAY\tINTERNAL\tATTACHABLE\tMANAGED")
 	for _, n := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%v\n", n.Name, dash(n.Type), dash(n.Subnet), dash(n.Gateway), n.Internal, n.Managed)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%v\t%v\n", n.Name, dash(n.Type), dash(n.Subnet), dash(n.Gateway), n.Internal, n.Attachable, n.Managed)
 	}
 	return tw.Flush()
 }
@@ -967,6 +967,10 @@ func cmdNetwork(e *env, c *invocation) error {
 	}
 	if e.json {
 		return e.printJSON(res)
+	}
+	if !res.Changed {
+		fmt.Fprintf(e.stdout, "%s: already attached to %s\n", name, c.args[1])
+		return nil
 	}
 	fmt.Fprintf(e.stdout, "%s: %sed %s\n", name, strings.TrimPrefix(c.name(), "network "), c.args[1])
 	return nil

@@ -125,9 +125,22 @@ type Cloner interface {
 }
 
 // Networker lists networks and attaches instances to them.
+//
+// ListNetworks returns every network the substrate has, attachable or
+// not (Network.Attachable says which).
+//
+// AttachNetwork attaches an instance to a network. Attaching to a network
+// the instance is already on succeeds with changed=false when no other
+// address is asked for (another address is Conflict). A missing instance
+// or network is NotFound; an address the network cannot give (outside its
+// subnet, or a substrate that takes no static address) is InvalidArgument
+// or Unsupported. A failed attach leaves the instance as it was.
+//
+// DetachNetwork removes an instance from a network; an instance not on the
+// network is NotFound.
 type Networker interface {
 	ListNetworks(ctx context.Context) ([]Network, error)
-	AttachNetwork(ctx context.Context, name string, cfg NetworkConfig) error
+	AttachNetwork(ctx context.Context, name string, cfg NetworkConfig) (changed bool, err error)
 	DetachNetwork(ctx context.Context, name, network string) error
 }
 

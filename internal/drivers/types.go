@@ -160,7 +160,7 @@ type Snapshot struct {
 	SizeBytes   int64
 }
 
-// Network is a network the substrate can attach instances to.
+// Network is a network of the substrate.
 type Network struct {
 	Name     string
 	ID       string
@@ -168,7 +168,15 @@ type Network struct {
 	Subnet   string
 	Gateway  string
 	Internal bool // no route out
-	Managed  bool
+	// Managed is true when this fleet created the network, the meaning
+	// Instance.Managed has (on Docker the io.subbus.managed label, on LXD
+	// the user.subbus.managed config key; libvirt and Proxmox networks
+	// carry no such mark and are never Managed).
+	Managed bool
+	// Attachable is true when AttachNetwork can put an instance on the
+	// network through this driver (false for Docker's host and none
+	// networks, LXD's host interfaces, inactive libvirt networks).
+	Attachable bool
 }
 
 // Health is the state of a substrate as a whole.

@@ -224,6 +224,7 @@ func proxmoxSubstrate(t *testing.T) *substrate {
 	o.TaskPollInterval = config.Duration(50 * time.Millisecond)
 	o.EventPollInterval = config.Duration(200 * time.Millisecond)
 	o.LogPollInterval = config.Duration(200 * time.Millisecond)
+	// net is the internal bridge vmbr1: a guest gets its default NIC on vmbr0.
 	return &substrate{driver: "proxmox", url: serve(t, proxmox.New(o)), image: "local:iso/debian-12.7.0-amd64-netinst.iso",
-		noImage: "local:iso/ee-nope.iso", hello: `qmstart.*TASK OK`, net: "vmbr0", grace: "10s", limit: time.Minute}
+		noImage: "local:iso/ee-nope.iso", hello: `qmstart.*TASK OK`, net: "vmbr1", grace: "10s", limit: time.Minute}
 }

@@ -161,7 +161,8 @@ var ops = map[string]func(m *Manager) error{
 	"snapshot-delete":  func(m *Manager) error { return m.DeleteSnapshot(bg, "web", "s1") },
 	"network-list":     func(m *Manager) error { _, err := m.ListNetworks(bg); return err },
 	"network-attach": func(m *Manager) error {
-		return m.AttachNetwork(bg, "web", drivers.NetworkConfig{NetworkName: "net0"})
+		_, err := m.AttachNetwork(bg, "web", drivers.NetworkConfig{NetworkName: "net0"})
+		return err
 	},
 	"network-detach": func(m *Manager) error { return m.DetachNetwork(bg, "web", "net0") },
 	"create": func(m *Manager) error {
@@ -519,7 +520,8 @@ func TestValidationRejectsBeforeDriver(t *testing.T) {
 		{"clone onto itself", func() error { _, err := h.m.Clone(bg, "web", "web"); return err }, "target"},
 		{"bad network name", func() error { return h.m.DetachNetwork(bg, "web", "") }, "network"},
 		{"bad attach ip", func() error {
-			return h.m.AttachNetwork(bg, "web", drivers.NetworkConfig{NetworkName: "n", IPAddress: "10.0.0.300"})
+			_, err := h.m.AttachNetwork(bg, "web", drivers.NetworkConfig{NetworkName: "n", IPAddress: "10.0.0.300"})
+			return err
 		}, "network.ip_address"},
 		{"template name", create(tmpl(func(t *drivers.InstanceTemplate) { t.Name = "a;b" })), "template.name"},
 		{"no base image", create(tmpl(func(t *drivers.InstanceTemplate) { t.BaseImage = "" })), "template.base_image"},
@@ -896,7 +898,14 @@ func TestEventsForMutations(t *testing.T) {
 		{func() error { _, err := h.m.CreateSnapshot(ctx, "web", "s1"); return err }, "snapshot_created"},
 		{func() error { return h.m.RestoreSnapshot(ctx, "web", "s1") }, "snapshot_restored"},
 		{func() error { return h.m.DeleteSnapshot(ctx, "web", "s1") }, "snapshot_deleted"},
-		{func() error { return h.m.AttachNetwork(ctx, "web", drivers.NetworkConfig{NetworkName: "n1"}) }, "network_attached"},
+		{func() error {
+			_, err := h.m.AttachNetwork(ctx, "web", drivers.NetworkConfig{NetworkName: "n1"})
+			return err
+		}, "network_attached"},
+		{func() error {
+			_, err := h.m.AttachNetwork(ctx, "web", drivers.NetworkConfig{NetworkName: "n1"})
+			return err
+		}, ""}, // already attached
 		{func() error { return h.m.DetachNetwork(ctx, "web", "n1") }, "network_detached"},
 		{func() error { _, err := h.m.Clone(ctx, "web", "web2"); return err }, "cloned"},
 		{func() error { _, err := h.m.Stop(ctx, "web", drivers.StopOptions{}); return err }, "stopped"},

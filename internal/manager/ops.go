@@ -669,24 +669,40 @@ func (m *Manager) ListNetworks(ctx context.Context) ([]drivers.Network, error) {
 }
 
 // AttachNetwork attaches an instance to a network; emits network_attached.
-func (m *Manager) AttachNetwork(ctx context.Context, name string, cfg drivers.NetworkConfig) error {
+// Attaching to a network the instance is already on succeeds with
+// changed=false and emits nothing.
+func (m *Manager) AttachNetwork(ctx context.Context, name string, cfg drivers.NetworkConfig) (bool, error) {
 	const op = "network-attach"
 	if err := drivers.ValidateName("name", name); err != nil {
-		return m.reject(op, err)
+		return false, m.reject(op, err)
 	}
 	if err := validateNetworkConfig("network", cfg); err != nil {
-		return m.reject(op, err)
+		return false, m.reject(op, err)
 	}
 	n, err := m.networker(op)
 	if err != nil {
-		return err
+		return false, err
 	}
 	details := map[string]string{"network": cfg.NetworkName}
 	if cfg.IPAddress != "" {
 		details["ip_address"] = cfg.IPAddress
 	}
-	return m.mutateOne(ctx, op, name, drivers.EventNetworkAttached, details,
-		func(ctx context.Context) error { return n.AttachNetwork(ctx, name, cfg) })
+	var changed bool
+	err = m.mutate(ctx, op, []string{name}, func(ctx context.Context, fl *flight) error {
+		var err error
+		changed, err = run(m, ctx, driverCall{op: op, flight: fl}, func(ctx context.Context) (bool, error) {
+			return n.AttachNetwork(ctx, name, cfg)
+		})
+		return err
+	})
+	if err != nil {
+		m.emitFailed(ctx, op, name, details, err)
+		return false, err
+	}
+	if changed {
+		m.emitState(ctx, drivers.EventNetworkAttached, name, "", details)
+	}
+	return changed, nil
 }
 
 // DetachNetwork detaches an instance from a network; emits network_detached.

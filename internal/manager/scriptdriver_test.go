@@ -251,6 +251,7 @@ type fullDriver struct {
 	*scriptDriver
 	events    chan drivers.Event
 	watchErrs chan error // each Watch call first takes one: non-nil ends it with that error
+	attached  sync.Map   // "instance/network" -> true
 }
 
 func newFullDriver(name string) *fullDriver {
@@ -335,12 +336,20 @@ func (d *fullDriver) ListNetworks(ctx context.Context) ([]drivers.Network, error
 	return []drivers.Network{{Name: "net0"}}, d.enter(ctx, "network-list")
 }
 
-func (d *fullDriver) AttachNetwork(ctx context.Context, name string, cfg drivers.NetworkConfig) error {
-	return d.enter(ctx, "network-attach")
+func (d *fullDriver) AttachNetwork(ctx context.Context, name string, cfg drivers.NetworkConfig) (bool, error) {
+	if err := d.enter(ctx, "network-attach"); err != nil {
+		return false, err
+	}
+	_, already := d.attached.LoadOrStore(name+"/"+cfg.NetworkName, true)
+	return !already, nil
 }
 
 func (d *fullDriver) DetachNetwork(ctx context.Context, name, network string) error {
-	return d.enter(ctx, "network-detach")
+	if err := d.enter(ctx, "network-detach"); err != nil {
+		return err
+	}
+	d.attached.Delete(name + "/" + network)
+	return nil
 }
 
 // Watch feeds events from d.events until ctx ends, or ends early with the

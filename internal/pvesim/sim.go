@@ -236,7 +236,7 @@ func New(opts Options) (*Sim, error) {
 }
 
 func newNode(name string) *simNode {
-	n := &simNode{name: name, online: true, since: time.Now(), bridges: []string{"vmbr0"}}
+	n := &simNode{name: name, online: true, since: time.Now(), bridges: []string{"vmbr0", "vmbr1"}}
 	local := &storage{id: "local", typ: "dir", content: "backup,iso,vztmpl", total: 100 << 30, volumes: map[string]*volume{}}
 	lvm := &storage{id: "local-lvm", typ: "lvmthin", content: "images,rootdir", total: 400 << 30, volumes: map[string]*volume{}}
 	now := time.Now().Unix()

@@ -94,7 +94,8 @@ var handlers = map[messages.Op]handler{
 		return r.m.Clone(ctx, b.Source, b.Target)
 	}),
 	messages.OpNetworkAttach: on(func(ctx context.Context, r *busRequest, b *messages.NetworkAttachRequest) (any, error) {
-		return messages.ChangedResult{Changed: true}, r.m.AttachNetwork(ctx, b.Name, b.Network.Contract())
+		changed, err := r.m.AttachNetwork(ctx, b.Name, b.Network.Contract())
+		return messages.ChangedResult{Changed: changed}, err
 	}),
 	messages.OpNetworkDetach: on(func(ctx context.Context, r *busRequest, b *messages.NetworkDetachRequest) (any, error) {
 		return messages.ChangedResult{Changed: true}, r.m.DetachNetwork(ctx, b.Name, b.Network)

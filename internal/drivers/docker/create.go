@@ -43,6 +43,9 @@ func (d *Driver) createFrom(ctx context.Context, t drivers.InstanceTemplate, ima
 	if err := d.ensureImage(ctx, image); err != nil {
 		return drivers.Instance{}, err
 	}
+	if err := d.checkNetworks(ctx, t.Networks); err != nil {
+		return drivers.Instance{}, fmt.Errorf("create %s: %w", t.Name, err)
+	}
 	opts, err := d.createOptions(t, image, reqID)
 	if err != nil {
 		return drivers.Instance{}, err
@@ -243,13 +246,9 @@ func (d *Driver) createOptions(t drivers.InstanceTemplate, image, reqID string) 
 func endpointFor(n drivers.NetworkConfig) (*network.EndpointSettings, error) {
 	ep := &network.EndpointSettings{}
 	if n.IPAddress != "" {
-		// An address, or address/prefix (the prefix is the network's).
-		a, err := netip.ParseAddr(n.IPAddress)
-		if p, perr := netip.ParsePrefix(n.IPAddress); err != nil && perr == nil {
-			a, err = p.Addr(), nil
-		}
+		a, err := parseAddr(n)
 		if err != nil {
-			return nil, drivers.Errorf(drivers.InvalidArgument, "network %s: ip_address %q: %w", n.NetworkName, n.IPAddress, err)
+			return nil, err
 		}
 		ep.IPAMConfig = &network.EndpointIPAMConfig{}
 		if a.Is4() {
@@ -261,7 +260,8 @@ func endpointFor(n drivers.NetworkConfig) (*network.EndpointSettings, error) {
 	return ep, nil
 }
 
-// connectNetworks connects container id to each network in turn.
+// connectNetworks connects container id to each network in turn; the
+// caller has checked them (checkNetworks).
 func (d *Driver) connectNetworks(ctx context.Context, id string, nets []drivers.NetworkConfig) error {
 	c, err := d.client()
 	if err != nil {
@@ -271,14 +271,6 @@ func (d *Driver) connectNetworks(ctx context.Context, id string, nets []drivers.
 		ep, err := endpointFor(n)
 		if err != nil {
 			return err
-		}
-		// A stopped container accepts any network name (resolved only at
-		// start): check that the network exists.
-		if _, err := c.NetworkInspect(ctx, n.NetworkName, client.NetworkInspectOptions{}); err != nil {
-			if classify(err) == drivers.NotFound {
-				return fmt.Errorf("network %q not found: %w", n.NetworkName, err)
-			}
-			return fmt.Errorf("inspect network %s: %w", n.NetworkName, err)
 		}
 		if _, err := c.NetworkConnect(ctx, n.NetworkName, client.NetworkConnectOptions{Container: id, EndpointConfig: ep}); err != nil {
 			return fmt.Errorf("connect network %s: %w", n.NetworkName, err)

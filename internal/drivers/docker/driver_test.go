@@ -789,64 +789,6 @@ func TestLimitsMemoryAndSwap(t *testing.T) {
 	}
 }
 
-// TestAttachStaticIP attaches a container with a fixed address on an
-// internal network with a known subnet.
-func TestAttachStaticIP(t *testing.T) {
-	d := connected(t)
-	net := uniqueName("ipnet")
-	var subnet string
-	for i := 0; i < 10 && subnet == ""; i++ {
-		b := make([]byte, 2)
-		_, _ = randRead(b)
-		s := fmt.Sprintf("10.%d.%d.0/24", 100+int(b[0])%100, b[1])
-		if exec.Command("docker", "network", "create", "--internal", "--subnet", s, net).Run() == nil {
-			subnet = s
-		}
-	}
-	if subnet == "" {
-		t.Fatal("could not create an internal network with a free subnet")
-	}
-	t.Cleanup(func() { _ = exec.Command("docker", "network", "rm", net).Run() })
-	ip := strings.TrimSuffix(subnet, "0/24") + "42"
-	name := uniqueName("ip")
-	createT(t, d, busybox(t, name, "sleep 60"))
-	ctx := testCtx(t, 30*time.Second)
-	if err := d.AttachNetwork(ctx, name, drivers.NetworkConfig{NetworkName: net, IPAddress: ip}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := d.Start(ctx, name); err != nil {
-		t.Fatal(err)
-	}
-	i, err := d.Get(ctx, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.ContainsFunc(i.Networks, func(n drivers.NetworkConfig) bool { return n.NetworkName == net && n.IPAddress == ip }) {
-		t.Errorf("networks %+v, want %s with %s", i.Networks, net, ip)
-	}
-	// Attaching again with the same address is a no-op; another address conflicts.
-	if err := d.AttachNetwork(ctx, name, drivers.NetworkConfig{NetworkName: net, IPAddress: ip}); err != nil {
-		t.Errorf("re-attach with the same address: %v", err)
-	}
-	other := strings.TrimSuffix(subnet, "0/24") + "43"
-	if err := d.AttachNetwork(ctx, name, drivers.NetworkConfig{NetworkName: net, IPAddress: other}); classify(err) != drivers.Conflict {
-		t.Errorf("attach with another address: %v, want conflict", err)
-	}
-	nets, err := d.ListNetworks(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.ContainsFunc(nets, func(n drivers.Network) bool { return n.Name == net && n.Internal && n.Subnet == subnet }) {
-		t.Errorf("ListNetworks lacks internal %s %s: %+v", net, subnet, nets)
-	}
-	if err := d.DetachNetwork(ctx, name, net); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.DetachNetwork(ctx, name, net); classify(err) != drivers.NotFound {
-		t.Errorf("second detach: %v, want not_found", err)
-	}
-}
-
 // proxy forwards a unix socket to the Docker socket and can cut every
 // connection, to break the event stream without touching the daemon.
 type proxy struct {

@@ -75,6 +75,7 @@ func (d *Driver) Watch(ctx context.Context, emit func(drivers.Event)) error {
 	if cur == nil {
 		cur = &watchCursor{}
 	}
+	emit = withoutRestoreAsides(emit)
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	f := make(client.Filters).Add("type", "container").Add("event", watchedActions...)
@@ -123,6 +124,19 @@ func (d *Driver) Watch(ctx context.Context, emit func(drivers.Event)) error {
 			d.watch.put(&watchCursor{since: last, known: w.known})
 			return nil
 		}
+	}
+}
+
+// withoutRestoreAsides drops the events of a container while a snapshot
+// restore has it renamed aside (<name>-subbus-restore-<hex>): its rename
+// away and back, and its removal. The instance itself is seen stopping,
+// appearing anew and starting under its own name.
+func withoutRestoreAsides(emit func(drivers.Event)) func(drivers.Event) {
+	return func(ev drivers.Event) {
+		if isRestoreAside(ev.Instance) || isRestoreAside(ev.Details["old_name"]) {
+			return
+		}
+		emit(ev)
 	}
 }
 

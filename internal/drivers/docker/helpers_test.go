@@ -126,7 +126,7 @@ func requireInternal(t testing.TB, name string) {
 // docker CLI (independent of the driver under test).
 func forceRemove(name string) {
 	_ = exec.Command("docker", "rm", "-f", "-v", name).Run()
-	for _, repo := range []string{repoName(SnapshotRepo, name), repoName(CloneRepo, name)} {
+	for _, repo := range []string{repoName(SnapshotRepo, name), repoName(CloneRepo, name), repoName(RestoreRepo, name)} {
 		out, _ := exec.Command("docker", "images", "-q", repo).Output()
 		for _, id := range strings.Fields(string(out)) {
 			_ = exec.Command("docker", "rmi", "-f", id).Run()

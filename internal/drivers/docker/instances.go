@@ -115,8 +115,8 @@ func endpoints(m map[string]*network.EndpointSettings) []drivers.NetworkConfig {
 	for name, ep := range m {
 		nc := drivers.NetworkConfig{NetworkName: name}
 		if ep != nil {
-			if ep.IPAddress.IsValid() {
-				nc.IPAddress = ep.IPAddress.String()
+			if a := endpointAddr(ep); a.IsValid() {
+				nc.IPAddress = a.String()
 			}
 			if ep.Gateway.IsValid() {
 				nc.Gateway = ep.Gateway.String()
@@ -195,7 +195,9 @@ func missingNetworks(t drivers.InstanceTemplate, have map[string]*network.Endpoi
 }
 
 // Health implements drivers.Driver: ping, engine and API versions,
-// containers by state, image count, and the daemon's warnings as issues.
+// containers by state, image count, and as issues the daemon's warnings,
+// leftovers of unfinished creates and snapshot images of instances that no
+// longer exist.
 func (d *Driver) Health(ctx context.Context) (drivers.Health, error) {
 	c, err := d.client()
 	if err != nil {
@@ -232,6 +234,11 @@ func (d *Driver) Health(ctx context.Context) (drivers.Health, error) {
 		},
 	}
 	h.CountStates(list)
+	orphans, err := d.orphanSnapshots(ctx, list)
+	if err != nil {
+		return drivers.Health{}, err
+	}
+	h.Issues = append(h.Issues, orphans...)
 	managed := 0
 	for _, i := range list {
 		if i.Managed {

@@ -24,6 +24,12 @@ const (
 	LabelCloneImage = "io.subbus.clone-image"
 	// LabelRestoredFrom names the snapshot a container was restored from.
 	LabelRestoredFrom = "io.subbus.restored-from"
+	// LabelOwnImage names the image tag a restored container was created
+	// from (subbus-restore/<instance>:<snapshot>-<random>), a second tag
+	// of the snapshot image that the container owns: deleting the
+	// snapshot then only removes the snapshot's tag, and the own tag goes
+	// with the container, so no untagged image is ever left behind.
+	LabelOwnImage = "io.subbus.own-image"
 )
 
 // Snapshot image labels.
@@ -36,7 +42,7 @@ const (
 // ownerLabels are the labels that say who made a container; they are
 // blanked in committed images so containers made from them by hand are
 // not mistaken for managed ones.
-var ownerLabels = []string{LabelManaged, LabelHost, LabelRequestID, LabelCreated, LabelTemplate, LabelCloneImage, LabelRestoredFrom}
+var ownerLabels = []string{LabelManaged, LabelHost, LabelRequestID, LabelCreated, LabelTemplate, LabelCloneImage, LabelRestoredFrom, LabelOwnImage}
 
 func isManaged(labels map[string]string) bool { return labels[LabelManaged] == "true" }
 

@@ -141,12 +141,8 @@ func (d *Driver) Delete(ctx context.Context, name string, opts drivers.DeleteOpt
 		return false, fmt.Errorf("delete %s: %w", name, err)
 	}
 	d.stats.forget(ins.ID)
-	if ins.Config != nil && isManaged(ins.Config.Labels) {
-		if img := ins.Config.Labels[LabelCloneImage]; img != "" {
-			// Best effort: another container may still use it.
-			_, _ = c.ImageRemove(ctx, img, client.ImageRemoveOptions{})
-		}
-	}
+	d.removeOwnedImages(ins)
+	d.removeSnapshotImages(name)
 	return true, nil
 }
 

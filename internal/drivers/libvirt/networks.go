@@ -40,7 +40,16 @@ func (d *Driver) ListNetworks(ctx context.Context) ([]drivers.Network, error) {
 		if err := def.Unmarshal(x); err != nil {
 			return nil, fmt.Errorf("network %s: %w", n.Name, err)
 		}
-		nw := drivers.Network{Name: n.Name, ID: uuidString(n.UUID), Type: "isolated", Internal: true}
+		act, err := call(ctx, func() (int32, error) { return l.NetworkIsActive(n) })
+		if err != nil {
+			if classify(err) == drivers.NotFound {
+				continue
+			}
+			return nil, fmt.Errorf("network %s: %w", n.Name, err)
+		}
+		// libvirt networks carry no subbus mark: never Managed. An inactive
+		// network cannot take a NIC of a running domain, nor start one.
+		nw := drivers.Network{Name: n.Name, ID: uuidString(n.UUID), Type: "isolated", Internal: true, Attachable: act == 1}
 		if def.Forward != nil {
 			nw.Type, nw.Internal = def.Forward.Mode, false
 			if nw.Type == "" {
@@ -78,44 +87,44 @@ func randomMAC() string {
 // AttachNetwork adds a virtio NIC on the libvirt network to the domain's
 // definition and, when it runs, hot-plugs it. Addresses are configured
 // inside the guest: ip_address, gateway and dns_servers are Unsupported.
-// A domain already on the network is left as it is.
-func (d *Driver) AttachNetwork(ctx context.Context, name string, cfg drivers.NetworkConfig) error {
+// A domain already on the network is left as it is (changed=false).
+func (d *Driver) AttachNetwork(ctx context.Context, name string, cfg drivers.NetworkConfig) (bool, error) {
 	if cfg.IPAddress != "" || cfg.Gateway != "" || len(cfg.DNSServers) > 0 {
-		return drivers.Unsupportedf("ip_address, gateway, dns_servers: a VM configures its addresses itself")
+		return false, drivers.Unsupportedf("ip_address, gateway, dns_servers: a VM configures its addresses itself")
 	}
 	l, err := d.conn()
 	if err != nil {
-		return err
+		return false, err
 	}
 	if _, err := call(ctx, func() (golibvirt.Network, error) { return l.NetworkLookupByName(cfg.NetworkName) }); err != nil {
-		return fmt.Errorf("network %s: %w", cfg.NetworkName, err)
+		return false, fmt.Errorf("network %s: %w", cfg.NetworkName, err)
 	}
 	dom, err := d.lookup(ctx, l, name)
 	if err != nil {
-		return err
+		return false, err
 	}
 	x, err := d.load(ctx, l, dom, golibvirt.DomainXMLInactive)
 	if err != nil {
-		return err
+		return false, err
 	}
 	for _, n := range networksOf(x.def) {
 		if n.NetworkName == cfg.NetworkName {
-			return nil
+			return false, nil
 		}
 	}
 	ifc := networkInterface(cfg.NetworkName, randomMAC())
 	dev, err := ifc.Marshal()
 	if err != nil {
-		return err
+		return false, err
 	}
 	flags := golibvirt.DomainDeviceModifyConfig
 	if active(x.state) {
 		flags |= golibvirt.DomainDeviceModifyLive
 	}
 	if err := call0(ctx, func() error { return l.DomainAttachDeviceFlags(dom, dev, uint32(flags)) }); err != nil {
-		return fmt.Errorf("attaching domain %s to network %s: %w", name, cfg.NetworkName, err)
+		return false, fmt.Errorf("attaching domain %s to network %s: %w", name, cfg.NetworkName, err)
 	}
-	return nil
+	return true, nil
 }
 
 // DetachNetwork removes the domain's NICs on the network from its

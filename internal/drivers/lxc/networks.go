@@ -2,9 +2,11 @@ package lxc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"sort"
 	"strings"
 
 	"github.com/subbus/subbus/internal/drivers"
@@ -18,8 +20,17 @@ type network struct {
 	Config  map[string]string `json:"config"`
 }
 
-// ListNetworks lists the networks LXD manages. GET /1.0/networks also
-// returns the host's own interfaces (eth0, docker0, …): they are left out.
+// managedKey is the network config key that marks a network subbus
+// created (Network.Managed; LXD allows user.* keys on managed networks).
+const managedKey = "user.subbus.managed"
+
+// ListNetworks lists every network GET /1.0/networks returns: the
+// networks LXD manages, which instances can be attached to, and the
+// host's own interfaces (eth0, docker0, …; LXD's "managed": false), which
+// they cannot (Attachable false). Managed means subbus created it
+// (user.subbus.managed=true), as it does for instances. Internal is known
+// only for LXD's networks: no NAT and no uplink; a host interface is
+// reported not internal.
 func (d *Driver) ListNetworks(ctx context.Context) ([]drivers.Network, error) {
 	c, _, err := d.conn()
 	if err != nil {
@@ -31,20 +42,21 @@ func (d *Driver) ListNetworks(ctx context.Context) ([]drivers.Network, error) {
 	}
 	out := []drivers.Network{}
 	for _, n := range list {
-		if !n.Managed {
-			continue
-		}
-		pn := drivers.Network{Name: n.Name, ID: n.Name, Type: n.Type, Managed: true}
-		if addr := n.Config["ipv4.address"]; addr != "" && addr != "none" {
-			if ip, ipn, err := net.ParseCIDR(addr); err == nil {
-				pn.Gateway = ip.String()
-				pn.Subnet = ipn.String()
+		pn := drivers.Network{Name: n.Name, ID: n.Name, Type: n.Type, Attachable: n.Managed,
+			Managed: n.Managed && n.Config[managedKey] == "true"}
+		if n.Managed {
+			if addr := n.Config["ipv4.address"]; addr != "" && addr != "none" {
+				if ip, ipn, err := net.ParseCIDR(addr); err == nil {
+					pn.Gateway = ip.String()
+					pn.Subnet = ipn.String()
+				}
 			}
+			// No NAT and no uplink: nothing routes out of the bridge.
+			pn.Internal = n.Config["ipv4.nat"] != "true" && n.Config["ipv6.nat"] != "true" && n.Config["network"] == ""
 		}
-		// No NAT and no uplink: nothing routes out of the bridge.
-		pn.Internal = n.Config["ipv4.nat"] != "true" && n.Config["ipv6.nat"] != "true" && n.Config["network"] == ""
 		out = append(out, pn)
 	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
 }
 
@@ -106,23 +118,32 @@ func nicFor(devs map[string]map[string]string, netName string) string {
 	return ""
 }
 
-// AttachNetwork adds a NIC on a managed network (hot-plugged into a
-// running container). Attaching twice is AlreadyExists.
-func (d *Driver) AttachNetwork(ctx context.Context, name string, cfg drivers.NetworkConfig) error {
+// errUnchanged ends an editDevices whose edit found nothing to change.
+var errUnchanged = errors.New("unchanged")
+
+// AttachNetwork adds a NIC on a network LXD manages (hot-plugged into a
+// running container). An instance already on the network is left as it is
+// (changed=false) unless another address is asked for (Conflict). A host
+// interface LXD does not manage is InvalidArgument.
+func (d *Driver) AttachNetwork(ctx context.Context, name string, cfg drivers.NetworkConfig) (bool, error) {
 	c, _, err := d.conn()
 	if err != nil {
-		return err
+		return false, err
 	}
 	var n network
 	if _, err := c.query(ctx, http.MethodGet, "/1.0/networks/"+esc(cfg.NetworkName), nil, &n); err != nil {
-		return notFound(err, "network", cfg.NetworkName)
+		return false, notFound(err, "network", cfg.NetworkName)
 	}
 	if !n.Managed {
-		return drivers.Errorf(drivers.InvalidArgument, "lxc: network %q is not managed by LXD", cfg.NetworkName)
+		return false, drivers.Errorf(drivers.InvalidArgument, "lxc: network %q is a host interface LXD does not manage: instances can be attached only to LXD's networks", cfg.NetworkName)
 	}
-	return d.editDevices(ctx, name, func(in *instance) error {
+	err = d.editDevices(ctx, name, func(in *instance) error {
 		if dev := nicFor(in.ExpandedDevices, cfg.NetworkName); dev != "" {
-			return drivers.Errorf(drivers.AlreadyExists, "lxc: instance %q is already attached to network %q (device %s)", name, cfg.NetworkName, dev)
+			have := in.ExpandedDevices[dev]
+			if cfg.IPAddress == "" || have["ipv4.address"] == cfg.IPAddress || have["ipv6.address"] == cfg.IPAddress {
+				return errUnchanged
+			}
+			return drivers.Errorf(drivers.Conflict, "lxc: instance %q is already on network %q (device %s) with another address", name, cfg.NetworkName, dev)
 		}
 		devName := cfg.NetworkName
 		if _, taken := in.ExpandedDevices[devName]; taken {
@@ -131,6 +152,10 @@ func (d *Driver) AttachNetwork(ctx context.Context, name string, cfg drivers.Net
 		in.Devices[devName] = nicDevice(cfg, freeIface(in.ExpandedDevices))
 		return nil
 	})
+	if errors.Is(err, errUnchanged) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // freeIface returns the first ethN not used by a NIC.

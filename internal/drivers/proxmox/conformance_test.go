@@ -41,7 +41,9 @@ func (h *harness) Unreachable(ctx context.Context) (drivers.Driver, error) {
 	return New(o), nil
 }
 
-func (h *harness) Network() string { return "vmbr0" }
+// Network is the internal bridge vmbr1: guests the template makes get their
+// default NIC on vmbr0 (proxmox.bridge).
+func (h *harness) Network() string { return "vmbr1" }
 
 func (h *harness) Close() { h.env.checkRequests(h.t) }
 

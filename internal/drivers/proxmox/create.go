@@ -238,6 +238,19 @@ func (d *Driver) createGuest(ctx context.Context, t drivers.InstanceTemplate, sr
 	if src.template.vmid() != 0 {
 		node = src.template.Node // a clone is made where its source lives
 	}
+	// PVE accepts a NIC on a bridge that does not exist and fails only at
+	// start: check the networks first.
+	if len(t.Networks) > 0 {
+		nets, err := d.networks(ctx, node)
+		if err != nil {
+			return resource{}, err
+		}
+		for _, n := range t.Networks {
+			if err := checkNetwork(nets, src.kind, n, node); err != nil {
+				return resource{}, err
+			}
+		}
+	}
 	for attempt := 0; ; attempt++ {
 		vmid, err := d.nextID(ctx)
 		if err != nil {

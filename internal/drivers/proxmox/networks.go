@@ -3,7 +3,9 @@ package proxmox
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -65,13 +67,13 @@ func (d *Driver) networks(ctx context.Context, node string) ([]drivers.Network, 
 		}
 		out = append(out, drivers.Network{
 			Name: n.Iface, ID: node + "/" + n.Iface, Type: n.Type, Subnet: n.CIDR, Gateway: n.Gateway,
-			Internal: strings.TrimSpace(n.Ports) == "" || n.Ports == "none",
+			Internal: strings.TrimSpace(n.Ports) == "" || n.Ports == "none", Attachable: true,
 		})
 	}
 	var vnets []vnetEntry
 	if err := c.Get(ctx, "/cluster/sdn/vnets", &vnets); err == nil {
 		for _, v := range vnets {
-			out = append(out, drivers.Network{Name: v.VNet, ID: "sdn/" + v.Zone + "/" + v.VNet, Type: "vnet"})
+			out = append(out, drivers.Network{Name: v.VNet, ID: "sdn/" + v.Zone + "/" + v.VNet, Type: "vnet", Attachable: true})
 		}
 	} else if c := classify(err); c != drivers.Unsupported && c != drivers.NotFound {
 		return nil, fmt.Errorf("proxmox: GET /cluster/sdn/vnets: %w", err)
@@ -80,28 +82,63 @@ func (d *Driver) networks(ctx context.Context, node string) ([]drivers.Network, 
 	return out, nil
 }
 
+// checkNetwork checks an attachment of a guest of kind against the
+// node's networks: the bridge or vnet must exist (NotFound), and a
+// container's static address must lie in the bridge's subnet when the
+// bridge has one (InvalidArgument; a VM takes no address: nicValue says
+// so).
+func checkNetwork(nets []drivers.Network, kind string, n drivers.NetworkConfig, node string) error {
+	i := slices.IndexFunc(nets, func(x drivers.Network) bool { return x.Name == n.NetworkName })
+	if i < 0 {
+		return &errNoNetwork{name: n.NetworkName, node: node}
+	}
+	if kind != kindLXC || n.IPAddress == "" || nets[i].Subnet == "" {
+		return nil
+	}
+	subnet, err := netip.ParsePrefix(nets[i].Subnet)
+	if err != nil {
+		return nil // a bridge address PVE reports oddly: let PVE judge
+	}
+	a, err := netip.ParsePrefix(n.IPAddress)
+	if err != nil {
+		return nil // nicValue names the format problem
+	}
+	if !subnet.Masked().Contains(a.Addr()) {
+		return drivers.Errorf(drivers.InvalidArgument, "proxmox: ip_address %s is outside the subnet of bridge %s (%s)", n.IPAddress, n.NetworkName, subnet.Masked())
+	}
+	return nil
+}
+
 // AttachNetwork adds a NIC on the bridge (or vnet) as the first free
 // net[n]. On a running guest PVE hot-plugs it (VM) or applies it at once
-// (container). A missing bridge is NotFound.
-func (d *Driver) AttachNetwork(ctx context.Context, name string, n drivers.NetworkConfig) error {
+// (container). A missing bridge is NotFound. A guest that already has a
+// NIC there is left as it is (changed=false) unless another address is
+// asked for (Conflict).
+func (d *Driver) AttachNetwork(ctx context.Context, name string, n drivers.NetworkConfig) (bool, error) {
 	r, err := d.find(ctx, name)
 	if err != nil {
-		return err
+		return false, err
 	}
 	nets, err := d.networks(ctx, r.Node)
 	if err != nil {
-		return err
+		return false, err
 	}
-	found := false
-	for _, x := range nets {
-		found = found || x.Name == n.NetworkName
-	}
-	if !found {
-		return &errNoNetwork{name: n.NetworkName, node: r.Node}
+	if err := checkNetwork(nets, r.Type, n, r.Node); err != nil {
+		return false, err
 	}
 	cfg, err := d.config(ctx, r)
 	if err != nil {
-		return err
+		return false, err
+	}
+	for _, k := range nicKeys(cfg) {
+		nic := propString(cfg.str(k))
+		if nic["bridge"] != n.NetworkName {
+			continue
+		}
+		if n.IPAddress == "" || nic["ip"] == n.IPAddress {
+			return false, nil
+		}
+		return false, drivers.Errorf(drivers.Conflict, "proxmox: guest %s is already on %s (%s) with another address", name, n.NetworkName, k)
 	}
 	idx := 0
 	for ; ; idx++ {
@@ -111,9 +148,12 @@ func (d *Driver) AttachNetwork(ctx context.Context, name string, n drivers.Netwo
 	}
 	v, err := nicValue(r.Type, idx, n)
 	if err != nil {
-		return err
+		return false, err
 	}
-	return d.putConfig(ctx, r, map[string]any{"net" + strconv.Itoa(idx): v})
+	if err := d.putConfig(ctx, r, map[string]any{"net" + strconv.Itoa(idx): v}); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // DetachNetwork removes every NIC of the guest on the bridge. A guest

@@ -194,6 +194,32 @@ func TestNICValue(t *testing.T) {
 	}
 }
 
+// TestCheckNetwork: a bridge the node lacks is not_found, a container's
+// address outside the bridge's subnet invalid_argument (PVE would accept
+// both and fail at start).
+func TestCheckNetwork(t *testing.T) {
+	nets := []drivers.Network{{Name: "vmbr0", Subnet: "192.0.2.10/24"}, {Name: "vmbr1"}}
+	cases := []struct {
+		kind string
+		n    drivers.NetworkConfig
+		code drivers.Code
+	}{
+		{kindLXC, drivers.NetworkConfig{NetworkName: "vmbr0"}, 0},
+		{kindLXC, drivers.NetworkConfig{NetworkName: "vmbr0", IPAddress: "192.0.2.50/24"}, 0},
+		{kindLXC, drivers.NetworkConfig{NetworkName: "vmbr0", IPAddress: "10.9.9.9/24"}, drivers.InvalidArgument},
+		{kindLXC, drivers.NetworkConfig{NetworkName: "vmbr1", IPAddress: "10.9.9.9/24"}, 0},  // no address on the bridge: PVE judges
+		{kindQemu, drivers.NetworkConfig{NetworkName: "vmbr0", IPAddress: "10.9.9.9/24"}, 0}, // nicValue: unsupported
+		{kindQemu, drivers.NetworkConfig{NetworkName: "vmbr9"}, drivers.NotFound},
+		{kindLXC, drivers.NetworkConfig{NetworkName: "vmbr9"}, drivers.NotFound},
+	}
+	for _, c := range cases {
+		err := checkNetwork(nets, c.kind, c.n, "pve1")
+		if got := classify(err); err != nil && got != c.code || err == nil && c.code != 0 {
+			t.Errorf("checkNetwork(%+v) = %v (%s), want %s", c.n, err, got, c.code)
+		}
+	}
+}
+
 func TestCheckTemplate(t *testing.T) {
 	ok := drivers.InstanceTemplate{Name: "web", Metadata: map[string]string{"kind": "lxc", "team": "x"}}
 	if err := checkTemplate(ok); err != nil {

@@ -109,7 +109,8 @@ func testUnsupported(t *testing.T, e *env) {
 		ops = append(ops,
 			op{"network-list", e.caps.Networks, func() error { _, err := n.ListNetworks(ctx); return err }},
 			op{"network-attach", e.caps.Networks, func() error {
-				return n.AttachNetwork(ctx, name, drivers.NetworkConfig{NetworkName: "subbus-none"})
+				_, err := n.AttachNetwork(ctx, name, drivers.NetworkConfig{NetworkName: "subbus-none"})
+				return err
 			}},
 			op{"network-detach", e.caps.Networks, func() error { return n.DetachNetwork(ctx, name, "subbus-none") }})
 	} else {
@@ -519,34 +520,105 @@ func testNetworks(t *testing.T, e *env) {
 		t.Skipf("harness has no NetworkHarness; attach/detach not tested (%d networks listed)", len(nets))
 	}
 	network := nh.Network()
-	if !slices.ContainsFunc(nets, func(x drivers.Network) bool { return x.Name == network }) {
-		t.Errorf("ListNetworks does not show the harness network %q: %+v", network, nets)
+	i := slices.IndexFunc(nets, func(x drivers.Network) bool { return x.Name == network })
+	if i < 0 {
+		t.Fatalf("ListNetworks does not show the harness network %q: %+v", network, nets)
 	}
+	if !nets[i].Attachable {
+		t.Errorf("ListNetworks: the harness network is not Attachable: %+v", nets[i])
+	}
+	e.run("AttachDetach", func(t *testing.T, e *env) { testAttachDetach(t, e, n, network) })
+	e.run("MissingAtCreate", testNetworkMissingAtCreate)
+}
+
+// testAttachDetach: attach answers changed=true, a second attach
+// changed=false with no event, detach removes the network, and detach of
+// a network the instance is not on and attach to a missing network are
+// NotFound.
+func testAttachDetach(t *testing.T, e *env, n drivers.Networker, network string) {
+	var mu sync.Mutex
+	var attached []messages.Event
+	unsub := e.m.Subscribe(func(ev messages.Event) {
+		if ev.Type == drivers.EventNetworkAttached {
+			mu.Lock()
+			attached = append(attached, ev)
+			mu.Unlock()
+		}
+	})
+	defer unsub()
 	name := e.create("net")
-	e.must("AttachNetwork", n.AttachNetwork(e.ctx(), name, drivers.NetworkConfig{NetworkName: network}))
+	has := func(i drivers.Instance) bool {
+		return slices.ContainsFunc(i.Networks, func(c drivers.NetworkConfig) bool { return c.NetworkName == network })
+	}
+	changed, err := n.AttachNetwork(e.ctx(), name, drivers.NetworkConfig{NetworkName: network})
+	e.must("AttachNetwork", err)
+	if !changed {
+		t.Errorf("AttachNetwork: changed=false, want true")
+	}
 	testenv.Eventually(t, e.s.settle, func() error {
 		i, err := e.m.Get(e.ctx(), name)
 		if err != nil {
 			return err
 		}
-		if !slices.ContainsFunc(i.Networks, func(c drivers.NetworkConfig) bool { return c.NetworkName == network }) {
+		if !has(i) {
 			return fmt.Errorf("instance networks %+v lack %q", i.Networks, network)
 		}
 		return nil
 	})
+	changed, err = n.AttachNetwork(e.ctx(), name, drivers.NetworkConfig{NetworkName: network})
+	e.must("AttachNetwork a second time", err)
+	if changed {
+		t.Errorf("AttachNetwork a second time: changed=true, want false")
+	}
+	i, err := e.m.Get(e.ctx(), name)
+	e.must("Get", err)
+	if k := slices.IndexFunc(i.Networks, func(c drivers.NetworkConfig) bool { return c.NetworkName == network }); k < 0 ||
+		slices.ContainsFunc(i.Networks[k+1:], func(c drivers.NetworkConfig) bool { return c.NetworkName == network }) {
+		t.Errorf("after attaching twice the instance should be on %q once: %+v", network, i.Networks)
+	}
 	e.must("DetachNetwork", n.DetachNetwork(e.ctx(), name, network))
 	testenv.Eventually(t, e.s.settle, func() error {
 		i, err := e.m.Get(e.ctx(), name)
 		if err != nil {
 			return err
 		}
-		if slices.ContainsFunc(i.Networks, func(c drivers.NetworkConfig) bool { return c.NetworkName == network }) {
+		if has(i) {
 			return fmt.Errorf("instance networks %+v still have %q", i.Networks, network)
 		}
 		return nil
 	})
-	err = n.AttachNetwork(e.ctx(), name, drivers.NetworkConfig{NetworkName: e.name("nonet")})
+	e.wantCode("DetachNetwork of a network the instance is not on", n.DetachNetwork(e.ctx(), name, network), drivers.NotFound)
+	_, err = n.AttachNetwork(e.ctx(), name, drivers.NetworkConfig{NetworkName: e.name("nonet")})
 	e.wantCode("AttachNetwork to a missing network", err, drivers.NotFound)
+	mu.Lock()
+	defer mu.Unlock()
+	var mine int
+	for _, ev := range attached {
+		if ev.Instance == name && ev.Source == messages.SourceManager {
+			mine++
+		}
+	}
+	if mine != 1 {
+		t.Errorf("two attaches emitted %d network_attached events, want 1 (the second changed nothing): %+v", mine, attached)
+	}
+}
+
+// testNetworkMissingAtCreate: a template naming a network that does not
+// exist is NotFound at create, and nothing is left behind.
+func testNetworkMissingAtCreate(t *testing.T, e *env) {
+	name := e.name("nonet")
+	t.Cleanup(func() { e.forceDelete(name) })
+	tmpl := e.h.Template(name)
+	tmpl.Networks = append(slices.Clone(tmpl.Networks), drivers.NetworkConfig{NetworkName: e.name("nonet")})
+	_, err := e.m.Create(e.ctx(), tmpl)
+	e.wantCode("Create on a missing network", err, drivers.NotFound)
+	_, err = e.m.Get(e.ctx(), name)
+	e.wantCode("Get after a create on a missing network", err, drivers.NotFound)
+	list, err := e.m.List(e.ctx())
+	e.must("List", err)
+	if slices.ContainsFunc(list, func(i drivers.Instance) bool { return i.Name == name }) {
+		t.Errorf("List shows %s after its create failed", name)
+	}
 }
 
 // testEvents checks the native feed on the driver itself (the manager runs

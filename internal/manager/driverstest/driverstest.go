@@ -63,7 +63,8 @@ type Harness interface {
 // Networks and can attach test instances to a network.
 type NetworkHarness interface {
 	// Network returns the name of an existing network (internal, no route
-	// out) that test instances may be attached to and detached from.
+	// out) that test instances may be attached to and detached from, and
+	// that instances made from Template are not on.
 	Network() string
 }
 
