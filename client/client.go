@@ -7,7 +7,9 @@
 //   - Do sends one request and decodes its reply;
 //   - Stream runs a streamed request (exec with output, followed logs);
 //   - Workers discovers the workers through the micro $SRV protocol;
-//   - Events reads lifecycle events from the SUBSTRATE_EVENTS stream.
+//   - Events reads lifecycle events from the SUBSTRATE_EVENTS stream;
+//   - Begin starts a long op in the background; Op, Ops, Wait and Cancel
+//     follow it by its operation id (ops.go).
 //
 // A request that names an instance without a host is sent to the host
 // that owns it, found in the fleet inventory (docs/fleet.md).
@@ -102,6 +104,7 @@ type ctxKey int
 const (
 	keyRequestID ctxKey = iota
 	keyIdempotency
+	keyNoWait // set by Begin
 )
 
 // WithRequestID makes requests made with ctx carry id (a subject-token-like
@@ -154,6 +157,9 @@ func newRequest(ctx context.Context, subject string, op messages.Op, req any) (*
 	msg.Header.Set(messages.HeaderRequestID, id)
 	if dl, ok := ctx.Deadline(); ok {
 		msg.Header.Set(messages.HeaderDeadline, messages.FormatDeadline(dl))
+	}
+	if noWait, _ := ctx.Value(keyNoWait).(bool); noWait {
+		msg.Header.Set(messages.HeaderNoWait, "1")
 	}
 	if op.Mutating() {
 		key, _ := ctx.Value(keyIdempotency).(string)

@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log"
@@ -165,4 +166,47 @@ func Example_followEvents() {
 	_ = c.Do(ctx, "process", "", messages.OpDelete, messages.DeleteRequest{Name: "example-evented", Force: true}, &res)
 	// Output:
 	// io.subbus.instance.created
+}
+
+// Begin a long operation without waiting, then follow it by its id: the
+// worker runs it in the background, records it in SUBSTRATE_OPS and
+// publishes its progress; any client can wait for it or cancel it later.
+func ExampleClient_Begin() {
+	c, done := connect()
+	defer done()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	tmpl := messages.Template{Name: "example-long", Command: []string{"/bin/sleep", "60"}}
+	op, err := c.Begin(ctx, "process", "", messages.OpCreate, messages.CreateRequest{Template: tmpl})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("accepted:", op.Op, op.Instance, op.State)
+
+	// The callback sees the record as it is when Wait starts and after
+	// every change (o.Progress is a line such as "created after 26ms").
+	final, err := c.Wait(ctx, op.ID, func(o messages.Operation) {
+		if o.State.Final() {
+			fmt.Println("ended:", o.State)
+		}
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	var inst messages.Instance
+	_ = json.Unmarshal(final.Result, &inst)
+	fmt.Println("result:", inst.Name, inst.State)
+
+	// Cancelling an operation that ended changes nothing.
+	again, _ := c.Cancel(ctx, op.ID)
+	fmt.Println("after cancel:", again.State)
+
+	var res messages.ChangedResult
+	_ = c.Do(ctx, "process", "", messages.OpDelete, messages.DeleteRequest{Name: "example-long", Force: true}, &res)
+	// Output:
+	// accepted: create example-long running
+	// ended: succeeded
+	// result: example-long stopped
+	// after cancel: succeeded
 }

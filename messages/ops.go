@@ -36,6 +36,7 @@ const (
 	OpNetworkAttach   Op = "network-attach"
 	OpNetworkDetach   Op = "network-detach"
 	OpNetworkList     Op = "network-list"
+	OpCancel          Op = "op-cancel"
 )
 
 // Capability names the optional driver capability an op needs; "" (None)
@@ -97,6 +98,13 @@ type OpSpec struct {
 	// Streams: the op can answer with a stream of Chunks (see Chunk) when
 	// its request asks for it (exec with stream, logs with follow).
 	Streams bool
+	// Long: the op can run for long (minutes: an image pull, a disk copy,
+	// a stop with a long grace), so it accepts HeaderNoWait and then
+	// answers at once with an Operation that runs in the background
+	// (docs/fleet.md "Long operations"). Doing and Done are its progress
+	// verbs ("stopping", "stopped"), set exactly for the long ops.
+	Long        bool
+	Doing, Done string
 }
 
 func zero[T any]() any { return new(T) }
@@ -105,11 +113,11 @@ func zero[T any]() any { return new(T) }
 var opTable = []OpSpec{
 	{Op: OpList, Request: zero[EmptyRequest], Reply: zero[[]Instance], Idempotent: true},
 	{Op: OpGet, Request: zero[NameRequest], Reply: zero[Instance], Idempotent: true},
-	{Op: OpCreate, Request: zero[CreateRequest], Reply: zero[Instance], Mutating: true},
+	{Op: OpCreate, Request: zero[CreateRequest], Reply: zero[Instance], Mutating: true, Long: true, Doing: "creating", Done: "created"},
 	{Op: OpStart, Request: zero[NameRequest], Reply: zero[ChangedResult], Mutating: true, Idempotent: true},
-	{Op: OpStop, Request: zero[StopRequest], Reply: zero[ChangedResult], Mutating: true, Idempotent: true},
-	{Op: OpRestart, Request: zero[StopRequest], Reply: zero[ChangedResult], Mutating: true},
-	{Op: OpDelete, Request: zero[DeleteRequest], Reply: zero[ChangedResult], Mutating: true},
+	{Op: OpStop, Request: zero[StopRequest], Reply: zero[ChangedResult], Mutating: true, Idempotent: true, Long: true, Doing: "stopping", Done: "stopped"},
+	{Op: OpRestart, Request: zero[StopRequest], Reply: zero[ChangedResult], Mutating: true, Long: true, Doing: "restarting", Done: "restarted"},
+	{Op: OpDelete, Request: zero[DeleteRequest], Reply: zero[ChangedResult], Mutating: true, Long: true, Doing: "deleting", Done: "deleted"},
 	{Op: OpExec, Request: zero[ExecRequest], Reply: zero[ExecResult], Mutating: true, Capability: Exec, Streams: true},
 	{Op: OpLogs, Request: zero[LogsRequest], Reply: zero[[]LogLine], Idempotent: true, Capability: Logs, Streams: true},
 	{Op: OpMetrics, Request: zero[NameRequest], Reply: zero[ResourceUsage], Idempotent: true},
@@ -117,14 +125,17 @@ var opTable = []OpSpec{
 	{Op: OpCapabilities, Request: zero[EmptyRequest], Reply: zero[CapabilitiesResult], Idempotent: true},
 	{Op: OpLimitsGet, Request: zero[NameRequest], Reply: zero[ResourceLimits], Idempotent: true, Capability: Limits},
 	{Op: OpLimitsSet, Request: zero[LimitsSetRequest], Reply: zero[ResourceLimits], Mutating: true, Capability: Limits},
-	{Op: OpSnapshotCreate, Request: zero[SnapshotRequest], Reply: zero[Snapshot], Mutating: true, Capability: Snapshots},
-	{Op: OpSnapshotRestore, Request: zero[SnapshotRequest], Reply: zero[ChangedResult], Mutating: true, Capability: Snapshots},
+	{Op: OpSnapshotCreate, Request: zero[SnapshotRequest], Reply: zero[Snapshot], Mutating: true, Capability: Snapshots, Long: true, Doing: "creating snapshot", Done: "created snapshot"},
+	{Op: OpSnapshotRestore, Request: zero[SnapshotRequest], Reply: zero[ChangedResult], Mutating: true, Capability: Snapshots, Long: true, Doing: "restoring snapshot", Done: "restored snapshot"},
 	{Op: OpSnapshotList, Request: zero[NameRequest], Reply: zero[[]Snapshot], Idempotent: true, Capability: Snapshots},
-	{Op: OpSnapshotDelete, Request: zero[SnapshotRequest], Reply: zero[ChangedResult], Mutating: true, Capability: Snapshots},
-	{Op: OpClone, Request: zero[CloneRequest], Reply: zero[Instance], Mutating: true, Capability: Clone},
+	{Op: OpSnapshotDelete, Request: zero[SnapshotRequest], Reply: zero[ChangedResult], Mutating: true, Capability: Snapshots, Long: true, Doing: "deleting snapshot", Done: "deleted snapshot"},
+	{Op: OpClone, Request: zero[CloneRequest], Reply: zero[Instance], Mutating: true, Capability: Clone, Long: true, Doing: "cloning", Done: "cloned"},
 	{Op: OpNetworkAttach, Request: zero[NetworkAttachRequest], Reply: zero[ChangedResult], Mutating: true, Capability: Networks},
 	{Op: OpNetworkDetach, Request: zero[NetworkDetachRequest], Reply: zero[ChangedResult], Mutating: true, Capability: Networks},
 	{Op: OpNetworkList, Request: zero[EmptyRequest], Reply: zero[[]Network], Idempotent: true, Capability: Networks},
+	// op-cancel mutates (an operator's right, not a reader's) and is
+	// idempotent: cancelling twice is cancelling once.
+	{Op: OpCancel, Request: zero[CancelRequest], Reply: zero[Operation], Mutating: true, Idempotent: true},
 }
 
 // Spec returns the description of op; ok is false for an unknown op.
@@ -173,6 +184,20 @@ func OpNames(ops []Op) []string {
 
 // Mutating reports whether op changes state (takes an idempotency key, emits events).
 func (o Op) Mutating() bool { s, _ := Spec(o); return s.Mutating }
+
+// Long reports whether op accepts HeaderNoWait (OpSpec.Long).
+func (o Op) Long() bool { s, _ := Spec(o); return s.Long }
+
+// LongOps lists the ops that accept HeaderNoWait, in table order.
+func LongOps() []Op {
+	var out []Op
+	for _, s := range opTable {
+		if s.Long {
+			out = append(out, s.Op)
+		}
+	}
+	return out
+}
 
 // Idempotent reports whether doing op twice has the effect of doing it once.
 func (o Op) Idempotent() bool { s, _ := Spec(o); return s.Idempotent }

@@ -30,6 +30,10 @@ func TestOpTable(t *testing.T) {
 		if named == empty {
 			t.Errorf("%s: request %T: Instance method %v", s.Op, s.Request(), named)
 		}
+		if s.Long != (s.Doing != "" && s.Done != "") || (s.Long && !s.Mutating) {
+			t.Errorf("%s: Long=%v Doing=%q Done=%q Mutating=%v: long ops mutate and have both verbs, others neither",
+				s.Op, s.Long, s.Doing, s.Done, s.Mutating)
+		}
 		_, streams := s.Request().(interface{ Streamed() bool })
 		if streams != s.Streams {
 			t.Errorf("%s: Streams=%v but its request has Streamed: %v", s.Op, s.Streams, streams)
@@ -41,7 +45,7 @@ func TestOpTable(t *testing.T) {
 }
 
 func TestOpsFor(t *testing.T) {
-	core := "list get create start stop restart delete metrics health capabilities"
+	core := "list get create start stop restart delete metrics health capabilities op-cancel"
 	for _, tc := range []struct {
 		caps drivers.Capabilities
 		want string
@@ -86,7 +90,7 @@ func TestBusDocOpTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const header = "| op | mutating | idempotent | capability | streams | reply schema |"
+	const header = "| op | mutating | idempotent | capability | streams | no-wait | reply schema |"
 	_, table, found := strings.Cut(string(b), header+"\n")
 	if !found {
 		t.Fatalf("docs/bus.md has no table with the header %s", header)
@@ -112,8 +116,8 @@ func TestBusDocOpTable(t *testing.T) {
 		if capName == "" {
 			capName = "-"
 		}
-		want := fmt.Sprintf("| `%s` | %s | %s | %s | %s | %s |", s.Op, yes(s.Mutating), yes(s.Idempotent), capName,
-			yes(s.Streams), "`"+string(s.Op)+".schema.json`")
+		want := fmt.Sprintf("| `%s` | %s | %s | %s | %s | %s | %s |", s.Op, yes(s.Mutating), yes(s.Idempotent), capName,
+			yes(s.Streams), yes(s.Long), "`"+string(s.Op)+".schema.json`")
 		if got := rows[string(s.Op)]; got != want {
 			t.Errorf("docs/bus.md row of %s:\n got %s\nwant %s", s.Op, got, want)
 		}

@@ -94,6 +94,8 @@ func requestSchemaFile(t testing.TB, op Op) string {
 		return "requests/network-attach.schema.json"
 	case *NetworkDetachRequest:
 		return "requests/network-detach.schema.json"
+	case *CancelRequest:
+		return "requests/op-cancel.schema.json"
 	}
 	t.Fatalf("no schema for %s (%T)", op, req)
 	return ""
@@ -129,6 +131,7 @@ func fullRequests() map[Op]any {
 		OpSnapshotCreate: SnapshotRequest{Name: "a", Snapshot: "s1"}, OpSnapshotRestore: SnapshotRequest{Name: "a", Snapshot: "s1"},
 		OpSnapshotDelete: SnapshotRequest{Name: "a", Snapshot: "s1"}, OpClone: CloneRequest{Source: "a", Target: "b"},
 		OpNetworkAttach: NetworkAttachRequest{Name: "a", Network: netCfg}, OpNetworkDetach: NetworkDetachRequest{Name: "a", Network: "lan"},
+		OpCancel: CancelRequest{ID: "0123abcd"},
 	}
 }
 
@@ -152,6 +155,61 @@ func fullResults() map[Op]any {
 		OpSnapshotDelete: ChangedResult{Changed: true}, OpNetworkAttach: ChangedResult{Changed: true},
 		OpNetworkDetach: ChangedResult{Changed: true},
 		OpNetworkList:   []Network{{Name: "lan", ID: "1", Type: "bridge", Subnet: "10.0.0.0/24", Gateway: "10.0.0.1", Internal: true, Managed: true, Attachable: true}},
+		OpCancel:        sampleOperation(OpStop, OpCancelled),
+	}
+}
+
+// sampleOperation is an operation record with every field set.
+func sampleOperation(op Op, state OpState) Operation {
+	o := Operation{ID: "0123abcd", Driver: "process", Host: "h1", Op: op, Instance: "web.1", RequestID: "r1",
+		State: state, Progress: "stopping web.1 (grace 5s)", Seq: 3, Started: t0, Updated: t0, Ended: t0,
+		CancelRequested: true, Result: json.RawMessage(`{"changed":true}`), Error: InfoOf(drivers.Errorf(drivers.Timeout, "cancelled")), Lost: true}
+	return o
+}
+
+// operation.schema.json's op enum is LongOps.
+func TestOperationSchemaListsLongOps(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(schemaDir(t), "operation.schema.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Properties struct {
+			Op struct {
+				Enum []string `json:"enum"`
+			} `json:"op"`
+		} `json:"properties"`
+	}
+	if err := json.Unmarshal(b, &doc); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(doc.Properties.Op.Enum, " "), strings.Join(OpNames(LongOps()), " "); got != want {
+		t.Errorf("operation.schema.json op enum %q, LongOps %q", got, want)
+	}
+}
+
+// The no-wait reply, the KV record and the progress messages are the
+// Operation of operation.schema.json, in every state and for every long op.
+func TestOperationsMatchSchemas(t *testing.T) {
+	for _, op := range LongOps() {
+		for _, st := range []OpState{OpRunning, OpSucceeded, OpFailed, OpCancelled} {
+			o := sampleOperation(op, st)
+			validateSchema(t, "operation.schema.json", o)
+			if err := validateJSON(t, "replies/no-wait.schema.json", ResultReply("r1", "h1", o)); err != nil {
+				t.Errorf("no-wait reply of %s: %v", op, err)
+			}
+			min := Operation{ID: "x", Driver: "process", Host: "h1", Op: op, RequestID: "r", State: st, Seq: 1, Started: t0, Updated: t0}
+			validateSchema(t, "operation.schema.json", min)
+		}
+	}
+	for _, bad := range []string{
+		`{"id":"x","driver":"process","host":"h1","op":"get","request_id":"r","state":"running","progress":"","seq":1,"started":"2026-01-01T00:00:00Z","updated":"2026-01-01T00:00:00Z"}`,
+		`{"id":"x","driver":"process","host":"h1","op":"stop","request_id":"r","state":"lost","progress":"","seq":1,"started":"2026-01-01T00:00:00Z","updated":"2026-01-01T00:00:00Z"}`,
+		`{"id":"a.b","driver":"process","host":"h1","op":"stop","request_id":"r","state":"running","progress":"","seq":1,"started":"2026-01-01T00:00:00Z","updated":"2026-01-01T00:00:00Z"}`,
+	} {
+		if validateJSON(t, "operation.schema.json", []byte(bad)) == nil {
+			t.Errorf("operation schema accepts %s", bad)
+		}
 	}
 }
 

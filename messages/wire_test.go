@@ -184,6 +184,7 @@ func TestToWireGivesTheReplyTypes(t *testing.T) {
 		OpExec: ExecResult{}, OpLogs: []drivers.LogLine{}, OpMetrics: drivers.ResourceUsage{}, OpHealth: drivers.Health{},
 		OpCapabilities: CapabilitiesResult{}, OpLimitsGet: drivers.ResourceLimits{}, OpLimitsSet: drivers.ResourceLimits{},
 		OpSnapshotCreate: drivers.Snapshot{}, OpSnapshotList: []drivers.Snapshot{}, OpNetworkList: []drivers.Network{},
+		OpCancel: Operation{},
 	}
 	for _, s := range opTable {
 		want := reflect.TypeOf(s.Reply()).Elem()

@@ -39,7 +39,7 @@ func run(args []string) int {
 	driverList := fs.String("drivers", "", "comma-separated drivers to serve (default worker.drivers, else process plus every detected substrate)")
 	promListen := fs.String("prometheus-listen", "", "serve Prometheus /metrics on host:port (default worker.prometheus_listen; empty: off)")
 	check := fs.Bool("check-config", false, "validate the configuration and exit")
-	createStreams := fs.Bool("create-streams", false, "create the streams SUBSTRATE_EVENTS and SUBSTRATE_METRICS and the fleet's KV buckets SUBSTRATE_INVENTORY, SUBSTRATE_WORKERS and SUBSTRATE_LEASES (as configured) on the NATS server and exit; for an administrator when workers run with worker.manage_streams: false")
+	createStreams := fs.Bool("create-streams", false, "create the streams SUBSTRATE_EVENTS and SUBSTRATE_METRICS and the fleet's KV buckets SUBSTRATE_INVENTORY, SUBSTRATE_WORKERS, SUBSTRATE_LEASES and SUBSTRATE_OPS (as configured) on the NATS server and exit; for an administrator when workers run with worker.manage_streams: false")
 	level := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
 	logFormat := fs.String("log-format", "auto", "log format: json, console, or auto (console on a terminal)")
 	if err := fs.Parse(args); err != nil {
@@ -155,7 +155,7 @@ func runCreateStreams(conn natsconn.Options, opts worker.Options, log zerolog.Lo
 		return 1
 	}
 	fmt.Println("streams ready:", messages.EventsStream, messages.MetricsStream)
-	fmt.Println("KV buckets ready:", messages.InventoryBucket, messages.WorkersBucket, messages.LeasesBucket)
+	fmt.Println("KV buckets ready:", messages.InventoryBucket, messages.WorkersBucket, messages.LeasesBucket, messages.OpsBucket)
 	return 0
 }
 

@@ -384,7 +384,7 @@ func TestCreateStreams(t *testing.T) {
 	for _, tc := range []struct {
 		bucket string
 		ttl    time.Duration
-	}{{"SUBSTRATE_INVENTORY", 0}, {"SUBSTRATE_WORKERS", 24 * time.Hour}, {"SUBSTRATE_LEASES", 45 * time.Second}} {
+	}{{"SUBSTRATE_INVENTORY", 0}, {"SUBSTRATE_WORKERS", 24 * time.Hour}, {"SUBSTRATE_LEASES", 45 * time.Second}, {"SUBSTRATE_OPS", 24 * time.Hour}} {
 		kv, err := js.KeyValue(context.Background(), tc.bucket)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.bucket, err)

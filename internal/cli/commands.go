@@ -38,6 +38,8 @@ type opts struct {
 	instance    string
 	eventType   string
 	stdin       bool
+	noWait      bool   // --no-wait on long ops (opscmd.go)
+	opState     string // ops list --state
 	admin       adminOpts
 }
 
@@ -213,10 +215,18 @@ func init() {
 			flags: []string{"host"}, minArgs: 2, maxArgs: 2, run: cmdNetwork},
 		{op: messages.OpNetworkDetach, usage: "<driver> network detach <name> <network> [--host H]", summary: "detach from a network",
 			flags: []string{"host"}, minArgs: 2, maxArgs: 2, run: cmdNetwork},
+		{op: messages.OpCancel, usage: "<driver> op cancel <id> [--host H]",
+			summary: "cancel a long operation (as subbus ops cancel; --host skips the record lookup)",
+			flags:   []string{"host"}, minArgs: 1, maxArgs: 1, run: cmdOpCancel},
 		{name: "events", top: true,
 			usage:   "events [--follow] [--driver D] [--host H] [--instance N] [--type T] [--since DURATION|TIME]",
 			summary: "show lifecycle events from SUBSTRATE_EVENTS", flags: []string{"follow", "event-filters", "host", "since"},
 			run: cmdEvents},
+		{name: "ops", top: true,
+			usage: "ops list [--driver D] [--host H] [--instance N] [--type OP] [--state S]\n" +
+				"       subbus ops get|wait|cancel <id>",
+			summary: "follow long operations (begun with --no-wait): list, show, wait printing progress, cancel",
+			flags:   []string{"host", "event-filters", "state"}, minArgs: 1, maxArgs: 2, run: cmdOps},
 		{name: "workers", top: true, usage: "workers", summary: "list workers with drivers, capabilities, health and version",
 			run: cmdWorkers},
 		{name: "admin", top: true,
@@ -228,6 +238,10 @@ func init() {
 		{name: "help", top: true, usage: "help", summary: "show this help", maxArgs: -1},
 	}
 	for _, c := range commands {
+		if c.op.Long() { // one table: the long ops' commands take --no-wait
+			c.flags = append(c.flags, "no-wait")
+			c.usage += " [--no-wait]"
+		}
 		if c.op != "" {
 			c.name = CommandName(c.op)
 			if group, _, ok := strings.Cut(c.name, " "); ok {

@@ -45,7 +45,7 @@ func do(e *env, c *invocation, op messages.Op, req, result any, wait time.Durati
 	}
 	ctx, cancel := e.reqCtx(wait)
 	defer cancel()
-	return cl.Do(ctx, c.driver, c.o.host, op, req, result)
+	return sendLong(ctx, e, c, cl, op, req, result)
 }
 
 // progress shows a spinner with the elapsed time on a terminal until the
@@ -614,7 +614,7 @@ func cmdChange(e *env, c *invocation) error {
 	defer cancel()
 	stop := e.progress(doing + " " + name)
 	var res messages.ChangedResult
-	err = cl.Do(ctx, c.driver, c.o.host, op, req, &res)
+	err = sendLong(ctx, e, c, cl, op, req, &res)
 	stop()
 	if err != nil {
 		return err

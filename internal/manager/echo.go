@@ -51,7 +51,7 @@ var echoes = map[messages.Op][]drivers.EventType{
 }
 
 // noEcho lists the mutating ops that cause no native event.
-var noEcho = map[messages.Op]bool{messages.OpExec: true}
+var noEcho = map[messages.Op]bool{messages.OpExec: true, messages.OpCancel: true}
 
 func (f *echoFilter) begin(op messages.Op, names []string) {
 	f.mu.Lock()

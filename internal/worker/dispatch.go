@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"reflect"
+	"strings"
 
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/messages"
@@ -102,7 +103,16 @@ var handlers = map[messages.Op]handler{
 	messages.OpNetworkList: on(func(ctx context.Context, r *busRequest, _ *messages.EmptyRequest) (any, error) {
 		return nonNil(r.m.ListNetworks(ctx))
 	}),
+	messages.OpCancel: on(func(ctx context.Context, r *busRequest, b *messages.CancelRequest) (any, error) {
+		return r.w.cancelOp(ctx, r.m.Driver(), b.ID, r.requestID)
+	}),
 }
+
+// longOpsList names the ops that accept messages.HeaderNoWait, for errors.
+var longOpsList = func() string {
+	names := messages.OpNames(messages.LongOps())
+	return strings.Join(names, ", ")
+}()
 
 // on adapts a handler of one request type. A body of another type (a
 // mismatch between the op table and handlers, which a test rules out) is
@@ -127,8 +137,19 @@ func nonNil[T any](l []T, err error) (any, error) {
 
 // dispatch runs a decoded, non-streamed request through its op's handler
 // and converts the manager's result (contract types) to its wire form:
-// the one place replies are converted.
+// the one place replies are converted. A no-wait request of a long op is
+// accepted as a background operation instead (ops.go): its result is the
+// operation.
 func (r *busRequest) dispatch(ctx context.Context, body any) (any, error) {
+	if r.noWait {
+		return r.startOp(body)
+	}
+	return r.serveOp(ctx, body)
+}
+
+// serveOp serves the request through its op's handler, under the lease of
+// a cluster-wide instance, and updates the inventory after a mutation.
+func (r *busRequest) serveOp(ctx context.Context, body any) (any, error) {
 	h, ok := handlers[r.op]
 	if !ok {
 		return nil, drivers.Errorf(drivers.Internal, "%s: no handler", r.op)

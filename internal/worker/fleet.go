@@ -40,6 +40,9 @@ type fleetKV struct {
 type fleetState struct {
 	kv      sync.Mutex
 	buckets *fleetKV
+	// ops is SUBSTRATE_OPS (ops.go), set with the buckets or before them
+	// by the first long operation (opsReady).
+	ops     jetstream.KeyValue
 	started time.Time
 	// dirty receives names of instances an event was about, per driver.
 	dirty map[string]chan string
@@ -60,6 +63,13 @@ func newFleetState(drvs []string) *fleetState {
 	return f
 }
 
+// opsBucket returns SUBSTRATE_OPS once known (nil before).
+func (f *fleetState) opsBucket() jetstream.KeyValue {
+	f.kv.Lock()
+	defer f.kv.Unlock()
+	return f.ops
+}
+
 func (f *fleetState) get() *fleetKV {
 	f.kv.Lock()
 	defer f.kv.Unlock()
@@ -70,12 +80,15 @@ func (f *fleetState) get() *fleetKV {
 // EnsureBuckets resolves it with AutoReplicas first): one value per key
 // (history 1), replicated like the streams. Heartbeats of a host that is
 // gone for a day expire (TTL); inventory records never expire, they are
-// removed by their owner. With leases, SUBSTRATE_LEASES too (TTL
-// LeaseTTL), which only workers serving a cluster-wide driver use.
+// removed by their owner; operation records (SUBSTRATE_OPS, first: the
+// worker's inventory and heartbeat start right after the last bucket is
+// there) expire OperationsTTL after their last change. With leases,
+// SUBSTRATE_LEASES too (TTL LeaseTTL), which only workers serving a
+// cluster-wide driver use.
 func BucketConfigs(o Options, leases bool) []jetstream.KeyValueConfig {
 	o = o.withDefaults()
 	o.Replicas = max(o.Replicas, 1)
-	cfgs := []jetstream.KeyValueConfig{{
+	cfgs := []jetstream.KeyValueConfig{opsBucketConfig(o), {
 		Bucket:      messages.InventoryBucket,
 		Description: "subbus fleet inventory: <driver>.<host>.<instance> -> record, written by the owning worker",
 		History:     1,
@@ -102,6 +115,19 @@ func BucketConfigs(o Options, leases bool) []jetstream.KeyValueConfig {
 	return cfgs
 }
 
+// opsBucketConfig is SUBSTRATE_OPS: records expire OperationsTTL after
+// their last change.
+func opsBucketConfig(o Options) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      messages.OpsBucket,
+		Description: "subbus long operations: <driver>.<host>.<op-id> -> operation, written by the worker running it",
+		History:     1,
+		TTL:         o.OperationsTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.Replicas,
+	}
+}
+
 // clusterWide reports whether a served driver is cluster-wide.
 func (w *Worker) clusterWide() bool {
 	for _, m := range w.managers {
@@ -116,7 +142,10 @@ func (w *Worker) clusterWide() bool {
 // absent (create) or checks that they exist, and returns them in that
 // order. Existing buckets are never changed (one with fewer replicas than
 // o asks for is logged). It needs STREAM.INFO on KV_<bucket>, and
-// STREAM.CREATE to create them.
+// STREAM.CREATE to create them. Without create, a missing SUBSTRATE_OPS
+// is returned nil rather than an error: a fleet set up before long
+// operations existed keeps its inventory and heartbeats, and no-wait
+// requests are refused until an administrator creates the bucket.
 func EnsureBuckets(ctx context.Context, js jetstream.JetStream, o Options, create, leases bool, log zerolog.Logger) ([]jetstream.KeyValue, error) {
 	o = resolveReplicas(o, js.Conn())
 	var kvs []jetstream.KeyValue
@@ -124,6 +153,11 @@ func EnsureBuckets(ctx context.Context, js jetstream.JetStream, o Options, creat
 		kv, err := js.KeyValue(ctx, cfg.Bucket)
 		switch {
 		case errors.Is(err, jetstream.ErrBucketNotFound):
+			if !create && cfg.Bucket == messages.OpsBucket {
+				log.Warn().Str("bucket", cfg.Bucket).Msg("KV bucket missing and worker.manage_streams is false: long operations (no-wait) are refused until an administrator creates it (worker --create-streams)")
+				kvs = append(kvs, nil)
+				continue
+			}
 			if !create {
 				return nil, fmt.Errorf("KV bucket %s does not exist and worker.manage_streams is false: create it (worker --create-streams as an administrator; docs/fleet.md)", cfg.Bucket)
 			}
@@ -153,16 +187,20 @@ func EnsureBuckets(ctx context.Context, js jetstream.JetStream, o Options, creat
 // ensureBuckets creates the fleet's buckets when absent (ManageStreams) or
 // checks that they exist, then makes them available to the worker.
 func (w *Worker) ensureBuckets(ctx context.Context) error {
-	kvs, err := EnsureBuckets(ctx, w.js, w.opts, w.opts.ManageStreams, w.clusterWide(), w.log)
+	cfgs, kvs := BucketConfigs(w.opts, w.clusterWide()), map[string]jetstream.KeyValue{}
+	list, err := EnsureBuckets(ctx, w.js, w.opts, w.opts.ManageStreams, w.clusterWide(), w.log)
 	if err != nil {
 		return err
 	}
-	w.fleet.kv.Lock()
-	b := &fleetKV{inv: kvs[0], workers: kvs[1]}
-	if len(kvs) > 2 {
-		b.leases = kvs[2]
+	for i, kv := range list {
+		if kv != nil {
+			kvs[cfgs[i].Bucket] = kv
+		}
 	}
-	w.fleet.buckets = b
+	w.fleet.kv.Lock()
+	w.fleet.buckets = &fleetKV{inv: kvs[messages.InventoryBucket], workers: kvs[messages.WorkersBucket],
+		leases: kvs[messages.LeasesBucket]}
+	w.fleet.ops = kvs[messages.OpsBucket]
 	w.fleet.kv.Unlock()
 	return nil
 }
@@ -189,6 +227,13 @@ func (w *Worker) runFleet(ctx context.Context) {
 		delay = min(delay*2, 30*time.Second)
 	}
 	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		w.markLost(lctx)
+	}()
 	for _, m := range w.managers {
 		if m.ClusterWide() {
 			continue // several workers see its instances: no owner

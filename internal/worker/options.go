@@ -47,6 +47,8 @@ const (
 	DefaultInventoryResync      = 30 * time.Second
 	DefaultLivenessInterval     = 5 * time.Second
 	DefaultLeaseTTL             = 30 * time.Second
+	DefaultMaxOperations        = 64
+	DefaultOperationsTTL        = 24 * time.Hour
 )
 
 // Options configure a Worker. Build them with OptionsFromConfig and adjust.
@@ -131,6 +133,14 @@ type Options struct {
 	// LeaseTTL/3 while its operation runs. It is the bucket's TTL, set by
 	// the worker that creates SUBSTRATE_LEASES.
 	LeaseTTL time.Duration
+	// MaxOperations bounds the long operations running in the background
+	// at once (worker.max_operations); a no-wait request beyond it is
+	// answered unavailable. They do not take MaxConcurrent slots.
+	MaxOperations int
+	// OperationsTTL is how long an operation's record stays in
+	// SUBSTRATE_OPS after its last change (worker.operations_ttl): the
+	// bucket's TTL, set by the worker that creates it.
+	OperationsTTL time.Duration
 
 	// HeartbeatInterval and StreamIdle tune streamed replies (defaults
 	// messages.HeartbeatInterval, messages.DefaultStreamIdle).
@@ -188,6 +198,8 @@ type workerSection struct {
 	InventoryResync      config.Duration `yaml:"inventory_resync"`
 	LivenessInterval     config.Duration `yaml:"liveness_interval"`
 	LeaseTTL             config.Duration `yaml:"lease_ttl"`
+	MaxOperations        int             `yaml:"max_operations"`
+	OperationsTTL        config.Duration `yaml:"operations_ttl"`
 }
 
 // globalSection lists the keys the global section may have: the worker's
@@ -265,6 +277,8 @@ func OptionsFromConfig(cfg *config.Config) (Options, error) {
 		InventoryResync:      time.Duration(s.InventoryResync),
 		LivenessInterval:     time.Duration(s.LivenessInterval),
 		LeaseTTL:             time.Duration(s.LeaseTTL),
+		MaxOperations:        s.MaxOperations,
+		OperationsTTL:        time.Duration(s.OperationsTTL),
 		EnableMetrics:        cfg.Bool("global.enable_metrics", true),
 		MetricsInterval:      cfg.Duration("global.metrics_interval", DefaultMetricsInterval),
 		Embedded: EmbeddedOptions{
@@ -320,6 +334,8 @@ func (o Options) withDefaults() Options {
 	def(&o.InventoryResync, DefaultInventoryResync)
 	def(&o.LivenessInterval, DefaultLivenessInterval)
 	def(&o.LeaseTTL, DefaultLeaseTTL)
+	defInt(&o.MaxOperations, DefaultMaxOperations)
+	def(&o.OperationsTTL, DefaultOperationsTTL)
 	def(&o.HeartbeatInterval, messages.HeartbeatInterval)
 	def(&o.StreamIdle, messages.DefaultStreamIdle)
 	if o.Embedded.Listen == "" {

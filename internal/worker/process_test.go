@@ -281,8 +281,8 @@ func TestProcessEveryOp(t *testing.T) {
 func testEveryOp(t *testing.T, cgroups string) {
 	_, nc := startProcessWorkerCgroups(t, cgroups, nil)
 	name := uniqueName("every")
-	clone := name + "-c"
-	for _, n := range []string{name, clone} {
+	clone, bg := name+"-c", name+"-bg"
+	for _, n := range []string{name, clone, bg} {
 		t.Cleanup(func() {
 			_, _ = callErr(nc, subj("process", messages.OpDelete), messages.DeleteRequest{Name: n, Force: true}, nil, 10*time.Second)
 		})
@@ -300,6 +300,13 @@ func testEveryOp(t *testing.T, cgroups string) {
 
 	limits := messages.ResourceLimits{MemoryMB: 96, PIDs: 64}
 	const snap = "s1"
+	// An operation for op-cancel to address (begun without waiting).
+	r, _ := request(t, nc, subj("process", messages.OpCreate), messages.CreateRequest{Template: messages.Template{Name: bg,
+		Command: []string{"/bin/true"}}}, map[string]string{messages.HeaderNoWait: "1"})
+	var begun messages.Operation
+	if err := jsonUnmarshal(r.Result, &begun); err != nil || begun.ID == "" {
+		t.Fatalf("no-wait create: %+v %v (%s)", r, err, r.Result)
+	}
 	// Cases in the order they run; need is the capability an op requires
 	// (nil: every driver serves it); check inspects a successful result.
 	cases := []struct {
@@ -337,6 +344,7 @@ func testEveryOp(t *testing.T, cgroups string) {
 		{op: messages.OpStop, body: messages.StopRequest{Name: name, Timeout: "5s"}, check: wantChanged(true, drivers.StateStopped)},
 		{op: messages.OpClone, body: messages.CloneRequest{Source: name, Target: clone}, need: func() bool { return c.Clone }},
 		{op: messages.OpDelete, body: messages.DeleteRequest{Name: name}, check: wantChanged(true, "")},
+		{op: messages.OpCancel, body: messages.CancelRequest{ID: begun.ID}},
 	}
 	covered := map[messages.Op]bool{}
 	for _, tc := range cases {

@@ -26,6 +26,7 @@ import (
 // of the bus (substrate.<driver>.<op>); code is a drivers.Code name.
 var metricDesc = struct {
 	info, ready, inFlight, replies, errorReplies      *prometheus.Desc
+	longOps                                           *prometheus.Desc
 	maxInFlight, streams, maxStreams, maxPerClient    *prometheus.Desc
 	streamClients, streamsRejected, callersGone       *prometheus.Desc
 	ops, opErrors, opRetries, opCacheHits, opDuration *prometheus.Desc
@@ -38,6 +39,7 @@ var metricDesc = struct {
 	ready:        prometheus.NewDesc("subbus_worker_ready", "1 once the worker serves requests and its streams exist, else 0.", nil, nil),
 	inFlight:     prometheus.NewDesc("subbus_requests_in_flight", "Requests being handled now (bounded by worker.max_concurrent).", nil, nil),
 	replies:      prometheus.NewDesc("subbus_replies_total", "Replies sent, errors included.", nil, nil),
+	longOps:      prometheus.NewDesc("subbus_long_operations_running", "Long operations (begun with no-wait) running in the background now (bounded by worker.max_operations).", nil, nil),
 	errorReplies: prometheus.NewDesc("subbus_error_replies_total", "Error replies sent.", nil, nil),
 
 	maxInFlight:     prometheus.NewDesc("subbus_requests_max_in_flight", "Unary request slots (worker.max_concurrent); a request waits when all are in use.", nil, nil),
@@ -148,6 +150,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(metricDesc.ready, bool01(ready))
 	s := w.stats()
 	gauge(metricDesc.inFlight, float64(s.InFlight))
+	gauge(metricDesc.longOps, float64(s.Operations))
 	counter(metricDesc.replies, float64(s.Replies))
 	counter(metricDesc.errorReplies, float64(s.ErrorReplies))
 	gauge(metricDesc.maxInFlight, float64(s.MaxInFlight))

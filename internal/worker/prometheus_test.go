@@ -124,6 +124,7 @@ func TestPrometheusEndpoint(t *testing.T) {
 		{"subbus_nats_connected", nil, 1},
 		{"subbus_nats_reconnects_total", nil, 0},
 		{"subbus_requests_in_flight", nil, 0},
+		{"subbus_long_operations_running", nil, 0},
 		{"subbus_replies_total", nil, 3},
 		{"subbus_error_replies_total", nil, 1},
 		{"subbus_operations_total", toy("op", "create"), 1},

@@ -97,6 +97,10 @@ type Stats struct {
 	MaxStreamsPerClient int    `json:"max_streams_per_client"`
 	StreamClients       int    `json:"stream_clients"`
 	StreamsRejected     uint64 `json:"streams_rejected"`
+	// Operations are the long operations running in the background, of
+	// MaxOperations (worker.max_operations).
+	Operations    int `json:"operations"`
+	MaxOperations int `json:"max_operations"`
 	// CallersGone counts unary execs cancelled because their caller went away.
 	CallersGone    uint64 `json:"callers_gone"`
 	Replies        uint64 `json:"replies"`
@@ -130,6 +134,8 @@ func (w *Worker) stats() Stats {
 		MaxStreamsPerClient: w.streams.perClient,
 		StreamClients:       clients,
 		StreamsRejected:     w.streams.rejected.Load(),
+		Operations:          w.ops.count(),
+		MaxOperations:       w.ops.max,
 		CallersGone:         w.callersGone.Load(),
 		Replies:             w.replies.Load(),
 		ErrorReplies:        w.errorReplies.Load(),
@@ -216,7 +222,7 @@ func (w *Worker) handler(m *manager.Manager) micro.Handler {
 // serveCached answers, on micro's goroutine, a get whose instance the
 // manager's cache holds and reports whether it did; anything else (another
 // op, a body other than {"name":"…"}, a cache miss, a deadline that
-// passed, an event waiting for its fsync) is left to the goroutine of the
+// passed, a no-wait header, an event waiting for its fsync) is left to the goroutine of the
 // normal path, which may block on the driver. Such a get takes no unary
 // slot and answers exactly what the normal path would (the manager's Get
 // returns the cached instance too): it saves the hand-off to a goroutine,
@@ -242,8 +248,8 @@ func (w *Worker) serveCached(m *manager.Manager, req micro.Request, received tim
 	if deadline, has, err := messages.ParseDeadline(hdr.Get(messages.HeaderDeadline)); err != nil || has && !deadline.After(time.Now()) {
 		return false
 	}
-	if !w.events.idle() {
-		return false
+	if hdr.Get(messages.HeaderNoWait) != "" || !w.events.idle() {
+		return false // a get is never long: the normal path refuses no-wait
 	}
 	inst, ok := m.Cached(name)
 	if !ok {
@@ -272,6 +278,7 @@ type busRequest struct {
 	requestID string
 	instance  string
 	opTok     string
+	noWait    bool            // a long op asked to run in the background (ops.go)
 	log       *zerolog.Logger // see logger()
 }
 
@@ -335,6 +342,13 @@ func (c *busRequest) run(opTok string) (drivers.Code, error) {
 	c.instance = messages.InstanceName(body)
 	if err := op.Supported(c.m.Driver(), c.m.Capabilities()); err != nil {
 		return fail(err)
+	}
+	if c.req.Headers().Get(messages.HeaderNoWait) != "" {
+		if !op.Long() {
+			return fail(drivers.Errorf(drivers.InvalidArgument, "header %s: %s does not run long; only %s accept it",
+				messages.HeaderNoWait, op, longOpsList))
+		}
+		c.noWait = true
 	}
 
 	ctx, cancel := context.WithCancel(w.opCtx)

@@ -50,6 +50,7 @@ type Worker struct {
 
 	idem    *idemCache
 	fleet   *fleetState
+	ops     *opTracker // long operations in the background (ops.go)
 	events  *outbox
 	metrics *outbox
 	ready   chan struct{} // closed once the streams exist
@@ -83,6 +84,7 @@ func New(ctx context.Context, opts Options) (*Worker, error) {
 		streams:  newStreamPool(opts.MaxStreams, opts.MaxStreamsPerClient),
 		inflight: newInflight(),
 		idem:     newIdemCache(opts.IdempotencyTTL, opts.IdempotencyEntries),
+		ops:      newOpTracker(opts.MaxOperations),
 		events:   newOutbox(opts.OutboxSize),
 		metrics:  newOutbox(opts.MetricsOutboxSize),
 		ready:    make(chan struct{}),

@@ -291,7 +291,7 @@ func (f *fleet) createStreams(t *testing.T) {
 		t.Fatalf("admin creating the streams: %v", err)
 	}
 	kvs, err := worker.EnsureBuckets(tctx(t, 30*time.Second), js, worker.Options{LeaseTTL: 5 * time.Second}, true, true, zerolog.Nop())
-	if err != nil || len(kvs) != 3 {
+	if err != nil || len(kvs) != 4 {
 		t.Fatalf("admin creating the buckets: %d, %v", len(kvs), err)
 	}
 }
@@ -467,6 +467,67 @@ func TestShippedConfiguration(t *testing.T) {
 			_ = cl.Do(tctx(t, time.Second), "process", "h1", op, messages.NameRequest{Name: inst}, nil)
 			rd.violated(t, "Publish", "substrate.process.h1."+string(op))
 		}
+	})
+
+	t.Run("long operations: operators begin, follow and cancel; readers follow; workers write their own records", func(t *testing.T) {
+		// The worker writes its record and progress; the operator follows
+		// them (watch on SUBSTRATE_OPS, the ops subject) and cancels.
+		const slow = "sec-slow"
+		tmpl := messages.Template{Name: slow, Command: []string{"/bin/sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.1; done"}}
+		if err := ops.Do(tctx(t, 20*time.Second), "process", "h1", messages.OpCreate, messages.CreateRequest{Template: tmpl}, nil); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			_ = ops.Do(context.Background(), "process", "h1", messages.OpDelete, messages.DeleteRequest{Name: slow, Force: true}, nil)
+		}()
+		if err := ops.Do(tctx(t, 20*time.Second), "process", "h1", messages.OpStart, messages.NameRequest{Name: slow}, nil); err != nil {
+			t.Fatal(err)
+		}
+		testenv.Eventually(t, 20*time.Second, func() error {
+			var lines []messages.LogLine
+			if err := ops.Do(tctx(t, 5*time.Second), "process", "h1", messages.OpLogs, messages.LogsRequest{Name: slow}, &lines); err != nil {
+				return err
+			}
+			if len(lines) == 0 || lines[0].Line != "ready" {
+				return fmt.Errorf("not ready: %v", lines)
+			}
+			return nil
+		})
+		sub, err := op.Conn.SubscribeSync("substrate.ops.process.h1.>")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sub.Unsubscribe()
+		o, err := ops.Begin(tctx(t, 10*time.Second), "process", "h1", messages.OpStop, messages.StopRequest{Name: slow, Timeout: "10m"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sub.NextMsg(5 * time.Second); err != nil {
+			t.Fatalf("no progress on the ops subject: %v", err)
+		}
+		rd := f.connectAs(t, "reader")
+		rcl := client.New(rd.Conn, 5*time.Second)
+		if got, err := rcl.Op(tctx(t, 10*time.Second), o.ID); err != nil || got.State != messages.OpRunning {
+			t.Fatalf("reader reading the record: %+v %v", got, err)
+		}
+		_, _ = rcl.Cancel(tctx(t, 2*time.Second), o.ID)
+		rd.violated(t, "Publish", "substrate.process.h1.op-cancel")
+		if _, err := ops.Cancel(tctx(t, 10*time.Second), o.ID); err != nil {
+			t.Fatal(err)
+		}
+		final, _ := ops.Wait(tctx(t, 30*time.Second), o.ID, nil)
+		if final.State != messages.OpCancelled {
+			t.Fatalf("operation %+v", final)
+		}
+		// A worker writes only its own host's records.
+		w := f.connectAs(t, "worker-h1")
+		js, _ := jetstream.New(w.Conn)
+		kv, err := js.KeyValue(tctx(t, 5*time.Second), natsauth.OpsBucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = kv.Put(tctx(t, time.Second), "process.h2.forged", []byte("{}"))
+		w.violated(t, "Publish", "$KV.SUBSTRATE_OPS.process.h2.forged")
 	})
 
 	t.Run("a fake worker cannot answer another host's requests", func(t *testing.T) {

@@ -59,8 +59,9 @@ const (
 	InventoryBucket = "SUBSTRATE_INVENTORY" // keys <driver>.<host>.<instance>
 	WorkersBucket   = "SUBSTRATE_WORKERS"   // keys <host> (heartbeats)
 	LeasesBucket    = "SUBSTRATE_LEASES"    // keys <driver>.<instance> (cluster-wide drivers)
+	OpsBucket       = messages.OpsBucket    // keys <driver>.<host>.<op-id> (long operations)
 	// OpsToken is the progress tree: substrate.ops.<driver>.<host>.<op-id>.
-	OpsToken = "ops"
+	OpsToken = messages.OpsToken
 )
 
 // ReadOnlyOps are the ops a reader may send: every op that changes
@@ -262,6 +263,13 @@ func (f Fleet) Permissions(id Identity, all []Identity) Permissions {
 			jsAPI + ".CONSUMER.DELETE.KV_" + InventoryBucket + ".*",
 			"$KV." + WorkersBucket + "." + h,
 			jsAPI + ".STREAM.INFO.KV_" + WorkersBucket,
+			// Long operations: its own records (write, read, and list them
+			// at start to mark the ones it lost).
+			"$KV." + OpsBucket + ".*." + h + ".>",
+			jsAPI + ".DIRECT.GET.KV_" + OpsBucket + ".$KV." + OpsBucket + ".*." + h + ".>",
+			jsAPI + ".STREAM.INFO.KV_" + OpsBucket,
+			jsAPI + ".CONSUMER.CREATE.KV_" + OpsBucket + ".*.$KV." + OpsBucket + ".*." + h + ".>",
+			jsAPI + ".CONSUMER.DELETE.KV_" + OpsBucket + ".*",
 		}
 		if len(f.ClusterDrivers) > 0 {
 			p.PubAllow = append(p.PubAllow, jsAPI+".STREAM.INFO.KV_"+LeasesBucket)
@@ -355,13 +363,17 @@ func streamReading() []string {
 	return out
 }
 
-// inventoryReading lets a client read the inventory bucket: its direct
-// gets (by key, and batched: the owner lookup of docs/fleet.md) and
-// ordered consumers (listing).
+// inventoryReading lets a client read the inventory and the operation
+// records: direct gets (by key, and batched: the owner lookup of
+// docs/fleet.md) and ordered consumers (list, watch).
 func inventoryReading() []string {
-	b := "KV_" + InventoryBucket
-	return []string{jsAPI + ".STREAM.INFO." + b, jsAPI + ".DIRECT.GET." + b, jsAPI + ".DIRECT.GET." + b + ".>",
-		jsAPI + ".CONSUMER.CREATE." + b + ".*", jsAPI + ".CONSUMER.CREATE." + b + ".*.>"}
+	var out []string
+	for _, name := range []string{InventoryBucket, OpsBucket} {
+		b := "KV_" + name
+		out = append(out, jsAPI+".STREAM.INFO."+b, jsAPI+".DIRECT.GET."+b, jsAPI+".DIRECT.GET."+b+".>",
+			jsAPI+".CONSUMER.CREATE."+b+".*", jsAPI+".CONSUMER.CREATE."+b+".*.>")
+	}
+	return out
 }
 
 // durable is what an event reader may do with its own durable consumer

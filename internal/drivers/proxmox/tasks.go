@@ -2,6 +2,7 @@ package proxmox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -53,7 +54,12 @@ func (d *Driver) startTask(ctx context.Context, method, path string, params map[
 	return upid, nil
 }
 
-// wait waits for a task to end under ctx.
+// wait waits for a task to end under ctx. When ctx is cancelled (an
+// operation cancelled by its caller, a worker shutting down) the task is
+// stopped on PVE (DELETE /nodes/{node}/tasks/{upid}, as the web UI's Stop
+// does) and ctx's error returned; when only ctx's deadline passes the task
+// is left running, as before (the manager's time bound is not a request to
+// undo work).
 func (d *Driver) wait(ctx context.Context, upid gp.UPID) error {
 	c, err := d.client()
 	if err != nil {
@@ -64,7 +70,15 @@ func (d *Driver) wait(ctx context.Context, upid gp.UPID) error {
 	if dl, ok := ctx.Deadline(); ok {
 		max = time.Until(dl) + time.Second // ctx ends first
 	}
-	return t.Wait(ctx, time.Duration(d.opts.TaskPollInterval), max)
+	err = t.Wait(ctx, time.Duration(d.opts.TaskPollInterval), max)
+	if err != nil && errors.Is(ctx.Err(), context.Canceled) {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if serr := t.Stop(sctx); serr != nil {
+			return fmt.Errorf("%w (stopping task %s: %v)", err, upid, serr)
+		}
+	}
+	return err
 }
 
 // query encodes DELETE parameters (PVE reads them from the query string).
