@@ -56,8 +56,8 @@ images:
 	chmod 1777 $(IMAGE_DIR)/worker/rootfs/tmp
 	cp deployments/images/passwd deployments/images/group $(IMAGE_DIR)/worker/rootfs/etc/
 	cp deployments/substrate_config.yaml $(IMAGE_DIR)/worker/rootfs/etc/subbus/
-	$(STATIC) -ldflags "-s -w $(if $(VERSION),-X main.version=$(VERSION))" -o $(IMAGE_DIR)/worker/rootfs/usr/local/bin/worker ./cmd/worker
-	$(STATIC) -ldflags "-s -w $(if $(VERSION),-X github.com/subbus/subbus/internal/cli.Version=$(VERSION))" -o $(IMAGE_DIR)/worker/rootfs/usr/local/bin/subbus ./cmd/subbus
+	$(STATIC) -ldflags "-s -w $(if $(VERSION),-X github.com/subbus/subbus/internal/version.Version=$(VERSION))" -o $(IMAGE_DIR)/worker/rootfs/usr/local/bin/worker ./cmd/worker
+	$(STATIC) -ldflags "-s -w $(if $(VERSION),-X github.com/subbus/subbus/internal/version.Version=$(VERSION))" -o $(IMAGE_DIR)/worker/rootfs/usr/local/bin/subbus ./cmd/subbus
 	$(STATIC) -ldflags "-s -w" -o $(IMAGE_DIR)/nats-server/nats-server github.com/nats-io/nats-server/v2
 	docker build -q -f deployments/images/worker.Dockerfile -t $(IMAGE_PREFIX)/worker:$(IMAGE_TAG) $(IMAGE_DIR)/worker
 	docker build -q -f deployments/images/nats-server.Dockerfile -t $(IMAGE_PREFIX)/nats-server:$(IMAGE_TAG) $(IMAGE_DIR)/nats-server

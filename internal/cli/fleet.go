@@ -18,6 +18,7 @@ import (
 
 	"github.com/subbus/subbus/client"
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/version"
 	"github.com/subbus/subbus/messages"
 )
 
@@ -205,7 +206,7 @@ func cmdWorkers(e *env, c *invocation) error {
 // ---- version ----
 
 func cmdVersion(e *env, c *invocation) error {
-	v := versionString()
+	v := version.String()
 	if e.json {
 		return e.printJSON(map[string]string{"version": v, "go": runtime.Version()})
 	}
@@ -227,6 +228,10 @@ func readTemplate(path string) (messages.Template, error) {
 	return parseTemplate(path, b)
 }
 
+// templateAliases are second spellings of template keys, named like the
+// flags of create (--image, --label, --run-as, --env); both are accepted.
+var templateAliases = map[string]string{"image": "base_image", "labels": "metadata", "run_as": "user", "env": "environment"}
+
 func parseTemplate(path string, b []byte) (messages.Template, error) {
 	var t messages.Template
 	if len(b) > messages.MaxRequestBytes {
@@ -238,6 +243,19 @@ func parseTemplate(path string, b []byte) (messages.Template, error) {
 	}
 	if doc == nil {
 		return t, drivers.Errorf(drivers.InvalidArgument, "template %s: empty", path)
+	}
+	if m, ok := doc.(map[string]any); ok {
+		for alias, key := range templateAliases {
+			v, has := m[alias]
+			if !has {
+				continue
+			}
+			if _, both := m[key]; both {
+				return t, drivers.Errorf(drivers.InvalidArgument, "template %s: %s and %s are the same key (give one)", path, alias, key)
+			}
+			delete(m, alias)
+			m[key] = v
+		}
 	}
 	j, err := json.Marshal(doc)
 	if err != nil {

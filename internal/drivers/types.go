@@ -35,6 +35,40 @@ type ResourceLimits struct {
 // IsZero reports whether no limit is set.
 func (l ResourceLimits) IsZero() bool { return l == ResourceLimits{} }
 
+// LimitField names one field of ResourceLimits, spelled as on the wire.
+type LimitField string
+
+// The limit fields.
+const (
+	LimitCPUCores    LimitField = "cpu_cores"
+	LimitMemoryMB    LimitField = "memory_mb"
+	LimitDiskGB      LimitField = "disk_gb"
+	LimitNetworkMbps LimitField = "network_mbps"
+	LimitPIDs        LimitField = "pids"
+)
+
+// LimitFields lists every limit field.
+func LimitFields() []LimitField {
+	return []LimitField{LimitCPUCores, LimitMemoryMB, LimitDiskGB, LimitNetworkMbps, LimitPIDs}
+}
+
+// Value returns l's value of field f (0: no limit).
+func (l ResourceLimits) Value(f LimitField) float64 {
+	switch f {
+	case LimitCPUCores:
+		return l.CPUCores
+	case LimitMemoryMB:
+		return float64(l.MemoryMB)
+	case LimitDiskGB:
+		return l.DiskGB
+	case LimitNetworkMbps:
+		return l.NetworkMbps
+	case LimitPIDs:
+		return float64(l.PIDs)
+	}
+	return 0
+}
+
 // Measure is a bit mask saying which fields of a ResourceUsage the substrate
 // really measured: a zero value with its bit clear means "not measurable",
 // with its bit set it means a measured zero.
