@@ -13,6 +13,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -184,13 +185,16 @@ func (e *env) table() *tabwriter.Writer {
 // with --json they are printed to stdout as {"error": {"code", "message",
 // "retryable"}} instead (docs/cli.md "Errors").
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	e := &env{ctx: ctx, stdout: stdout, stderr: stderr}
+	// stderr is shared with the connection's handlers (events --follow).
+	e := &env{ctx: ctx, stdout: stdout, stderr: &lockedWriter{w: stderr}}
 	e.timeoutFlag.d = &e.timeout
 	if f, ok := stderr.(*os.File); ok {
 		e.terminal = isatty.IsTerminal(f.Fd())
 	}
 	err := run(e, args)
 	if e.nc != nil {
+		e.nc.SetDisconnectErrHandler(nil) // a normal close is no lost connection
+		e.nc.SetReconnectHandler(nil)
 		e.nc.Close()
 	}
 	if err == nil {
@@ -202,10 +206,22 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if e.json || wantsJSON(args) {
 			_ = jsonLine(stdout, errorJSON(err))
 		} else {
-			fmt.Fprintf(stderr, "error: %s: %s\n", ErrorName(err), oneLine(err.Error()))
+			fmt.Fprintf(e.stderr, "error: %s: %s\n", ErrorName(err), oneLine(err.Error()))
 		}
 	}
 	return ExitStatus(err)
+}
+
+// lockedWriter serializes writes from several goroutines.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // jsonError is the --json form of an error, the wire's error shape.

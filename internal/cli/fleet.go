@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"gopkg.in/yaml.v3"
 
 	"github.com/subbus/subbus/client"
@@ -64,6 +65,21 @@ func cmdEvents(e *env, c *invocation) error {
 	}
 	q := client.EventQuery{Driver: c.o.eventDriver, Host: c.o.host, Instance: c.o.instance, Type: c.o.eventType,
 		Since: since, Follow: c.o.follow}
+	if c.o.follow {
+		// Say so when the connection drops and when it is back, instead
+		// of waiting in silence (the ordered consumer resumes after the
+		// last event shown).
+		e.nc.SetDisconnectErrHandler(func(_ *nats.Conn, err error) {
+			why := ""
+			if err != nil {
+				why = " (" + err.Error() + ")"
+			}
+			fmt.Fprintf(e.stderr, "subbus: lost the connection to NATS%s; reconnecting…\n", why)
+		})
+		e.nc.SetReconnectHandler(func(nc *nats.Conn) {
+			fmt.Fprintf(e.stderr, "subbus: reconnected to NATS at %s; following again\n", nc.ConnectedUrlRedacted())
+		})
+	}
 	if !e.json {
 		fmt.Fprintf(e.stdout, "%-24s %-10s %-12s %-24s %-18s %-9s %s\n", "TIME", "DRIVER", "HOST", "INSTANCE", "TYPE", "SOURCE", "DETAILS")
 	}

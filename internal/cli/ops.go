@@ -399,26 +399,86 @@ func printInstance(e *env, i messages.Instance) error {
 		return e.printJSON(i)
 	}
 	tw := e.table()
-	state := string(i.State)
-	if i.NativeState != "" && i.NativeState != state {
-		state += " (" + i.NativeState + ")"
+	fmt.Fprintf(tw, "Name:\t%s\nID:\t%s\nDriver:\t%s\nHost:\t%s\nState:\t%s\n", i.Name, dash(i.ID), dash(i.Driver), dash(i.Host), stateText(i))
+	if i.PID > 0 {
+		fmt.Fprintf(tw, "PID:\t%d\n", i.PID)
 	}
-	created := "-"
-	if !i.Created.IsZero() {
-		created = i.Created.Local().Format(time.RFC3339) + " (" + age(i.Created) + ")"
+	if i.ExitCode != nil {
+		fmt.Fprintf(tw, "Exit code:\t%d\n", *i.ExitCode)
 	}
-	fmt.Fprintf(tw, "Name:\t%s\nID:\t%s\nDriver:\t%s\nHost:\t%s\nState:\t%s\nImage:\t%s\nCreated:\t%s\nManaged:\t%v\n",
-		i.Name, dash(i.ID), dash(i.Driver), dash(i.Host), state, dash(i.Image), created, i.Managed)
+	fmt.Fprintf(tw, "Image:\t%s\n", dash(i.Image))
+	if len(i.Command) > 0 {
+		fmt.Fprintf(tw, "Command:\t%s\n", shellQuote(i.Command))
+	}
+	if i.WorkDir != "" {
+		fmt.Fprintf(tw, "Workdir:\t%s\n", i.WorkDir)
+	}
+	if i.User != "" {
+		fmt.Fprintf(tw, "User:\t%s\n", i.User)
+	}
+	fmt.Fprintf(tw, "Created:\t%s\n", timeText(i.Created))
+	if !i.StartedAt.IsZero() {
+		fmt.Fprintf(tw, "Started:\t%s\n", timeText(i.StartedAt))
+	}
+	fmt.Fprintf(tw, "Managed:\t%v\n", i.Managed)
 	if !i.Limits.IsZero() {
 		fmt.Fprintf(tw, "Limits:\t%s\n", limitsText(i.Limits))
 	}
 	for _, n := range i.Networks {
-		fmt.Fprintf(tw, "Network:\t%s %s\n", n.NetworkName, n.IPAddress)
+		fmt.Fprintf(tw, "Network:\t%s %s\n", n.NetworkName, dash(n.IPAddress))
+	}
+	for _, v := range i.Volumes {
+		mode := ""
+		if v.ReadOnly {
+			mode = " (read-only)"
+		}
+		fmt.Fprintf(tw, "Volume:\t%s -> %s%s\n", v.Source, v.Target, mode)
+	}
+	for _, k := range sortedKeys(i.Environment) {
+		fmt.Fprintf(tw, "Env:\t%s=%s\n", k, i.Environment[k])
 	}
 	for _, k := range sortedKeys(i.Metadata) {
 		fmt.Fprintf(tw, "Label:\t%s=%s\n", k, i.Metadata[k])
 	}
 	return tw.Flush()
+}
+
+// stateText is the one state text of an instance: the portable state,
+// and the substrate's own word in parentheses when it says more
+// ("running", "stopped (exited)", "running (healthy)").
+func stateText(i messages.Instance) string {
+	state := string(i.State)
+	native := strings.TrimSpace(i.NativeState)
+	if native == "" || strings.EqualFold(native, state) {
+		return state
+	}
+	if rest, ok := strings.CutPrefix(strings.ToLower(native), state+" "); ok {
+		return state + " " + strings.TrimSpace(native[len(native)-len(rest):])
+	}
+	return state + " (" + native + ")"
+}
+
+func timeText(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Local().Format(time.RFC3339) + " (" + age(t) + ")"
+}
+
+// shellQuote prints an argv as a shell would read it back.
+func shellQuote(argv []string) string {
+	out := make([]string, len(argv))
+	for i, a := range argv {
+		if a != "" && strings.IndexFunc(a, func(r rune) bool {
+			return !(r == '/' || r == '-' || r == '_' || r == '.' || r == '=' || r == ':' || r == ',' || r == '+' || r == '@' ||
+				(r >= '0' && r <= '9') || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z'))
+		}) < 0 {
+			out[i] = a
+			continue
+		}
+		out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	return strings.Join(out, " ")
 }
 
 func limitsText(l messages.ResourceLimits) string {
@@ -427,10 +487,10 @@ func limitsText(l messages.ResourceLimits) string {
 		parts = append(parts, fmt.Sprintf("cpu=%g", l.CPUCores))
 	}
 	if l.MemoryMB > 0 {
-		parts = append(parts, fmt.Sprintf("memory=%dMB", l.MemoryMB))
+		parts = append(parts, fmt.Sprintf("memory=%dMiB", l.MemoryMB))
 	}
 	if l.DiskGB > 0 {
-		parts = append(parts, fmt.Sprintf("disk=%gGB", l.DiskGB))
+		parts = append(parts, fmt.Sprintf("disk=%gGiB", l.DiskGB))
 	}
 	if l.PIDs > 0 {
 		parts = append(parts, fmt.Sprintf("pids=%d", l.PIDs))

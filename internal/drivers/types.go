@@ -179,6 +179,22 @@ type Instance struct {
 	Metadata    map[string]string
 	Limits      ResourceLimits
 	Networks    []NetworkConfig
+	// What the user gave and the substrate knows, where it knows it (a
+	// zero field: not reported by this substrate). Environment holds
+	// the values as the substrate has them; the wire masks secret ones.
+	Command     []string
+	Environment map[string]string
+	Volumes     []Volume
+	WorkDir     string
+	User        string
+	// PID is the main process's id on the host while running (0: not
+	// running or not known).
+	PID int
+	// ExitCode is the status of the last exit, once the instance has
+	// exited (nil: never exited, or not known).
+	ExitCode *int
+	// StartedAt is when the instance last started (zero: not known).
+	StartedAt time.Time
 	// Managed is true when this fleet created the instance; unmanaged ones
 	// are listed (and may be started/stopped) but some drivers refuse to
 	// delete them.
@@ -227,6 +243,16 @@ type Health struct {
 	Usage   *ResourceUsage
 	Details map[string]string
 }
+
+// Health.Details keys every driver that knows the host's size uses, with
+// the unit in the name (MiB = 2^20 bytes), so the same key means the same
+// thing on every driver.
+const (
+	DetailHostCPUs          = "host_cpus"            // logical CPUs of the substrate's host
+	DetailHostMemoryMiB     = "host_memory_mib"      // its total memory
+	DetailHostMemoryUsedMiB = "host_memory_used_mib" // memory in use
+	DetailHostMemoryFreeMiB = "host_memory_free_mib" // memory free
+)
 
 // CountStates fills h.Instances from a list.
 func (h *Health) CountStates(list []Instance) {

@@ -488,9 +488,9 @@ func (m *Manager) GetLimits(ctx context.Context, name string) (drivers.ResourceL
 	})
 }
 
-// SetLimits applies the non-zero fields of limits, then removes the
-// limits named in unset (drivers.LimitUnsetter; unsupported where the
-// driver cannot), and returns the limits now in force; emits
+// SetLimits removes the limits named in unset (drivers.LimitUnsetter;
+// unsupported where the driver cannot), then applies the non-zero fields
+// of limits, and returns the limits now in force; emits
 // limits_changed.
 func (m *Manager) SetLimits(ctx context.Context, name string, limits drivers.ResourceLimits, unset ...drivers.LimitField) (drivers.ResourceLimits, error) {
 	if err := drivers.ValidateName("name", name); err != nil {
@@ -516,17 +516,19 @@ func (m *Manager) SetLimits(ctx context.Context, name string, limits drivers.Res
 	}
 	var out drivers.ResourceLimits
 	err := m.mutate(ctx, "limits-set", []string{name}, func(ctx context.Context, fl *flight) (err error) {
-		if !limits.IsZero() {
+		// Removals first: a removal the substrate cannot do is refused
+		// before anything changed.
+		if len(unset) > 0 {
 			out, err = run(m, ctx, driverCall{op: "limits-set", flight: fl}, func(ctx context.Context) (drivers.ResourceLimits, error) {
-				return l.SetLimits(ctx, name, limits)
+				return u.UnsetLimits(ctx, name, unset)
 			})
 			if err != nil {
 				return err
 			}
 		}
-		if len(unset) > 0 {
+		if !limits.IsZero() {
 			out, err = run(m, ctx, driverCall{op: "limits-set", flight: fl}, func(ctx context.Context) (drivers.ResourceLimits, error) {
-				return u.UnsetLimits(ctx, name, unset)
+				return l.SetLimits(ctx, name, limits)
 			})
 		}
 		return err
