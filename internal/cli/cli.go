@@ -128,17 +128,17 @@ func ExitStatus(err error) int {
 
 // env is what a command runs with.
 type env struct {
-	ctx      context.Context
-	stdout   io.Writer
-	stderr   io.Writer
-	json     bool
-	conn     natsconn.Options
-	timeout  time.Duration // --timeout; 0 = the command's default
+	ctx     context.Context
+	stdout  io.Writer
+	stderr  io.Writer
+	json    bool
+	conn    natsconn.Options
+	timeout time.Duration // --timeout; 0 = the command's default
 	// timeoutFlag parses --timeout (plain numbers are seconds).
 	timeoutFlag durationFlag
-	nc       *nats.Conn
-	cl       *client.Client
-	terminal bool // stderr is a terminal: show progress
+	nc          *nats.Conn
+	cl          *client.Client
+	terminal    bool // stderr is a terminal: show progress
 }
 
 // client connects on first use.

@@ -102,8 +102,8 @@ var flagDefs = map[string]func(fs *flag.FlagSet, o *opts){
 	"disk": func(fs *flag.FlagSet, o *opts) {
 		fs.Var(&o.disk, "disk", "disk limit `SIZE`: 10G, 512M; a plain number is GiB")
 	},
-	"pids":   func(fs *flag.FlagSet, o *opts) { fs.Var(&o.pids, "pids", "process count limit `N`") },
-	"env":    func(fs *flag.FlagSet, o *opts) { fs.Var(&o.env, "env", "environment variable `K=V` (repeatable)") },
+	"pids": func(fs *flag.FlagSet, o *opts) { fs.Var(&o.pids, "pids", "process count limit `N`") },
+	"env":  func(fs *flag.FlagSet, o *opts) { fs.Var(&o.env, "env", "environment variable `K=V` (repeatable)") },
 	"volume": func(fs *flag.FlagSet, o *opts) {
 		fs.Var(&o.volumes, "volume", "mount `SRC:DST[:ro]` (repeatable)")
 	},

@@ -291,7 +291,9 @@ func manFlags(w io.Writer, fs *flag.FlagSet) {
 				names = append(names, dashed(a))
 			}
 		}
-		sort.Slice(names, func(i, j int) bool { return len(names[i]) < len(names[j]) || (len(names[i]) == len(names[j]) && names[i] < names[j]) })
+		sort.Slice(names, func(i, j int) bool {
+			return len(names[i]) < len(names[j]) || (len(names[i]) == len(names[j]) && names[i] < names[j])
+		})
 		names = append([]string{dashed(f.Name)}, names...)
 		arg, usage := flagArg(f)
 		spell := `\fB` + roff(strings.Join(names, ", ")) + `\fR`
