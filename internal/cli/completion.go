@@ -274,7 +274,15 @@ func roff(s string) string {
 	if strings.HasPrefix(s, ".") || strings.HasPrefix(s, "'") {
 		s = `\&` + s
 	}
-	return s
+	var b strings.Builder
+	for _, r := range s {
+		if r > 127 {
+			fmt.Fprintf(&b, `\[u%04X]`, r) // groff's named Unicode glyph
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 func manFlags(w io.Writer, fs *flag.FlagSet) {

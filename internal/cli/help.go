@@ -37,6 +37,11 @@ func findCommand(words []string) (*command, []string, string, error) {
 		return nil, nil, "", usagef("unknown command or invalid driver name %q%s", driver,
 			didYouMean(driver, append(topNames(), builtinDrivers...)))
 	}
+	if len(words) < 2 && !slices.Contains(builtinDrivers, driver) {
+		if s := nearest(driver, topNames()); s != "" {
+			return nil, nil, "", usagef("unknown command %q; did you mean %q?", driver, s)
+		}
+	}
 	if len(words) < 2 {
 		return nil, nil, "", usagef("missing command after driver %q (%s); run 'subbus %s --help'",
 			driver, strings.Join(driverVerbs(), ", "), driver)
