@@ -402,7 +402,6 @@ func startNATSAt(t *testing.T, port int, store string) *server.Server {
 	return s
 }
 
-
 // The stop grace period: --grace, -t, --time, plain seconds; --timeout
 // alone still works on stop/restart, with a deprecation warning.
 func TestGraceFlag(t *testing.T) {
