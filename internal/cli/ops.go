@@ -855,8 +855,8 @@ func cmdMetrics(e *env, c *invocation) error {
 		err := do(e, c, messages.OpMetrics, messages.NameRequest{Name: name}, &u, quickWait)
 		return u, err
 	}
-	header := fmt.Sprintf("%-20s %8s %10s %8s %10s %10s %10s %10s", "TIME", "CPU%", "MEM(MB)", "DISK(GB)",
-		"READ(MB/s)", "WRITE(MB/s)", "RX(Mbps)", "TX(Mbps)")
+	header := fmt.Sprintf("%-20s %8s %10s %8s %10s %10s %10s %10s", "TIME", "CPU%", "MEM(MiB)", "DISK(GiB)",
+		"READ(MiB/s)", "WRITE(MiB/s)", "RX(Mbps)", "TX(Mbps)")
 	row := func(u messages.ResourceUsage) string {
 		f := func(m drivers.Measure, format string, v float64) string {
 			if !u.Measured.Has(m) {
