@@ -3,7 +3,7 @@ GO      ?= go
 PKGS    ?= ./...
 TIMEOUT ?= 20m
 
-.PHONY: all build test check setup unit bench demo fuzz images clean
+.PHONY: all build test check setup unit bench demo fuzz images clean man
 
 all: build
 
@@ -11,6 +11,11 @@ build:
 	$(GO) build -o bin/worker ./cmd/worker
 	$(GO) build -o bin/subbus ./cmd/subbus
 	$(GO) build -o bin/pvesim ./cmd/pvesim
+
+# make man: the subbus(1) page, made from the CLI's command table
+# (bin/subbus.1; read it with man -l bin/subbus.1).
+man: build
+	bin/subbus man > bin/subbus.1
 
 # make test: what .ci/run runs. Sets up the daemons, then vet, gofmt and
 # the whole suite with the race detector.
