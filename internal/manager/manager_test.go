@@ -588,13 +588,13 @@ func TestValidationRejectsBeforeDriver(t *testing.T) {
 			return err
 		}, "limits.cpu_cores"},
 		{"limits empty", func() error { _, err := h.m.SetLimits(bg, "web", drivers.ResourceLimits{}); return err }, "limits"},
-		{"unset unknown field", func() error { _, err := h.m.SetLimits(bg, "web", drivers.ResourceLimits{}, "memory"); return err }, "unset"},
+		{"unset unknown field", func() error { _, err := h.m.UnsetLimits(bg, "web", []drivers.LimitField{"memory"}); return err }, "unset"},
 		{"unset twice", func() error {
-			_, err := h.m.SetLimits(bg, "web", drivers.ResourceLimits{}, drivers.LimitPIDs, drivers.LimitPIDs)
+			_, err := h.m.UnsetLimits(bg, "web", []drivers.LimitField{drivers.LimitPIDs, drivers.LimitPIDs})
 			return err
 		}, "unset"},
 		{"unset and set", func() error {
-			_, err := h.m.SetLimits(bg, "web", drivers.ResourceLimits{PIDs: 5}, drivers.LimitPIDs)
+			_, err := h.m.ChangeLimits(bg, "web", drivers.ResourceLimits{PIDs: 5}, []drivers.LimitField{drivers.LimitPIDs})
 			return err
 		}, "unset"},
 		{"too many log lines", func() error {
@@ -1469,7 +1469,7 @@ func TestLimitRemoval(t *testing.T) {
 	h := newHarness(t, d, Options{})
 	h.events.reset()
 	before := d.totalCalls()
-	_, err := h.m.SetLimits(bg, "web", drivers.ResourceLimits{MemoryMB: 64}, drivers.LimitPIDs)
+	_, err := h.m.ChangeLimits(bg, "web", drivers.ResourceLimits{MemoryMB: 64}, []drivers.LimitField{drivers.LimitPIDs})
 	wantCode(t, err, drivers.Unsupported)
 	if !strings.Contains(err.Error(), "pids") || d.totalCalls() != before || len(h.events.types()) != 0 {
 		t.Fatalf("unsupported removal: %v, %d driver calls, events %v", err, d.totalCalls()-before, h.events.types())
@@ -1479,7 +1479,7 @@ func TestLimitRemoval(t *testing.T) {
 	u.add("web", drivers.StateRunning)
 	h = newHarness(t, u, Options{})
 	h.events.reset()
-	l, err := h.m.SetLimits(bg, "web", drivers.ResourceLimits{MemoryMB: 64}, drivers.LimitPIDs, drivers.LimitCPUCores)
+	l, err := h.m.ChangeLimits(bg, "web", drivers.ResourceLimits{MemoryMB: 64}, []drivers.LimitField{drivers.LimitPIDs, drivers.LimitCPUCores})
 	if err != nil || l.MemoryMB != 64 {
 		t.Fatalf("set and unset: %+v %v", l, err)
 	}
@@ -1490,7 +1490,7 @@ func TestLimitRemoval(t *testing.T) {
 		t.Fatalf("events %q", got)
 	}
 	// Removal alone is enough of a request.
-	if _, err := h.m.SetLimits(bg, "web", drivers.ResourceLimits{}, drivers.LimitMemoryMB); err != nil {
+	if _, err := h.m.UnsetLimits(bg, "web", []drivers.LimitField{drivers.LimitMemoryMB}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -488,11 +488,22 @@ func (m *Manager) GetLimits(ctx context.Context, name string) (drivers.ResourceL
 	})
 }
 
-// SetLimits removes the limits named in unset (drivers.LimitUnsetter;
-// unsupported where the driver cannot), then applies the non-zero fields
-// of limits, and returns the limits now in force; emits
-// limits_changed.
-func (m *Manager) SetLimits(ctx context.Context, name string, limits drivers.ResourceLimits, unset ...drivers.LimitField) (drivers.ResourceLimits, error) {
+// SetLimits applies the non-zero fields of limits and returns the limits
+// now in force; emits limits_changed (ChangeLimits without removals).
+func (m *Manager) SetLimits(ctx context.Context, name string, limits drivers.ResourceLimits) (drivers.ResourceLimits, error) {
+	return m.ChangeLimits(ctx, name, limits, nil)
+}
+
+// UnsetLimits removes the named limits (ChangeLimits without values).
+func (m *Manager) UnsetLimits(ctx context.Context, name string, fields []drivers.LimitField) (drivers.ResourceLimits, error) {
+	return m.ChangeLimits(ctx, name, drivers.ResourceLimits{}, fields)
+}
+
+// ChangeLimits removes the limits named in unset (drivers.LimitUnsetter;
+// unsupported, before anything changed, where the driver cannot), then
+// applies the non-zero fields of limits, and returns the limits now in
+// force; emits limits_changed. It serves the limits-set op.
+func (m *Manager) ChangeLimits(ctx context.Context, name string, limits drivers.ResourceLimits, unset []drivers.LimitField) (drivers.ResourceLimits, error) {
 	if err := drivers.ValidateName("name", name); err != nil {
 		return drivers.ResourceLimits{}, m.reject("limits-set", err)
 	}
