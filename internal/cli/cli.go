@@ -273,6 +273,7 @@ func run(e *env, args []string) error {
 	if len(words) == 0 {
 		switch {
 		case hasFlag(rest, "version"):
+			e.json = wantsJSON(args)
 			return cmdVersion(e, nil)
 		case hasHelpFlag(rest):
 			printOverview(e.stdout)

@@ -262,7 +262,7 @@ func gnuFlags(msg string) string { return singleDashFlag.ReplaceAllString(msg, "
 func globalFlags(fs *flag.FlagSet, e *env) {
 	fs.BoolVar(&e.json, "json", false, "print the machine-readable result (errors too: {\"error\": {code, message, retryable}} on stdout)")
 	alias(fs, "j", "json")
-	fs.Var(&e.timeoutFlag, "timeout", "how long `D` to wait for the reply (30s, 1m, or seconds; default 30s, 5m for create, clone, snapshots)")
+	fs.Var(&e.timeoutFlag, "timeout", "wait `D` at most for the reply (30s, 1m, or seconds; default 30s, 5m for create, clone, snapshots)")
 }
 
 // flagBlocks returns the help blocks of a command's flags: its own, the
