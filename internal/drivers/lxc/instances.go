@@ -117,7 +117,7 @@ func (in *instance) portable() drivers.Instance {
 		}
 	}
 	if in.State != nil && in.State.Pid > 0 && out.State == drivers.StateRunning {
-		out.PID = int(in.State.Pid) // the container's init, on the host
+		out.PID = int(in.State.Pid) // the container's init, on the host (only when the state was fetched)
 	}
 	for k, v := range in.Config {
 		if strings.HasPrefix(k, userPrefix) && !strings.HasPrefix(k, subbusPref) {
