@@ -3,7 +3,7 @@ GO      ?= go
 PKGS    ?= ./...
 TIMEOUT ?= 20m
 
-.PHONY: all build test check setup unit bench demo fuzz images clean
+.PHONY: all build test check setup unit bench demo fuzz images clean man
 
 all: build
 
@@ -11,6 +11,11 @@ build:
 	$(GO) build -o bin/worker ./cmd/worker
 	$(GO) build -o bin/subbus ./cmd/subbus
 	$(GO) build -o bin/pvesim ./cmd/pvesim
+
+# make man: the subbus(1) page, made from the CLI's command table
+# (bin/subbus.1; read it with man -l bin/subbus.1).
+man: build
+	bin/subbus man > bin/subbus.1
 
 # make test: what .ci/run runs. Sets up the daemons, then vet, gofmt and
 # the whole suite with the race detector.
@@ -56,8 +61,8 @@ images:
 	chmod 1777 $(IMAGE_DIR)/worker/rootfs/tmp
 	cp deployments/images/passwd deployments/images/group $(IMAGE_DIR)/worker/rootfs/etc/
 	cp deployments/substrate_config.yaml $(IMAGE_DIR)/worker/rootfs/etc/subbus/
-	$(STATIC) -ldflags "-s -w $(if $(VERSION),-X main.version=$(VERSION))" -o $(IMAGE_DIR)/worker/rootfs/usr/local/bin/worker ./cmd/worker
-	$(STATIC) -ldflags "-s -w $(if $(VERSION),-X github.com/subbus/subbus/internal/cli.Version=$(VERSION))" -o $(IMAGE_DIR)/worker/rootfs/usr/local/bin/subbus ./cmd/subbus
+	$(STATIC) -ldflags "-s -w $(if $(VERSION),-X github.com/subbus/subbus/internal/version.Version=$(VERSION))" -o $(IMAGE_DIR)/worker/rootfs/usr/local/bin/worker ./cmd/worker
+	$(STATIC) -ldflags "-s -w $(if $(VERSION),-X github.com/subbus/subbus/internal/version.Version=$(VERSION))" -o $(IMAGE_DIR)/worker/rootfs/usr/local/bin/subbus ./cmd/subbus
 	$(STATIC) -ldflags "-s -w" -o $(IMAGE_DIR)/nats-server/nats-server github.com/nats-io/nats-server/v2
 	docker build -q -f deployments/images/worker.Dockerfile -t $(IMAGE_PREFIX)/worker:$(IMAGE_TAG) $(IMAGE_DIR)/worker
 	docker build -q -f deployments/images/nats-server.Dockerfile -t $(IMAGE_PREFIX)/nats-server:$(IMAGE_TAG) $(IMAGE_DIR)/nats-server

@@ -3,6 +3,7 @@ package messages
 import (
 	"encoding/json"
 	"slices"
+	"time"
 )
 
 // The hot path of the worker's replies (docs/benchmarks.md "Bus
@@ -103,11 +104,38 @@ func appendInstance(b []byte, i *Instance) (_ []byte, ok bool) {
 		b = append(b, n...)
 	}
 	if i.Managed {
-		b = append(b, `,"managed":true}`...)
+		b = append(b, `,"managed":true`...)
 	} else {
-		b = append(b, `,"managed":false}`...)
+		b = append(b, `,"managed":false`...)
 	}
-	return b, true
+	// The fields after managed (what the user gave and the substrate
+	// knows) through json.Marshal, and only when one is set: they are in
+	// the same order and have the same tags as in Instance.
+	if len(i.Command) > 0 || len(i.Environment) > 0 || len(i.Volumes) > 0 || i.WorkDir != "" || i.User != "" ||
+		i.PID != 0 || i.ExitCode != nil || !i.StartedAt.IsZero() {
+		tail, err := json.Marshal(instanceTail{i.Command, i.Environment, i.Volumes, i.WorkDir, i.User, i.PID, i.ExitCode, i.StartedAt})
+		if err != nil || len(tail) < 2 {
+			return b, false
+		}
+		if len(tail) > 2 {
+			b = append(b, ',')
+			b = append(b, tail[1:len(tail)-1]...)
+		}
+	}
+	return append(b, '}'), true
+}
+
+// instanceTail is Instance from Command on; TestInstanceTailMatches keeps
+// the two in step.
+type instanceTail struct {
+	Command     []string          `json:"command,omitempty"`
+	Environment map[string]string `json:"environment,omitempty"`
+	Volumes     []Volume          `json:"volumes,omitempty"`
+	WorkDir     string            `json:"workdir,omitempty"`
+	User        string            `json:"user,omitempty"`
+	PID         int               `json:"pid,omitempty"`
+	ExitCode    *int              `json:"exit_code,omitempty"`
+	StartedAt   time.Time         `json:"started_at,omitzero"`
 }
 
 // appendString appends s as a JSON string the way json.Marshal writes it:

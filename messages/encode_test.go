@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"math/rand/v2"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -41,6 +42,20 @@ func TestMarshalResultMatchesJSON(t *testing.T) {
 		if r.IntN(4) == 0 {
 			i.Networks = []NetworkConfig{{NetworkName: str(), DNSServers: []string{str()}}}
 		}
+		if r.IntN(3) == 0 {
+			i.Command = []string{str(), str()}
+			i.Environment = map[string]string{str(): str()}
+			i.WorkDir, i.User = str(), str()
+			i.PID = r.IntN(2) * 4242
+			i.StartedAt = times[r.IntN(len(times))]
+			if r.IntN(2) == 0 {
+				code := r.IntN(3)
+				i.ExitCode = &code
+			}
+			if r.IntN(2) == 0 {
+				i.Volumes = []Volume{{}}
+			}
+		}
 		return i
 	}
 	check := func(v any) {
@@ -61,4 +76,23 @@ func TestMarshalResultMatchesJSON(t *testing.T) {
 	}
 	check([]Instance(nil))
 	check(ChangedResult{Changed: true})
+}
+
+// TestInstanceTailMatches: instanceTail is Instance from Command on, field
+// for field and tag for tag, so that appendInstance writes every field.
+func TestInstanceTailMatches(t *testing.T) {
+	it, tt := reflect.TypeOf(Instance{}), reflect.TypeOf(instanceTail{})
+	first, ok := it.FieldByName("Command")
+	if !ok {
+		t.Fatal("Instance has no Command")
+	}
+	if n := it.NumField() - first.Index[0]; n != tt.NumField() {
+		t.Fatalf("Instance has %d fields from Command on, instanceTail %d: encode.go must write the new ones", n, tt.NumField())
+	}
+	for k := range tt.NumField() {
+		a, b := it.Field(first.Index[0]+k), tt.Field(k)
+		if a.Name != b.Name || a.Type != b.Type || a.Tag != b.Tag {
+			t.Fatalf("field %d: Instance has %s %s %q, instanceTail %s %s %q", k, a.Name, a.Type, a.Tag, b.Name, b.Type, b.Tag)
+		}
+	}
 }

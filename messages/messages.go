@@ -86,10 +86,35 @@ type LogsRequest struct {
 // Streamed reports whether the lines should come as Chunks.
 func (r LogsRequest) Streamed() bool { return r.Follow }
 
-// LimitsSetRequest serves limits-set.
+// LimitsSetRequest serves limits-set. Limits are set, then the fields
+// named in Unset (LimitCPUCores, …) are removed; a field may not be in
+// both. At least one of them must say something.
 type LimitsSetRequest struct {
 	Name   string         `json:"name"`
 	Limits ResourceLimits `json:"limits"`
+	Unset  []string       `json:"unset,omitempty"`
+}
+
+// The names of the limit fields, for LimitsSetRequest.Unset: the JSON
+// keys of ResourceLimits.
+const (
+	LimitCPUCores    = string(drivers.LimitCPUCores)
+	LimitMemoryMB    = string(drivers.LimitMemoryMB)
+	LimitDiskGB      = string(drivers.LimitDiskGB)
+	LimitNetworkMbps = string(drivers.LimitNetworkMbps)
+	LimitPIDs        = string(drivers.LimitPIDs)
+)
+
+// UnsetFields converts Unset to the contract's field names.
+func (r LimitsSetRequest) UnsetFields() []drivers.LimitField {
+	if len(r.Unset) == 0 {
+		return nil
+	}
+	out := make([]drivers.LimitField, len(r.Unset))
+	for i, f := range r.Unset {
+		out[i] = drivers.LimitField(f)
+	}
+	return out
 }
 
 // SnapshotRequest serves snapshot-create, snapshot-restore, snapshot-delete.

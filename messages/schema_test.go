@@ -127,7 +127,7 @@ func fullRequests() map[Op]any {
 		OpCreate: CreateRequest{Template: tmpl}, OpStop: StopRequest{Name: "a", Force: true, Timeout: "1m30s"},
 		OpRestart: StopRequest{Name: "a", Force: true, Timeout: "500ms"}, OpDelete: DeleteRequest{Name: "a", Force: true},
 		OpExec: exec, OpLogs: LogsRequest{Name: "a", Lines: 10, Follow: true},
-		OpLimitsSet:      LimitsSetRequest{Name: "a", Limits: limits},
+		OpLimitsSet:      LimitsSetRequest{Name: "a", Limits: limits, Unset: []string{LimitPIDs}},
 		OpSnapshotCreate: SnapshotRequest{Name: "a", Snapshot: "s1"}, OpSnapshotRestore: SnapshotRequest{Name: "a", Snapshot: "s1"},
 		OpSnapshotDelete: SnapshotRequest{Name: "a", Snapshot: "s1"}, OpClone: CloneRequest{Source: "a", Target: "b"},
 		OpNetworkAttach: NetworkAttachRequest{Name: "a", Network: netCfg}, OpNetworkDetach: NetworkDetachRequest{Name: "a", Network: "lan"},

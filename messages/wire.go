@@ -3,6 +3,7 @@ package messages
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/subbus/subbus/internal/drivers"
@@ -215,6 +216,67 @@ type Instance struct {
 	Limits      ResourceLimits    `json:"limits,omitzero"`
 	Networks    []NetworkConfig   `json:"networks,omitempty"`
 	Managed     bool              `json:"managed"`
+	// What the user gave and the substrate knows, where the substrate
+	// reports it (absent: not known). Environment values of keys that
+	// look secret (SecretKey) are MaskedValue: a reader of the bus never
+	// sees them.
+	Command     []string          `json:"command,omitempty"`
+	Environment map[string]string `json:"environment,omitempty"`
+	Volumes     []Volume          `json:"volumes,omitempty"`
+	WorkDir     string            `json:"workdir,omitempty"`
+	User        string            `json:"user,omitempty"`
+	PID         int               `json:"pid,omitempty"`
+	ExitCode    *int              `json:"exit_code,omitempty"`
+	StartedAt   time.Time         `json:"started_at,omitzero"`
+}
+
+// MaskedValue replaces the value of a secret-looking environment variable
+// in Instance.Environment.
+const MaskedValue = "********"
+
+// secretWords are the parts of an environment variable name that make it
+// look secret.
+var secretWords = []string{"PASSWORD", "PASSWD", "PASS", "SECRET", "TOKEN", "KEY", "CREDENTIAL", "AUTH", "PRIVATE",
+	"SESSION", "COOKIE", "SALT", "CERT", "DSN"}
+
+// SecretKey reports whether an environment variable named k looks like it
+// holds a secret: its upper-cased name contains PASSWORD, SECRET, TOKEN,
+// KEY, CREDENTIAL, AUTH, PRIVATE, … (API_KEY, DB_PASSWORD, GITHUB_TOKEN,
+// aws_secret_access_key). A false positive only hides a value.
+func SecretKey(k string) bool {
+	u := strings.ToUpper(k)
+	for _, w := range secretWords {
+		if strings.Contains(u, w) {
+			return true
+		}
+	}
+	return false
+}
+
+// maskEnv copies env with the values of secret-looking keys masked.
+func maskEnv(env map[string]string) map[string]string {
+	if env == nil {
+		return nil
+	}
+	out := make(map[string]string, len(env))
+	for k, v := range env {
+		if SecretKey(k) {
+			v = MaskedValue
+		}
+		out[k] = v
+	}
+	return out
+}
+
+func volumesFrom(l []drivers.Volume) []Volume {
+	if l == nil {
+		return nil
+	}
+	out := make([]Volume, len(l))
+	for i, v := range l {
+		out[i] = Volume(v)
+	}
+	return out
 }
 
 // InstanceFrom converts a contract instance to the wire, stamping the
@@ -222,15 +284,26 @@ type Instance struct {
 func InstanceFrom(i drivers.Instance, driver, host string) Instance {
 	return Instance{Name: i.Name, ID: i.ID, Driver: driver, Host: host, State: i.State, NativeState: i.NativeState,
 		Image: i.Image, Created: i.Created, Metadata: i.Metadata, Limits: LimitsFrom(i.Limits),
-		Networks: networkConfigsFrom(i.Networks), Managed: i.Managed}
+		Networks: networkConfigsFrom(i.Networks), Managed: i.Managed,
+		Command: i.Command, Environment: maskEnv(i.Environment), Volumes: volumesFrom(i.Volumes), WorkDir: i.WorkDir,
+		User: i.User, PID: i.PID, ExitCode: i.ExitCode, StartedAt: i.StartedAt}
 }
 
 // Contract converts a wire instance to the contract type (dropping the
-// driver and host).
+// driver and host; masked environment values stay masked).
 func (i Instance) Contract() drivers.Instance {
-	return drivers.Instance{Name: i.Name, ID: i.ID, State: i.State, NativeState: i.NativeState,
+	c := drivers.Instance{Name: i.Name, ID: i.ID, State: i.State, NativeState: i.NativeState,
 		Image: i.Image, Created: i.Created, Metadata: i.Metadata, Limits: i.Limits.Contract(),
-		Networks: networkConfigsContract(i.Networks), Managed: i.Managed}
+		Networks: networkConfigsContract(i.Networks), Managed: i.Managed,
+		Command: i.Command, Environment: i.Environment, WorkDir: i.WorkDir, User: i.User, PID: i.PID,
+		ExitCode: i.ExitCode, StartedAt: i.StartedAt}
+	if i.Volumes != nil {
+		c.Volumes = make([]drivers.Volume, len(i.Volumes))
+		for j, v := range i.Volumes {
+			c.Volumes[j] = drivers.Volume(v)
+		}
+	}
+	return c
 }
 
 // Snapshot is the wire form of drivers.Snapshot.

@@ -120,7 +120,11 @@ func fill(t *testing.T, v reflect.Value) {
 			f.Set(m)
 		case reflect.Pointer:
 			p := reflect.New(f.Type().Elem())
-			fill(t, p.Elem())
+			if p.Elem().Kind() == reflect.Int {
+				p.Elem().SetInt(int64(i + 1))
+			} else {
+				fill(t, p.Elem())
+			}
 			f.Set(p)
 		default:
 			t.Fatalf("fill: %s.%s of kind %s", v.Type().Name(), v.Type().Field(i).Name, f.Kind())
@@ -144,6 +148,15 @@ func TestConversionsRoundTrip(t *testing.T) {
 	}
 	if got := w.Contract(); !reflect.DeepEqual(got, inst) {
 		t.Errorf("instance round trip:\n got %+v\nwant %+v", got, inst)
+	}
+	// Secret-looking environment values never reach the wire.
+	inst.Environment = map[string]string{"DB_PASSWORD": "hunter2", "api_key": "k", "GITHUB_TOKEN": "t", "PORT": "8080"}
+	w = InstanceFrom(inst, "process", "h1")
+	if want := map[string]string{"DB_PASSWORD": MaskedValue, "api_key": MaskedValue, "GITHUB_TOKEN": MaskedValue, "PORT": "8080"}; !reflect.DeepEqual(w.Environment, want) {
+		t.Errorf("environment on the wire = %v, want %v", w.Environment, want)
+	}
+	if inst.Environment["DB_PASSWORD"] != "hunter2" {
+		t.Error("InstanceFrom changed the contract value's map")
 	}
 	b, err := json.Marshal(w)
 	if err != nil {

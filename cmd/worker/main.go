@@ -21,12 +21,10 @@ import (
 	"github.com/subbus/subbus/internal/config"
 	"github.com/subbus/subbus/internal/natsconn"
 	"github.com/subbus/subbus/internal/sdnotify"
+	"github.com/subbus/subbus/internal/version"
 	"github.com/subbus/subbus/internal/worker"
 	"github.com/subbus/subbus/messages"
 )
-
-// version is set at build time (-ldflags "-X main.version=…").
-var version = "0.1.0"
 
 func main() { os.Exit(run(os.Args[1:])) }
 
@@ -86,7 +84,7 @@ func run(args []string) int {
 			return conn.Connect("subbus-worker", extra...)
 		}
 	}
-	opts.Version = version
+	opts.Version = version.Version
 	opts.Logger = log
 	if *createStreams {
 		return runCreateStreams(conn, opts, log)

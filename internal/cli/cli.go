@@ -11,9 +11,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime/debug"
 	"sort"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -25,10 +25,6 @@ import (
 	"github.com/subbus/subbus/internal/natsconn"
 	"github.com/subbus/subbus/messages"
 )
-
-// Version is subbus's version, set at build time with
-// -ldflags "-X github.com/subbus/subbus/internal/cli.Version=v1.2.3".
-var Version = ""
 
 // Exit statuses. Every error code has its own; see docs/cli.md.
 const (
@@ -132,15 +128,17 @@ func ExitStatus(err error) int {
 
 // env is what a command runs with.
 type env struct {
-	ctx      context.Context
-	stdout   io.Writer
-	stderr   io.Writer
-	json     bool
-	conn     natsconn.Options
-	timeout  time.Duration // --timeout; 0 = the command's default
-	nc       *nats.Conn
-	cl       *client.Client
-	terminal bool // stderr is a terminal: show progress
+	ctx     context.Context
+	stdout  io.Writer
+	stderr  io.Writer
+	json    bool
+	conn    natsconn.Options
+	timeout time.Duration // --timeout; 0 = the command's default
+	// timeoutFlag parses --timeout (plain numbers are seconds).
+	timeoutFlag durationFlag
+	nc          *nats.Conn
+	cl          *client.Client
+	terminal    bool // stderr is a terminal: show progress
 }
 
 // client connects on first use.
@@ -183,14 +181,20 @@ func (e *env) table() *tabwriter.Writer {
 }
 
 // Run runs subbus with args (without the program name) and returns the
-// exit status. Errors are printed to stderr as "error: <code>: <message>".
+// exit status. Errors are printed to stderr as "error: <code>: <message>";
+// with --json they are printed to stdout as {"error": {"code", "message",
+// "retryable"}} instead (docs/cli.md "Errors").
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	e := &env{ctx: ctx, stdout: stdout, stderr: stderr}
+	// stderr is shared with the connection's handlers (events --follow).
+	e := &env{ctx: ctx, stdout: stdout, stderr: &lockedWriter{w: stderr}}
+	e.timeoutFlag.d = &e.timeout
 	if f, ok := stderr.(*os.File); ok {
 		e.terminal = isatty.IsTerminal(f.Fd())
 	}
 	err := run(e, args)
 	if e.nc != nil {
+		e.nc.SetDisconnectErrHandler(nil) // a normal close is no lost connection
+		e.nc.SetReconnectHandler(nil)
 		e.nc.Close()
 	}
 	if err == nil {
@@ -199,58 +203,118 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var xe *exitError
 	var se *silentError
 	if !errors.As(err, &xe) && !errors.As(err, &se) {
-		fmt.Fprintf(stderr, "error: %s: %s\n", ErrorName(err), oneLine(err.Error()))
-		var ue *usageError
-		if errors.As(err, &ue) {
-			fmt.Fprintln(stderr, "run 'subbus help' for usage")
+		if e.json || wantsJSON(args) {
+			_ = jsonLine(stdout, errorJSON(err))
+		} else {
+			fmt.Fprintf(e.stderr, "error: %s: %s\n", ErrorName(err), oneLine(err.Error()))
 		}
 	}
 	return ExitStatus(err)
+}
+
+// lockedWriter serializes writes from several goroutines.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// jsonError is the --json form of an error, the wire's error shape.
+type jsonError struct {
+	Error jsonErrorInfo `json:"error"`
+}
+
+type jsonErrorInfo struct {
+	Code      string `json:"code"`
+	Message   string `json:"message"`
+	Retryable bool   `json:"retryable"`
+}
+
+func errorJSON(err error) jsonError {
+	name := ErrorName(err)
+	retry := false
+	switch name {
+	case "no_reply", "no_worker":
+		retry = true
+	case "usage", "interrupted":
+	default:
+		retry = drivers.CodeOf(err).Retryable()
+	}
+	return jsonError{jsonErrorInfo{Code: name, Message: oneLine(err.Error()), Retryable: retry}}
+}
+
+// wantsJSON reports whether args ask for --json before any "--" (for
+// errors found before the flags were parsed).
+func wantsJSON(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "--json", "-json", "-j", "--json=true", "-json=true", "-j=true":
+			return true
+		}
+	}
+	return false
 }
 
 func oneLine(s string) string { return strings.ReplaceAll(strings.TrimSpace(s), "\n", " ") }
 
 // run finds the command, parses its flags and runs it.
 func run(e *env, args []string) error {
+	if len(args) > 0 && args[0] == "__complete" {
+		return cmdComplete(e, args[1:])
+	}
 	words, rest := splitWords(args)
 	if len(words) == 0 {
-		if hasHelpFlag(rest) {
-			printHelp(e.stdout)
+		switch {
+		case hasFlag(rest, "version"):
+			e.json = wantsJSON(args)
+			return cmdVersion(e, nil)
+		case hasHelpFlag(rest):
+			printOverview(e.stdout)
 			return nil
 		}
-		printHelp(e.stderr)
+		printOverview(e.stderr)
 		return usagef("no command given")
+	}
+	if words[0] == "help" {
+		return helpFor(e, words[1:])
+	}
+	if hasHelpFlag(rest) {
+		return helpFor(e, helpWords(words))
 	}
 	c, pos, driver, err := findCommand(words)
 	if err != nil {
 		return err
 	}
-	if c.name == "help" {
-		printHelp(e.stdout)
-		return nil
-	}
 
-	o := &opts{}
+	o := newOpts()
 	fs := flag.NewFlagSet("subbus "+c.name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	e.conn = natsconn.FromEnv()
 	e.conn.RegisterFlags(fs)
-	fs.BoolVar(&e.json, "json", false, "print the machine-readable result")
-	fs.BoolVar(&e.json, "j", false, "shorthand for --json")
-	fs.DurationVar(&e.timeout, "timeout", 0, "how long to wait (stop/restart: graceful stop period)")
+	globalFlags(fs, e)
 	for _, name := range c.flags {
 		flagDefs[name](fs, o)
 	}
+	where := c.name
+	if !c.top {
+		where = driver + " " + c.name
+	}
+	if err := checkFlags(fs, rest, where); err != nil {
+		return err
+	}
 	if err := fs.Parse(rest); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			printCommandHelp(e.stdout, c, fs)
-			return nil
-		}
-		return usagef("%s: %v", c.name, err)
+		return usagef("%s: %s", c.name, gnuFlags(err.Error()))
 	}
 	trailing := fs.Args() // after "--"
 	if len(pos) < c.minArgs || (c.maxArgs >= 0 && len(pos) > c.maxArgs) {
-		return usagef("%s: usage: subbus %s", c.name, c.usage)
+		return usagef("%s: usage: subbus %s; run 'subbus help %s'", c.name, c.usage, c.name)
 	}
 	if len(trailing) > 0 && !c.trailing {
 		return usagef("%s: unexpected arguments after --: %s", c.name, strings.Join(trailing, " "))
@@ -258,7 +322,21 @@ func run(e *env, args []string) error {
 	if err := o.check(); err != nil {
 		return err
 	}
+	if err := checkDriver(e, driver); err != nil {
+		return err
+	}
 	return c.run(e, &invocation{cmd: c.name, op: c.op, driver: driver, args: pos, trailing: trailing, o: o})
+}
+
+// helpWords drops the arguments after the command words of a command
+// line that asked for --help ("process create web --help" → "process
+// create").
+func helpWords(words []string) []string {
+	c, pos, _, err := findCommand(words)
+	if err != nil || c == nil {
+		return words
+	}
+	return words[:len(words)-len(pos)]
 }
 
 // invocation is one parsed command line.
@@ -269,6 +347,7 @@ type invocation struct {
 	args     []string
 	trailing []string // after --
 	o        *opts
+	filter   listFilter // list --state/--label
 }
 
 // splitWords separates the command words and positional arguments from
@@ -295,9 +374,15 @@ func splitWords(args []string) (words, rest []string) {
 	return words, rest
 }
 
-func hasHelpFlag(rest []string) bool {
+func hasHelpFlag(rest []string) bool { return hasFlag(rest, "help") || hasFlag(rest, "h") }
+
+// hasFlag reports whether rest has the boolean flag name before any "--".
+func hasFlag(rest []string, name string) bool {
 	for _, a := range rest {
-		if a == "-h" || a == "--help" || a == "-help" {
+		if a == "--" {
+			return false
+		}
+		if a == "-"+name || a == "--"+name {
 			return true
 		}
 	}
@@ -309,41 +394,25 @@ func valueFlags() map[string]bool {
 	fs := flag.NewFlagSet("all", flag.ContinueOnError)
 	var c natsconn.Options
 	c.RegisterFlags(fs)
-	var j bool
-	var t time.Duration
-	fs.BoolVar(&j, "json", false, "")
-	fs.BoolVar(&j, "j", false, "")
-	fs.DurationVar(&t, "timeout", 0, "")
-	o := &opts{}
-	for _, def := range flagDefs {
-		def(fs, o)
+	e := &env{}
+	e.timeoutFlag.d = &e.timeout
+	globalFlags(fs, e)
+	sets := []*flag.FlagSet{fs}
+	for _, def := range flagDefs { // one set each: two defs may share a name (--label)
+		one := flag.NewFlagSet("one", flag.ContinueOnError)
+		def(one, newOpts())
+		sets = append(sets, one)
 	}
 	out := map[string]bool{}
-	fs.VisitAll(func(f *flag.Flag) {
-		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
-			return
-		}
-		out[f.Name] = true
-	})
-	return out
-}
-
-func versionString() string {
-	v := Version
-	if v == "" {
-		v = "dev"
-		if bi, ok := debug.ReadBuildInfo(); ok {
-			if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-				v = bi.Main.Version
+	for _, s := range sets {
+		s.VisitAll(func(f *flag.Flag) {
+			if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+				return
 			}
-			for _, s := range bi.Settings {
-				if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-					v += "+" + s.Value[:12]
-				}
-			}
-		}
+			out[f.Name] = true
+		})
 	}
-	return v
+	return out
 }
 
 // sortedKeys returns m's keys sorted.

@@ -554,6 +554,30 @@ func checkLimitsCLI(t *testing.T, url, name string, supported bool) {
 	if !strings.Contains(r.stdout, "128") {
 		t.Fatalf("limits get table:\n%s", r.stdout)
 	}
+	// Human sizes: 1G is 1024 MiB, 256Mi is 256 MiB; a plain number stays MiB.
+	r = subbus(t, url, "process", "limits", "set", name, "--memory", "1G", "--json").want(t, 0, "limits set 1G")
+	if l := decode[messages.ResourceLimits](t, r.stdout); l.MemoryMB != 1024 || l.PIDs != 100 {
+		t.Fatalf("limits set --memory 1G: %+v", l)
+	}
+	r = subbus(t, url, "process", "limits", "set", name, "--memory", "256Mi", "--json").want(t, 0, "limits set 256Mi")
+	if l := decode[messages.ResourceLimits](t, r.stdout); l.MemoryMB != 256 {
+		t.Fatalf("limits set --memory 256Mi: %+v", l)
+	}
+	// none removes a limit, and the others stay.
+	r = subbus(t, url, "process", "limits", "set", name, "--pids", "none", "--json").want(t, 0, "limits set --pids none")
+	if l := decode[messages.ResourceLimits](t, r.stdout); l.MemoryMB != 256 || l.PIDs != 0 {
+		t.Fatalf("limits set --pids none: %+v", l)
+	}
+	r = subbus(t, url, "process", "limits", "get", name, "--json").want(t, 0, "limits get after none")
+	if l := decode[messages.ResourceLimits](t, r.stdout); l.MemoryMB != 256 || l.PIDs != 0 {
+		t.Fatalf("limits get after --pids none: %+v", l)
+	}
+	subbus(t, url, "process", "limits", "set", name, "--memory", "none", "--cpu", "none").want(t, 0, "limits set none")
+	r = subbus(t, url, "process", "limits", "get", name, "--json").want(t, 0, "limits get after all none")
+	if l := decode[messages.ResourceLimits](t, r.stdout); !l.IsZero() {
+		t.Fatalf("limits after removing all: %+v", l)
+	}
+	subbus(t, url, "process", "limits", "set", name, "--disk", "none").want(t, ExitUnsupported, "limits set --disk none")
 }
 
 // TestEndToEndProcessLimitsUnsupported: with cgroups off the process

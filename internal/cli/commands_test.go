@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"flag"
 	"os"
 	"strings"
 	"testing"
@@ -45,6 +46,27 @@ func TestCommandsCoverEveryOp(t *testing.T) {
 		}
 		if !strings.Contains(string(doc), "\nsubbus <driver> "+c.name+" ") {
 			t.Errorf("docs/cli.md has no usage line for subbus <driver> %s", c.name)
+		}
+	}
+}
+
+// docs/cli.md documents every top-level command and every flag spelling.
+func TestDocsCoverCommandsAndFlags(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/cli.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range commands {
+		if c.top && !c.hidden && !strings.Contains(string(doc), "subbus "+c.name) {
+			t.Errorf("docs/cli.md does not mention subbus %s", c.name)
+		}
+		own, global, conn := flagBlocks(c)
+		for _, fs := range []*flag.FlagSet{own, global, conn} {
+			fs.VisitAll(func(f *flag.Flag) {
+				if !strings.Contains(string(doc), dashed(f.Name)) {
+					t.Errorf("docs/cli.md does not mention %s (of %q)", dashed(f.Name), c.name)
+				}
+			})
 		}
 	}
 }

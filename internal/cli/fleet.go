@@ -14,10 +14,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"gopkg.in/yaml.v3"
 
 	"github.com/subbus/subbus/client"
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/version"
 	"github.com/subbus/subbus/messages"
 )
 
@@ -63,6 +65,21 @@ func cmdEvents(e *env, c *invocation) error {
 	}
 	q := client.EventQuery{Driver: c.o.eventDriver, Host: c.o.host, Instance: c.o.instance, Type: c.o.eventType,
 		Since: since, Follow: c.o.follow}
+	if c.o.follow {
+		// Say so when the connection drops and when it is back, instead
+		// of waiting in silence (the ordered consumer resumes after the
+		// last event shown).
+		e.nc.SetDisconnectErrHandler(func(_ *nats.Conn, err error) {
+			why := ""
+			if err != nil {
+				why = " (" + err.Error() + ")"
+			}
+			fmt.Fprintf(e.stderr, "subbus: lost the connection to NATS%s; reconnecting…\n", why)
+		})
+		e.nc.SetReconnectHandler(func(nc *nats.Conn) {
+			fmt.Fprintf(e.stderr, "subbus: reconnected to NATS at %s; following again\n", nc.ConnectedUrlRedacted())
+		})
+	}
 	if !e.json {
 		fmt.Fprintf(e.stdout, "%-24s %-10s %-12s %-24s %-18s %-9s %s\n", "TIME", "DRIVER", "HOST", "INSTANCE", "TYPE", "SOURCE", "DETAILS")
 	}
@@ -205,7 +222,7 @@ func cmdWorkers(e *env, c *invocation) error {
 // ---- version ----
 
 func cmdVersion(e *env, c *invocation) error {
-	v := versionString()
+	v := version.String()
 	if e.json {
 		return e.printJSON(map[string]string{"version": v, "go": runtime.Version()})
 	}
@@ -227,6 +244,10 @@ func readTemplate(path string) (messages.Template, error) {
 	return parseTemplate(path, b)
 }
 
+// templateAliases are second spellings of template keys, named like the
+// flags of create (--image, --label, --run-as, --env); both are accepted.
+var templateAliases = map[string]string{"image": "base_image", "labels": "metadata", "run_as": "user", "env": "environment"}
+
 func parseTemplate(path string, b []byte) (messages.Template, error) {
 	var t messages.Template
 	if len(b) > messages.MaxRequestBytes {
@@ -238,6 +259,19 @@ func parseTemplate(path string, b []byte) (messages.Template, error) {
 	}
 	if doc == nil {
 		return t, drivers.Errorf(drivers.InvalidArgument, "template %s: empty", path)
+	}
+	if m, ok := doc.(map[string]any); ok {
+		for alias, key := range templateAliases {
+			v, has := m[alias]
+			if !has {
+				continue
+			}
+			if _, both := m[key]; both {
+				return t, drivers.Errorf(drivers.InvalidArgument, "template %s: %s and %s are the same key (give one)", path, alias, key)
+			}
+			delete(m, alias)
+			m[key] = v
+		}
 	}
 	j, err := json.Marshal(doc)
 	if err != nil {

@@ -118,6 +118,11 @@ type allHostsResult struct {
 // otherwise every host serving the driver is asked (the fleet view, fresh),
 // and --all-hosts only changes the JSON to {instances, failed}.
 func cmdList(e *env, c *invocation) error {
+	f, err := newListFilter(c.o)
+	if err != nil {
+		return err
+	}
+	c.filter = f
 	switch {
 	case c.o.inventory:
 		return listInventory(e, c)
@@ -128,14 +133,59 @@ func cmdList(e *env, c *invocation) error {
 	if err := do(e, c, messages.OpList, nil, &list, quickWait); err != nil {
 		return err
 	}
-	if list == nil {
-		list = []messages.Instance{}
-	}
+	list = c.filter.apply(list)
 	if e.json {
 		return e.printJSON(list)
 	}
-	printInstances(e, list)
+	printInstances(e, c, list)
 	return nil
+}
+
+// listFilter keeps the instances list --state and --label ask for
+// (filtered by subbus: every worker answers the whole list).
+type listFilter struct {
+	state  drivers.State
+	labels map[string]string
+}
+
+func newListFilter(o *opts) (listFilter, error) {
+	var f listFilter
+	if o.state != "" {
+		f.state = drivers.State(o.state)
+		if !slices.Contains(drivers.States(), f.state) {
+			var names []string
+			for _, s := range drivers.States() {
+				names = append(names, string(s))
+			}
+			return f, usagef("--state %q: want one of %s%s", o.state, strings.Join(names, ", "), didYouMean(o.state, names))
+		}
+	}
+	var err error
+	f.labels, err = parseKV("--label", o.labels)
+	return f, err
+}
+
+func (f listFilter) keep(i messages.Instance) bool {
+	if f.state != "" && i.State != f.state {
+		return false
+	}
+	for k, v := range f.labels {
+		if got, ok := i.Metadata[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// apply returns the instances to show (never nil: [] in JSON).
+func (f listFilter) apply(list []messages.Instance) []messages.Instance {
+	out := []messages.Instance{}
+	for _, i := range list {
+		if f.keep(i) {
+			out = append(out, i)
+		}
+	}
+	return out
 }
 
 // inventoryInstance is the --json shape of one record of list --inventory.
@@ -159,15 +209,22 @@ func listInventory(e *env, c *invocation) error {
 	if err != nil {
 		return err
 	}
-	out := make([]inventoryInstance, len(recs))
-	for i, r := range recs {
-		out[i] = inventoryInstance{Instance: r.Instance(), ConfirmedAt: r.ConfirmedAt, Stale: r.Stale}
+	out := []inventoryInstance{}
+	for _, r := range recs {
+		if inst := r.Instance(); c.filter.keep(inst) {
+			out = append(out, inventoryInstance{Instance: inst, ConfirmedAt: r.ConfirmedAt, Stale: r.Stale})
+		}
 	}
-	if e.json {
+	switch {
+	case c.o.quiet && !e.json:
+		for _, i := range out {
+			fmt.Fprintln(e.stdout, i.Name)
+		}
+	case e.json:
 		if err := e.printJSON(out); err != nil {
 			return err
 		}
-	} else {
+	default:
 		tw := e.table()
 		fmt.Fprintln(tw, "NAME\tSTATE\tHOST\tIMAGE\tCREATED\tCONFIRMED")
 		for _, i := range out {
@@ -189,7 +246,13 @@ func listInventory(e *env, c *invocation) error {
 	return nil
 }
 
-func printInstances(e *env, list []messages.Instance) {
+func printInstances(e *env, c *invocation, list []messages.Instance) {
+	if c.o.quiet {
+		for _, i := range list {
+			fmt.Fprintln(e.stdout, i.Name)
+		}
+		return
+	}
 	tw := e.table()
 	fmt.Fprintln(tw, "NAME\tSTATE\tHOST\tIMAGE\tCREATED\tMANAGED")
 	for _, i := range list {
@@ -232,7 +295,9 @@ func listAllHosts(e *env, c *invocation) error {
 			if inst.Host == "" {
 				inst.Host = h
 			}
-			res.Instances = append(res.Instances, inst)
+			if c.filter.keep(inst) {
+				res.Instances = append(res.Instances, inst)
+			}
 		}
 	}
 	switch {
@@ -245,7 +310,7 @@ func listAllHosts(e *env, c *invocation) error {
 			return err
 		}
 	default:
-		printInstances(e, res.Instances)
+		printInstances(e, c, res.Instances)
 	}
 	for _, f := range res.Failed {
 		fmt.Fprintf(e.stderr, "error: host %s: %s: %s\n", f.Host, ErrorName(f.err), oneLine(f.err.Error()))
@@ -393,26 +458,86 @@ func printInstance(e *env, i messages.Instance) error {
 		return e.printJSON(i)
 	}
 	tw := e.table()
-	state := string(i.State)
-	if i.NativeState != "" && i.NativeState != state {
-		state += " (" + i.NativeState + ")"
+	fmt.Fprintf(tw, "Name:\t%s\nID:\t%s\nDriver:\t%s\nHost:\t%s\nState:\t%s\n", i.Name, dash(i.ID), dash(i.Driver), dash(i.Host), stateText(i))
+	if i.PID > 0 {
+		fmt.Fprintf(tw, "PID:\t%d\n", i.PID)
 	}
-	created := "-"
-	if !i.Created.IsZero() {
-		created = i.Created.Local().Format(time.RFC3339) + " (" + age(i.Created) + ")"
+	if i.ExitCode != nil {
+		fmt.Fprintf(tw, "Exit code:\t%d\n", *i.ExitCode)
 	}
-	fmt.Fprintf(tw, "Name:\t%s\nID:\t%s\nDriver:\t%s\nHost:\t%s\nState:\t%s\nImage:\t%s\nCreated:\t%s\nManaged:\t%v\n",
-		i.Name, dash(i.ID), dash(i.Driver), dash(i.Host), state, dash(i.Image), created, i.Managed)
+	fmt.Fprintf(tw, "Image:\t%s\n", dash(i.Image))
+	if len(i.Command) > 0 {
+		fmt.Fprintf(tw, "Command:\t%s\n", shellQuote(i.Command))
+	}
+	if i.WorkDir != "" {
+		fmt.Fprintf(tw, "Workdir:\t%s\n", i.WorkDir)
+	}
+	if i.User != "" {
+		fmt.Fprintf(tw, "User:\t%s\n", i.User)
+	}
+	fmt.Fprintf(tw, "Created:\t%s\n", timeText(i.Created))
+	if !i.StartedAt.IsZero() {
+		fmt.Fprintf(tw, "Started:\t%s\n", timeText(i.StartedAt))
+	}
+	fmt.Fprintf(tw, "Managed:\t%v\n", i.Managed)
 	if !i.Limits.IsZero() {
 		fmt.Fprintf(tw, "Limits:\t%s\n", limitsText(i.Limits))
 	}
 	for _, n := range i.Networks {
-		fmt.Fprintf(tw, "Network:\t%s %s\n", n.NetworkName, n.IPAddress)
+		fmt.Fprintf(tw, "Network:\t%s %s\n", n.NetworkName, dash(n.IPAddress))
+	}
+	for _, v := range i.Volumes {
+		mode := ""
+		if v.ReadOnly {
+			mode = " (read-only)"
+		}
+		fmt.Fprintf(tw, "Volume:\t%s -> %s%s\n", v.Source, v.Target, mode)
+	}
+	for _, k := range sortedKeys(i.Environment) {
+		fmt.Fprintf(tw, "Env:\t%s=%s\n", k, i.Environment[k])
 	}
 	for _, k := range sortedKeys(i.Metadata) {
 		fmt.Fprintf(tw, "Label:\t%s=%s\n", k, i.Metadata[k])
 	}
 	return tw.Flush()
+}
+
+// stateText is the one state text of an instance: the portable state,
+// and the substrate's own word in parentheses when it says more
+// ("running", "stopped (exited)", "running (healthy)").
+func stateText(i messages.Instance) string {
+	state := string(i.State)
+	native := strings.TrimSpace(i.NativeState)
+	if native == "" || strings.EqualFold(native, state) {
+		return state
+	}
+	if rest, ok := strings.CutPrefix(strings.ToLower(native), state+" "); ok {
+		return state + " " + strings.TrimSpace(native[len(native)-len(rest):])
+	}
+	return state + " (" + native + ")"
+}
+
+func timeText(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Local().Format(time.RFC3339) + " (" + age(t) + ")"
+}
+
+// shellQuote prints an argv as a shell would read it back.
+func shellQuote(argv []string) string {
+	out := make([]string, len(argv))
+	for i, a := range argv {
+		if a != "" && strings.IndexFunc(a, func(r rune) bool {
+			return !(r == '/' || r == '-' || r == '_' || r == '.' || r == '=' || r == ':' || r == ',' || r == '+' || r == '@' ||
+				(r >= '0' && r <= '9') || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z'))
+		}) < 0 {
+			out[i] = a
+			continue
+		}
+		out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	return strings.Join(out, " ")
 }
 
 func limitsText(l messages.ResourceLimits) string {
@@ -421,10 +546,10 @@ func limitsText(l messages.ResourceLimits) string {
 		parts = append(parts, fmt.Sprintf("cpu=%g", l.CPUCores))
 	}
 	if l.MemoryMB > 0 {
-		parts = append(parts, fmt.Sprintf("memory=%dMB", l.MemoryMB))
+		parts = append(parts, fmt.Sprintf("memory=%dMiB", l.MemoryMB))
 	}
 	if l.DiskGB > 0 {
-		parts = append(parts, fmt.Sprintf("disk=%gGB", l.DiskGB))
+		parts = append(parts, fmt.Sprintf("disk=%gGiB", l.DiskGB))
 	}
 	if l.PIDs > 0 {
 		parts = append(parts, fmt.Sprintf("pids=%d", l.PIDs))
@@ -459,7 +584,7 @@ func buildTemplate(c *invocation) (messages.Template, error) {
 	var t messages.Template
 	if o.file != "" {
 		if o.image != "" || len(o.env) > 0 || len(o.volumes) > 0 || len(o.networks) > 0 || len(o.labels) > 0 ||
-			o.workdir != "" || o.user != "" || o.cpu != 0 || o.memory != 0 || o.disk != 0 || o.pids != 0 || len(c.trailing) > 0 {
+			o.workdir != "" || o.user != "" || o.cpu.set || o.memory.set || o.disk.set || o.pids.set || len(c.trailing) > 0 {
 			return t, usagef("create: -f takes the whole template; give only an optional name with it")
 		}
 		var err error
@@ -479,9 +604,13 @@ func buildTemplate(c *invocation) (messages.Template, error) {
 		// One rule on every driver (docs/cli.md): the words after -- are
 		// the whole command, program first.
 		command := c.trailing
+		limits, unset := o.limits()
+		if len(unset) > 0 {
+			return t, usagef("create: %q removes a limit (limits set); at create, leave the flag out", noneWord)
+		}
 		t = messages.Template{
 			Name: c.args[0], BaseImage: o.image, Command: command, WorkDir: o.workdir, User: o.user,
-			Resources: messages.ResourceLimits{CPUCores: o.cpu, MemoryMB: o.memory, DiskGB: o.disk, PIDs: o.pids},
+			Resources: limits,
 		}
 		var err error
 		if t.Environment, err = parseKV("--env", o.env); err != nil {
@@ -579,21 +708,33 @@ func cmdChange(e *env, c *invocation) error {
 		req              any
 		doing, did, same string
 		wait             = quickWait
-		useTimeout       = true // --timeout bounds the request
 	)
 	switch c.op {
 	case messages.OpStart:
 		op, req = messages.OpStart, messages.NameRequest{Name: name}
 		doing, did, same = "starting", "started", "already running"
 	case messages.OpStop, messages.OpRestart:
-		// --timeout is the graceful period here; the request waits for
-		// it plus quickWait.
+		// --grace (-t, --time) is the graceful period; the request waits
+		// for it plus quickWait, or --timeout when given. The old
+		// spelling, --timeout alone, still means the grace period, with
+		// a warning (docs/cli.md "stop").
 		r := messages.StopRequest{Name: name, Force: c.o.force}
-		grace := stopGrace
-		if e.timeout > 0 {
-			r.Timeout, grace = e.timeout.String(), e.timeout
+		grace, graceSet := stopGrace, c.o.graceFlag.set
+		if graceSet {
+			grace = c.o.grace
+		} else if e.timeoutFlag.set {
+			fmt.Fprintf(e.stderr, "warning: --timeout on %s is deprecated as the graceful stop period: use --grace %s "+
+				"(with --grace given, --timeout is the reply wait, as on every other command)\n", c.op, e.timeout)
+			grace, graceSet = e.timeout, true
+			e.timeout = 0
 		}
-		wait, useTimeout = grace+quickWait, false
+		if graceSet {
+			if grace <= 0 && !c.o.force {
+				return usagef("%s: --grace must be positive (or use --force)", c.op)
+			}
+			r.Timeout = grace.String()
+		}
+		wait = grace + quickWait
 		op, req = c.op, r
 		doing, did, same = "stopping", "stopped", "already stopped"
 		if c.op == messages.OpRestart {
@@ -607,7 +748,7 @@ func cmdChange(e *env, c *invocation) error {
 	if err != nil {
 		return err
 	}
-	if useTimeout && e.timeout > 0 {
+	if e.timeout > 0 {
 		wait = e.timeout
 	}
 	ctx, cancel := context.WithTimeout(e.ctx, wait)
@@ -773,8 +914,8 @@ func cmdMetrics(e *env, c *invocation) error {
 		err := do(e, c, messages.OpMetrics, messages.NameRequest{Name: name}, &u, quickWait)
 		return u, err
 	}
-	header := fmt.Sprintf("%-20s %8s %10s %8s %10s %10s %10s %10s", "TIME", "CPU%", "MEM(MB)", "DISK(GB)",
-		"READ(MB/s)", "WRITE(MB/s)", "RX(Mbps)", "TX(Mbps)")
+	header := fmt.Sprintf("%-20s %8s %10s %8s %10s %10s %10s %10s", "TIME", "CPU%", "MEM(MiB)", "DISK(GiB)",
+		"READ(MiB/s)", "WRITE(MiB/s)", "RX(Mbps)", "TX(Mbps)")
 	row := func(u messages.ResourceUsage) string {
 		f := func(m drivers.Measure, format string, v float64) string {
 			if !u.Measured.Has(m) {
@@ -971,11 +1112,12 @@ func cmdLimits(e *env, c *invocation) error {
 			return err
 		}
 	} else {
-		want := messages.ResourceLimits{CPUCores: c.o.cpu, MemoryMB: c.o.memory, DiskGB: c.o.disk, PIDs: c.o.pids}
-		if want.IsZero() {
-			return usagef("limits set: give at least one of --cpu, --memory, --disk, --pids")
+		want, unset := c.o.limits()
+		if want.IsZero() && len(unset) == 0 {
+			return usagef("limits set: give at least one of --cpu, --memory, --disk, --pids (a value, or none to remove the limit)")
 		}
-		if err := do(e, c, messages.OpLimitsSet, messages.LimitsSetRequest{Name: name, Limits: want}, &l, quickWait); err != nil {
+		req := messages.LimitsSetRequest{Name: name, Limits: want, Unset: unset}
+		if err := do(e, c, messages.OpLimitsSet, req, &l, quickWait); err != nil {
 			return err
 		}
 	}

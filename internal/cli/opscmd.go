@@ -27,8 +27,8 @@ func init() {
 	flagDefs["no-wait"] = func(fs *flag.FlagSet, o *opts) {
 		fs.BoolVar(&o.noWait, "no-wait", false, "return at once with an operation id; the worker goes on (follow: subbus ops wait ID)")
 	}
-	flagDefs["state"] = func(fs *flag.FlagSet, o *opts) {
-		fs.StringVar(&o.opState, "state", "", "only operations in this state (running, succeeded, failed, cancelled, lost)")
+	flagDefs["op-state"] = func(fs *flag.FlagSet, o *opts) {
+		fs.StringVar(&o.opState, "state", "", "only operations in `STATE` (running, succeeded, failed, cancelled, lost)")
 	}
 }
 

@@ -109,6 +109,18 @@ type Limiter interface {
 	SetLimits(ctx context.Context, name string, limits ResourceLimits) (ResourceLimits, error)
 }
 
+// LimitUnsetter is an optional addition to Limiter: UnsetLimits removes
+// the named limits (the instance then has no such limit, as if it had
+// been created without it) and returns the limits now in force. The
+// manager guarantees fields is non-empty, without duplicates, and that
+// the driver is a Limiter. Removing a limit that is not set succeeds. A
+// field the substrate cannot remove is Unsupported naming the field, and
+// nothing is changed. A Limiter without it answers unsupported for every
+// removal.
+type LimitUnsetter interface {
+	UnsetLimits(ctx context.Context, name string, fields []LimitField) (ResourceLimits, error)
+}
+
 // Snapshotter manages point-in-time snapshots. A taken snapshot name is
 // AlreadyExists; a missing one NotFound.
 type Snapshotter interface {

@@ -35,6 +35,40 @@ type ResourceLimits struct {
 // IsZero reports whether no limit is set.
 func (l ResourceLimits) IsZero() bool { return l == ResourceLimits{} }
 
+// LimitField names one field of ResourceLimits, spelled as on the wire.
+type LimitField string
+
+// The limit fields.
+const (
+	LimitCPUCores    LimitField = "cpu_cores"
+	LimitMemoryMB    LimitField = "memory_mb"
+	LimitDiskGB      LimitField = "disk_gb"
+	LimitNetworkMbps LimitField = "network_mbps"
+	LimitPIDs        LimitField = "pids"
+)
+
+// LimitFields lists every limit field.
+func LimitFields() []LimitField {
+	return []LimitField{LimitCPUCores, LimitMemoryMB, LimitDiskGB, LimitNetworkMbps, LimitPIDs}
+}
+
+// Value returns l's value of field f (0: no limit).
+func (l ResourceLimits) Value(f LimitField) float64 {
+	switch f {
+	case LimitCPUCores:
+		return l.CPUCores
+	case LimitMemoryMB:
+		return float64(l.MemoryMB)
+	case LimitDiskGB:
+		return l.DiskGB
+	case LimitNetworkMbps:
+		return l.NetworkMbps
+	case LimitPIDs:
+		return float64(l.PIDs)
+	}
+	return 0
+}
+
 // Measure is a bit mask saying which fields of a ResourceUsage the substrate
 // really measured: a zero value with its bit clear means "not measurable",
 // with its bit set it means a measured zero.
@@ -145,6 +179,22 @@ type Instance struct {
 	Metadata    map[string]string
 	Limits      ResourceLimits
 	Networks    []NetworkConfig
+	// What the user gave and the substrate knows, where it knows it (a
+	// zero field: not reported by this substrate). Environment holds
+	// the values as the substrate has them; the wire masks secret ones.
+	Command     []string
+	Environment map[string]string
+	Volumes     []Volume
+	WorkDir     string
+	User        string
+	// PID is the main process's id on the host while running (0: not
+	// running or not known).
+	PID int
+	// ExitCode is the status of the last exit, once the instance has
+	// exited (nil: never exited, or not known).
+	ExitCode *int
+	// StartedAt is when the instance last started (zero: not known).
+	StartedAt time.Time
 	// Managed is true when this fleet created the instance; unmanaged ones
 	// are listed (and may be started/stopped) but some drivers refuse to
 	// delete them.
@@ -193,6 +243,16 @@ type Health struct {
 	Usage   *ResourceUsage
 	Details map[string]string
 }
+
+// Health.Details keys every driver that knows the host's size uses, with
+// the unit in the name (MiB = 2^20 bytes), so the same key means the same
+// thing on every driver.
+const (
+	DetailHostCPUs          = "host_cpus"            // logical CPUs of the substrate's host
+	DetailHostMemoryMiB     = "host_memory_mib"      // its total memory
+	DetailHostMemoryUsedMiB = "host_memory_used_mib" // memory in use
+	DetailHostMemoryFreeMiB = "host_memory_free_mib" // memory free
+)
 
 // CountStates fills h.Instances from a list.
 func (h *Health) CountStates(list []Instance) {

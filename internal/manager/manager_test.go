@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -587,6 +588,15 @@ func TestValidationRejectsBeforeDriver(t *testing.T) {
 			return err
 		}, "limits.cpu_cores"},
 		{"limits empty", func() error { _, err := h.m.SetLimits(bg, "web", drivers.ResourceLimits{}); return err }, "limits"},
+		{"unset unknown field", func() error { _, err := h.m.UnsetLimits(bg, "web", []drivers.LimitField{"memory"}); return err }, "unset"},
+		{"unset twice", func() error {
+			_, err := h.m.UnsetLimits(bg, "web", []drivers.LimitField{drivers.LimitPIDs, drivers.LimitPIDs})
+			return err
+		}, "unset"},
+		{"unset and set", func() error {
+			_, err := h.m.ChangeLimits(bg, "web", drivers.ResourceLimits{PIDs: 5}, []drivers.LimitField{drivers.LimitPIDs})
+			return err
+		}, "unset"},
 		{"too many log lines", func() error {
 			return h.m.Logs(bg, "web", drivers.LogOptions{Lines: MaxLogLines + 1}, func(drivers.LogLine) error { return nil })
 		}, "logs.lines"},
@@ -1436,5 +1446,51 @@ func TestExecReturnsWriterErrorUnchanged(t *testing.T) {
 	}
 	if s := h.m.BreakerState(); s != "closed" {
 		t.Fatalf("the caller's writer errors opened the breaker: %s", s)
+	}
+}
+
+// unsetDriver can remove limits; it records what it was asked.
+type unsetDriver struct {
+	*fullDriver
+	unset []drivers.LimitField
+}
+
+func (d *unsetDriver) UnsetLimits(ctx context.Context, name string, fields []drivers.LimitField) (drivers.ResourceLimits, error) {
+	d.unset = append(d.unset, fields...)
+	return drivers.ResourceLimits{MemoryMB: 64}, d.enter(ctx, "limits-unset")
+}
+
+// Removing a limit: a driver without LimitUnsetter answers unsupported
+// before anything changes; one with it removes first, then sets, and one
+// limits_changed event says so.
+func TestLimitRemoval(t *testing.T) {
+	d := newFullDriver("nounset")
+	d.add("web", drivers.StateRunning)
+	h := newHarness(t, d, Options{})
+	h.events.reset()
+	before := d.totalCalls()
+	_, err := h.m.ChangeLimits(bg, "web", drivers.ResourceLimits{MemoryMB: 64}, []drivers.LimitField{drivers.LimitPIDs})
+	wantCode(t, err, drivers.Unsupported)
+	if !strings.Contains(err.Error(), "pids") || d.totalCalls() != before || len(h.events.types()) != 0 {
+		t.Fatalf("unsupported removal: %v, %d driver calls, events %v", err, d.totalCalls()-before, h.events.types())
+	}
+
+	u := &unsetDriver{fullDriver: newFullDriver("canunset")}
+	u.add("web", drivers.StateRunning)
+	h = newHarness(t, u, Options{})
+	h.events.reset()
+	l, err := h.m.ChangeLimits(bg, "web", drivers.ResourceLimits{MemoryMB: 64}, []drivers.LimitField{drivers.LimitPIDs, drivers.LimitCPUCores})
+	if err != nil || l.MemoryMB != 64 {
+		t.Fatalf("set and unset: %+v %v", l, err)
+	}
+	if !slices.Equal(u.unset, []drivers.LimitField{drivers.LimitPIDs, drivers.LimitCPUCores}) || u.count("limits-unset") != 1 || u.count("limits-set") != 1 {
+		t.Fatalf("driver asked to unset %v (%d calls), set %d times", u.unset, u.count("limits-unset"), u.count("limits-set"))
+	}
+	if got := strings.Join(h.events.types(), " "); got != "limits_changed" {
+		t.Fatalf("events %q", got)
+	}
+	// Removal alone is enough of a request.
+	if _, err := h.m.UnsetLimits(bg, "web", []drivers.LimitField{drivers.LimitMemoryMB}); err != nil {
+		t.Fatal(err)
 	}
 }

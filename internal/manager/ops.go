@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 
@@ -504,26 +505,59 @@ func (m *Manager) GetLimits(ctx context.Context, name string) (drivers.ResourceL
 }
 
 // SetLimits applies the non-zero fields of limits and returns the limits
-// now in force; emits limits_changed.
+// now in force; emits limits_changed (ChangeLimits without removals).
 func (m *Manager) SetLimits(ctx context.Context, name string, limits drivers.ResourceLimits) (drivers.ResourceLimits, error) {
+	return m.ChangeLimits(ctx, name, limits, nil)
+}
+
+// UnsetLimits removes the named limits (ChangeLimits without values).
+func (m *Manager) UnsetLimits(ctx context.Context, name string, fields []drivers.LimitField) (drivers.ResourceLimits, error) {
+	return m.ChangeLimits(ctx, name, drivers.ResourceLimits{}, fields)
+}
+
+// ChangeLimits removes the limits named in unset (drivers.LimitUnsetter;
+// unsupported, before anything changed, where the driver cannot), then
+// applies the non-zero fields of limits, and returns the limits now in
+// force; emits limits_changed. It serves the limits-set op.
+func (m *Manager) ChangeLimits(ctx context.Context, name string, limits drivers.ResourceLimits, unset []drivers.LimitField) (drivers.ResourceLimits, error) {
 	if err := drivers.ValidateName("name", name); err != nil {
 		return drivers.ResourceLimits{}, m.reject("limits-set", err)
 	}
 	if err := validateLimits("limits", limits); err != nil {
 		return drivers.ResourceLimits{}, m.reject("limits-set", err)
 	}
-	if limits.IsZero() {
+	if err := validateUnset(limits, unset); err != nil {
+		return drivers.ResourceLimits{}, m.reject("limits-set", err)
+	}
+	if limits.IsZero() && len(unset) == 0 {
 		return drivers.ResourceLimits{}, m.reject("limits-set", invalid("limits", "no limit given"))
 	}
 	l, ok := m.d.(drivers.Limiter)
 	if !ok || !m.caps.Limits {
 		return drivers.ResourceLimits{}, m.unsupported("limits-set")
 	}
+	u, canUnset := m.d.(drivers.LimitUnsetter)
+	if len(unset) > 0 && !canUnset {
+		return drivers.ResourceLimits{}, m.reject("limits-set",
+			drivers.Unsupportedf("limits-set: driver %s cannot remove a limit (unset %s)", m.d.Name(), unset[0]))
+	}
 	var out drivers.ResourceLimits
 	err := m.mutate(ctx, "limits-set", []string{name}, func(ctx context.Context, fl *flight) (err error) {
-		out, err = run(m, ctx, driverCall{op: "limits-set", flight: fl}, func(ctx context.Context) (drivers.ResourceLimits, error) {
-			return l.SetLimits(ctx, name, limits)
-		})
+		// Removals first: a removal the substrate cannot do is refused
+		// before anything changed.
+		if len(unset) > 0 {
+			out, err = run(m, ctx, driverCall{op: "limits-set", flight: fl}, func(ctx context.Context) (drivers.ResourceLimits, error) {
+				return u.UnsetLimits(ctx, name, unset)
+			})
+			if err != nil {
+				return err
+			}
+		}
+		if !limits.IsZero() {
+			out, err = run(m, ctx, driverCall{op: "limits-set", flight: fl}, func(ctx context.Context) (drivers.ResourceLimits, error) {
+				return l.SetLimits(ctx, name, limits)
+			})
+		}
 		return err
 	})
 	if err != nil {
@@ -532,6 +566,25 @@ func (m *Manager) SetLimits(ctx context.Context, name string, limits drivers.Res
 	}
 	m.emitState(ctx, drivers.EventLimitsChanged, name, "", limitDetails(out))
 	return out, nil
+}
+
+// validateUnset checks the fields to remove: known, not repeated, and not
+// also given a value.
+func validateUnset(limits drivers.ResourceLimits, unset []drivers.LimitField) error {
+	seen := map[drivers.LimitField]bool{}
+	for _, f := range unset {
+		if !slices.Contains(drivers.LimitFields(), f) {
+			return invalid("unset", "unknown limit field %q (want one of cpu_cores, memory_mb, disk_gb, network_mbps, pids)", string(f))
+		}
+		if seen[f] {
+			return invalid("unset", "%s given twice", f)
+		}
+		seen[f] = true
+		if limits.Value(f) != 0 {
+			return invalid("unset", "%s is both set and removed", f)
+		}
+	}
+	return nil
 }
 
 func limitDetails(l drivers.ResourceLimits) map[string]string {

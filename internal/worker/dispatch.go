@@ -76,7 +76,7 @@ var handlers = map[messages.Op]handler{
 		return r.m.GetLimits(ctx, b.Name)
 	}),
 	messages.OpLimitsSet: on(func(ctx context.Context, r *busRequest, b *messages.LimitsSetRequest) (any, error) {
-		return r.m.SetLimits(ctx, b.Name, b.Limits.Contract())
+		return r.m.ChangeLimits(ctx, b.Name, b.Limits.Contract(), b.UnsetFields())
 	}),
 	messages.OpSnapshotCreate: on(func(ctx context.Context, r *busRequest, b *messages.SnapshotRequest) (any, error) {
 		return r.m.CreateSnapshot(ctx, b.Name, b.Snapshot)

@@ -24,6 +24,7 @@ import (
 	"github.com/subbus/subbus/internal/manager"
 	"github.com/subbus/subbus/internal/natsconn"
 	"github.com/subbus/subbus/internal/registry"
+	"github.com/subbus/subbus/internal/version"
 	"github.com/subbus/subbus/messages"
 )
 
@@ -354,7 +355,7 @@ func (o Options) withDefaults() Options {
 		o.Embedded.Credential = natsconn.LocalCredential()
 	}
 	if o.Version == "" {
-		o.Version = "0.1.0"
+		o.Version = version.Version
 	}
 	return o
 }

@@ -87,12 +87,36 @@ func (d *Driver) fromInspect(c container.InspectResponse) drivers.Instance {
 		i.Image = imageOf(c.Config.Labels, c.Config.Image)
 		i.Metadata = metadataFromLabels(c.Config.Labels)
 		i.Managed = isManaged(c.Config.Labels)
+		i.WorkDir, i.User = c.Config.WorkingDir, c.Config.User
+		for _, e := range c.Config.Env { // the image's environment too: what the container runs with
+			k, v, _ := strings.Cut(e, "=")
+			if i.Environment == nil {
+				i.Environment = map[string]string{}
+			}
+			i.Environment[k] = v
+		}
+	}
+	if c.Path != "" { // entrypoint and command, as run
+		i.Command = append([]string{c.Path}, c.Args...)
+	}
+	for _, m := range c.Mounts {
+		i.Volumes = append(i.Volumes, drivers.Volume{Source: m.Source, Target: m.Destination, ReadOnly: !m.RW})
 	}
 	if c.State != nil {
 		i.State = stateOf(c.State.Status, c.State.ExitCode, c.State.OOMKilled)
 		i.NativeState = string(c.State.Status)
 		if c.State.Health != nil && c.State.Health.Status != "" {
 			i.NativeState += " (" + string(c.State.Health.Status) + ")"
+		}
+		if c.State.Running {
+			i.PID = c.State.Pid
+		}
+		if c.State.Status == container.StateExited || c.State.Status == container.StateDead {
+			code := c.State.ExitCode
+			i.ExitCode = &code
+		}
+		if t, err := time.Parse(time.RFC3339Nano, c.State.StartedAt); err == nil && t.Year() > 1 {
+			i.StartedAt = t.UTC()
 		}
 	}
 	if t, err := time.Parse(time.RFC3339Nano, c.Created); err == nil {
@@ -221,16 +245,16 @@ func (d *Driver) Health(ctx context.Context) (drivers.Health, error) {
 		APIVersion: c.ClientVersion(),
 		Issues:     healthIssues(in.Warnings, d.LastReconciliation().Leftovers),
 		Details: map[string]string{
-			"host":           c.DaemonHost(),
-			"images":         fmt.Sprint(in.Images),
-			"containers":     fmt.Sprint(in.Containers),
-			"storage_driver": in.Driver,
-			"cgroup_version": in.CgroupVersion,
-			"cgroup_driver":  in.CgroupDriver,
-			"kernel":         in.KernelVersion,
-			"os":             in.OperatingSystem,
-			"ncpu":           fmt.Sprint(in.NCPU),
-			"mem_total":      fmt.Sprint(in.MemTotal),
+			"host":                      c.DaemonHost(),
+			"images":                    fmt.Sprint(in.Images),
+			"containers":                fmt.Sprint(in.Containers),
+			"storage_driver":            in.Driver,
+			"cgroup_version":            in.CgroupVersion,
+			"cgroup_driver":             in.CgroupDriver,
+			"kernel":                    in.KernelVersion,
+			"os":                        in.OperatingSystem,
+			drivers.DetailHostCPUs:      fmt.Sprint(in.NCPU),
+			drivers.DetailHostMemoryMiB: fmt.Sprint(in.MemTotal >> 20),
 		},
 	}
 	h.CountStates(list)

@@ -176,11 +176,11 @@ func (d *Driver) Health(ctx context.Context) (drivers.Health, error) {
 		_, mem, cpus, mhz, _, _, _, _, err := l.NodeGetInfo()
 		return nodeInfo{mem, cpus, mhz}, err
 	}); err == nil {
-		h.Details["host_cpus"] = fmt.Sprint(ni.cpus)
-		h.Details["host_memory_mb"] = fmt.Sprint(ni.mem / 1024)
+		h.Details[drivers.DetailHostCPUs] = fmt.Sprint(ni.cpus)
+		h.Details[drivers.DetailHostMemoryMiB] = fmt.Sprint(ni.mem / 1024)
 	}
 	if free, err := call(ctx, l.NodeGetFreeMemory); err == nil {
-		h.Details["host_free_memory_mb"] = fmt.Sprint(free >> 20)
+		h.Details[drivers.DetailHostMemoryFreeMiB] = fmt.Sprint(free >> 20)
 	}
 	typ, note := d.domainType(ctx, l)
 	h.Details["domain_type"] = typ

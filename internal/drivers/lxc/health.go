@@ -66,9 +66,9 @@ func (d *Driver) Health(ctx context.Context) (drivers.Health, error) {
 		} `json:"memory"`
 	}
 	if _, err := c.query(ctx, http.MethodGet, "/1.0/resources", nil, &res); err == nil {
-		h.Details["cpu_threads"] = strconv.Itoa(res.CPU.Total)
-		h.Details["memory_total_mb"] = strconv.FormatInt(res.Memory.Total>>20, 10)
-		h.Details["memory_used_mb"] = strconv.FormatInt(res.Memory.Used>>20, 10)
+		h.Details[drivers.DetailHostCPUs] = strconv.Itoa(res.CPU.Total)
+		h.Details[drivers.DetailHostMemoryMiB] = strconv.FormatInt(res.Memory.Total>>20, 10)
+		h.Details[drivers.DetailHostMemoryUsedMiB] = strconv.FormatInt(res.Memory.Used>>20, 10)
 	} else {
 		h.Issues = append(h.Issues, "resources: "+err.Error())
 	}

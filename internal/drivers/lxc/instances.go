@@ -108,6 +108,17 @@ func (in *instance) portable() drivers.Instance {
 	if out.Image == "" {
 		out.Image = in.Config["volatile.base_image"]
 	}
+	for k, v := range cfg {
+		if env, ok := strings.CutPrefix(k, "environment."); ok {
+			if out.Environment == nil {
+				out.Environment = map[string]string{}
+			}
+			out.Environment[env] = v
+		}
+	}
+	if in.State != nil && in.State.Pid > 0 && out.State == drivers.StateRunning {
+		out.PID = int(in.State.Pid) // the container's init, on the host (only when the state was fetched)
+	}
 	for k, v := range in.Config {
 		if strings.HasPrefix(k, userPrefix) && !strings.HasPrefix(k, subbusPref) {
 			if out.Metadata == nil {
@@ -127,6 +138,10 @@ func (in *instance) portable() drivers.Instance {
 	sort.Strings(names)
 	for _, n := range names {
 		dev := devs[n]
+		if dev["type"] == "disk" && dev["path"] != "/" && dev["source"] != "" {
+			out.Volumes = append(out.Volumes, drivers.Volume{Source: dev["source"], Target: dev["path"],
+				ReadOnly: dev["readonly"] == "true"})
+		}
 		if dev["type"] != "nic" {
 			continue
 		}

@@ -225,7 +225,7 @@ func TestHealth(t *testing.T) {
 	if !h.Healthy || h.Version == "" || h.APIVersion != "1.0" {
 		t.Errorf("health %+v", h)
 	}
-	for _, k := range []string{"server", "api_extensions", "storage_pools", "cpu_threads"} {
+	for _, k := range []string{"server", "api_extensions", "storage_pools", "host_cpus", "host_memory_mib"} {
 		if h.Details[k] == "" || h.Details[k] == "0" {
 			t.Errorf("health detail %s = %q", k, h.Details[k])
 		}

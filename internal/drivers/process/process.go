@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -405,15 +406,22 @@ func (d *Driver) lookup(name string) (*inst, error) {
 // instanceOf is the portable view of in; d.mu must be held.
 func (d *Driver) instanceOf(in *inst) drivers.Instance {
 	r := in.rec
-	native := r.Native
-	if r.State == drivers.StateRunning {
-		native = fmt.Sprintf("running (pid %d)", r.Pid)
-	}
-	return drivers.Instance{
-		Name: r.Name, ID: r.ID, State: r.State, NativeState: native,
-		Image: imageOf(r.Template), Created: r.Created, Metadata: cloneMap(r.Template.Metadata),
+	t := r.Template
+	i := drivers.Instance{
+		Name: r.Name, ID: r.ID, State: r.State, NativeState: r.Native,
+		Image: imageOf(t), Created: r.Created, Metadata: cloneMap(t.Metadata),
 		Limits: r.Limits, Managed: true,
+		Command: slices.Clone(argvOf(t)), Environment: cloneMap(t.Environment), Volumes: slices.Clone(t.Volumes),
+		WorkDir: t.WorkDir, User: t.User, StartedAt: r.StartedAt,
 	}
+	if r.State == drivers.StateRunning {
+		i.NativeState, i.PID = "running", r.Pid
+	}
+	if r.ExitCode != nil {
+		c := *r.ExitCode
+		i.ExitCode = &c
+	}
+	return i
 }
 
 // List returns every instance, sorted by name.

@@ -15,6 +15,7 @@ package supervisor
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -338,6 +339,14 @@ func (d *Driver) instance(p processInfo, exit map[string][]int) drivers.Instance
 	}
 	if p.StateName == "EXITED" {
 		i.Metadata = map[string]string{"supervisor.exitstatus": fmt.Sprint(p.ExitStatus)}
+		code := p.ExitStatus
+		i.ExitCode = &code
+	}
+	if p.StateName == "RUNNING" || p.StateName == "STOPPING" {
+		i.PID = p.PID
+	}
+	if p.Start > 0 {
+		i.StartedAt = time.Unix(p.Start, 0).UTC()
 	}
 	return i
 }
@@ -355,6 +364,11 @@ func (d *Driver) withSpec(i drivers.Instance) drivers.Instance {
 	}
 	if sp.Template.BaseImage != "" {
 		i.Image = sp.Template.BaseImage
+	}
+	t := sp.Template
+	i.Command, i.WorkDir, i.User = slices.Clone(argv(t)), t.WorkDir, t.User
+	if len(t.Environment) > 0 {
+		i.Environment = maps.Clone(t.Environment)
 	}
 	if len(sp.Template.Metadata) > 0 || len(i.Metadata) > 0 {
 		md := map[string]string{}

@@ -420,6 +420,30 @@ func testLimits(t *testing.T, e *env) {
 			t.Errorf("SetLimits(cpu 1) after memory 256 returned %+v, want both (zero fields leave limits unchanged)", got)
 		}
 	}
+	// Removing a limit (drivers.LimitUnsetter): unsupported with nothing
+	// changed, or the limit is gone and the others stay.
+	if u, ok := l.(drivers.LimitUnsetter); ok {
+		_, canUnset := e.d.(drivers.LimitUnsetter)
+		got, err = u.UnsetLimits(e.ctx(), name, []drivers.LimitField{drivers.LimitMemoryMB})
+		switch {
+		case errors.Is(err, drivers.ErrUnsupported):
+			t.Logf("removing the memory limit unsupported: %v", err)
+			if now, gerr := l.GetLimits(e.ctx(), name); gerr != nil || now.MemoryMB != 256 {
+				t.Errorf("an unsupported removal changed the limits: %+v (%v)", now, gerr)
+			}
+		case err != nil:
+			t.Fatalf("UnsetLimits(memory): %v", err)
+		case !canUnset:
+			t.Errorf("UnsetLimits succeeded on a driver without drivers.LimitUnsetter")
+		default:
+			if got.MemoryMB != 0 {
+				t.Errorf("UnsetLimits(memory) returned %+v, want no memory limit", got)
+			}
+			if now, gerr := l.GetLimits(e.ctx(), name); gerr != nil || now.MemoryMB != 0 {
+				t.Errorf("GetLimits after removing memory: %+v (%v)", now, gerr)
+			}
+		}
+	}
 	// The instance keeps running under its limits.
 	e.waitState(name, drivers.StateRunning)
 	_, err = l.GetLimits(e.ctx(), e.name("missing"))
