@@ -272,5 +272,5 @@ func InfoError(info *messages.ErrorInfo) error {
 	if code == 0 {
 		code = drivers.Internal
 	}
-	return &drivers.Error{Code: code, Message: info.Message}
+	return &drivers.Error{Code: code, Message: info.Message, Detail: info.Detail}
 }

@@ -25,6 +25,7 @@ const (
 	CodeNotFound         = drivers.NotFound
 	CodeAlreadyExists    = drivers.AlreadyExists
 	CodeConflict         = drivers.Conflict
+	CodeExited           = drivers.Exited
 	CodeUnsupported      = drivers.Unsupported
 	CodeUnavailable      = drivers.Unavailable
 	CodeTimeout          = drivers.Timeout
@@ -38,6 +39,7 @@ var (
 	ErrNotFound         = drivers.ErrNotFound
 	ErrAlreadyExists    = drivers.ErrAlreadyExists
 	ErrConflict         = drivers.ErrConflict
+	ErrExited           = drivers.ErrExited
 	ErrUnsupported      = drivers.ErrUnsupported
 	ErrUnavailable      = drivers.ErrUnavailable
 	ErrTimeout          = drivers.ErrTimeout

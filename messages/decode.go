@@ -216,12 +216,16 @@ func ErrorReply(requestID, host string, err error) []byte {
 // line, at most 512 bytes) and the numeric code.
 func ErrorHeaders(err error) (message, code string) {
 	info := InfoOf(err)
+	text := info.Message
+	if info.Detail != "" {
+		text += ": " + info.Detail
+	}
 	msg := strings.Map(func(r rune) rune {
 		if r == '\r' || r == '\n' {
 			return ' '
 		}
 		return r
-	}, info.Message)
+	}, text)
 	if msg == "" {
 		msg = info.Code.String()
 	}

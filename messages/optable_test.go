@@ -152,3 +152,55 @@ func TestExecRequestCoversTheContract(t *testing.T) {
 		t.Errorf("Options() = %+v, want %+v", got, want)
 	}
 }
+
+// The error-code tables of docs/bus.md and README.md, and the exit
+// statuses of docs/cli.md, list exactly the codes of drivers.CodeTable
+// with their numbers, retryability and exit statuses.
+func TestDocCodeTables(t *testing.T) {
+	read := func(rel string) string {
+		b, err := os.ReadFile(filepath.Join(schemaDir(t), "..", rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	rows := func(doc, header string) map[string]string {
+		_, table, found := strings.Cut(doc, header+"\n")
+		if !found {
+			t.Fatalf("no table with the header %s", header)
+		}
+		out := map[string]string{}
+		for line := range strings.SplitSeq(table, "\n") {
+			if !strings.HasPrefix(line, "|") {
+				break
+			}
+			cells := strings.Split(line, "|")
+			for _, c := range cells {
+				c = strings.TrimSpace(c)
+				if strings.HasPrefix(c, "`") && strings.HasSuffix(c, "`") {
+					out[strings.Trim(c, "`")] = line
+					break
+				}
+			}
+		}
+		return out
+	}
+	yes := map[bool]string{true: "yes", false: "no"}
+	bus := rows(read("docs/bus.md"), "| code | number | meaning |")
+	readme := rows(read("README.md"), "| code | number | retryable | meaning |")
+	cli := rows(read("docs/cli.md"), "| Status | Code | Meaning |")
+	for _, r := range drivers.CodeTable() {
+		if got, want := bus[r.Name], fmt.Sprintf("| `%s` | %d |", r.Name, int(r.Code)); !strings.HasPrefix(got, want) {
+			t.Errorf("docs/bus.md row of %s: %q, want it to start %q", r.Name, got, want)
+		}
+		if got, want := readme[r.Name], fmt.Sprintf("| `%s` | %d | %s |", r.Name, int(r.Code), yes[r.Retryable]); !strings.HasPrefix(got, want) {
+			t.Errorf("README.md row of %s: %q, want it to start %q", r.Name, got, want)
+		}
+		if got, want := cli[r.Name], fmt.Sprintf("| %d | `%s` |", r.Exit, r.Name); !strings.HasPrefix(got, want) {
+			t.Errorf("docs/cli.md exit status of %s: %q, want it to start %q", r.Name, got, want)
+		}
+	}
+	if len(bus) != len(drivers.Codes()) || len(readme) != len(drivers.Codes()) {
+		t.Errorf("docs/bus.md lists %d codes, README.md %d, the code table has %d", len(bus), len(readme), len(drivers.Codes()))
+	}
+}

@@ -2,6 +2,7 @@ package messages
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -377,10 +378,14 @@ type ExecResult struct {
 	Stderr   []byte `json:"stderr,omitempty"`
 }
 
-// ErrorInfo is the wire form of a classified error.
+// ErrorInfo is the wire form of a classified error. Message has one
+// shape per code, built by the manager from the code and what the request
+// named (`instance "web" not found`); Detail, when present, is the
+// substrate's own account (`docker: no container "web"`).
 type ErrorInfo struct {
 	Code      drivers.Code `json:"code"`
 	Message   string       `json:"message"`
+	Detail    string       `json:"detail,omitempty"`
 	Retryable bool         `json:"retryable"`
 }
 
@@ -390,6 +395,10 @@ func InfoOf(err error) *ErrorInfo {
 		return nil
 	}
 	c := drivers.CodeOf(err)
+	var e *drivers.Error
+	if errors.As(err, &e) && e.Detail != "" && e.Message != "" && error(e) == err {
+		return &ErrorInfo{Code: c, Message: e.Message, Detail: e.Detail, Retryable: c.Retryable()}
+	}
 	return &ErrorInfo{Code: c, Message: err.Error(), Retryable: c.Retryable()}
 }
 
@@ -400,7 +409,7 @@ func (e *ErrorInfo) Err() error {
 	if e == nil {
 		return nil
 	}
-	return &drivers.Error{Code: e.Code, Message: e.Message}
+	return &drivers.Error{Code: e.Code, Message: e.Message, Detail: e.Detail}
 }
 
 // Event sources.

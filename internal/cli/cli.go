@@ -39,6 +39,7 @@ const (
 	ExitUnsupported      = 8
 	ExitUnavailable      = 9
 	ExitTimeout          = 10
+	ExitExited           = 13
 	ExitNoWorker         = 11
 	ExitNoReply          = 12
 	// ExitExecFailed: exec could not run the command or report its status
@@ -105,25 +106,7 @@ func ExitStatus(err error) int {
 	case "interrupted":
 		return ExitInterrupted
 	}
-	switch drivers.CodeOf(err) {
-	case drivers.InvalidArgument:
-		return ExitInvalidArgument
-	case drivers.NotFound:
-		return ExitNotFound
-	case drivers.AlreadyExists:
-		return ExitAlreadyExists
-	case drivers.Conflict:
-		return ExitConflict
-	case drivers.PermissionDenied:
-		return ExitPermissionDenied
-	case drivers.Unsupported:
-		return ExitUnsupported
-	case drivers.Unavailable:
-		return ExitUnavailable
-	case drivers.Timeout:
-		return ExitTimeout
-	}
-	return ExitInternal
+	return drivers.CodeOf(err).Exit() // the code table (drivers.CodeTable)
 }
 
 // env is what a command runs with.

@@ -595,3 +595,18 @@ func TestEndToEndProcessLimitsUnsupported(t *testing.T) {
 	}
 	checkLimitsCLI(t, url, name, false)
 }
+
+// The exit statuses named here are the code table's.
+func TestExitStatusesFollowTheCodeTable(t *testing.T) {
+	named := map[drivers.Code]int{
+		drivers.Internal: ExitInternal, drivers.InvalidArgument: ExitInvalidArgument, drivers.NotFound: ExitNotFound,
+		drivers.AlreadyExists: ExitAlreadyExists, drivers.Conflict: ExitConflict, drivers.PermissionDenied: ExitPermissionDenied,
+		drivers.Unsupported: ExitUnsupported, drivers.Unavailable: ExitUnavailable, drivers.Timeout: ExitTimeout,
+		drivers.Exited: ExitExited,
+	}
+	for _, c := range drivers.Codes() {
+		if got := ExitStatus(drivers.Errorf(c, "x")); got != named[c] || got != c.Exit() {
+			t.Errorf("exit status of %s = %d, named %d, table %d", c, got, named[c], c.Exit())
+		}
+	}
+}

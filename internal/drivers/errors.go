@@ -4,13 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // Code is the closed set of error codes every driver maps its errors into.
 // Programs act on an error's code, never on its message.
 //
 // The numeric values are frozen: they travel on the wire in the
-// Nats-Service-Error-Code header and may be stored by consumers.
+// Nats-Service-Error-Code header and may be stored by consumers. Every
+// code is one row of codeTable; everything else (names, the list, the
+// sentinels, retryability, the CLI's exit statuses, the schema's enum and
+// the documentation tables, checked by tests) derives from it.
 type Code int
 
 const (
@@ -26,6 +30,13 @@ const (
 	AlreadyExists Code = 409
 	// Conflict: the instance is in the wrong state or busy with another mutation.
 	Conflict Code = 423
+	// Exited: the instance's own program exited (or its supervisor gave
+	// up on it) while the operation waited to see it running: start of a
+	// command that dies at once, a supervisor program that goes FATAL. The
+	// instance exists, stopped or in state error; the error's detail has
+	// its exit status and last log lines. Not retryable unchanged: fix the
+	// command or what it needs.
+	Exited Code = 424
 	// Unsupported: the substrate cannot do this operation.
 	Unsupported Code = 501
 	// Unavailable: the substrate is unreachable, or its circuit breaker is open.
@@ -34,34 +45,77 @@ const (
 	Timeout Code = 504
 )
 
-var codeNames = map[Code]string{
-	Internal:         "internal",
-	InvalidArgument:  "invalid_argument",
-	PermissionDenied: "permission_denied",
-	NotFound:         "not_found",
-	AlreadyExists:    "already_exists",
-	Conflict:         "conflict",
-	Unsupported:      "unsupported",
-	Unavailable:      "unavailable",
-	Timeout:          "timeout",
+// CodeInfo is one row of the code table.
+type CodeInfo struct {
+	Code      Code
+	Name      string // wire name
+	Retryable bool   // the same request may succeed later
+	// Exit is the subbus CLI's exit status for the code (docs/cli.md).
+	Exit int
+}
+
+// codeTable is the closed set of codes, in their documented order.
+var codeTable = []CodeInfo{
+	{InvalidArgument, "invalid_argument", false, 3},
+	{PermissionDenied, "permission_denied", false, 7},
+	{NotFound, "not_found", false, 4},
+	{AlreadyExists, "already_exists", false, 5},
+	{Conflict, "conflict", false, 6},
+	{Exited, "exited", false, 13},
+	{Internal, "internal", false, 1},
+	{Unsupported, "unsupported", false, 8},
+	{Unavailable, "unavailable", true, 9},
+	{Timeout, "timeout", true, 10},
+}
+
+// CodeTable returns the rows of the code table, in a stable order.
+func CodeTable() []CodeInfo { return slices.Clone(codeTable) }
+
+// info returns the row of c.
+func (c Code) info() (CodeInfo, bool) {
+	for _, r := range codeTable {
+		if r.Code == c {
+			return r, true
+		}
+	}
+	return CodeInfo{}, false
 }
 
 // Codes lists every code, in a stable order.
 func Codes() []Code {
-	return []Code{InvalidArgument, PermissionDenied, NotFound, AlreadyExists, Conflict, Internal, Unsupported, Unavailable, Timeout}
+	out := make([]Code, len(codeTable))
+	for i, r := range codeTable {
+		out[i] = r.Code
+	}
+	return out
 }
 
 // String returns the wire name of the code, e.g. "not_found".
 func (c Code) String() string {
-	if s, ok := codeNames[c]; ok {
-		return s
+	if r, ok := c.info(); ok {
+		return r.Name
 	}
 	return fmt.Sprintf("code(%d)", int(c))
 }
 
 // Retryable reports whether an operation that failed with this code may
 // succeed if tried again unchanged: the substrate was unreachable or slow.
-func (c Code) Retryable() bool { return c == Unavailable || c == Timeout }
+func (c Code) Retryable() bool {
+	r, _ := c.info()
+	return r.Retryable
+}
+
+// Exit returns the CLI's exit status for the code (1, internal's, for an
+// unknown one).
+func (c Code) Exit() int {
+	if r, ok := c.info(); ok {
+		return r.Exit
+	}
+	return 1
+}
+
+// Sentinel returns the value errors.Is matches for the code.
+func (c Code) Sentinel() error { return codeSentinel(c) }
 
 // MarshalText encodes the code as its wire name.
 func (c Code) MarshalText() ([]byte, error) { return []byte(c.String()), nil }
@@ -78,9 +132,9 @@ func (c *Code) UnmarshalText(b []byte) error {
 
 // ParseCode returns the code with the given wire name.
 func ParseCode(s string) (Code, bool) {
-	for c, n := range codeNames {
-		if n == s {
-			return c, true
+	for _, r := range codeTable {
+		if r.Name == s {
+			return r.Code, true
 		}
 	}
 	return 0, false
@@ -100,6 +154,7 @@ var (
 	ErrNotFound         error = codeSentinel(NotFound)
 	ErrAlreadyExists    error = codeSentinel(AlreadyExists)
 	ErrConflict         error = codeSentinel(Conflict)
+	ErrExited           error = codeSentinel(Exited)
 	ErrUnsupported      error = codeSentinel(Unsupported)
 	ErrUnavailable      error = codeSentinel(Unavailable)
 	ErrTimeout          error = codeSentinel(Timeout)
@@ -111,11 +166,17 @@ var (
 type Error struct {
 	Code    Code
 	Message string // human-readable, names the field/instance where it can
-	Err     error  // the cause, may be nil
+	// Detail is the substrate's own account of the error, kept when
+	// Message is the manager's shape for the code (`instance "web" not
+	// found`). When set, Error() shows it instead of the cause's text.
+	Detail string
+	Err    error // the cause, may be nil
 }
 
 func (e *Error) Error() string {
 	switch {
+	case e.Message != "" && e.Detail != "":
+		return e.Message + ": " + e.Detail
 	case e.Message != "" && e.Err != nil:
 		return e.Message + ": " + e.Err.Error()
 	case e.Message != "":

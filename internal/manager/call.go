@@ -15,6 +15,8 @@ import (
 // driverCall describes how one driver call is run: its policies (retry, timeout, goroutine, flight).
 type driverCall struct {
 	op string
+	// subj is what the call is about, for the message of its error (shape).
+	subj subject
 	// retry: the operation is idempotent, retry retryable errors.
 	retry bool
 	// timeout bounds the call (ConnectionTimeout for connect/health);
@@ -101,7 +103,7 @@ func run[T any](m *Manager, ctx context.Context, c driverCall, fn func(ctx conte
 		m.setConnected(false)
 	}
 	m.stats.record(c.op, time.Since(start), err, retries)
-	return v, err
+	return v, m.shape(caller, c, err)
 }
 
 // policy is the retry policy of the options.
@@ -178,16 +180,16 @@ func guard[T any](m *Manager, ctx context.Context, op string, fn func(ctx contex
 
 // classify gives err its code, once: classified errors pass unchanged,
 // context errors (and anything returned after ctx ended) are Timeout,
-// other raw errors go through the driver's ErrorCode.
+// other raw errors go through the driver's ErrorCode. The text stays the
+// driver's: run then shapes the message (shape).
 func (m *Manager) classify(ctx context.Context, op string, err error) error {
 	if err == nil || drivers.IsClassified(err) {
 		return err
 	}
-	msg := m.d.Name() + " " + op
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || ctx.Err() != nil {
-		return drivers.Wrap(drivers.Timeout, err, msg)
+		return drivers.Wrap(drivers.Timeout, err, "")
 	}
-	return drivers.Wrap(m.errorCode(err), err, msg)
+	return drivers.Wrap(m.errorCode(err), err, "")
 }
 
 func (m *Manager) errorCode(err error) (c drivers.Code) {

@@ -466,7 +466,7 @@ func TestNativeErrorsClassifiedByTheManager(t *testing.T) {
 	if !errors.As(err, &pe) || pe != native || !errors.Is(err, errRawDown) || !errors.Is(err, drivers.ErrUnavailable) {
 		t.Fatalf("err %v: native cause or code sentinel lost", err)
 	}
-	if msg := err.Error(); !strings.Contains(msg, "fake list") || !strings.Contains(msg, "list web") || !strings.Contains(msg, "/fake.sock") {
+	if msg := err.Error(); !strings.HasPrefix(msg, "list: fake substrate unavailable: ") || !strings.Contains(msg, "list web") || !strings.Contains(msg, "/fake.sock") {
 		t.Fatalf("message %q does not name the driver, the operation and the native failure", msg)
 	}
 	if n := calls.Load(); n != 1 {

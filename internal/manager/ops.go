@@ -49,7 +49,7 @@ func (m *Manager) Get(ctx context.Context, name string) (drivers.Instance, error
 		return i, nil
 	}
 	gen := m.cache.generation()
-	i, err := run(m, ctx, driverCall{op: "get", retry: true}, func(ctx context.Context) (drivers.Instance, error) {
+	i, err := run(m, ctx, driverCall{op: "get", retry: true, subj: subject{instance: name}}, func(ctx context.Context) (drivers.Instance, error) {
 		return m.d.Get(ctx, name)
 	})
 	if err != nil {
@@ -84,7 +84,7 @@ func (m *Manager) Create(ctx context.Context, t drivers.InstanceTemplate) (drive
 	}
 	var inst drivers.Instance
 	err := m.mutate(ctx, "create", []string{t.Name}, func(ctx context.Context, fl *flight) error {
-		i, err := run(m, ctx, driverCall{op: "create", flight: fl}, func(ctx context.Context) (drivers.Instance, error) {
+		i, err := run(m, ctx, driverCall{op: "create", flight: fl, subj: subject{instance: t.Name, template: &t}}, func(ctx context.Context) (drivers.Instance, error) {
 			return m.d.Create(ctx, t)
 		})
 		inst = i
@@ -133,7 +133,7 @@ func (m *Manager) Start(ctx context.Context, name string) (bool, error) {
 }
 
 func (m *Manager) start(ctx context.Context, name string, fl *flight) (bool, error) {
-	return run(m, ctx, driverCall{op: "start", retry: true, flight: fl}, func(ctx context.Context) (bool, error) {
+	return run(m, ctx, driverCall{op: "start", retry: true, flight: fl, subj: subject{instance: name}}, func(ctx context.Context) (bool, error) {
 		return m.d.Start(ctx, name)
 	})
 }
@@ -176,7 +176,7 @@ func (m *Manager) Stop(ctx context.Context, name string, opts drivers.StopOption
 }
 
 func (m *Manager) stop(ctx context.Context, name string, opts drivers.StopOptions, fl *flight) (bool, error) {
-	return run(m, ctx, driverCall{op: "stop", retry: true, flight: fl}, func(ctx context.Context) (bool, error) {
+	return run(m, ctx, driverCall{op: "stop", retry: true, flight: fl, subj: subject{instance: name}}, func(ctx context.Context) (bool, error) {
 		return m.d.Stop(ctx, name, opts)
 	})
 }
@@ -201,7 +201,7 @@ func (m *Manager) Restart(ctx context.Context, name string, opts drivers.StopOpt
 	}
 	err = m.mutate(ctx, "restart", []string{name}, func(ctx context.Context, fl *flight) error {
 		if r, ok := m.d.(drivers.Restarter); ok {
-			_, err := run(m, ctx, driverCall{op: "restart", flight: fl}, func(ctx context.Context) (struct{}, error) {
+			_, err := run(m, ctx, driverCall{op: "restart", flight: fl, subj: subject{instance: name}}, func(ctx context.Context) (struct{}, error) {
 				return struct{}{}, r.Restart(ctx, name, opts)
 			})
 			return err
@@ -229,7 +229,7 @@ func (m *Manager) Delete(ctx context.Context, name string, opts drivers.DeleteOp
 	}
 	var changed bool
 	err := m.mutate(ctx, "delete", []string{name}, func(ctx context.Context, fl *flight) (err error) {
-		changed, err = run(m, ctx, driverCall{op: "delete", retry: opts.Force, flight: fl}, func(ctx context.Context) (bool, error) {
+		changed, err = run(m, ctx, driverCall{op: "delete", retry: opts.Force, flight: fl, subj: subject{instance: name}}, func(ctx context.Context) (bool, error) {
 			return m.d.Delete(ctx, name, opts)
 		})
 		return err
@@ -253,7 +253,7 @@ func (m *Manager) Metrics(ctx context.Context, name string) (drivers.ResourceUsa
 	if err := drivers.ValidateName("name", name); err != nil {
 		return drivers.ResourceUsage{}, m.reject("metrics", err)
 	}
-	return run(m, ctx, driverCall{op: "metrics", retry: true}, func(ctx context.Context) (drivers.ResourceUsage, error) {
+	return run(m, ctx, driverCall{op: "metrics", retry: true, subj: subject{instance: name}}, func(ctx context.Context) (drivers.ResourceUsage, error) {
 		return m.d.Metrics(ctx, name)
 	})
 }
@@ -289,7 +289,7 @@ func (m *Manager) MetricsBatch(ctx context.Context, names []string) (map[string]
 			return nil, nil, err
 		}
 		for n, err := range res.failed {
-			failed[n] = m.classify(ctx, "metrics", err)
+			failed[n] = m.shape(ctx, driverCall{op: "metrics", subj: subject{instance: n}}, m.classify(ctx, "metrics", err))
 		}
 		return res.samples, failed, nil
 	}
@@ -423,7 +423,7 @@ func (m *Manager) Exec(ctx context.Context, name string, req drivers.ExecRequest
 		stderr = errBuf
 	}
 	ow, ew := &errWriter{w: stdout}, &errWriter{w: stderr}
-	code, err := run(m, ctx, driverCall{op: "exec", sync: true}, func(ctx context.Context) (int, error) {
+	code, err := run(m, ctx, driverCall{op: "exec", sync: true, subj: subject{instance: name}}, func(ctx context.Context) (int, error) {
 		code, err := x.Exec(ctx, name, req, ow, ew)
 		if werr := ow.failed(err, ew); werr != nil {
 			// The caller's writer failed, not the substrate: keep it away from the breaker.
@@ -476,7 +476,7 @@ func (m *Manager) Logs(ctx context.Context, name string, opts drivers.LogOptions
 		}
 		return nil
 	}
-	_, err := run(m, ctx, driverCall{op: "logs", sync: true, unbounded: opts.Follow}, func(ctx context.Context) (struct{}, error) {
+	_, err := run(m, ctx, driverCall{op: "logs", sync: true, unbounded: opts.Follow, subj: subject{instance: name}}, func(ctx context.Context) (struct{}, error) {
 		err := lr.Logs(ctx, name, opts, relay)
 		if emitErr != nil && errors.Is(err, emitErr) {
 			// Not the substrate's failure: keep it away from the breaker.
@@ -499,7 +499,7 @@ func (m *Manager) GetLimits(ctx context.Context, name string) (drivers.ResourceL
 	if !ok || !m.caps.Limits {
 		return drivers.ResourceLimits{}, m.unsupported("limits-get")
 	}
-	return run(m, ctx, driverCall{op: "limits-get", retry: true}, func(ctx context.Context) (drivers.ResourceLimits, error) {
+	return run(m, ctx, driverCall{op: "limits-get", retry: true, subj: subject{instance: name}}, func(ctx context.Context) (drivers.ResourceLimits, error) {
 		return l.GetLimits(ctx, name)
 	})
 }
@@ -546,7 +546,7 @@ func (m *Manager) ChangeLimits(ctx context.Context, name string, limits drivers.
 		// Removals first: a removal the substrate cannot do is refused
 		// before anything changed.
 		if len(unset) > 0 {
-			out, err = run(m, ctx, driverCall{op: "limits-set", flight: fl}, func(ctx context.Context) (drivers.ResourceLimits, error) {
+			out, err = run(m, ctx, driverCall{op: "limits-set", flight: fl, subj: subject{instance: name}}, func(ctx context.Context) (drivers.ResourceLimits, error) {
 				return u.UnsetLimits(ctx, name, unset)
 			})
 			if err != nil {
@@ -554,7 +554,7 @@ func (m *Manager) ChangeLimits(ctx context.Context, name string, limits drivers.
 			}
 		}
 		if !limits.IsZero() {
-			out, err = run(m, ctx, driverCall{op: "limits-set", flight: fl}, func(ctx context.Context) (drivers.ResourceLimits, error) {
+			out, err = run(m, ctx, driverCall{op: "limits-set", flight: fl, subj: subject{instance: name}}, func(ctx context.Context) (drivers.ResourceLimits, error) {
 				return l.SetLimits(ctx, name, limits)
 			})
 		}
@@ -632,7 +632,7 @@ func (m *Manager) CreateSnapshot(ctx context.Context, name, snapshot string) (dr
 	}
 	var out drivers.Snapshot
 	err = m.mutate(ctx, op, []string{name}, func(ctx context.Context, fl *flight) (err error) {
-		out, err = run(m, ctx, driverCall{op: op, flight: fl}, func(ctx context.Context) (drivers.Snapshot, error) {
+		out, err = run(m, ctx, driverCall{op: op, flight: fl, subj: subject{instance: name, snapshot: snapshot}}, func(ctx context.Context) (drivers.Snapshot, error) {
 			return s.CreateSnapshot(ctx, name, snapshot)
 		})
 		return err
@@ -663,7 +663,7 @@ func (m *Manager) changeSnapshot(ctx context.Context, op, name, snapshot string,
 	if err != nil {
 		return err
 	}
-	return m.mutateOne(ctx, op, name, ev, map[string]string{"snapshot": snapshot},
+	return m.mutateOne(ctx, op, subject{instance: name, snapshot: snapshot}, ev, map[string]string{"snapshot": snapshot},
 		func(ctx context.Context) error { return fn(ctx, s) })
 }
 
@@ -677,7 +677,7 @@ func (m *Manager) ListSnapshots(ctx context.Context, name string) ([]drivers.Sna
 	if err != nil {
 		return nil, err
 	}
-	return run(m, ctx, driverCall{op: op, retry: true}, func(ctx context.Context) ([]drivers.Snapshot, error) {
+	return run(m, ctx, driverCall{op: op, retry: true, subj: subject{instance: name}}, func(ctx context.Context) ([]drivers.Snapshot, error) {
 		return s.ListSnapshots(ctx, name)
 	})
 }
@@ -704,7 +704,7 @@ func (m *Manager) Clone(ctx context.Context, source, target string) (drivers.Ins
 	}
 	var inst drivers.Instance
 	err := m.mutate(ctx, op, []string{source, target}, func(ctx context.Context, fl *flight) (err error) {
-		inst, err = run(m, ctx, driverCall{op: op, flight: fl}, func(ctx context.Context) (drivers.Instance, error) {
+		inst, err = run(m, ctx, driverCall{op: op, flight: fl, subj: subject{instance: source, target: target}}, func(ctx context.Context) (drivers.Instance, error) {
 			return c.Clone(ctx, source, target)
 		})
 		return err
@@ -759,7 +759,7 @@ func (m *Manager) AttachNetwork(ctx context.Context, name string, cfg drivers.Ne
 	var changed bool
 	err = m.mutate(ctx, op, []string{name}, func(ctx context.Context, fl *flight) error {
 		var err error
-		changed, err = run(m, ctx, driverCall{op: op, flight: fl}, func(ctx context.Context) (bool, error) {
+		changed, err = run(m, ctx, driverCall{op: op, flight: fl, subj: subject{instance: name, network: cfg.NetworkName}}, func(ctx context.Context) (bool, error) {
 			return n.AttachNetwork(ctx, name, cfg)
 		})
 		return err
@@ -784,16 +784,17 @@ func (m *Manager) DetachNetwork(ctx context.Context, name, network string) error
 	if err != nil {
 		return err
 	}
-	return m.mutateOne(ctx, op, name, drivers.EventNetworkDetached, map[string]string{"network": network},
+	return m.mutateOne(ctx, op, subject{instance: name, network: network}, drivers.EventNetworkDetached, map[string]string{"network": network},
 		func(ctx context.Context) error { return n.DetachNetwork(ctx, name, network) })
 }
 
 // mutateOne runs a mutation of one instance that returns only an error:
 // under the instance's lock, through run (breaker, timeouts; no retries),
 // then emits ev with details, or failed with the error.
-func (m *Manager) mutateOne(ctx context.Context, op, name string, ev drivers.EventType, details map[string]string, fn func(ctx context.Context) error) error {
+func (m *Manager) mutateOne(ctx context.Context, op string, subj subject, ev drivers.EventType, details map[string]string, fn func(ctx context.Context) error) error {
+	name := subj.instance
 	err := m.mutate(ctx, op, []string{name}, func(ctx context.Context, fl *flight) error {
-		_, err := run(m, ctx, driverCall{op: op, flight: fl}, func(ctx context.Context) (struct{}, error) {
+		_, err := run(m, ctx, driverCall{op: op, flight: fl, subj: subj}, func(ctx context.Context) (struct{}, error) {
 			return struct{}{}, fn(ctx)
 		})
 		return err

@@ -59,7 +59,7 @@ func (s *chunkSender) sendLocked(ch messages.Chunk) error {
 	}
 	msg := &nats.Msg{Subject: s.inbox, Data: data, Header: nats.Header{messages.HeaderRequestID: []string{s.c.requestID}}}
 	if ch.Error != nil {
-		m, code := messages.ErrorHeaders(&drivers.Error{Code: ch.Error.Code, Message: ch.Error.Message})
+		m, code := messages.ErrorHeaders(ch.Error.Err())
 		msg.Header.Set(messages.HeaderError, m)
 		msg.Header.Set(messages.HeaderErrorCode, code)
 	}

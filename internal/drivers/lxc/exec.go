@@ -58,7 +58,7 @@ func (d *Driver) Exec(ctx context.Context, name string, req drivers.ExecRequest,
 	}
 	op, err := c.async(ctx, http.MethodPost, "/1.0/instances/"+esc(name)+"/exec", body, nil)
 	if err != nil {
-		return -1, notFound(err, "instance", name)
+		return -1, err
 	}
 	code := -1
 	if v, ok := op.Metadata["return"].(float64); ok {

@@ -24,7 +24,7 @@ func (d *Driver) execStreams(ctx context.Context, c *client, name string, body e
 	body.RecordOutput, body.WaitForWebsocket, body.Interactive = false, true, false
 	op, err := c.start(ctx, http.MethodPost, "/1.0/instances/"+esc(name)+"/exec", body, nil)
 	if err != nil {
-		return -1, notFound(err, "instance", name)
+		return -1, err
 	}
 	fds, _ := op.Metadata["fds"].(map[string]any)
 	conns := map[string]*websocket.Conn{}

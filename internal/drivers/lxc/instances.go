@@ -2,7 +2,6 @@ package lxc
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"sort"
 	"strconv"
@@ -198,15 +197,7 @@ func (d *Driver) get(ctx context.Context, name string) (*instance, string, error
 	var in instance
 	etag, err := c.query(ctx, http.MethodGet, "/1.0/instances/"+esc(name), nil, &in)
 	if err != nil {
-		return nil, "", notFound(err, "instance", name)
+		return nil, "", err
 	}
 	return &in, etag, nil
-}
-
-// notFound names what was missing in a NotFound error; other errors pass.
-func notFound(err error, what, name string) error {
-	if classify(err) == drivers.NotFound {
-		return fmt.Errorf("lxc: %s %q not found: %w", what, name, err)
-	}
-	return err
 }

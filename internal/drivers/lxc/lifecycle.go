@@ -249,7 +249,7 @@ func (d *Driver) changeState(ctx context.Context, name string, body stateBody) e
 		return err
 	}
 	_, err = c.async(ctx, http.MethodPut, "/1.0/instances/"+esc(name)+"/state", body, nil)
-	return notFound(err, "instance", name)
+	return err
 }
 
 // Start starts a stopped (or unfreezes a frozen) instance.
@@ -385,7 +385,7 @@ func (d *Driver) Delete(ctx context.Context, name string, opts drivers.DeleteOpt
 		if opts.Force && classify(err) == drivers.NotFound {
 			return false, nil
 		}
-		return false, notFound(err, "instance", name)
+		return false, err
 	}
 	d.metricsMu.Lock()
 	delete(d.prev, name)

@@ -148,7 +148,7 @@ func (d *Driver) SetLimits(ctx context.Context, name string, l drivers.ResourceL
 	}
 	if len(cfg) > 0 {
 		if _, err := c.query(ctx, http.MethodPatch, "/1.0/instances/"+esc(name), map[string]any{"config": cfg}, nil); err != nil {
-			return drivers.ResourceLimits{}, notFound(err, "instance", name)
+			return drivers.ResourceLimits{}, err
 		}
 	}
 	return d.GetLimits(ctx, name)

@@ -40,7 +40,7 @@ func (d *Driver) consoleLog(ctx context.Context, name string) ([]byte, error) {
 	if err != nil {
 		var ae *apiError
 		if !errors.As(err, &ae) || ae.Status != 500 || !strings.Contains(ae.Msg, "no such file") {
-			return nil, notFound(err, "instance", name)
+			return nil, err
 		}
 		b = nil // nothing (new) to read
 	}

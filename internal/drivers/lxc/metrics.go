@@ -48,7 +48,7 @@ func (d *Driver) Metrics(ctx context.Context, name string) (drivers.ResourceUsag
 	}
 	var st instanceState
 	if _, err := c.query(ctx, http.MethodGet, "/1.0/instances/"+esc(name)+"/state", nil, &st); err != nil {
-		return drivers.ResourceUsage{}, notFound(err, "instance", name)
+		return drivers.ResourceUsage{}, err
 	}
 	return d.usage(name, &st, time.Now()), nil
 }

@@ -132,7 +132,7 @@ func (d *Driver) AttachNetwork(ctx context.Context, name string, cfg drivers.Net
 	}
 	var n network
 	if _, err := c.query(ctx, http.MethodGet, "/1.0/networks/"+esc(cfg.NetworkName), nil, &n); err != nil {
-		return false, notFound(err, "network", cfg.NetworkName)
+		return false, err
 	}
 	if !n.Managed {
 		return false, drivers.Errorf(drivers.InvalidArgument, "lxc: network %q is a host interface LXD does not manage: instances can be attached only to LXD's networks", cfg.NetworkName)

@@ -58,7 +58,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, name, snap string) (drivers
 	}
 	body := map[string]any{"name": snap, "stateful": false}
 	if _, err := c.async(ctx, http.MethodPost, "/1.0/instances/"+esc(name)+"/snapshots", body, nil); err != nil {
-		return drivers.Snapshot{}, notFound(err, "instance", name)
+		return drivers.Snapshot{}, err
 	}
 	s, err := d.getSnapshot(ctx, c, name, snap)
 	if err != nil {
@@ -89,7 +89,7 @@ func (d *Driver) ListSnapshots(ctx context.Context, name string) ([]drivers.Snap
 	}
 	var list []snapshotInfo
 	if _, err := c.query(ctx, http.MethodGet, "/1.0/instances/"+esc(name)+"/snapshots?recursion=1", nil, &list); err != nil {
-		return nil, notFound(err, "instance", name)
+		return nil, err
 	}
 	out := make([]drivers.Snapshot, 0, len(list))
 	for _, s := range list {

@@ -21,27 +21,7 @@ func (e *env) wantCode(op string, err error, code drivers.Code) {
 	}
 }
 
-func sentinel(c drivers.Code) error {
-	switch c {
-	case drivers.InvalidArgument:
-		return drivers.ErrInvalidArgument
-	case drivers.PermissionDenied:
-		return drivers.ErrPermissionDenied
-	case drivers.NotFound:
-		return drivers.ErrNotFound
-	case drivers.AlreadyExists:
-		return drivers.ErrAlreadyExists
-	case drivers.Conflict:
-		return drivers.ErrConflict
-	case drivers.Unsupported:
-		return drivers.ErrUnsupported
-	case drivers.Unavailable:
-		return drivers.ErrUnavailable
-	case drivers.Timeout:
-		return drivers.ErrTimeout
-	}
-	return drivers.ErrInternal
-}
+func sentinel(c drivers.Code) error { return c.Sentinel() }
 
 // must fails the test on err.
 func (e *env) must(op string, err error) {

@@ -3,6 +3,7 @@ package driverstest
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -158,9 +159,20 @@ func testMissing(t *testing.T, e *env) {
 		}},
 		{"Delete", func(ctx context.Context) error { _, err := e.m.Delete(ctx, name, drivers.DeleteOptions{}); return err }},
 	}
+	// One wording on every driver: the manager's shape, with the
+	// substrate's own text (if any) as the detail, said once.
+	want := fmt.Sprintf("instance %q not found", name)
 	for _, o := range ops {
 		e.run(o.op, func(t *testing.T, e *env) {
-			e.wantCode(o.op+" of a missing instance", o.fn(e.ctx()), drivers.NotFound)
+			err := o.fn(e.ctx())
+			e.wantCode(o.op+" of a missing instance", err, drivers.NotFound)
+			info := messages.InfoOf(err)
+			if info.Message != want {
+				t.Errorf("%s of a missing instance: message %q, want %q", o.op, info.Message, want)
+			}
+			if repeats(info.Detail) {
+				t.Errorf("%s of a missing instance: detail %q says the same thing twice", o.op, info.Detail)
+			}
 		})
 	}
 	e.run("ForceDelete", func(t *testing.T, e *env) {
@@ -170,6 +182,20 @@ func testMissing(t *testing.T, e *env) {
 			t.Errorf("force Delete of a missing instance: changed=true, want false")
 		}
 	})
+}
+
+// repeats reports whether an error text has the same part twice (parts
+// are separated by ": ", the way wrapped errors are joined).
+func repeats(text string) bool {
+	seen := map[string]bool{}
+	for _, p := range strings.Split(text, ": ") {
+		p = strings.ToLower(strings.TrimSpace(p))
+		if p != "" && seen[p] {
+			return true
+		}
+		seen[p] = true
+	}
+	return false
 }
 
 func testIdempotent(t *testing.T, e *env) {
