@@ -368,6 +368,10 @@ type Capabilities struct {
 	Clone     bool `json:"clone"`
 	Networks  bool `json:"networks"`
 	Events    bool `json:"events"`
+	// LogTimes: log lines carry the time they were written.
+	LogTimes bool `json:"log_times"`
+	// LogOrder: log lines are in the order they were written across streams.
+	LogOrder bool `json:"log_order"`
 }
 
 // ExecResult is the outcome of exec. Stdout and Stderr are filled only

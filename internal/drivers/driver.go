@@ -96,8 +96,30 @@ type Writer interface {
 // opts.Lines lines (opts.Lines > 0 is guaranteed) in order; with
 // opts.Follow it then keeps calling emit for new lines until ctx ends, and
 // returns nil. An error from emit stops reading and is returned.
+//
+// What "in order" and the lines' Time mean is what the driver's
+// LogFormat says; a LogReader without LogFormatter promises neither.
 type LogReader interface {
 	Logs(ctx context.Context, name string, opts LogOptions, emit func(LogLine) error) error
+}
+
+// LogFormat says what a LogReader's lines carry.
+type LogFormat struct {
+	// Times: every line carries the time it was written (the substrate's
+	// timestamp, or the time the driver took it from the instance). A
+	// driver without it leaves Time zero: it never makes up a time (such
+	// as the time it read the line).
+	Times bool
+	// Ordered: the lines of a tail, and of a follow, are in the order they
+	// were written across all of the instance's streams, so the last N
+	// lines are the N written last. Without it only the lines of each
+	// stream are in order among themselves.
+	Ordered bool
+}
+
+// LogFormatter is implemented by LogReaders to declare their LogFormat.
+type LogFormatter interface {
+	LogFormat() LogFormat
 }
 
 // Limiter reads and changes resource limits. SetLimits applies the
@@ -201,6 +223,10 @@ type Capabilities struct {
 	Clone     bool
 	Networks  bool
 	Events    bool
+	// LogTimes and LogOrder are the driver's LogFormat (Times, Ordered);
+	// false without Logs.
+	LogTimes bool
+	LogOrder bool
 }
 
 // CapabilitiesReporter lets a driver narrow what its interfaces claim (for
@@ -220,6 +246,10 @@ func CapabilitiesOf(d Driver) Capabilities {
 	_, nets := d.(Networker)
 	_, ev := d.(EventSource)
 	c := Capabilities{Exec: exec, Logs: logs, Limits: lim, Snapshots: snap, Clone: clone, Networks: nets, Events: ev}
+	if f, ok := d.(LogFormatter); ok && logs {
+		lf := f.LogFormat()
+		c.LogTimes, c.LogOrder = lf.Times, lf.Ordered
+	}
 	if r, ok := d.(CapabilitiesReporter); ok {
 		n := r.Capabilities()
 		c.Exec = c.Exec && n.Exec
@@ -229,6 +259,8 @@ func CapabilitiesOf(d Driver) Capabilities {
 		c.Clone = c.Clone && n.Clone
 		c.Networks = c.Networks && n.Networks
 		c.Events = c.Events && n.Events
+		c.LogTimes = c.LogTimes && n.LogTimes && c.Logs
+		c.LogOrder = c.LogOrder && n.LogOrder && c.Logs
 	}
 	return c
 }

@@ -28,6 +28,13 @@ func (h *harness) Template(name string) drivers.InstanceTemplate {
 
 func (h *harness) Network() string { return h.network }
 
+// ScriptTemplate is Template running script.
+func (h *harness) ScriptTemplate(name, script string) drivers.InstanceTemplate {
+	t := h.Template(name)
+	t.Command = []string{"sh", "-c", script}
+	return t
+}
+
 // StubbornTemplate: the container's shell ignores SIGTERM, so only a kill ends it.
 func (h *harness) StubbornTemplate(name string) drivers.InstanceTemplate {
 	t := h.Template(name)
@@ -51,6 +58,7 @@ func TestConformance(t *testing.T) {
 			return &harness{home: home, network: net}, nil
 		},
 		driverstest.WithNamePrefix(testPrefix+"-ct"),
-		driverstest.WithCapabilities(drivers.Capabilities{Exec: true, Logs: true, Limits: true, Snapshots: true, Clone: true, Networks: true, Events: true}),
+		driverstest.WithCapabilities(drivers.Capabilities{Exec: true, Logs: true, Limits: true, Snapshots: true, Clone: true, Networks: true, Events: true,
+			LogTimes: true, LogOrder: true}),
 	)
 }

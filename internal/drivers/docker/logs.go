@@ -3,6 +3,7 @@ package docker
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -10,11 +11,14 @@ import (
 	"strings"
 	"time"
 
-	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/client"
 
 	"github.com/subbus/subbus/internal/drivers"
 )
+
+// LogFormat: the daemon timestamps every line and returns both streams
+// interleaved in time order.
+func (d *Driver) LogFormat() drivers.LogFormat { return drivers.LogFormat{Times: true, Ordered: true} }
 
 // Logs implements drivers.LogReader for TTY containers (one "console"
 // stream) and non-TTY ones (stdout and stderr demultiplexed). Lines carry
@@ -79,16 +83,10 @@ func (d *Driver) Logs(ctx context.Context, name string, opts drivers.LogOptions,
 		if tty {
 			scan(rc, "console")
 		} else {
-			outR, outW := io.Pipe()
-			errR, errW := io.Pipe()
-			fin := make(chan struct{}, 2)
-			go func() { scan(outR, "stdout"); outR.CloseWithError(io.EOF); fin <- struct{}{} }()
-			go func() { scan(errR, "stderr"); errR.CloseWithError(io.EOF); fin <- struct{}{} }()
-			_, err = stdcopy.StdCopy(outW, errW, rc)
-			outW.Close()
-			errW.Close()
-			<-fin
-			<-fin
+			// One reader of the multiplexed stream keeps the daemon's
+			// order across stdout and stderr (two demultiplexed readers
+			// would race).
+			err = readFrames(rc, func(l drivers.LogLine) bool { return send(item{line: l}) })
 		}
 		send(item{err: errOrEOF(err)})
 	}()
@@ -112,6 +110,69 @@ func (d *Driver) Logs(ctx context.Context, name string, opts drivers.LogOptions,
 		}
 	}
 }
+
+// readFrames reads the multiplexed log stream of a non-TTY container:
+// frames of an 8-byte header (stream byte, 3 zero bytes, big-endian
+// length) and a payload, one log message each, "<RFC 3339 time> <text>",
+// ending with a newline unless the daemon split a long line into partial
+// messages (the continuations are appended to the line, which keeps the
+// time of its first part). send returns false when the reader is gone.
+func readFrames(r io.Reader, send func(drivers.LogLine) bool) error {
+	var (
+		hdr     [8]byte
+		pending = map[byte]*drivers.LogLine{}
+	)
+	for {
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			if errors.Is(err, io.EOF) {
+				for _, st := range []byte{1, 2} {
+					if p := pending[st]; p != nil && !send(*p) {
+						return nil
+					}
+				}
+			}
+			return err
+		}
+		n := binary.BigEndian.Uint32(hdr[4:])
+		if n > maxFrame {
+			return fmt.Errorf("log frame of %d bytes", n)
+		}
+		buf := make([]byte, n)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return err
+		}
+		var stream string
+		switch hdr[0] {
+		case 1:
+			stream = "stdout"
+		case 2:
+			stream = "stderr"
+		case 3:
+			return fmt.Errorf("daemon error in the log stream: %s", strings.TrimSpace(string(buf)))
+		default:
+			continue
+		}
+		text := string(buf)
+		complete := strings.HasSuffix(text, "\n")
+		text = strings.TrimSuffix(text, "\n")
+		l := parseLogLine(text, stream)
+		if p := pending[hdr[0]]; p != nil {
+			p.Line += l.Line
+			l = *p
+		}
+		if !complete {
+			pending[hdr[0]] = &l
+			continue
+		}
+		delete(pending, hdr[0])
+		if !send(l) {
+			return nil
+		}
+	}
+}
+
+// maxFrame bounds one frame of the log stream (the daemon's are 16 KiB).
+const maxFrame = 16 << 20
 
 func errOrEOF(err error) error {
 	if err == nil {

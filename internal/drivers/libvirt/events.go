@@ -15,7 +15,7 @@ import (
 // log files on this host, so a remote URI has no logs.
 func (d *Driver) Capabilities() drivers.Capabilities {
 	return drivers.Capabilities{Exec: true, Logs: d.local(), Limits: true, Snapshots: true, Clone: true,
-		Networks: true, Events: true}
+		Networks: true, Events: true, LogOrder: d.local()}
 }
 
 // hub is the one lifecycle-event registration of a connection (libvirt

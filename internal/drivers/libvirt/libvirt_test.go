@@ -188,7 +188,8 @@ func (h *harness) Close() {}
 func TestConformance(t *testing.T) {
 	d := requireLibvirt(t)
 	testNetwork(t, d)
-	all := drivers.Capabilities{Exec: true, Logs: true, Limits: true, Snapshots: true, Clone: true, Networks: true, Events: true}
+	all := drivers.Capabilities{Exec: true, Logs: true, Limits: true, Snapshots: true, Clone: true, Networks: true, Events: true,
+		LogOrder: true}
 	driverstest.RunConformanceTests(t,
 		func(ctx context.Context, t *testing.T) (driverstest.Harness, error) { return &harness{t: t}, nil },
 		driverstest.WithCapabilities(all),

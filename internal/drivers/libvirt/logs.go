@@ -21,6 +21,10 @@ const tailWindow = 4 << 20
 // this host; errors are ignored (the file may be on a remote host).
 func removeLocal(path string) { _ = os.Remove(path) }
 
+// LogFormat: the serial console is one stream, read in the order it was
+// written; virtlogd keeps no times, so lines carry none.
+func (d *Driver) LogFormat() drivers.LogFormat { return drivers.LogFormat{Ordered: true} }
+
 // Logs reads the domain's serial console log: the file virtlogd writes for
 // the <serial> device's <log> (created domains log to
 // <console_log_dir>/<name>.console.log, truncated at each start), or the

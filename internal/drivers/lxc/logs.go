@@ -87,6 +87,10 @@ func completeLines(b []byte) ([]string, int) {
 	return out, end
 }
 
+// LogFormat: the console is one stream, in the order it was written; LXD
+// keeps no times, so lines carry none (not the time they were read).
+func (d *Driver) LogFormat() drivers.LogFormat { return drivers.LogFormat{Ordered: true} }
+
 // Logs emits the last opts.Lines lines of the console log and, with
 // Follow, polls it (there is no follow in the API) and emits what was
 // appended. The console buffer is a bounded ring, so "appended" is found
@@ -102,9 +106,8 @@ func (d *Driver) Logs(ctx context.Context, name string, opts drivers.LogOptions,
 	if n := opts.Lines; n > 0 && len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}
-	now := time.Now()
 	for _, l := range lines {
-		if err := emit(drivers.LogLine{Time: now, Stream: "console", Line: l}); err != nil {
+		if err := emit(drivers.LogLine{Stream: "console", Line: l}); err != nil {
 			return err
 		}
 	}
@@ -127,9 +130,8 @@ func (d *Driver) Logs(ctx context.Context, name string, opts drivers.LogOptions,
 			}
 			return err
 		}
-		now := time.Now()
 		for _, l := range f.next(b) {
-			if err := emit(drivers.LogLine{Time: now, Stream: "console", Line: l}); err != nil {
+			if err := emit(drivers.LogLine{Stream: "console", Line: l}); err != nil {
 				return err
 			}
 		}

@@ -150,7 +150,8 @@ func (h *harness) Close()          {}
 
 func TestConformance(t *testing.T) {
 	requireLXD(t)
-	all := drivers.Capabilities{Exec: true, Logs: true, Limits: true, Snapshots: true, Clone: true, Networks: true, Events: true}
+	all := drivers.Capabilities{Exec: true, Logs: true, Limits: true, Snapshots: true, Clone: true, Networks: true, Events: true,
+		LogOrder: true}
 	driverstest.RunConformanceTests(t,
 		func(ctx context.Context, t *testing.T) (driverstest.Harness, error) {
 			testNetwork(t) // exists before the suite lists networks

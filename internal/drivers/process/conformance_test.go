@@ -36,6 +36,13 @@ func (h *harness) Template(name string) drivers.InstanceTemplate {
 	}
 }
 
+// ScriptTemplate is Template running script.
+func (h *harness) ScriptTemplate(name, script string) drivers.InstanceTemplate {
+	t := h.Template(name)
+	t.Command = []string{"sh", "-c", script}
+	return t
+}
+
 // StubbornTemplate is Template with a script that ignores SIGTERM.
 func (h *harness) StubbornTemplate(name string) drivers.InstanceTemplate {
 	t := h.Template(name)
@@ -45,7 +52,10 @@ func (h *harness) StubbornTemplate(name string) drivers.InstanceTemplate {
 
 func (h *harness) Close() {}
 
-var _ driverstest.StubbornHarness = (*harness)(nil)
+var (
+	_ driverstest.StubbornHarness = (*harness)(nil)
+	_ driverstest.ScriptHarness   = (*harness)(nil)
+)
 
 // noEndpoint is the reason the Unreachable case does not apply.
 const noEndpoint = "the process driver has no daemon or endpoint to be unreachable"
@@ -63,7 +73,7 @@ func testOptions(dir string) Options {
 }
 
 func TestConformance(t *testing.T) {
-	caps := drivers.Capabilities{Exec: true, Logs: true, Clone: true, Events: true}
+	caps := drivers.Capabilities{Exec: true, Logs: true, Clone: true, Events: true, LogTimes: true, LogOrder: true}
 	o := testOptions(t.TempDir())
 	o.setDefaults()
 	caps.Limits = probeCgroups(o) != nil
@@ -85,7 +95,7 @@ func TestConformanceWithoutCgroups(t *testing.T) {
 	driverstest.RunConformanceTests(t, func(ctx context.Context, t *testing.T) (driverstest.Harness, error) {
 		return &harness{dir: t.TempDir(), noCgroups: true}, nil
 	},
-		driverstest.WithCapabilities(drivers.Capabilities{Exec: true, Logs: true, Clone: true, Events: true}),
+		driverstest.WithCapabilities(drivers.Capabilities{Exec: true, Logs: true, Clone: true, Events: true, LogTimes: true, LogOrder: true}),
 		driverstest.WithManagerOptions(manager.Options{Host: "test", StopTimeout: 5 * time.Second}),
 		driverstest.WithStopTimeout(5*time.Second),
 		driverstest.WithSkip("Unreachable", noEndpoint),

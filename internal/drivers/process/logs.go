@@ -47,6 +47,34 @@ const pipeSize = 1 << 20
 // of one stream a worker killed with SIGKILL can lose (read, not written).
 const pumpBuffer = 64 << 10
 
+// stampLayout is the time each line of a log file starts with, in UTC and
+// of fixed width, followed by one space: the line as written is the rest
+// ("2026-11-30T07:18:37.123456789Z hello"), the format of `docker logs
+// -t`. It is the time the worker read the line from the instance's pipe.
+const stampLayout = "2006-01-02T15:04:05.000000000Z07:00"
+
+// stampLen is the length of a stamp with its space.
+const stampLen = len("2006-01-02T15:04:05.000000000Z") + 1
+
+// appendStamp appends the stamp of t.
+func appendStamp(b []byte, t time.Time) []byte {
+	return append(t.UTC().AppendFormat(b, stampLayout), ' ')
+}
+
+// parseStamp splits a stored line into its time and text; a line without
+// a stamp (written before stamps, or the rest of a line cut in two) has a
+// zero time and is returned whole.
+func parseStamp(line string) (time.Time, string) {
+	if len(line) < stampLen || line[stampLen-1] != ' ' || line[4] != '-' {
+		return time.Time{}, line
+	}
+	t, err := time.Parse(stampLayout, line[:stampLen-1])
+	if err != nil {
+		return time.Time{}, line
+	}
+	return t, line[stampLen:]
+}
+
 // logWriter appends one output stream of an instance to <stream>.log and
 // enforces the bound while writing: a write that would take the file past
 // LogMaxBytes first fills it up to its last complete line, then rotates
@@ -59,6 +87,9 @@ const pumpBuffer = 64 << 10
 // instance's pipe waits, the pipe fills and the instance's writes block
 // (backpressure, nothing dropped). A write that fails (disk full, instance
 // deleted) drops that data and counts it in dropped.
+//
+// Every line starts with the time it was read (stampLayout); a line that
+// arrives in several reads keeps the time of its first part.
 type logWriter struct {
 	d      *Driver
 	name   string
@@ -69,12 +100,37 @@ type logWriter struct {
 	size    int64
 	closed  bool
 	dropped int64
+	midLine bool // the last byte written was not a newline
 }
 
-// Write appends b; it never returns an error (see dropped).
-func (w *logWriter) Write(b []byte) {
+// Write stamps the lines of b read at now and appends them; it never
+// returns an error (see dropped).
+func (w *logWriter) Write(b []byte, now time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if len(b) == 0 {
+		return
+	}
+	stamped := make([]byte, 0, len(b)+2*stampLen)
+	for len(b) > 0 {
+		if !w.midLine {
+			stamped = appendStamp(stamped, now)
+			w.midLine = true
+		}
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			stamped = append(stamped, b...)
+			break
+		}
+		stamped = append(stamped, b[:i+1]...)
+		b = b[i+1:]
+		w.midLine = false
+	}
+	w.write(stamped)
+}
+
+// write appends stamped output, rotating as needed; w.mu is held.
+func (w *logWriter) write(b []byte) {
 	limit := w.d.opts.LogMaxBytes
 	for len(b) > 0 {
 		if w.closed {
@@ -231,7 +287,7 @@ func (d *Driver) pump(r *os.File, w *logWriter) {
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
-			w.Write(buf[:n])
+			w.Write(buf[:n], time.Now())
 		}
 		if err != nil {
 			break
@@ -246,8 +302,7 @@ func (d *Driver) pump(r *os.File, w *logWriter) {
 // streamTail is the tail of one stream.
 type streamTail struct {
 	stream string
-	lines  []string
-	mtime  time.Time
+	lines  []drivers.LogLine // with their stored times (timeLines)
 	// offset is where following starts in the current file: its end, less
 	// an unfinished last line.
 	offset int64
@@ -261,6 +316,7 @@ func (d *Driver) tail(name, stream string, n int, complete bool) (streamTail, er
 	defer d.rotMu.Unlock()
 	st := streamTail{stream: stream}
 	var lines []string
+	var oldest time.Time // mtime of the oldest generation read
 	for g := 0; g <= d.opts.LogKeep && len(lines) < n; g++ {
 		b, size, whole, mtime, err := readTail(d.logPath(name, stream, g), n-len(lines)+1)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -272,8 +328,8 @@ func (d *Driver) tail(name, stream string, n int, complete bool) (streamTail, er
 		if err != nil {
 			return st, err
 		}
+		oldest = mtime
 		if g == 0 {
-			st.mtime = mtime
 			st.offset = size
 			if i := bytes.LastIndexByte(b, '\n'); complete && i < len(b)-1 {
 				st.offset = size - int64(len(b)-(i+1))
@@ -289,8 +345,49 @@ func (d *Driver) tail(name, stream string, n int, complete bool) (streamTail, er
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}
-	st.lines = lines
+	st.lines = timeLines(stream, lines, time.Time{}, oldest)
 	return st, nil
+}
+
+// timeLines splits stored lines into time and text. A line without a
+// stamp (the rest of a line cut in two, or a file written before stamps)
+// takes the time of the line before it (prev for the first), else of the
+// next stamped line, else fallback (the file's modification time).
+func timeLines(stream string, lines []string, prev, fallback time.Time) []drivers.LogLine {
+	out := make([]drivers.LogLine, len(lines))
+	stamped := make([]bool, len(lines))
+	for i, l := range lines {
+		t, text := parseStamp(l)
+		out[i] = drivers.LogLine{Time: t, Stream: stream, Line: text}
+		stamped[i] = !t.IsZero()
+	}
+	next := fallback
+	for i := len(out) - 1; i >= 0; i-- {
+		if stamped[i] {
+			next = out[i].Time
+		} else {
+			out[i].Time = next
+		}
+	}
+	for i := range out {
+		if !stamped[i] && !prev.IsZero() {
+			out[i].Time = prev
+		}
+		prev = out[i].Time
+		out[i].Time = out[i].Time.UTC()
+	}
+	return out
+}
+
+// mergeLines merges the lines of several streams, each in time order,
+// into one list in time order (stable: equal times keep stream order).
+func mergeLines(streams ...[]drivers.LogLine) []drivers.LogLine {
+	var all []drivers.LogLine
+	for _, s := range streams {
+		all = append(all, s...)
+	}
+	sort.SliceStable(all, func(i, j int) bool { return all[i].Time.Before(all[j].Time) })
+	return all
 }
 
 // tailChunk is how much readTail reads at a time, from the end.
@@ -345,11 +442,15 @@ func splitLines(b []byte) []string {
 	return out
 }
 
-// Logs emits the last opts.Lines lines of stdout and stderr. The process
-// writes its files directly, so lines carry no time and the two streams
-// cannot be interleaved exactly: the stream written last comes last. With
-// Follow it then polls the files for new lines (surviving rotation) until
-// ctx ends.
+// LogFormat: the worker stamps each line with the time it read it from
+// the instance's pipe, and merges the two streams by those times.
+func (d *Driver) LogFormat() drivers.LogFormat { return drivers.LogFormat{Times: true, Ordered: true} }
+
+// Logs emits the last opts.Lines lines of stdout and stderr, merged in
+// time order by the stamps the worker wrote (lines written on different
+// streams less than a scheduling quantum apart may come in either order).
+// With Follow it then polls the files for new lines (surviving rotation)
+// until ctx ends, emitting each poll's lines in time order.
 func (d *Driver) Logs(ctx context.Context, name string, opts drivers.LogOptions, emit func(drivers.LogLine) error) error {
 	d.mu.Lock()
 	_, err := d.lookup(name)
@@ -362,20 +463,16 @@ func (d *Driver) Logs(ctx context.Context, name string, opts drivers.LogOptions,
 		n = 100
 	}
 	var tails []streamTail
+	var lines [][]drivers.LogLine
 	for _, s := range streams {
 		t, err := d.tail(name, s, n, opts.Follow)
 		if err != nil {
 			return fmt.Errorf("reading logs of %s: %w", name, err)
 		}
 		tails = append(tails, t)
+		lines = append(lines, t.lines)
 	}
-	sort.SliceStable(tails, func(i, j int) bool { return tails[i].mtime.Before(tails[j].mtime) })
-	var all []drivers.LogLine
-	for _, t := range tails {
-		for _, l := range t.lines {
-			all = append(all, drivers.LogLine{Stream: t.stream, Line: l})
-		}
-	}
+	all := mergeLines(lines...)
 	if len(all) > n {
 		all = all[len(all)-n:]
 	}
@@ -399,8 +496,12 @@ func (d *Driver) Logs(ctx context.Context, name string, opts drivers.LogOptions,
 			return nil
 		case <-tk.C:
 		}
+		var fresh [][]drivers.LogLine
 		for _, f := range followers {
-			if err := f.poll(emit); err != nil {
+			fresh = append(fresh, f.poll())
+		}
+		for _, l := range mergeLines(fresh...) {
+			if err := emit(l); err != nil {
 				return err
 			}
 		}
@@ -414,12 +515,13 @@ type follower struct {
 	stream  string
 	offset  int64
 	partial []byte
+	last    time.Time // time of the last line returned
 }
 
-// poll emits the complete new lines of the stream. When the file shrank
+// poll returns the complete new lines of the stream. When the file shrank
 // (a copy-truncate rotation), the rest of the previous content is read
 // from generation 1 first.
-func (f *follower) poll(emit func(drivers.LogLine) error) error {
+func (f *follower) poll() []drivers.LogLine {
 	f.d.rotMu.Lock()
 	var data []byte
 	cur := f.d.logPath(f.name, f.stream, 0)
@@ -451,13 +553,11 @@ func (f *follower) poll(emit func(drivers.LogLine) error) error {
 	}
 	complete := buf[:i+1]
 	f.partial = append([]byte(nil), buf[i+1:]...)
-	now := time.Now().UTC()
-	for _, l := range completeLines(complete) {
-		if err := emit(drivers.LogLine{Time: now, Stream: f.stream, Line: l}); err != nil {
-			return err
-		}
+	out := timeLines(f.stream, completeLines(complete), f.last, time.Now())
+	if len(out) > 0 {
+		f.last = out[len(out)-1].Time
 	}
-	return nil
+	return out
 }
 
 // completeLines splits b, which ends with a newline (or is an over-long

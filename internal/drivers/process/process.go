@@ -220,7 +220,8 @@ func (d *Driver) Options() Options { return d.opts }
 // Capabilities narrows Limits to machines whose cgroup file system is
 // writable (known after Connect).
 func (d *Driver) Capabilities() drivers.Capabilities {
-	return drivers.Capabilities{Exec: true, Logs: true, Limits: d.cgroupsOnce() != nil, Clone: true, Events: true}
+	return drivers.Capabilities{Exec: true, Logs: true, Limits: d.cgroupsOnce() != nil, Clone: true, Events: true,
+		LogTimes: true, LogOrder: true}
 }
 
 // cgroupsOnce probes cgroup support once (creating the parent cgroup).

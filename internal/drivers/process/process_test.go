@@ -795,9 +795,9 @@ func TestTailLargeFile(t *testing.T) {
 		if c.n == 60000 {
 			wantLen = 50001
 		}
-		if len(st.lines) != wantLen || st.lines[0] != c.first || st.lines[len(st.lines)-1] != c.last || st.offset != c.offset {
+		if len(st.lines) != wantLen || st.lines[0].Line != c.first || st.lines[len(st.lines)-1].Line != c.last || st.offset != c.offset {
 			t.Errorf("tail(%d, %v) = %d lines %q…%q offset %d; want %d lines %q…%q offset %d", c.n, c.complete,
-				len(st.lines), st.lines[0], st.lines[len(st.lines)-1], st.offset, wantLen, c.first, c.last, c.offset)
+				len(st.lines), st.lines[0].Line, st.lines[len(st.lines)-1].Line, st.offset, wantLen, c.first, c.last, c.offset)
 		}
 	}
 }
@@ -1072,7 +1072,8 @@ func TestWorkerCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, l := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
-		if want := fmt.Sprintf("line %d", i+1); l != want {
+		if _, l = parseStamp(l); l != fmt.Sprintf("line %d", i+1) {
+			want := fmt.Sprintf("line %d", i+1)
 			t.Fatalf("log line %d is %q, want %q (output lost while no worker ran)", i+1, l, want)
 		}
 	}
@@ -1150,5 +1151,47 @@ func TestCommandIsTheWholeCommandLine(t *testing.T) {
 				return err
 			})
 		})
+	}
+}
+
+// Lines are stamped with the time their first part was read, a line cut
+// across reads keeps one stamp, and the stored file reads back as lines
+// with those times; unstamped lines (older files) take their neighbours'.
+func TestLogStamps(t *testing.T) {
+	d := New(testOptions(t.TempDir()))
+	if err := os.MkdirAll(d.instanceDir("st"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t1 := time.Date(2026, 11, 30, 7, 0, 0, 100, time.UTC)
+	t2 := t1.Add(time.Second)
+	w := &logWriter{d: d, name: "st", stream: "stdout"}
+	w.Write([]byte("a\nb"), t1)
+	w.Write([]byte("c\nd\n"), t2)
+	w.close()
+	b, err := os.ReadFile(d.logPath("st", "stdout", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "2026-11-30T07:00:00.000000100Z a\n2026-11-30T07:00:00.000000100Z bc\n2026-11-30T07:00:01.000000100Z d\n"
+	if string(b) != want {
+		t.Fatalf("file:\n%s\nwant:\n%s", b, want)
+	}
+	st, err := d.tail("st", "stdout", 10, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := fmt.Sprint(st.lines)
+	if len(st.lines) != 3 || st.lines[1].Line != "bc" || !st.lines[1].Time.Equal(t1) || !st.lines[2].Time.Equal(t2) {
+		t.Fatalf("tail = %s", got)
+	}
+	legacy := timeLines("stdout", []string{"old", "2026-11-30T07:00:01.000000100Z x", "cut rest"}, time.Time{}, t1)
+	if !legacy[0].Time.Equal(t2) || legacy[0].Line != "old" || !legacy[2].Time.Equal(t2) || legacy[1].Line != "x" {
+		t.Fatalf("unstamped lines: %+v", legacy)
+	}
+	merged := mergeLines(
+		[]drivers.LogLine{{Time: t1, Line: "o1"}, {Time: t2.Add(time.Second), Line: "o3"}},
+		[]drivers.LogLine{{Time: t2, Line: "e2"}})
+	if merged[0].Line != "o1" || merged[1].Line != "e2" || merged[2].Line != "o3" {
+		t.Fatalf("merge: %+v", merged)
 	}
 }

@@ -48,7 +48,8 @@ func (h *harness) Network() string { return "vmbr1" }
 func (h *harness) Close() { h.env.checkRequests(h.t) }
 
 func runConformance(t *testing.T, kind string, opts ...driverstest.Option) {
-	all := drivers.Capabilities{Exec: true, Logs: true, Limits: true, Snapshots: true, Clone: true, Networks: true, Events: true}
+	all := drivers.Capabilities{Exec: true, Logs: true, Limits: true, Snapshots: true, Clone: true, Networks: true, Events: true,
+		LogTimes: true, LogOrder: true}
 	loadSchema(t)
 	base := []driverstest.Option{
 		driverstest.WithCapabilities(all),

@@ -34,6 +34,10 @@ type logEntry struct {
 	T string `json:"t"`
 }
 
+// LogFormat: task lines are in task order, each with its task's start
+// time (PVE's task log has no time per line; seconds).
+func (d *Driver) LogFormat() drivers.LogFormat { return drivers.LogFormat{Times: true, Ordered: true} }
+
 // Logs emits the log lines of the guest's recent PVE tasks (start,
 // shutdown, snapshot, clone, …), oldest first, as "<task type>: <line>"
 // with Stream "task" and the task's start time: what happened to the

@@ -25,6 +25,10 @@ type stream struct {
 	partial string // a line without its newline yet
 }
 
+// LogFormat: supervisord keeps stdout and stderr in two files without
+// times, so lines carry no time and only each stream's lines are in order.
+func (d *Driver) LogFormat() drivers.LogFormat { return drivers.LogFormat{} }
+
 // Logs emits the last opts.Lines lines of the program's logs. supervisord
 // keeps stdout and stderr in separate files without timestamps, so they
 // cannot be interleaved: the tail is stderr's lines then stdout's, cut to
@@ -153,7 +157,7 @@ func (d *Driver) follow(ctx context.Context, name string, s *stream, emit func(d
 		whole, partial := splitLines(s.partial + data)
 		s.partial = partial
 		for _, l := range whole {
-			if err := emit(drivers.LogLine{Time: time.Now().UTC(), Stream: s.name, Line: l}); err != nil {
+			if err := emit(drivers.LogLine{Stream: s.name, Line: l}); err != nil {
 				return err
 			}
 		}

@@ -86,6 +86,13 @@ func (h harness) Template(name string) drivers.InstanceTemplate {
 
 func (h harness) Close() {}
 
+// ScriptTemplate is Template running script.
+func (h harness) ScriptTemplate(name, script string) drivers.InstanceTemplate {
+	t := h.Template(name)
+	t.Command = []string{"/bin/sh", "-c", script}
+	return t
+}
+
 // StubbornTemplate: the program's shell ignores SIGTERM, so only a kill ends it.
 func (h harness) StubbornTemplate(name string) drivers.InstanceTemplate {
 	t := h.Template(name)

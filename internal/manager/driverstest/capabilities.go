@@ -227,6 +227,7 @@ func testLogs(t *testing.T, e *env) {
 	if e.s.logsNotOutput != "" {
 		e.run("EmitError", func(t *testing.T, e *env) { testLogsEmitError(t, e, name) })
 		e.run("Missing", testLogsMissing)
+		e.run("Order", testLogsOrder)
 		e.run("Output", func(t *testing.T, e *env) { t.Skip(e.s.logsNotOutput) })
 		return
 	}
@@ -298,6 +299,7 @@ func testLogs(t *testing.T, e *env) {
 	})
 	e.run("EmitError", func(t *testing.T, e *env) { testLogsEmitError(t, e, name) })
 	e.run("Missing", testLogsMissing)
+	e.run("Order", testLogsOrder)
 }
 
 // testLogsEmitError checks that an error from emit stops a followed read
