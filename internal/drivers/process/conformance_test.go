@@ -69,6 +69,7 @@ func testOptions(dir string) Options {
 		AllowRoot:        true,
 		PollInterval:     config.Duration(50 * time.Millisecond),
 		LogCheckInterval: config.Duration(100 * time.Millisecond),
+		StartSettle:      config.Duration(100 * time.Millisecond),
 	}
 }
 

@@ -262,6 +262,8 @@ func openPipe(path string) (*os.File, error) {
 // in paths, stdout's then stderr's) into its log writers until every writer
 // of the pipe has closed it (EOF) or the driver closes. d.mu is held.
 func (d *Driver) startPumps(in *inst, paths [2]string) error {
+	wg := &sync.WaitGroup{}
+	in.pumps = wg
 	for i, s := range streams {
 		r, err := openPipe(paths[i])
 		if err != nil {
@@ -275,7 +277,8 @@ func (d *Driver) startPumps(in *inst, paths [2]string) error {
 		d.pumps[r] = struct{}{}
 		d.pumpMu.Unlock()
 		d.pumpWG.Add(1)
-		go d.pump(r, w)
+		wg.Add(1)
+		go func() { defer wg.Done(); d.pump(r, w) }()
 	}
 	return nil
 }

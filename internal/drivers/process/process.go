@@ -67,11 +67,21 @@ type Options struct {
 	// worker runs as root (uid 65534 where no such user exists). A worker that is not root ignores it: it can
 	// only run processes as itself.
 	DefaultUser string `yaml:"default_user"`
+	// StartSettle is how long Start watches a process it started before
+	// answering (default 500ms; negative: not at all). A process that
+	// exits with a non-zero status or is killed within it makes Start fail
+	// with code exited, giving the exit status and the last lines of its
+	// output; one that exits 0 (a one-shot command that is done) is a
+	// successful start.
+	StartSettle config.Duration `yaml:"start_settle"`
 	// AllowRoot lets instances and exec commands run as root (uid 0),
 	// whether the request names root or DefaultUser is root. Default
 	// false: such requests are permission_denied. See docs/security.md.
 	AllowRoot bool `yaml:"allow_root"`
 }
+
+// DefaultStartSettle is the default of Options.StartSettle.
+const DefaultStartSettle = 500 * time.Millisecond
 
 // DefaultStateDir is the default state directory for this user.
 func DefaultStateDir() string {
@@ -107,6 +117,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.PollInterval <= 0 {
 		o.PollInterval = config.Duration(250 * time.Millisecond)
+	}
+	if o.StartSettle == 0 {
+		o.StartSettle = config.Duration(DefaultStartSettle)
 	}
 	if o.Cgroups == "" {
 		o.Cgroups = "auto"
@@ -184,6 +197,9 @@ type inst struct {
 	prev *procfs.TreeSample
 	// logs are the writers of stdout and stderr (created at the first start).
 	logs [2]*logWriter
+	// pumps is done when the pumps of the current process's output have
+	// read everything (EOF); set by startPumps.
+	pumps *sync.WaitGroup
 }
 
 // closeLogs ends the instance's log writers (deleted or driver closed).

@@ -432,7 +432,7 @@ func TestExitEvents(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			tmpl := drivers.InstanceTemplate{Name: c.name, BaseImage: "sh", Command: []string{"sh", "-c", "sleep 0.2; " + c.script}}
+			tmpl := drivers.InstanceTemplate{Name: c.name, BaseImage: "sh", Command: []string{"sh", "-c", "sleep 0.6; " + c.script}}
 			if _, err := d.Create(tctx(t), tmpl); err != nil {
 				t.Fatal(err)
 			}
@@ -1193,5 +1193,56 @@ func TestLogStamps(t *testing.T) {
 		[]drivers.LogLine{{Time: t2, Line: "e2"}})
 	if merged[0].Line != "o1" || merged[1].Line != "e2" || merged[2].Line != "o3" {
 		t.Fatalf("merge: %+v", merged)
+	}
+}
+
+// A process that fails within the start settle window makes Start fail
+// with code exited, giving its exit status and last output; one that
+// exits 0 at once, or fails after the window, was started.
+func TestStartReportsEarlyExit(t *testing.T) {
+	o := testOptions(t.TempDir())
+	o.StartSettle = config.Duration(400 * time.Millisecond)
+	d := New(o)
+	if err := d.Connect(tctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	cases := []struct {
+		name   string
+		script string
+		code   drivers.Code // 0: started
+		says   []string
+		state  drivers.State
+	}{
+		{"dies", "echo starting; echo 'boom: no config' >&2; exit 3", drivers.Exited,
+			[]string{`"dies" exited (status 3) within 400ms`, "[stdout] starting | [stderr] boom: no config"}, drivers.StateError},
+		{"killed", "kill -9 $$", drivers.Exited, []string{"killed by SIGKILL", "no output"}, drivers.StateError},
+		{"one-shot", "echo done", 0, nil, drivers.StateStopped},
+		{"late", "sleep 1.5; exit 1", 0, nil, drivers.StateRunning},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			tmpl := drivers.InstanceTemplate{Name: c.name, BaseImage: "sh", Command: []string{"sh", "-c", c.script}}
+			if _, err := d.Create(tctx(t), tmpl); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _, _ = d.Delete(context.Background(), c.name, drivers.DeleteOptions{Force: true}) })
+			changed, err := d.Start(tctx(t), c.name)
+			if got := drivers.Classify(d, err); got != c.code || !changed && err == nil {
+				t.Fatalf("Start = %v, %v (code %v), want code %v", changed, err, got, c.code)
+			}
+			for _, s := range c.says {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not say %q", err, s)
+				}
+			}
+			testenv.Eventually(t, settle, func() error {
+				inst, err := d.Get(tctx(t), c.name)
+				if err == nil && inst.State != c.state {
+					err = fmt.Errorf("state %s (%s), want %s", inst.State, inst.NativeState, c.state)
+				}
+				return err
+			})
+		})
 	}
 }

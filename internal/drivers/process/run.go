@@ -120,19 +120,101 @@ func startErr(argv0 string, err error) error {
 }
 
 // Start starts the instance's process in its own session, its output
-// going straight to the log files.
+// going to the log files, then watches it for StartSettle: a process that
+// fails within it (a non-zero exit status, or killed) is Exited, with its
+// exit status and last output lines.
 func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
+	changed, done, err := d.start(ctx, name)
+	settle := time.Duration(d.opts.StartSettle)
+	if err != nil || !changed || settle <= 0 {
+		return changed, err
+	}
+	t := time.NewTimer(settle)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true, d.earlyExit(name, settle)
+	case <-t.C:
+	case <-ctx.Done(): // started; the caller stopped waiting for the verdict
+	}
+	return true, nil
+}
+
+// earlyExit is the error of a process that exited within the settle
+// window, or nil when it exited with status 0.
+func (d *Driver) earlyExit(name string, settle time.Duration) error {
+	d.mu.Lock()
+	in, err := d.lookup(name)
+	if err != nil {
+		d.mu.Unlock()
+		return nil // deleted meanwhile
+	}
+	r := in.rec
+	state, native, pumps := r.State, r.Native, in.pumps
+	d.mu.Unlock()
+	if state != drivers.StateError {
+		return nil // exit status 0 (or stopped through this driver)
+	}
+	if pumps != nil { // let the pumps store the last output (bounded: a child may hold the pipe)
+		flushed := make(chan struct{})
+		go func() { pumps.Wait(); close(flushed) }()
+		select {
+		case <-flushed:
+		case <-time.After(earlyExitFlush):
+		}
+	}
+	return drivers.Errorf(drivers.Exited, "instance %q %s within %v of its start%s", name, native, settle, d.lastOutput(name, earlyExitLines))
+}
+
+// earlyExitLines is how many output lines an early exit's error quotes;
+// earlyExitFlush how long it waits for them to be stored.
+const (
+	earlyExitLines = 5
+	earlyExitFlush = 300 * time.Millisecond
+)
+
+// lastOutput formats the last n lines of an instance's output for an
+// error: "; last output: [stderr] boom | [stdout] hi" ("" without any).
+func (d *Driver) lastOutput(name string, n int) string {
+	var lines [][]drivers.LogLine
+	for _, s := range streams {
+		t, err := d.tail(name, s, n, false)
+		if err != nil {
+			continue
+		}
+		lines = append(lines, t.lines)
+	}
+	all := mergeLines(lines...)
+	if len(all) > n {
+		all = all[len(all)-n:]
+	}
+	if len(all) == 0 {
+		return "; no output"
+	}
+	parts := make([]string, len(all))
+	for i, l := range all {
+		text := l.Line
+		if len(text) > 200 {
+			text = text[:200] + "…"
+		}
+		parts[i] = "[" + l.Stream + "] " + text
+	}
+	return "; last output: " + strings.Join(parts, " | ")
+}
+
+// start starts the process; done is closed when it exits.
+func (d *Driver) start(ctx context.Context, name string) (changed bool, done chan struct{}, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	in, err := d.lookup(name)
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
 	if in.rec.State == drivers.StateRunning {
-		return false, nil
+		return false, nil, nil
 	}
 	if err := ctx.Err(); err != nil {
-		return false, fmt.Errorf("start %s: %w", name, err)
+		return false, nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	r := in.rec
 	t := r.Template
@@ -140,34 +222,34 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 	env := envOf(t, nil)
 	path, err := resolveExecutable(argv[0], env, t.WorkDir)
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
-		return false, fmt.Errorf("start %s: %w", name, err)
+		return false, nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	defer devnull.Close()
 	attr := &syscall.SysProcAttr{Setsid: true}
 	cred, err := d.runAs(t.User)
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
 	attr.Credential = cred
 	limited := d.cg != nil && !r.Limits.IsZero()
 	if limited {
 		if err := d.cg.apply(r.ID, r.Limits); err != nil {
-			return false, err
+			return false, nil, err
 		}
-		var done func()
-		path, argv, done, err = d.cg.enter(r.ID, attr, path, argv)
+		var leave func()
+		path, argv, leave, err = d.cg.enter(r.ID, attr, path, argv)
 		if err != nil {
-			return false, err
+			return false, nil, err
 		}
-		defer done()
+		defer leave()
 	}
 	pw, pr, err := outputPipes()
 	if err != nil {
-		return false, fmt.Errorf("output pipes of %s: %w", name, err)
+		return false, nil, fmt.Errorf("output pipes of %s: %w", name, err)
 	}
 	defer closeAll(pw[:])
 	defer closeAll(pr[:])
@@ -178,7 +260,7 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 	r.Starting = &startIntent{Nonce: nonce, Planned: time.Now().UTC()}
 	if err := d.writeRecord(r); err != nil {
 		r.Starting = nil
-		return false, fmt.Errorf("recording start of %s: %w", name, err)
+		return false, nil, fmt.Errorf("recording start of %s: %w", name, err)
 	}
 	fault("start.intent")
 	env = append(env, markEnv+"="+d.markOf(r.ID, nonce))
@@ -191,7 +273,7 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 	if err != nil {
 		r.Starting = nil
 		_ = d.writeRecord(r)
-		return false, startErr(argv[0], err)
+		return false, nil, startErr(argv[0], err)
 	}
 	fault("start.spawned")
 	closeAll(pw[:]) // the worker must not keep a write end: EOF comes when the instance's are closed
@@ -201,7 +283,7 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 		ps, _ := proc.Wait()
 		r.Starting = nil
 		_ = d.writeRecord(r)
-		return false, drivers.Errorf(drivers.Internal, "instance %q exited at once (%v)", name, ps)
+		return false, nil, drivers.Errorf(drivers.Exited, "instance %q exited at once (%v)", name, ps)
 	}
 	if limited {
 		_ = d.cg.addTree(r.ID, proc.Pid) // already inside, unless started without /bin/sh
@@ -220,7 +302,7 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 		_ = syscall.Kill(-proc.Pid, syscall.SIGKILL)
 		_, _ = proc.Wait()
 		r.State, r.Pid, r.StartTicks, r.Nonce = drivers.StateStopped, 0, 0, ""
-		return false, fmt.Errorf("recording state of %s: %w", name, err)
+		return false, nil, fmt.Errorf("recording state of %s: %w", name, err)
 	}
 	fault("start.confirmed")
 	// The worker reads through its own copies of the read ends: output of
@@ -232,7 +314,7 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 	go d.waitExit(in, proc, st.StartTicks, in.done)
 	d.events.emit(drivers.Event{Type: drivers.EventStarted, Instance: name, Time: r.StartedAt, State: r.State,
 		Details: map[string]string{"pid": strconv.Itoa(proc.Pid)}})
-	return true, nil
+	return true, in.done, nil
 }
 
 // waitExit reaps a child of this worker. It outlives Close (a child must
