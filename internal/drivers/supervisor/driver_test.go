@@ -183,17 +183,23 @@ func TestCrashingProgramReachesFatal(t *testing.T) {
 		t.Fatalf("Create: %v", err)
 	}
 	got.wait(t, "appeared", name, func(ev drivers.Event) bool { return ev.Type == drivers.EventAppeared })
+	began := time.Now()
 	_, err = d.Start(ctx, name)
-	if err == nil || !strings.Contains(err.Error(), "FATAL") {
-		t.Fatalf("Start of a crashing program: %v, want a FATAL error", err)
+	// At the first failed attempt, not after supervisord's retries: code
+	// exited, with the program's last lines.
+	if classify(err) != drivers.Exited || !strings.Contains(err.Error(), "exited before start_secs") || !strings.Contains(err.Error(), "[stderr] boom") {
+		t.Fatalf("Start of a crashing program: %v (code %s), want exited with its output", err, classify(err))
 	}
-	inst, err := d.Get(ctx, name)
-	if err != nil {
-		t.Fatal(err)
+	if took := time.Since(began); took > 3*time.Second {
+		t.Errorf("Start of a crashing program answered after %v", took)
 	}
-	if inst.State != drivers.StateError || inst.NativeState != "FATAL" {
-		t.Errorf("Get: %s (%s), want error (FATAL)", inst.State, inst.NativeState)
-	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		inst, err := d.Get(ctx, name)
+		if err == nil && (inst.State != drivers.StateError || inst.NativeState != "FATAL") {
+			err = fmt.Errorf("Get: %s (%s), want error (FATAL)", inst.State, inst.NativeState)
+		}
+		return err
+	})
 	ev := got.wait(t, "failed", name, func(ev drivers.Event) bool {
 		return ev.Type == drivers.EventFailed && ev.Details["native_state"] == "FATAL"
 	})
@@ -707,6 +713,46 @@ func TestCommandIsTheWholeCommandLine(t *testing.T) {
 			wantCode(t, "Create", err, c.code)
 			if _, err := d.Get(ctx, c.tmpl.Name); err == nil {
 				t.Errorf("a refused create left %s behind", c.tmpl.Name)
+			}
+		})
+	}
+}
+
+// With supervisord's retries (start_retries 3, about 6 s until FATAL),
+// Start still answers exited at the first failed attempt, naming the
+// retries, with the program's last lines (a program that exits 0 before
+// start_secs failed to start too, for supervisord).
+func TestStartOfAFailingProgramAnswersAtOnce(t *testing.T) {
+	o := testOptions(t)
+	o.StartRetries = 3
+	d, ctx := newDriver(t, o)
+	cases := []struct {
+		name    string
+		command []string
+		says    []string
+	}{
+		{"crash", []string{"/bin/sh", "-c", "echo 'config missing' >&2; exit 2"}, []string{"BACKOFF", "[stderr] config missing"}},
+		{"quick-success", []string{"/bin/sh", "-c", "echo done"}, []string{"exited before start_secs", "[stdout] done"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			name := uniqueName("sbsv-" + c.name)
+			cleanupDelete(t, d, name)
+			if _, err := d.Create(ctx, drivers.InstanceTemplate{Name: name, Command: c.command}); err != nil {
+				t.Fatalf("Create: %v", err)
+			}
+			began := time.Now()
+			_, err := d.Start(ctx, name)
+			if classify(err) != drivers.Exited {
+				t.Fatalf("Start: %v (code %s), want exited", err, classify(err))
+			}
+			if took := time.Since(began); took > 3*time.Second {
+				t.Errorf("Start answered after %v, want at the first failed attempt", took)
+			}
+			for _, s := range c.says {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not say %q", err, s)
+				}
 			}
 		})
 	}

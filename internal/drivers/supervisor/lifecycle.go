@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"syscall"
 	"time"
 
@@ -47,19 +48,73 @@ func (d *Driver) wait(ctx context.Context, name string, done func(processInfo) (
 	}
 }
 
-// untilRunning is a wait condition: RUNNING, or an error once supervisord
-// has given up (FATAL) or the program exited.
+// untilRunning is a wait condition: RUNNING, or a *startFailure as soon
+// as the start attempt failed: BACKOFF (the program exited, or could not
+// be spawned, before start_secs; supervisord will retry it), FATAL
+// (supervisord gave up), or EXITED/STOPPED.
 func untilRunning(p processInfo) (bool, error) {
 	switch p.StateName {
 	case "RUNNING":
 		return true, nil
-	case "FATAL":
-		return false, drivers.Errorf(drivers.Internal, "program %q failed to start (FATAL): %s", p.namespec(), p.SpawnErr)
-	case "EXITED", "STOPPED":
-		return false, drivers.Errorf(drivers.Internal, "program %q exited while starting (%s, exit status %d)", p.namespec(), p.StateName, p.ExitStatus)
+	case "BACKOFF", "FATAL", "EXITED", "STOPPED":
+		return false, &startFailure{p: p}
 	}
 	return false, nil
 }
+
+// startFailure is a start attempt that failed; Start turns it into an
+// Exited error with the program's last log lines (startFailed).
+type startFailure struct{ p processInfo }
+
+func (e *startFailure) Error() string {
+	p := e.p
+	// supervisord records no exit status for an exit before startsecs,
+	// only the spawn error "Exited too quickly …".
+	what := "exited before start_secs"
+	switch {
+	case p.StateName == "EXITED":
+		what = fmt.Sprintf("exited (status %d)", p.ExitStatus)
+	case p.SpawnErr != "" && !strings.HasPrefix(p.SpawnErr, "Exited too quickly"):
+		what = "could not be spawned: " + p.SpawnErr
+	}
+	switch p.StateName {
+	case "BACKOFF":
+		return fmt.Sprintf("program %q %s (BACKOFF: supervisord retries it up to startretries times, then gives up with FATAL)", p.namespec(), what)
+	case "FATAL":
+		return fmt.Sprintf("program %q %s and supervisord gave up (FATAL)", p.namespec(), what)
+	}
+	return fmt.Sprintf("program %q %s while starting (%s)", p.namespec(), what, p.StateName)
+}
+
+// startFailed returns err, or for a *startFailure an Exited error
+// carrying the program's last log lines.
+func (d *Driver) startFailed(ctx context.Context, name string, err error) error {
+	var f *startFailure
+	if !errors.As(err, &f) {
+		return err
+	}
+	var lines []string
+	for _, s := range []string{"stdout", "stderr"} {
+		got, terr := d.tailLines(ctx, name, &stream{name: s}, startFailureLines)
+		if terr != nil {
+			continue
+		}
+		for _, l := range got {
+			lines = append(lines, "["+s+"] "+l)
+		}
+	}
+	if len(lines) > startFailureLines { // stdout's then stderr's: keep the end of each
+		lines = lines[len(lines)-startFailureLines:]
+	}
+	out := "; no output"
+	if len(lines) > 0 {
+		out = "; last output: " + strings.Join(lines, " | ")
+	}
+	return drivers.Errorf(drivers.Exited, "%s%s", f.Error(), out)
+}
+
+// startFailureLines is how many log lines a failed start's error quotes.
+const startFailureLines = 6
 
 // Start starts the program without supervisord's wait and polls until it
 // is RUNNING (which takes the program's startsecs).
@@ -78,7 +133,7 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 		return false, nil
 	case p.StateName == "STARTING" || p.StateName == "BACKOFF":
 		_, err := d.wait(ctx, name, untilRunning)
-		return false, err
+		return false, d.startFailed(ctx, name, err)
 	case p.StateName == "STOPPING":
 		if _, err := d.wait(ctx, name, func(p processInfo) (bool, error) { return stopped(p.StateName), nil }); err != nil {
 			return false, err
@@ -99,7 +154,7 @@ func (d *Driver) Start(ctx context.Context, name string) (bool, error) {
 		return false, err
 	}
 	started, err = d.wait(ctx, name, untilRunning)
-	return changed, err
+	return changed, d.startFailed(ctx, name, err)
 }
 
 // Stop stops the program with its stop signal, without supervisord's wait.
