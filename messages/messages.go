@@ -214,4 +214,8 @@ type CapabilitiesResult struct {
 	Host         string       `json:"host"`
 	Capabilities Capabilities `json:"capabilities"`
 	Ops          []string     `json:"ops"`
+	// NameRule states the driver's rule for instance names (checked
+	// before the substrate is touched; a name outside it is
+	// invalid_argument).
+	NameRule string `json:"name_rule,omitempty"`
 }

@@ -47,3 +47,63 @@ func ValidDriverName(name string) error {
 	}
 	return nil
 }
+
+// NameRule is a driver's rule for instance names: what its substrate
+// accepts, which may be less than ValidateName allows (LXD refuses '_'
+// and '.', Docker one-character names). The manager checks it, after
+// ValidateName, before the substrate is touched: a name outside it is
+// InvalidArgument naming the rule, and nothing changes.
+type NameRule struct {
+	// Text states the rule in words, for errors, capabilities and docs.
+	Text string
+	// Valid reports whether an instance may be called name. create is
+	// true for a name a request would give a new instance (create, the
+	// target of a clone); false for a name that addresses one (a driver
+	// may address instances by more names than it can create, as Proxmox
+	// does with VMIDs). Valid is only asked about names ValidateName
+	// accepts.
+	Valid func(name string, create bool) bool
+}
+
+// NameRuler is implemented by drivers to declare their NameRule. A driver
+// without it accepts every name ValidateName does (GenericNameRule).
+type NameRuler interface {
+	NameRule() NameRule
+}
+
+// GenericNameRule is the rule of ValidateName itself.
+func GenericNameRule() NameRule {
+	return NameRule{
+		Text:  fmt.Sprintf("1 to %d letters, digits, '_', '.' and '-', starting with a letter or digit", MaxNameLen),
+		Valid: func(string, bool) bool { return true },
+	}
+}
+
+// NameRuleOf returns the rule d declares, or GenericNameRule.
+func NameRuleOf(d Driver) NameRule {
+	if r, ok := d.(NameRuler); ok {
+		if rule := r.NameRule(); rule.Valid != nil {
+			return rule
+		}
+	}
+	return GenericNameRule()
+}
+
+// Check checks name (field names the argument) against ValidateName and
+// the rule; the error's code is InvalidArgument.
+func (r NameRule) Check(field, name string, create bool) error {
+	if err := ValidateName(field, name); err != nil {
+		return err
+	}
+	if !r.Valid(name, create) {
+		return Errorf(InvalidArgument, "%s: %q is not a name this driver can have: %s", field, name, r.Text)
+	}
+	return nil
+}
+
+// dnsLabel: letters, digits and '-', not starting or ending with '-'.
+var dnsLabel = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$`)
+
+// DNSLabel reports whether s is a DNS label of at most 63 characters
+// (RFC 1123: letters, digits and '-', not starting or ending with '-').
+func DNSLabel(s string) bool { return len(s) <= 63 && dnsLabel.MatchString(s) }

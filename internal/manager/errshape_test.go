@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/subbus/subbus/internal/drivers"
@@ -98,5 +99,62 @@ func TestErrorShapeDropsARepeatedDetail(t *testing.T) {
 		drivers.Errorf(drivers.NotFound, "instance %q not found", "x"))
 	if info := messages.InfoOf(err); info.Message != `instance "x" not found` || info.Detail != "" || err.Error() != info.Message {
 		t.Fatalf("wire error %+v, want the message alone", info)
+	}
+}
+
+// ruledDriver declares a name rule: no '_', and all digits only address.
+type ruledDriver struct{ *fullDriver }
+
+func (ruledDriver) NameRule() drivers.NameRule {
+	return drivers.NameRule{Text: "no underscores; digits address only", Valid: func(n string, create bool) bool {
+		if strings.Trim(n, "0123456789") == "" {
+			return !create
+		}
+		return !strings.Contains(n, "_")
+	}}
+}
+
+// The manager checks the driver's name rule before any driver call:
+// invalid_argument stating the rule, no call, no event.
+func TestDriverNameRule(t *testing.T) {
+	d := ruledDriver{newFullDriver("fake")}
+	d.add("web", drivers.StateStopped)
+	h := newHarness(t, d, Options{RetryAttempts: 1, CacheTTL: -1})
+	refused := []struct {
+		name string
+		call func() error
+	}{
+		{"create", func() error {
+			_, err := h.m.Create(bg, drivers.InstanceTemplate{Name: "my_box", BaseImage: "img"})
+			return err
+		}},
+		{"create all digits", func() error {
+			_, err := h.m.Create(bg, drivers.InstanceTemplate{Name: "4242", BaseImage: "img"})
+			return err
+		}},
+		{"clone target", func() error { _, err := h.m.Clone(bg, "web", "web_2"); return err }},
+		{"start", func() error { _, err := h.m.Start(bg, "my_box"); return err }},
+		{"snapshot", func() error { return h.m.RestoreSnapshot(bg, "my_box", "s1") }},
+	}
+	for _, r := range refused {
+		t.Run(r.name, func(t *testing.T) {
+			before := d.totalCalls()
+			h.events.reset()
+			err := r.call()
+			wantCode(t, err, drivers.InvalidArgument)
+			if !strings.Contains(err.Error(), "no underscores; digits address only") {
+				t.Errorf("error %q does not state the rule", err)
+			}
+			if n := d.totalCalls() - before; n != 0 {
+				t.Errorf("%d driver calls", n)
+			}
+			if evs := h.events.all(); len(evs) != 0 {
+				t.Errorf("events %+v", evs)
+			}
+		})
+	}
+	// All digits may still address an instance.
+	if _, err := h.m.Get(bg, "4242"); drivers.CodeOf(err) != drivers.NotFound {
+		t.Errorf("Get(4242): %v, want not_found", err)
 	}
 }

@@ -93,6 +93,7 @@ type Manager struct {
 	d     drivers.Driver
 	opts  Options
 	caps  drivers.Capabilities
+	names drivers.NameRule // the driver's rule for instance names
 	log   zerolog.Logger
 	now   func() time.Time
 	sleep func(ctx context.Context, d time.Duration) error // nil: real timers
@@ -120,7 +121,7 @@ type Manager struct {
 // New returns a Manager over d. It does not connect; call Connect.
 func New(d drivers.Driver, opts Options) *Manager {
 	opts = opts.withDefaults()
-	m := &Manager{d: d, opts: opts, caps: drivers.CapabilitiesOf(d), log: opts.Logger, now: time.Now}
+	m := &Manager{d: d, opts: opts, caps: drivers.CapabilitiesOf(d), names: drivers.NameRuleOf(d), log: opts.Logger, now: time.Now}
 	m.cache = cache{ttl: opts.CacheTTL, now: func() time.Time { return m.now() }}
 	m.echo = echoFilter{window: opts.EchoWindow}
 	m.stats.since = time.Now().UTC()
@@ -138,6 +139,10 @@ func New(d drivers.Driver, opts Options) *Manager {
 
 // Driver returns the driver's name.
 func (m *Manager) Driver() string { return m.d.Name() }
+
+// NameRule returns the driver's rule for instance names, which the
+// manager checks before any driver call.
+func (m *Manager) NameRule() drivers.NameRule { return m.names }
 
 // Host returns the host identity.
 func (m *Manager) Host() string { return m.opts.Host }

@@ -41,7 +41,7 @@ func (m *Manager) List(ctx context.Context) ([]drivers.Instance, error) {
 
 // Get returns one instance or NotFound.
 func (m *Manager) Get(ctx context.Context, name string) (drivers.Instance, error) {
-	if err := drivers.ValidateName("name", name); err != nil {
+	if err := m.names.Check("name", name, false); err != nil {
 		return drivers.Instance{}, m.reject("get", err)
 	}
 	if i, ok := m.cache.get(name); ok {
@@ -82,6 +82,9 @@ func (m *Manager) Create(ctx context.Context, t drivers.InstanceTemplate) (drive
 	if err := ValidateTemplate(t); err != nil {
 		return drivers.Instance{}, m.reject("create", err)
 	}
+	if err := m.names.Check("template.name", t.Name, true); err != nil {
+		return drivers.Instance{}, m.reject("create", err)
+	}
 	var inst drivers.Instance
 	err := m.mutate(ctx, "create", []string{t.Name}, func(ctx context.Context, fl *flight) error {
 		i, err := run(m, ctx, driverCall{op: "create", flight: fl, subj: subject{instance: t.Name, template: &t}}, func(ctx context.Context) (drivers.Instance, error) {
@@ -114,7 +117,7 @@ func (m *Manager) emitState(ctx context.Context, typ drivers.EventType, instance
 // Start starts an instance; changed=false when it was already running
 // (then no started event is emitted).
 func (m *Manager) Start(ctx context.Context, name string) (bool, error) {
-	if err := drivers.ValidateName("name", name); err != nil {
+	if err := m.names.Check("name", name, false); err != nil {
 		return false, m.reject("start", err)
 	}
 	var changed bool
@@ -153,7 +156,7 @@ func (m *Manager) stopOptions(opts drivers.StopOptions) (drivers.StopOptions, er
 // no stopped event is emitted). Without Force and Timeout, the graceful
 // timeout is Options.StopTimeout.
 func (m *Manager) Stop(ctx context.Context, name string, opts drivers.StopOptions) (bool, error) {
-	if err := drivers.ValidateName("name", name); err != nil {
+	if err := m.names.Check("name", name, false); err != nil {
 		return false, m.reject("stop", err)
 	}
 	opts, err := m.stopOptions(opts)
@@ -192,7 +195,7 @@ func stopDetails(opts drivers.StopOptions) map[string]string {
 // has one (not retried), else by stop then start (each retried) under one
 // lock; emits restarted.
 func (m *Manager) Restart(ctx context.Context, name string, opts drivers.StopOptions) error {
-	if err := drivers.ValidateName("name", name); err != nil {
+	if err := m.names.Check("name", name, false); err != nil {
 		return m.reject("restart", err)
 	}
 	opts, err := m.stopOptions(opts)
@@ -224,7 +227,7 @@ func (m *Manager) Restart(ctx context.Context, name string, opts drivers.StopOpt
 // (then no deleted event is emitted). Only a forced delete is retried: an
 // unforced retry after a delete that happened would be NotFound.
 func (m *Manager) Delete(ctx context.Context, name string, opts drivers.DeleteOptions) (bool, error) {
-	if err := drivers.ValidateName("name", name); err != nil {
+	if err := m.names.Check("name", name, false); err != nil {
 		return false, m.reject("delete", err)
 	}
 	var changed bool
@@ -250,7 +253,7 @@ func (m *Manager) Delete(ctx context.Context, name string, opts drivers.DeleteOp
 
 // Metrics returns one usage sample.
 func (m *Manager) Metrics(ctx context.Context, name string) (drivers.ResourceUsage, error) {
-	if err := drivers.ValidateName("name", name); err != nil {
+	if err := m.names.Check("name", name, false); err != nil {
 		return drivers.ResourceUsage{}, m.reject("metrics", err)
 	}
 	return run(m, ctx, driverCall{op: "metrics", retry: true, subj: subject{instance: name}}, func(ctx context.Context) (drivers.ResourceUsage, error) {
@@ -270,7 +273,7 @@ func (m *Manager) MetricsBatch(ctx context.Context, names []string) (map[string]
 	failed := map[string]error{}
 	valid := make([]string, 0, len(names))
 	for _, n := range names {
-		if err := drivers.ValidateName("name", n); err != nil {
+		if err := m.names.Check("name", n, false); err != nil {
 			failed[n] = m.reject("metrics", err)
 			continue
 		}
@@ -403,7 +406,7 @@ func (e *errWriter) failed(err error, other *errWriter) error {
 // returned as it is. Exec is not a lifecycle mutation: it takes
 // no instance lock, emits no event and is never retried.
 func (m *Manager) Exec(ctx context.Context, name string, req drivers.ExecRequest, stdout, stderr drivers.Writer) (messages.ExecResult, error) {
-	if err := drivers.ValidateName("name", name); err != nil {
+	if err := m.names.Check("name", name, false); err != nil {
 		return messages.ExecResult{}, m.reject("exec", err)
 	}
 	if err := validateExec(req); err != nil {
@@ -452,7 +455,7 @@ func (m *Manager) Exec(ctx context.Context, name string, req drivers.ExecRequest
 // has no default deadline: it runs until the caller's ctx ends. An error
 // returned by emit stops reading and is returned as it is.
 func (m *Manager) Logs(ctx context.Context, name string, opts drivers.LogOptions, emit func(drivers.LogLine) error) error {
-	if err := drivers.ValidateName("name", name); err != nil {
+	if err := m.names.Check("name", name, false); err != nil {
 		return m.reject("logs", err)
 	}
 	if opts.Lines < 0 {
@@ -492,7 +495,7 @@ func (m *Manager) Logs(ctx context.Context, name string, opts drivers.LogOptions
 
 // GetLimits returns an instance's resource limits.
 func (m *Manager) GetLimits(ctx context.Context, name string) (drivers.ResourceLimits, error) {
-	if err := drivers.ValidateName("name", name); err != nil {
+	if err := m.names.Check("name", name, false); err != nil {
 		return drivers.ResourceLimits{}, m.reject("limits-get", err)
 	}
 	l, ok := m.d.(drivers.Limiter)
@@ -520,7 +523,7 @@ func (m *Manager) UnsetLimits(ctx context.Context, name string, fields []drivers
 // applies the non-zero fields of limits, and returns the limits now in
 // force; emits limits_changed. It serves the limits-set op.
 func (m *Manager) ChangeLimits(ctx context.Context, name string, limits drivers.ResourceLimits, unset []drivers.LimitField) (drivers.ResourceLimits, error) {
-	if err := drivers.ValidateName("name", name); err != nil {
+	if err := m.names.Check("name", name, false); err != nil {
 		return drivers.ResourceLimits{}, m.reject("limits-set", err)
 	}
 	if err := validateLimits("limits", limits); err != nil {
@@ -610,20 +613,19 @@ func (m *Manager) snapshotter(op string) (drivers.Snapshotter, error) {
 	return s, nil
 }
 
-// validateNames checks name/value pairs.
-func validateNames(pairs ...string) error {
-	for k := 0; k+1 < len(pairs); k += 2 {
-		if err := drivers.ValidateName(pairs[k], pairs[k+1]); err != nil {
-			return err
-		}
+// validateNames checks an instance name (the driver's rule) and the name
+// of a second object (snapshot, network: the generic rule).
+func (m *Manager) validateNames(name, field, other string) error {
+	if err := m.names.Check("name", name, false); err != nil {
+		return err
 	}
-	return nil
+	return drivers.ValidateName(field, other)
 }
 
 // CreateSnapshot snapshots an instance; emits snapshot_created. Not retried.
 func (m *Manager) CreateSnapshot(ctx context.Context, name, snapshot string) (drivers.Snapshot, error) {
 	const op = "snapshot-create"
-	if err := validateNames("name", name, "snapshot", snapshot); err != nil {
+	if err := m.validateNames(name, "snapshot", snapshot); err != nil {
 		return drivers.Snapshot{}, m.reject(op, err)
 	}
 	s, err := m.snapshotter(op)
@@ -656,7 +658,7 @@ func (m *Manager) RestoreSnapshot(ctx context.Context, name, snapshot string) er
 // delete): names checked, capability checked, instance locked, event ev.
 func (m *Manager) changeSnapshot(ctx context.Context, op, name, snapshot string, ev drivers.EventType,
 	fn func(ctx context.Context, s drivers.Snapshotter) error) error {
-	if err := validateNames("name", name, "snapshot", snapshot); err != nil {
+	if err := m.validateNames(name, "snapshot", snapshot); err != nil {
 		return m.reject(op, err)
 	}
 	s, err := m.snapshotter(op)
@@ -670,7 +672,7 @@ func (m *Manager) changeSnapshot(ctx context.Context, op, name, snapshot string,
 // ListSnapshots lists an instance's snapshots.
 func (m *Manager) ListSnapshots(ctx context.Context, name string) ([]drivers.Snapshot, error) {
 	const op = "snapshot-list"
-	if err := drivers.ValidateName("name", name); err != nil {
+	if err := m.names.Check("name", name, false); err != nil {
 		return nil, m.reject(op, err)
 	}
 	s, err := m.snapshotter(op)
@@ -692,7 +694,10 @@ func (m *Manager) DeleteSnapshot(ctx context.Context, name, snapshot string) err
 // locks of both; emits cloned (Instance = target, Details["source"]).
 func (m *Manager) Clone(ctx context.Context, source, target string) (drivers.Instance, error) {
 	const op = "clone"
-	if err := validateNames("source", source, "target", target); err != nil {
+	if err := m.names.Check("source", source, false); err != nil {
+		return drivers.Instance{}, m.reject(op, err)
+	}
+	if err := m.names.Check("target", target, true); err != nil {
 		return drivers.Instance{}, m.reject(op, err)
 	}
 	if source == target {
@@ -742,7 +747,7 @@ func (m *Manager) ListNetworks(ctx context.Context) ([]drivers.Network, error) {
 // changed=false and emits nothing.
 func (m *Manager) AttachNetwork(ctx context.Context, name string, cfg drivers.NetworkConfig) (bool, error) {
 	const op = "network-attach"
-	if err := drivers.ValidateName("name", name); err != nil {
+	if err := m.names.Check("name", name, false); err != nil {
 		return false, m.reject(op, err)
 	}
 	if err := validateNetworkConfig("network", cfg); err != nil {
@@ -777,7 +782,7 @@ func (m *Manager) AttachNetwork(ctx context.Context, name string, cfg drivers.Ne
 // DetachNetwork detaches an instance from a network; emits network_detached.
 func (m *Manager) DetachNetwork(ctx context.Context, name, network string) error {
 	const op = "network-detach"
-	if err := validateNames("name", name, "network", network); err != nil {
+	if err := m.validateNames(name, "network", network); err != nil {
 		return m.reject(op, err)
 	}
 	n, err := m.networker(op)

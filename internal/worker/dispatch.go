@@ -70,7 +70,7 @@ var handlers = map[messages.Op]handler{
 	messages.OpCapabilities: on(func(_ context.Context, r *busRequest, _ *messages.EmptyRequest) (any, error) {
 		caps := r.m.Capabilities()
 		return messages.CapabilitiesResult{Driver: r.m.Driver(), Host: r.w.host, Capabilities: messages.Capabilities(caps),
-			Ops: messages.OpNames(messages.OpsFor(caps))}, nil
+			Ops: messages.OpNames(messages.OpsFor(caps)), NameRule: r.m.NameRule().Text}, nil
 	}),
 	messages.OpLimitsGet: on(func(ctx context.Context, r *busRequest, b *messages.NameRequest) (any, error) {
 		return r.m.GetLimits(ctx, b.Name)

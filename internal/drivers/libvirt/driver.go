@@ -336,3 +336,11 @@ func call0(ctx context.Context, fn func() error) error {
 	_, err := call(ctx, func() (struct{}, error) { return struct{}{}, fn() })
 	return err
 }
+
+// NameRule: the generic rule (drivers.ValidateName), stated for this
+// substrate.
+func (d *Driver) NameRule() drivers.NameRule {
+	r := drivers.GenericNameRule()
+	r.Text = "a libvirt domain name: 1 to 63 letters, digits, '_', '.' and '-', starting with a letter or digit"
+	return r
+}

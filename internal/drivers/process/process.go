@@ -751,3 +751,11 @@ func copyTemplate(t drivers.InstanceTemplate) drivers.InstanceTemplate {
 	t.Metadata = cloneMap(t.Metadata)
 	return t
 }
+
+// NameRule: the generic rule (drivers.ValidateName), stated for this
+// substrate.
+func (d *Driver) NameRule() drivers.NameRule {
+	r := drivers.GenericNameRule()
+	r.Text = "an instance name is also a directory name: 1 to 63 letters, digits, '_', '.' and '-', starting with a letter or digit"
+	return r
+}

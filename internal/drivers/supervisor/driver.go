@@ -417,3 +417,11 @@ func (d *Driver) Get(ctx context.Context, name string) (drivers.Instance, error)
 	}
 	return d.withSpec(d.instance(p, exit)), nil
 }
+
+// NameRule: the generic rule (drivers.ValidateName), stated for this
+// substrate.
+func (d *Driver) NameRule() drivers.NameRule {
+	r := drivers.GenericNameRule()
+	r.Text = "a supervisor program name: 1 to 63 letters, digits, '_', '.' and '-', starting with a letter or digit (no ':')"
+	return r
+}

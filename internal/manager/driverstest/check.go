@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/subbus/subbus/internal/drivers"
+	"github.com/subbus/subbus/internal/manager"
 	"github.com/subbus/subbus/internal/testenv"
 )
 
@@ -74,7 +75,13 @@ func (e *env) waitGone(name string) {
 // listed reports whether List shows name.
 func (e *env) listed(name string) (drivers.Instance, bool) {
 	e.t.Helper()
-	l, err := e.m.List(e.ctx())
+	return e.listedBy(e.m, name)
+}
+
+// listedBy reports whether m's List shows name.
+func (e *env) listedBy(m *manager.Manager, name string) (drivers.Instance, bool) {
+	e.t.Helper()
+	l, err := m.List(e.ctx())
 	e.must("List", err)
 	for _, i := range l {
 		if i.Name == name {

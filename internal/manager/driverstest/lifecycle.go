@@ -330,6 +330,9 @@ type spy struct {
 	calls atomic.Int64
 }
 
+// NameRule is the wrapped driver's rule, so the manager checks it.
+func (s *spy) NameRule() drivers.NameRule { return drivers.NameRuleOf(s.Driver) }
+
 func (s *spy) List(ctx context.Context) ([]drivers.Instance, error) {
 	return s.Driver.List(ctx)
 }
@@ -401,5 +404,41 @@ func testInvalidNames(t *testing.T, e *env) {
 	}
 	if n := sp.calls.Load(); n != 0 {
 		t.Errorf("the driver was called %d times with invalid names; the manager must reject them first", n)
+	}
+	e.run("DriverRule", func(t *testing.T, e *env) { testDriverNameRule(t, e, m, sp) })
+}
+
+// testDriverNameRule: a name the generic rule (and so the CLI) accepts but
+// the driver's declared rule refuses is invalid_argument naming the rule,
+// and the substrate is not touched.
+func testDriverNameRule(t *testing.T, e *env, m *manager.Manager, sp *spy) {
+	rule := m.NameRule()
+	if rule.Text == "" {
+		t.Errorf("the driver's name rule has no words")
+	}
+	base := e.name("rule")
+	var name string
+	for _, c := range []string{base + "_x", base + ".x", "9" + base, "x", "4242", base + "-"} {
+		if drivers.ValidateName("name", c) == nil && !rule.Valid(c, true) {
+			name = c
+			break
+		}
+	}
+	if name == "" {
+		t.Skipf("the driver's rule accepts every name the generic rule does (%s)", rule.Text)
+	}
+	before := sp.calls.Load()
+	tmpl := e.h.Template("valid")
+	tmpl.Name = name
+	_, err := m.Create(e.ctx(), tmpl)
+	e.wantCode(fmt.Sprintf("Create(%q)", name), err, drivers.InvalidArgument)
+	if !strings.Contains(err.Error(), rule.Text) {
+		t.Errorf("Create(%q): %v, want the error to state the rule (%s)", name, err, rule.Text)
+	}
+	if n := sp.calls.Load() - before; n != 0 {
+		t.Errorf("Create(%q) reached the driver (%d calls); the manager must check the driver's rule first", name, n)
+	}
+	if _, ok := e.listedBy(m, name); ok {
+		t.Errorf("Create(%q) was refused but the instance exists", name)
 	}
 }
