@@ -133,12 +133,14 @@ func TestOutboxSurvivesKill9(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	// Four instances that exit by themselves 1.5 s after their start.
+	// Four instances that exit by themselves 4 s after their start (after
+	// all four starts, each watched for process.start_settle, and the
+	// shutdown of NATS).
 	var names []string
 	for i := range 4 {
 		name := fmt.Sprintf("du-exit%d", i)
 		names = append(names, name)
-		tmpl := drivers.InstanceTemplate{Name: name, BaseImage: "sh", Command: []string{"sh", "-c", fmt.Sprintf("sleep 1.5; exit %d", i)}}
+		tmpl := drivers.InstanceTemplate{Name: name, BaseImage: "sh", Command: []string{"sh", "-c", fmt.Sprintf("sleep 4; exit %d", i)}}
 		testenv.Eventually(t, 20*time.Second, func() error {
 			_, err := callErr(nc, subj("process", messages.OpCreate), messages.CreateRequest{Template: messages.TemplateFrom(tmpl)}, nil, 5*time.Second)
 			return err
