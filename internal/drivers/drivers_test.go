@@ -58,6 +58,7 @@ func TestCodeOf(t *testing.T) {
 
 func TestCodesRoundTripAndRetryable(t *testing.T) {
 	seen := map[string]bool{}
+	exits := map[int]bool{2: true, 11: true, 12: true} // the CLI's own: usage, no_worker, no_reply
 	for _, c := range Codes() {
 		b, err := json.Marshal(c)
 		if err != nil {
@@ -74,6 +75,13 @@ func TestCodesRoundTripAndRetryable(t *testing.T) {
 		want := c == Unavailable || c == Timeout
 		if c.Retryable() != want {
 			t.Fatalf("%v.Retryable() = %v", c, c.Retryable())
+		}
+		if c.Phrase() == "" || c.Exit() <= 0 || exits[c.Exit()] {
+			t.Fatalf("%v: phrase %q, exit status %d (each code needs a phrase and its own exit status)", c, c.Phrase(), c.Exit())
+		}
+		exits[c.Exit()] = true
+		if !errors.Is(Errorf(c, "x"), c.Sentinel()) {
+			t.Fatalf("%v: sentinel does not match", c)
 		}
 	}
 	var c Code

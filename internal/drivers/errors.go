@@ -52,20 +52,23 @@ type CodeInfo struct {
 	Retryable bool   // the same request may succeed later
 	// Exit is the subbus CLI's exit status for the code (docs/cli.md).
 	Exit int
+	// Phrase ends the manager's message for an error of the code
+	// (`instance "web" not found`, `start instance "web": timed out`).
+	Phrase string
 }
 
 // codeTable is the closed set of codes, in their documented order.
 var codeTable = []CodeInfo{
-	{InvalidArgument, "invalid_argument", false, 3},
-	{PermissionDenied, "permission_denied", false, 7},
-	{NotFound, "not_found", false, 4},
-	{AlreadyExists, "already_exists", false, 5},
-	{Conflict, "conflict", false, 6},
-	{Exited, "exited", false, 13},
-	{Internal, "internal", false, 1},
-	{Unsupported, "unsupported", false, 8},
-	{Unavailable, "unavailable", true, 9},
-	{Timeout, "timeout", true, 10},
+	{InvalidArgument, "invalid_argument", false, 3, "invalid argument"},
+	{PermissionDenied, "permission_denied", false, 7, "permission denied"},
+	{NotFound, "not_found", false, 4, "not found"},
+	{AlreadyExists, "already_exists", false, 5, "already exists"},
+	{Conflict, "conflict", false, 6, "wrong state or busy"},
+	{Exited, "exited", false, 13, "the instance's program exited"},
+	{Internal, "internal", false, 1, "failed"},
+	{Unsupported, "unsupported", false, 8, "not supported by this driver"},
+	{Unavailable, "unavailable", true, 9, "substrate unavailable"},
+	{Timeout, "timeout", true, 10, "timed out"},
 }
 
 // CodeTable returns the rows of the code table, in a stable order.
@@ -112,6 +115,12 @@ func (c Code) Exit() int {
 		return r.Exit
 	}
 	return 1
+}
+
+// Phrase returns the end of the manager's message for the code.
+func (c Code) Phrase() string {
+	r, _ := c.info()
+	return r.Phrase
 }
 
 // Sentinel returns the value errors.Is matches for the code.

@@ -18,35 +18,21 @@ type subject struct {
 	template *drivers.InstanceTemplate
 }
 
-// phrases is the one message shape of each code, for errors of driver
-// calls: not_found and already_exists read `<object> not found`
+// shape gives an error of a driver call its message: one shape per code,
+// built from the code's phrase (drivers.CodeTable) and what the call is
+// about. not_found and already_exists read `<object> <phrase>`
 // (`instance "web" not found`, `snapshot "s1" of instance "web" already
 // exists`), every other code `<op> <instance>: <phrase>` (`start instance
-// "web": timed out`). The substrate's own text is kept as the Detail.
-var phrases = map[drivers.Code]string{
-	drivers.NotFound:         "not found",
-	drivers.AlreadyExists:    "already exists",
-	drivers.Conflict:         "wrong state or busy",
-	drivers.InvalidArgument:  "invalid argument",
-	drivers.PermissionDenied: "permission denied",
-	drivers.Unsupported:      "not supported by this driver",
-	drivers.Unavailable:      "substrate unavailable",
-	drivers.Timeout:          "timed out",
-	drivers.Internal:         "failed",
-	drivers.Exited:           "the instance's program exited",
-}
-
-// shape gives an error of a driver call its message (phrases), built
-// from the code and what the call is about, with the driver's own text as
-// the Detail (dropped when it says the same). The code and the whole
-// chain (native cause, sentinel) are kept.
+// "web": timed out`). The driver's own text is kept as the Detail
+// (dropped when it says the same); the code and the whole chain (native
+// cause, sentinel) are kept.
 func (m *Manager) shape(ctx context.Context, c driverCall, err error) error {
 	if err == nil {
 		return nil
 	}
 	code := drivers.CodeOf(err)
-	phrase, ok := phrases[code]
-	if !ok {
+	phrase := code.Phrase()
+	if phrase == "" {
 		return err
 	}
 	if code == drivers.Unavailable {
