@@ -2,8 +2,11 @@
 // its real substrate. It drives the driver THROUGH the manager
 // (manager.New), the way every caller uses it, and checks the contract of
 // internal/drivers: lifecycle round trips, idempotency, each error code
-// the contract promises, force stop and delete, exec, logs, metrics and
-// its measured mask, every capability the driver declares, and
+// the contract promises (with one message shape, `instance "x" not
+// found`, on every driver), the driver's declared name rule, force stop
+// and delete, exec, logs (with the order and times its log_order and
+// log_times promise; ScriptHarness), metrics and its measured mask, every
+// capability the driver declares, and
 // `unsupported` for every one it does not. Two cases run only for
 // harnesses that implement an optional hook: StopDeadline (Timeout when
 // the caller's ctx ends during a graceful stop; StubbornHarness) and
