@@ -317,7 +317,7 @@ func (c *Client) Owner(ctx context.Context, driver, name string) (string, error)
 	}
 	switch len(hosts) {
 	case 0:
-		return "", drivers.Errorf(drivers.NotFound, "%s: no instance %q on any host (fleet inventory)", driver, name)
+		return "", noInstance(driver, name)
 	case 1:
 		return hosts[0], nil
 	}
@@ -447,7 +447,15 @@ func (c *Client) missError(err error, driver, miss string) error {
 	if !notFound {
 		return err
 	}
-	return drivers.Errorf(drivers.NotFound, "%s: no instance %q on any host (fleet inventory)", driver, miss)
+	return noInstance(driver, miss)
+}
+
+// noInstance is the not_found of a name no host's inventory has, in the
+// manager's wording for not_found (docs/manager.md), the fleet's account
+// as the detail.
+func noInstance(driver, name string) error {
+	return &drivers.Error{Code: drivers.NotFound, Message: fmt.Sprintf("instance %q not found", name),
+		Detail: fmt.Sprintf("%s: on no host (fleet inventory)", driver)}
 }
 
 // ownerError explains a transport error of a request sent to the owner

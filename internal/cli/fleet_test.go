@@ -116,7 +116,7 @@ func TestFleetWithoutHost(t *testing.T) {
 
 	// Unknown name: not_found from the inventory.
 	r := subbus(t, url, "process", "get", "nope").want(t, ExitNotFound, "unknown name")
-	if !strings.Contains(r.stderr, "no instance \"nope\" on any host") {
+	if !strings.Contains(r.stderr, "instance \"nope\" not found: process: on no host (fleet inventory)") {
 		t.Fatalf("unknown name: %q", r.stderr)
 	}
 	// The same name on both hosts: invalid_argument listing the hosts,
