@@ -33,7 +33,7 @@ func (d *Driver) UnsetLimits(ctx context.Context, name string, fields []drivers.
 		return drivers.ResourceLimits{}, err
 	}
 	if _, err := c.query(ctx, http.MethodPatch, "/1.0/instances/"+esc(name), map[string]any{"config": cfg}, nil); err != nil {
-		return drivers.ResourceLimits{}, notFound(err, "instance", name)
+		return drivers.ResourceLimits{}, err
 	}
 	return d.GetLimits(ctx, name)
 }
