@@ -483,7 +483,10 @@ func TestGetShowsEverything(t *testing.T) {
 	quick := unique("cl-exit")
 	t.Cleanup(func() { subbus(t, url, "process", "delete", quick, "--force") })
 	subbus(t, url, "process", "create", quick, "--", "/bin/sh", "-c", "sleep 0.2; exit 3").want(t, 0, "create")
-	subbus(t, url, "process", "start", quick).want(t, 0, "start")
+	// It dies within process.start_settle: start says so (exit status 13).
+	if r := subbus(t, url, "process", "start", quick).want(t, ExitExited, "start of a command that dies at once"); !strings.Contains(r.stderr, "exited (status 3)") {
+		t.Errorf("start of a command that dies at once: %q", r.stderr)
+	}
 	testenv.Eventually(t, 20*time.Second, func() error {
 		r := subbus(t, url, "process", "get", quick, "--json")
 		if i := decode[messages.Instance](t, r.stdout); i.PID != 0 || i.ExitCode == nil || *i.ExitCode != 3 {
