@@ -360,12 +360,9 @@ func TestLongOperationAtShutdown(t *testing.T) {
 	createRunning(t, cl, name, stubborn)
 	// Once the worker is gone no delete can reach the instance: kill its
 	// process group at the end.
-	var pid int
-	ns := getInstance(t, cl, name).NativeState
-	if i := strings.Index(ns, "pid "); i < 0 {
-		t.Fatalf("no pid in %q", ns)
-	} else if _, err := fmt.Sscanf(ns[i:], "pid %d", &pid); err != nil || pid <= 1 {
-		t.Fatalf("no pid in %q: %v", ns, err)
+	pid := getInstance(t, cl, name).PID
+	if pid <= 1 {
+		t.Fatalf("no pid in %+v", getInstance(t, cl, name))
 	}
 	t.Cleanup(func() { _ = syscall.Kill(-pid, syscall.SIGKILL) })
 	o, err := cl.Begin(tctx(t, 10*time.Second), "process", "", messages.OpStop, messages.StopRequest{Name: name, Timeout: "10m"})
