@@ -1201,7 +1201,7 @@ func TestLogStamps(t *testing.T) {
 // exits 0 at once, or fails after the window, was started.
 func TestStartReportsEarlyExit(t *testing.T) {
 	o := testOptions(t.TempDir())
-	o.StartSettle = config.Duration(400 * time.Millisecond)
+	o.StartSettle = config.Duration(800 * time.Millisecond)
 	d := New(o)
 	if err := d.Connect(tctx(t)); err != nil {
 		t.Fatal(err)
@@ -1214,8 +1214,10 @@ func TestStartReportsEarlyExit(t *testing.T) {
 		says   []string
 		state  drivers.State
 	}{
-		{"dies", "echo starting; echo 'boom: no config' >&2; exit 3", drivers.Exited,
-			[]string{`"dies" exited (status 3) within 400ms`, "[stdout] starting | [stderr] boom: no config"}, drivers.StateError},
+		// The two lines are 0.1 s apart: lines of different streams closer
+		// than the reader's clock can order may swap (docs/process.md).
+		{"dies", "echo starting; sleep 0.1; echo 'boom: no config' >&2; exit 3", drivers.Exited,
+			[]string{`"dies" exited (status 3) within 800ms`, "[stdout] starting | [stderr] boom: no config"}, drivers.StateError},
 		{"killed", "kill -9 $$", drivers.Exited, []string{"killed by SIGKILL", "no output"}, drivers.StateError},
 		{"one-shot", "echo done", 0, nil, drivers.StateStopped},
 		{"late", "sleep 1.5; exit 1", 0, nil, drivers.StateRunning},
