@@ -178,4 +178,14 @@ func TestUnitsAndLimitRemovalLXC(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &i); err != nil || i.Environment["API_KEY"] != messages.MaskedValue || strings.Contains(out, "k1\"") {
 		t.Fatalf("lxc get --json: %v %s", err, out)
 	}
+	if i.PID != 0 || !i.StartedAt.IsZero() {
+		t.Fatalf("lxc get --json of a stopped container: pid %d, started_at %v", i.PID, i.StartedAt)
+	}
+	// Running: the init's PID and the start time reach the wire.
+	f.OK("lxc", "start", name)
+	out = f.OK("lxc", "get", name, "--json")
+	i = messages.Instance{}
+	if err := json.Unmarshal([]byte(out), &i); err != nil || i.PID <= 0 || i.StartedAt.IsZero() {
+		t.Fatalf("lxc get --json of a running container: %v %s", err, out)
+	}
 }

@@ -215,21 +215,32 @@ func TestCompletion(t *testing.T) {
 	t.Cleanup(func() { subbus(t, url, "process", "delete", name, "--force") })
 	subbus(t, url, "process", "create", name, "--", "sleep", "60").want(t, 0, "create")
 
+	// Each script is syntax-checked by its own shell (-n: parse only),
+	// and the checker is shown to reject the script with an unclosed if
+	// appended, so a check that passes means something.
 	for _, sh := range []string{"bash", "zsh", "fish"} {
-		r := offline(t, "completion", sh).want(t, 0, "completion "+sh)
-		if !strings.Contains(r.stdout, "subbus __complete") {
-			t.Errorf("%s script does not call subbus __complete:\n%s", sh, r.stdout)
-		}
-		if bin, err := exec.LookPath(sh); err == nil {
-			cmd := exec.Command(bin, "-n")
-			if sh == "fish" {
-				cmd = exec.Command(bin, "--no-execute")
+		t.Run(sh, func(t *testing.T) {
+			r := offline(t, "completion", sh).want(t, 0, "completion "+sh)
+			if !strings.Contains(r.stdout, "subbus __complete") {
+				t.Errorf("%s script does not call subbus __complete:\n%s", sh, r.stdout)
 			}
-			cmd.Stdin = strings.NewReader(r.stdout)
-			if out, err := cmd.CombinedOutput(); err != nil {
+			bin := testenv.Tool(t, sh, "apt-get install "+sh+" (bash scripts/setup/tools.sh)")
+			check := func(script string) ([]byte, error) {
+				cmd := exec.Command(bin, "-n")
+				cmd.Stdin = strings.NewReader(script)
+				return cmd.CombinedOutput()
+			}
+			if out, err := check(r.stdout); err != nil {
 				t.Errorf("%s -n on the %s script: %v\n%s", sh, sh, err, out)
 			}
-		}
+			broken := r.stdout + "\nif true; then\n"
+			if sh == "fish" {
+				broken = r.stdout + "\nif true\n"
+			}
+			if _, err := check(broken); err == nil {
+				t.Errorf("%s -n accepted a script with an unclosed if: the syntax check proves nothing", sh)
+			}
+		})
 	}
 	offline(t, "completion", "tcsh").want(t, ExitUsage, "unknown shell")
 

@@ -3,7 +3,8 @@
 # idempotently: from Debian's packages promtool (package prometheus; the
 # Prometheus daemon is not started), docker-compose, systemd-analyze
 # (package systemd; systemd need not run), node and npm (packages nodejs,
-# npm); with npm, the node packages of scripts/setup/node/package.json
+# npm), zsh and fish (the shells whose completion scripts the cli tests
+# syntax-check); with npm, the node packages of scripts/setup/node/package.json
 # (@asyncapi/parser, ajv) into $SUBBUS_NODE_DIR (default
 # /var/cache/subbus-node), which messages/schemas_node_test.go uses.
 # Exits non-zero when one is still missing.
@@ -11,7 +12,7 @@ set -euo pipefail
 
 log() { echo "[setup tools] $*"; }
 
-declare -A pkg_of=([promtool]=prometheus [docker-compose]=docker-compose [systemd-analyze]=systemd [node]=nodejs [npm]=npm)
+declare -A pkg_of=([promtool]=prometheus [docker-compose]=docker-compose [systemd-analyze]=systemd [node]=nodejs [npm]=npm [zsh]=zsh [fish]=fish)
 need=()
 for cmd in "${!pkg_of[@]}"; do
 	command -v "$cmd" >/dev/null 2>&1 || need+=("${pkg_of[$cmd]}")
@@ -37,7 +38,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 	log "still missing: ${missing[*]}"
 	exit 1
 fi
-log "promtool, docker-compose, systemd-analyze, node and npm present"
+log "promtool, docker-compose, systemd-analyze, node, npm, zsh and fish present"
 
 # The node packages, pinned by scripts/setup/node/package.json; `npm ls`
 # fails when one is missing or at another version, and only then is npm

@@ -80,12 +80,52 @@ func (d *Driver) instance(x *domain) drivers.Instance {
 		Networks:    networksOf(x.def),
 		Managed:     x.owner != nil,
 	}
+	in.Volumes = volumesOf(x.def)
+	if st == drivers.StateRunning || st == drivers.StatePaused {
+		in.PID, in.StartedAt = d.qemuProcess(x.dom.Name)
+	}
 	if x.owner != nil {
 		in.Image = x.owner.Image
 		in.Created = x.owner.created
 		in.Metadata = fromKeyVals(x.owner.Meta)
 	}
 	return in
+}
+
+// volumesOf lists the domain's disks (device "disk" or "lun"; CD-ROMs
+// and floppies are not): Source is the file, block device or pool/volume
+// behind it, Target the guest's device name (vda).
+func volumesOf(def *libvirtxml.Domain) []drivers.Volume {
+	if def.Devices == nil {
+		return nil
+	}
+	var out []drivers.Volume
+	for _, disk := range def.Devices.Disks {
+		if disk.Device != "" && disk.Device != "disk" && disk.Device != "lun" {
+			continue
+		}
+		v := drivers.Volume{ReadOnly: disk.ReadOnly != nil}
+		if disk.Target != nil {
+			v.Target = disk.Target.Dev
+		}
+		if src := disk.Source; src != nil {
+			switch {
+			case src.File != nil:
+				v.Source = src.File.File
+			case src.Block != nil:
+				v.Source = src.Block.Dev
+			case src.Volume != nil:
+				v.Source = src.Volume.Pool + "/" + src.Volume.Volume
+			case src.Network != nil:
+				v.Source = src.Network.Protocol + ":" + src.Network.Name
+			}
+		}
+		if v.Source == "" && v.Target == "" {
+			continue
+		}
+		out = append(out, v)
+	}
+	return out
 }
 
 // Get returns one domain.

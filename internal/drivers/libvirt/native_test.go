@@ -111,14 +111,36 @@ func TestOutsideChanges(t *testing.T) {
 	name := created(t, d, "native")
 	testenv.Eventually(t, 30*time.Second, func() error { return got.find(name, drivers.EventAppeared, "") })
 
+	// Stopped: the disks, and neither PID nor start time.
+	in, err := d.Get(context.Background(), name)
+	if err != nil || in.PID != 0 || !in.StartedAt.IsZero() || len(in.Volumes) == 0 ||
+		in.Volumes[0].Target != "vda" || !strings.HasSuffix(in.Volumes[0].Source, ".qcow2") {
+		t.Fatalf("stopped: PID %d, StartedAt %v, Volumes %+v, %v; want none, none, vda from a .qcow2", in.PID, in.StartedAt, in.Volumes, err)
+	}
+
+	startedBefore := time.Now().Add(-time.Second) // /proc's start time has 10 ms ticks and whole-second boot time
 	virsh(t, "start", name)
+	startedAfter := time.Now().Add(time.Second)
 	testenv.Eventually(t, 30*time.Second, func() error { return got.find(name, drivers.EventStarted, "") })
+
+	// Running: the QEMU process (its command line names the guest) and
+	// when it started.
+	in, err = d.Get(context.Background(), name)
+	if err != nil || in.PID == 0 {
+		t.Fatalf("running: PID %d, %v; want QEMU's", in.PID, err)
+	}
+	if cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", in.PID)); err != nil || !strings.Contains(string(cmd), "guest="+name) {
+		t.Errorf("PID %d is not the guest's QEMU: %q, %v", in.PID, cmd, err)
+	}
+	if in.StartedAt.Before(startedBefore) || in.StartedAt.After(startedAfter) {
+		t.Errorf("StartedAt %v, want between %v and %v", in.StartedAt, startedBefore, startedAfter)
+	}
 
 	// Before the guest can react (it is still booting), a graceful stop
 	// whose caller deadline passes answers Timeout and does not destroy.
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	began := time.Now()
-	_, err := d.Stop(ctx, name, drivers.StopOptions{Timeout: time.Minute})
+	_, err = d.Stop(ctx, name, drivers.StopOptions{Timeout: time.Minute})
 	cancel()
 	if classify(err) != drivers.Timeout {
 		t.Fatalf("Stop past the caller's deadline: %v (code %s), want timeout", err, classify(err))

@@ -37,6 +37,7 @@ type instance struct {
 	Stateful        bool                         `json:"stateful"`
 	Description     string                       `json:"description"`
 	CreatedAt       time.Time                    `json:"created_at"`
+	LastUsedAt      time.Time                    `json:"last_used_at"` // set by LXD when the instance starts
 	Project         string                       `json:"project,omitempty"`
 	State           *instanceState               `json:"state,omitempty"`
 }
@@ -118,6 +119,11 @@ func (in *instance) portable() drivers.Instance {
 	if in.State != nil && in.State.Pid > 0 && out.State == drivers.StateRunning {
 		out.PID = int(in.State.Pid) // the container's init, on the host (only when the state was fetched)
 	}
+	if out.State == drivers.StateRunning && !in.LastUsedAt.IsZero() && in.LastUsedAt.Year() > 1970 {
+		// LXD stamps last_used_at when it starts the instance (a never
+		// used one has the zero time or the Unix epoch).
+		out.StartedAt = in.LastUsedAt
+	}
 	for k, v := range in.Config {
 		if strings.HasPrefix(k, userPrefix) && !strings.HasPrefix(k, subbusPref) {
 			if out.Metadata == nil {
@@ -181,8 +187,15 @@ func (d *Driver) list(ctx context.Context, recursion int) ([]instance, error) {
 
 // Get returns one instance, or NotFound.
 func (d *Driver) Get(ctx context.Context, name string) (drivers.Instance, error) {
-	in, _, err := d.get(ctx, name)
+	c, _, err := d.conn()
 	if err != nil {
+		return drivers.Instance{}, err
+	}
+	// recursion=1 on one instance (API extension instance_get_full, LXD
+	// 4.x and later) adds its state, which carries the init's PID; a
+	// server without it answers without the state and the PID stays 0.
+	var in instance
+	if _, err := c.query(ctx, http.MethodGet, "/1.0/instances/"+esc(name)+"?recursion=1", nil, &in); err != nil {
 		return drivers.Instance{}, err
 	}
 	return in.portable(), nil

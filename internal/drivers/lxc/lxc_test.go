@@ -500,3 +500,38 @@ func mustJSON(t *testing.T, v any) string {
 	}
 	return string(b)
 }
+
+// TestGetRuntimeFields: get of a running container reports its init's
+// host PID (the state endpoint's) and its start time (LXD's
+// last_used_at, stamped at this start); once stopped, neither.
+func TestGetRuntimeFields(t *testing.T) {
+	d := requireLXD(t)
+	before := time.Now().Add(-2 * time.Second) // LXD's clock is this host's; its stamp has second precision
+	name := launch(t, d, map[string]string{"FD_MODE": "x"})
+	after := time.Now().Add(2 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	in, err := d.Get(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pid := initPID(t, d, name); in.PID == 0 || in.PID != pid {
+		t.Errorf("PID %d, want the state's %d", in.PID, pid)
+	}
+	if in.StartedAt.Before(before) || in.StartedAt.After(after) {
+		t.Errorf("StartedAt %v, want between %v and %v", in.StartedAt, before, after)
+	}
+	if in.Environment["FD_MODE"] != "x" {
+		t.Errorf("Environment %v lacks FD_MODE=x", in.Environment)
+	}
+	if _, err := d.Stop(ctx, name, drivers.StopOptions{Timeout: time.Second, Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	in, err = d.Get(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.PID != 0 || !in.StartedAt.IsZero() {
+		t.Errorf("stopped: PID %d, StartedAt %v, want neither", in.PID, in.StartedAt)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -619,6 +620,82 @@ func TestHealthOfflineNode(t *testing.T) {
 	}
 	if h, err = d.Health(ctx); err != nil || h.Healthy {
 		t.Errorf("with two of three nodes offline: %+v, %v, want unhealthy (no quorum)", h, err)
+	}
+	env.checkRequests(t)
+}
+
+// TestGetRuntimeFields: get reports a running guest's start time (from
+// PVE's uptime, to the second), a running VM's QEMU PID (status/current;
+// PVE has none for a container) and the guest's disks from its config
+// (not a CD-ROM, not an unused volume); a stopped guest has neither time
+// nor PID.
+func TestGetRuntimeFields(t *testing.T) {
+	env := startSim(t, pvesim.Options{})
+	ctx := ctxT(t, 20*time.Second)
+	d := env.driver(ctx)
+	for _, g := range []pvesim.GuestSpec{
+		{VMID: 520, Name: "fd-vm", Config: map[string]any{
+			"scsi0": "local-lvm:vm-520-disk-0,size=4G", "virtio1": "local-lvm:vm-520-disk-1,size=1G,ro=1",
+			"ide2": "local:iso/boot.iso,media=cdrom", "efidisk0": "local-lvm:vm-520-disk-2,size=4M",
+			"unused0": "local-lvm:vm-520-disk-3"}},
+		{VMID: 521, Kind: "lxc", Name: "fd-ct", Config: map[string]any{
+			"rootfs": "local-lvm:vm-521-disk-0,size=8G", "mp0": "/srv/data,mp=/data,ro=1",
+			"mp1": "local-lvm:vm-521-disk-1,mp=/var/lib/db,size=2G"}},
+	} {
+		if err := env.sim.CreateGuest(g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name    string
+		pid     int
+		volumes []drivers.Volume
+	}{
+		{"fd-vm", 10520, []drivers.Volume{ // the sim's QEMU PID is 10000+VMID
+			{Source: "local-lvm:vm-520-disk-2", Target: "efidisk0"},
+			{Source: "local-lvm:vm-520-disk-0", Target: "scsi0"},
+			{Source: "local-lvm:vm-520-disk-1", Target: "virtio1", ReadOnly: true}}},
+		{"fd-ct", 0, []drivers.Volume{
+			{Source: "/srv/data", Target: "/data", ReadOnly: true},
+			{Source: "local-lvm:vm-521-disk-1", Target: "/var/lib/db"},
+			{Source: "local-lvm:vm-521-disk-0", Target: "/"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in, err := d.Get(ctx, tc.name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if in.PID != 0 || !in.StartedAt.IsZero() {
+				t.Errorf("stopped: PID %d, StartedAt %v, want neither", in.PID, in.StartedAt)
+			}
+			if !reflect.DeepEqual(in.Volumes, tc.volumes) {
+				t.Errorf("Volumes\n %+v\nwant\n %+v", in.Volumes, tc.volumes)
+			}
+			before := time.Now().Truncate(time.Second).Add(-time.Second)
+			if _, err := d.Start(ctx, tc.name); err != nil {
+				t.Fatal(err)
+			}
+			after := time.Now().Add(time.Second)
+			in, err = d.Get(ctx, tc.name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if in.PID != tc.pid {
+				t.Errorf("running: PID %d, want %d", in.PID, tc.pid)
+			}
+			if in.StartedAt.Before(before) || in.StartedAt.After(after) {
+				t.Errorf("running: StartedAt %v, want between %v and %v", in.StartedAt, before, after)
+			}
+			list, err := d.List(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, l := range list {
+				if l.Name == tc.name && !l.StartedAt.Equal(in.StartedAt) && l.StartedAt.Sub(in.StartedAt).Abs() > time.Second {
+					t.Errorf("List StartedAt %v, Get %v", l.StartedAt, in.StartedAt)
+				}
+			}
+		})
 	}
 	env.checkRequests(t)
 }

@@ -381,11 +381,17 @@ func (d *Driver) instance(r resource, cfg guestConfig) drivers.Instance {
 	if r.Template == 1 {
 		in.Metadata[metaTmpl] = "1"
 	}
+	if in.State == drivers.StateRunning {
+		// PVE reports whole seconds since the guest started (0 in its
+		// first second).
+		in.StartedAt = time.Now().Add(-time.Duration(r.Uptime) * time.Second).Truncate(time.Second).UTC()
+	}
 	if cfg == nil {
 		return in
 	}
 	in.Limits = limitsOf(r.Type, cfg)
 	in.Networks = networksOf(cfg)
+	in.Volumes = volumesOf(r.Type, cfg)
 	if m, ok := parseMarker(cfg.str("description")); ok && in.Managed {
 		in.Image = m.Image
 		in.Created = m.Created
@@ -413,7 +419,9 @@ func (d *Driver) List(ctx context.Context) ([]drivers.Instance, error) {
 	return out, nil
 }
 
-// Get returns one guest with its configuration.
+// Get returns one guest with its configuration and, for a running VM,
+// the PID of its QEMU process on its node (status/current's pid; PVE
+// reports none for a container).
 func (d *Driver) Get(ctx context.Context, name string) (drivers.Instance, error) {
 	r, err := d.find(ctx, name)
 	if err != nil {
@@ -423,7 +431,73 @@ func (d *Driver) Get(ctx context.Context, name string) (drivers.Instance, error)
 	if err != nil {
 		return drivers.Instance{}, err
 	}
-	return d.instance(r, cfg), nil
+	in := d.instance(r, cfg)
+	if r.Type == kindQemu && in.State != drivers.StateStopped {
+		c, err := d.client()
+		if err != nil {
+			return drivers.Instance{}, err
+		}
+		var st struct {
+			Status string `json:"status"`
+			PID    num    `json:"pid"`
+		}
+		if err := c.Get(ctx, r.path()+"/status/current", &st); err != nil {
+			return drivers.Instance{}, fmt.Errorf("proxmox: GET %s/status/current: %w", r.path(), err)
+		}
+		if st.Status == "running" {
+			in.PID = int(st.PID)
+		}
+	}
+	return in, nil
+}
+
+// diskKey matches the configuration keys that hold a guest's disks:
+// QEMU's buses (ide0, sata1, scsi2, virtio3), EFI and TPM state, and a
+// container's rootfs and mount points (mp0); unused[n] are detached
+// volumes and are not the guest's.
+var diskKey = regexp.MustCompile(`^(ide|sata|scsi|virtio|mp)([0-9]+)$|^(rootfs|efidisk0|tpmstate0)$`)
+
+// volumesOf lists a guest's disks from its configuration, in key order
+// (bus, then index): Source is PVE's volume id ("local-lvm:vm-100-disk-0")
+// or a bind-mounted host path; Target is a container's mount point
+// (rootfs: "/") or a VM's slot ("scsi0"). A CD-ROM drive is not a disk.
+func volumesOf(kind string, cfg guestConfig) []drivers.Volume {
+	var keys []string
+	for k := range cfg {
+		if diskKey.MatchString(k) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		a, b := strings.TrimRight(keys[i], "0123456789"), strings.TrimRight(keys[j], "0123456789")
+		if a != b {
+			return a < b
+		}
+		x, _ := strconv.Atoi(keys[i][len(a):])
+		y, _ := strconv.Atoi(keys[j][len(b):])
+		return x < y
+	})
+	var out []drivers.Volume
+	for _, k := range keys {
+		v := cfg.str(k)
+		p := propString(v)
+		src, _, _ := strings.Cut(v, ",")
+		if strings.Contains(src, "=") { // "volume=…" spelled out
+			src = p["volume"]
+		}
+		if src == "" || src == "none" || p["media"] == "cdrom" {
+			continue
+		}
+		vol := drivers.Volume{Source: src, Target: k, ReadOnly: p["ro"] == "1"}
+		if kind == kindLXC {
+			vol.Target = p["mp"]
+			if k == "rootfs" {
+				vol.Target = "/"
+			}
+		}
+		out = append(out, vol)
+	}
+	return out
 }
 
 // nodeEntry is one entry of GET /nodes.
