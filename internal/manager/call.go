@@ -208,7 +208,10 @@ func (m *Manager) errorCode(err error) (c drivers.Code) {
 // mutate runs fn holding the instance lock of every name, then
 // invalidates their cache entries. The lock is held until the driver call
 // really returns, even when the caller stopped waiting for it.
-func (m *Manager) mutate(ctx context.Context, op string, names []string, fn func(ctx context.Context, fl *flight) error) error {
+//
+// Native events held while it ran (see echoFilter) are emitted or dropped
+// when it ends; err is its outcome.
+func (m *Manager) mutate(ctx context.Context, op string, names []string, fn func(ctx context.Context, fl *flight) error) (err error) {
 	unlock, err := m.locks.acquire(ctx, m.opts.LockWait, op, names...)
 	if err != nil {
 		m.stats.record(op, 0, err, 0)
@@ -217,12 +220,19 @@ func (m *Manager) mutate(ctx context.Context, op string, names []string, fn func
 	fl := &flight{}
 	m.echo.begin(messages.Op(op), names)
 	defer fl.release(func() {
-		m.echo.end(messages.Op(op), names, m.now())
+		held, dropped := m.echo.end(messages.Op(op), names, m.now(), drivers.CodeOf(err) == drivers.Exited)
+		for range dropped {
+			m.stats.echo()
+		}
+		for _, ev := range held {
+			m.publishNative(ev)
+		}
 		m.cache.invalidate(names...)
 		unlock()
 	})
 	m.cache.invalidate(names...)
-	return fn(ctx, fl)
+	err = fn(ctx, fl)
+	return err
 }
 
 // reject records a request refused before any driver call.

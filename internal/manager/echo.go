@@ -16,20 +16,45 @@ import (
 // when a mutation of that instance is in flight, or finished less than
 // window ago, and the event is one that mutation produces (a native
 // "started" during a start; not a native "stopped" — someone stopping the
-// instance right after it started is news). Native "failed" events always
-// pass: a crash or an OOM kill is news even right after a start.
+// instance right after it started is news).
+//
+// Native "failed" events are news (a crash or an OOM kill right after a
+// start), except the one of a start or restart that the driver answers
+// with code exited (the program died while the op watched it): the
+// manager's own failed event, linked to the request id and carrying the
+// exit status and last lines in its error, reports that exit, so the
+// native one is its echo. Whether a start ends exited is known only when
+// it returns, so a native "failed" arriving while a start or restart of
+// the instance is in flight is held until the op ends, then dropped (op
+// exited) or emitted (any other outcome); one arriving less than window
+// after a start that ended exited is dropped (supervisord's own retries
+// of the program within that window are part of that exit).
 type echoFilter struct {
 	window time.Duration // <= 0: nothing is an echo
 
 	mu     sync.Mutex
-	active map[string][]messages.Op // ops in flight per instance
-	recent map[string]echoOp        // the last finished mutation per instance
+	active map[string][]messages.Op   // ops in flight per instance
+	recent map[string]echoOp          // the last finished mutation per instance
+	held   map[string][]drivers.Event // native failed events held until a start/restart ends
 }
 
 type echoOp struct {
-	op messages.Op
-	at time.Time
+	op     messages.Op
+	at     time.Time
+	exited bool // the op ended with code exited
 }
+
+// mayExit lists the ops that can end with code exited.
+var mayExit = map[messages.Op]bool{messages.OpStart: true, messages.OpRestart: true}
+
+// verdict is what the manager does with a native event.
+type verdict int
+
+const (
+	emitNative verdict = iota // news: emit it
+	dropEcho                  // the echo of a mutation: drop and count it
+	holdEcho                  // held until the op in flight ends (end returns it)
+)
 
 // echoes lists, per mutating op, the native event types it causes.
 // Every mutating op of messages' op table has an entry, or is listed in
@@ -64,7 +89,10 @@ func (f *echoFilter) begin(op messages.Op, names []string) {
 	}
 }
 
-func (f *echoFilter) end(op messages.Op, names []string, at time.Time) {
+// end records the end of op on names (exited: it ended with code exited)
+// and returns the native events held for them: emit, to be emitted, and
+// dropped, the number dropped as echoes.
+func (f *echoFilter) end(op messages.Op, names []string, at time.Time, exited bool) (emit []drivers.Event, dropped int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.recent == nil {
@@ -83,29 +111,67 @@ func (f *echoFilter) end(op messages.Op, names []string, at time.Time) {
 		} else {
 			f.active[n] = ops
 		}
-		f.recent[n] = echoOp{op: op, at: at}
+		f.recent[n] = echoOp{op: op, at: at, exited: exited && mayExit[op]}
+		if h := f.held[n]; len(h) > 0 && !f.holding(n) {
+			if exited && mayExit[op] {
+				dropped += len(h)
+			} else {
+				emit = append(emit, h...)
+			}
+			delete(f.held, n)
+		}
 	}
 	for n, r := range f.recent { // keep the map small
 		if at.Sub(r.at) > f.window {
 			delete(f.recent, n)
 		}
 	}
+	return emit, dropped
 }
 
-// isEcho reports whether a native event is the echo of a mutation.
-func (f *echoFilter) isEcho(ev drivers.Event, now time.Time) bool {
-	if f.window <= 0 || ev.Instance == "" || ev.Type == drivers.EventFailed {
-		return false
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for _, op := range f.active[ev.Instance] {
-		if causes(op, ev.Type) {
+// holding reports whether a start or restart of instance n is in flight
+// (native failed events about it are held). Callers hold f.mu.
+func (f *echoFilter) holding(n string) bool {
+	for _, op := range f.active[n] {
+		if mayExit[op] {
 			return true
 		}
 	}
+	return false
+}
+
+// check says whether a native event is news, the echo of a mutation, or
+// held until a start or restart in flight ends (see echoFilter).
+func (f *echoFilter) check(ev drivers.Event, now time.Time) verdict {
+	if f.window <= 0 || ev.Instance == "" {
+		return emitNative
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	r, ok := f.recent[ev.Instance]
-	return ok && now.Sub(r.at) <= f.window && causes(r.op, ev.Type)
+	recent := ok && now.Sub(r.at) <= f.window
+	if ev.Type == drivers.EventFailed {
+		switch {
+		case f.holding(ev.Instance):
+			if f.held == nil {
+				f.held = map[string][]drivers.Event{}
+			}
+			f.held[ev.Instance] = append(f.held[ev.Instance], ev)
+			return holdEcho
+		case recent && r.exited:
+			return dropEcho
+		}
+		return emitNative
+	}
+	for _, op := range f.active[ev.Instance] {
+		if causes(op, ev.Type) {
+			return dropEcho
+		}
+	}
+	if recent && causes(r.op, ev.Type) {
+		return dropEcho
+	}
+	return emitNative
 }
 
 func causes(op messages.Op, t drivers.EventType) bool {

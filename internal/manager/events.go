@@ -236,10 +236,18 @@ func (m *Manager) native(ev drivers.Event) {
 	} else {
 		m.cache.invalidate()
 	}
-	if m.echo.isEcho(ev, m.now()) {
+	switch m.echo.check(ev, m.now()) {
+	case dropEcho:
 		m.stats.echo()
 		return
+	case holdEcho:
+		return // emitted or dropped when the op in flight ends
 	}
+	m.publishNative(ev)
+}
+
+// publishNative publishes an event of the driver's feed.
+func (m *Manager) publishNative(ev drivers.Event) {
 	w := messages.EventFrom(ev)
 	w.Source = messages.SourceNative
 	m.publish(w)
