@@ -3,6 +3,7 @@ package messages
 import (
 	"encoding/json"
 	"slices"
+	"strconv"
 	"time"
 )
 
@@ -71,21 +72,8 @@ func appendInstance(b []byte, i *Instance) (_ []byte, ok bool) {
 		b = append(b, t...)
 	}
 	if len(i.Metadata) > 0 {
-		b = append(b, `,"metadata":{`...)
-		keys := make([]string, 0, len(i.Metadata))
-		for k := range i.Metadata {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
-		for n, k := range keys {
-			if n > 0 {
-				b = append(b, ',')
-			}
-			b = appendString(b, k)
-			b = append(b, ':')
-			b = appendString(b, i.Metadata[k])
-		}
-		b = append(b, '}')
+		b = append(b, `,"metadata":`...)
+		b = appendStringMap(b, i.Metadata)
 	}
 	if !i.Limits.IsZero() {
 		l, err := json.Marshal(i.Limits)
@@ -108,25 +96,59 @@ func appendInstance(b []byte, i *Instance) (_ []byte, ok bool) {
 	} else {
 		b = append(b, `,"managed":false`...)
 	}
-	// The fields after managed (what the user gave and the substrate
-	// knows) through json.Marshal, and only when one is set: they are in
-	// the same order and have the same tags as in Instance.
-	if len(i.Command) > 0 || len(i.Environment) > 0 || len(i.Volumes) > 0 || i.WorkDir != "" || i.User != "" ||
-		i.PID != 0 || i.ExitCode != nil || !i.StartedAt.IsZero() {
-		tail, err := json.Marshal(instanceTail{i.Command, i.Environment, i.Volumes, i.WorkDir, i.User, i.PID, i.ExitCode, i.StartedAt})
-		if err != nil || len(tail) < 2 {
+	// The fields after managed: what the user gave and the substrate
+	// knows (instanceTail names them, in order).
+	if len(i.Command) > 0 {
+		b = append(b, `,"command":[`...)
+		for n, c := range i.Command {
+			if n > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, c)
+		}
+		b = append(b, ']')
+	}
+	if len(i.Environment) > 0 {
+		b = append(b, `,"environment":`...)
+		b = appendStringMap(b, i.Environment)
+	}
+	if len(i.Volumes) > 0 {
+		v, err := json.Marshal(i.Volumes)
+		if err != nil {
 			return b, false
 		}
-		if len(tail) > 2 {
-			b = append(b, ',')
-			b = append(b, tail[1:len(tail)-1]...)
+		b = append(b, `,"volumes":`...)
+		b = append(b, v...)
+	}
+	if i.WorkDir != "" {
+		b = append(b, `,"workdir":`...)
+		b = appendString(b, i.WorkDir)
+	}
+	if i.User != "" {
+		b = append(b, `,"user":`...)
+		b = appendString(b, i.User)
+	}
+	if i.PID != 0 {
+		b = append(b, `,"pid":`...)
+		b = strconv.AppendInt(b, int64(i.PID), 10)
+	}
+	if i.ExitCode != nil {
+		b = append(b, `,"exit_code":`...)
+		b = strconv.AppendInt(b, int64(*i.ExitCode), 10)
+	}
+	if !i.StartedAt.IsZero() {
+		t, err := i.StartedAt.MarshalJSON()
+		if err != nil {
+			return b, false
 		}
+		b = append(b, `,"started_at":`...)
+		b = append(b, t...)
 	}
 	return append(b, '}'), true
 }
 
-// instanceTail is Instance from Command on; TestInstanceTailMatches keeps
-// the two in step.
+// instanceTail is Instance from Command on, the fields appendInstance
+// writes after managed; TestInstanceTailMatches keeps the two in step.
 type instanceTail struct {
 	Command     []string          `json:"command,omitempty"`
 	Environment map[string]string `json:"environment,omitempty"`
@@ -136,6 +158,26 @@ type instanceTail struct {
 	PID         int               `json:"pid,omitempty"`
 	ExitCode    *int              `json:"exit_code,omitempty"`
 	StartedAt   time.Time         `json:"started_at,omitzero"`
+}
+
+// appendStringMap appends m as json.Marshal writes a map[string]string:
+// keys sorted.
+func appendStringMap(b []byte, m map[string]string) []byte {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	b = append(b, '{')
+	for n, k := range keys {
+		if n > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, k)
+		b = append(b, ':')
+		b = appendString(b, m[k])
+	}
+	return append(b, '}')
 }
 
 // appendString appends s as a JSON string the way json.Marshal writes it:
