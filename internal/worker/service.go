@@ -474,12 +474,17 @@ func (w *Worker) send(req micro.Request, requestID string, data []byte, errMsg, 
 	if req.Reply() == "" {
 		return errors.New("the request has no reply subject")
 	}
-	msg := &nats.Msg{Subject: req.Reply(), Data: data, Header: nats.Header{}}
-	if requestID != "" {
-		msg.Header.Set(messages.HeaderRequestID, requestID)
-	}
+	// A reply's body always carries the request id. An error reply also
+	// has micro's error headers, and the id beside them; a success reply
+	// has no header at all: a header on every reply cost 5-6 % of the
+	// throughput of a cached get at 16 clients (docs/benchmarks.md).
+	msg := &nats.Msg{Subject: req.Reply(), Data: data}
 	if errCode != "" {
 		w.errorReplies.Add(1)
+		msg.Header = nats.Header{}
+		if requestID != "" {
+			msg.Header.Set(messages.HeaderRequestID, requestID)
+		}
 		msg.Header.Set(micro.ErrorHeader, errMsg)
 		msg.Header.Set(micro.ErrorCodeHeader, errCode)
 	}
