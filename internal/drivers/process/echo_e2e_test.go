@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,29 +11,10 @@ import (
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/drivers/process"
 	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/manager/driverstest"
 	"github.com/subbus/subbus/internal/testenv"
 	"github.com/subbus/subbus/messages"
 )
-
-// collected gathers a manager's events.
-type collected struct {
-	mu  sync.Mutex
-	evs []messages.Event
-}
-
-func (c *collected) add(ev messages.Event) { c.mu.Lock(); c.evs = append(c.evs, ev); c.mu.Unlock() }
-
-func (c *collected) failed(instance string) []messages.Event {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var out []messages.Event
-	for _, e := range c.evs {
-		if e.Type == drivers.EventFailed && e.Instance == instance {
-			out = append(out, e)
-		}
-	}
-	return out
-}
 
 // A start of a command that dies within start_settle is one failed event
 // through the manager, linked to the request id and carrying the exit
@@ -45,8 +25,8 @@ func TestEarlyExitIsReportedOnce(t *testing.T) {
 	d := process.New(process.Options{StateDir: t.TempDir(), Cgroups: "off", DefaultUser: "root", AllowRoot: true,
 		StartSettle: config.Duration(time.Second)})
 	m := manager.New(d, manager.Options{Host: "h1", CacheTTL: -1, EchoWindow: 3 * time.Second})
-	got := &collected{}
-	m.Subscribe(got.add)
+	got := &driverstest.Events{}
+	m.Subscribe(got.Add)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if err := m.Connect(ctx); err != nil {
@@ -77,13 +57,13 @@ func TestEarlyExitIsReportedOnce(t *testing.T) {
 		t.Fatalf("Start of a command that lives past start_settle: %v", err)
 	}
 	testenv.Eventually(t, 10*time.Second, func() error {
-		if n := len(got.failed("crashes")); n == 0 {
+		if n := len(got.Failed("crashes")); n == 0 {
 			return fmt.Errorf("no failed event for the later crash")
 		}
 		return nil
 	})
 
-	f := got.failed("dies")
+	f := got.Failed("dies")
 	if len(f) != 1 {
 		t.Fatalf("early exit: %d failed events, want exactly 1: %+v", len(f), f)
 	}
@@ -92,7 +72,7 @@ func TestEarlyExitIsReportedOnce(t *testing.T) {
 		!strings.Contains(e.Error.Detail, "exited (status 3)") || !strings.Contains(e.Error.Detail, "boom: no config") {
 		t.Errorf("early exit's failed event: %+v (error %+v), want the manager's, linked to req-dies, with status and output", e, e.Error)
 	}
-	f = got.failed("crashes")
+	f = got.Failed("crashes")
 	if len(f) != 1 || f[0].Source != messages.SourceNative || f[0].RequestID != "" || f[0].Details["exit_code"] != "4" {
 		t.Errorf("later crash: %+v, want one native failed event with exit_code 4", f)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,29 +11,10 @@ import (
 	"github.com/subbus/subbus/internal/drivers"
 	"github.com/subbus/subbus/internal/drivers/supervisor"
 	"github.com/subbus/subbus/internal/manager"
+	"github.com/subbus/subbus/internal/manager/driverstest"
 	"github.com/subbus/subbus/internal/testenv"
 	"github.com/subbus/subbus/messages"
 )
-
-// collected gathers a manager's events.
-type collected struct {
-	mu  sync.Mutex
-	evs []messages.Event
-}
-
-func (c *collected) add(ev messages.Event) { c.mu.Lock(); c.evs = append(c.evs, ev); c.mu.Unlock() }
-
-func (c *collected) failed(instance string) []messages.Event {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var out []messages.Event
-	for _, e := range c.evs {
-		if e.Type == drivers.EventFailed && e.Instance == instance {
-			out = append(out, e)
-		}
-	}
-	return out
-}
 
 // A start of a program that dies before start_secs (BACKOFF, then FATAL
 // with start_retries 0) is one failed event through the manager, linked
@@ -55,8 +35,8 @@ func TestFailedStartIsReportedOnce(t *testing.T) {
 	defer pcancel()
 	testenv.Require(t, "supervisord", d.Connect(probe), "bash scripts/setup/supervisor.sh")
 	m := manager.New(d, manager.Options{Host: "h1", CacheTTL: -1, EchoWindow: 3 * time.Second})
-	got := &collected{}
-	m.Subscribe(got.add)
+	got := &driverstest.Events{}
+	m.Subscribe(got.Add)
 	if err := m.Connect(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -86,13 +66,13 @@ func TestFailedStartIsReportedOnce(t *testing.T) {
 	// The feed reports in order: once the later crash is in, everything
 	// about the failed start has been seen.
 	testenv.Eventually(t, 15*time.Second, func() error {
-		if len(got.failed(crashes)) == 0 {
+		if len(got.Failed(crashes)) == 0 {
 			return fmt.Errorf("no failed event for the later crash")
 		}
 		return nil
 	})
 
-	f := got.failed(dies)
+	f := got.Failed(dies)
 	if len(f) != 1 {
 		t.Fatalf("failed start: %d failed events, want exactly 1: %+v", len(f), f)
 	}
@@ -100,7 +80,7 @@ func TestFailedStartIsReportedOnce(t *testing.T) {
 		e.Error.Code != drivers.Exited || !strings.Contains(e.Error.Detail, "boom: no config") {
 		t.Errorf("failed start's event: %+v (error %+v), want the manager's, linked to req-dies, with the output", e, e.Error)
 	}
-	f = got.failed(crashes)
+	f = got.Failed(crashes)
 	if len(f) != 1 || f[0].Source != messages.SourceNative || f[0].RequestID != "" {
 		t.Errorf("later crash: %+v, want one native failed event", f)
 	}
